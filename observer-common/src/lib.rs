@@ -1,0 +1,277 @@
+//! Records exchanged between the Zastava eBPF programs and the userspace daemon.
+//!
+//! Every record pushed through the ring buffer starts with an [`EventHeader`], followed by a
+//! fixed, kind-specific part and, for some kinds, a variable "tail" of bytes (paths, argv).
+//! The kernel reserves one of a few constant sizes (the verifier only accepts constant ring
+//! buffer reservations), so a tail is usually larger than the bytes it holds; the fixed part
+//! says how many tail bytes are meaningful. Userspace never trusts those lengths: it checks
+//! them against the record it actually received.
+//!
+//! All structs are `#[repr(C)]`, hold only integers and byte arrays (every bit pattern is
+//! valid) and are padded explicitly to a multiple of 8 bytes, because ring buffer records are
+//! 8-byte aligned.
+#![cfg_attr(not(test), no_std)]
+
+pub mod counters;
+pub mod offsets;
+
+pub use counters::{Counter, COUNTER_SLOTS};
+pub use offsets::TracepointOffsets;
+
+/// Length of `task_struct::comm`.
+pub const TASK_COMM_LEN: usize = 16;
+/// At most this many argv entries are captured for an exec.
+pub const MAX_ARGS: usize = 20;
+/// At most this many bytes of argv (NUL-separated) are captured for an exec.
+pub const ARGS_CAPACITY: usize = 4096;
+/// Longest path the probes capture (Linux `PATH_MAX`).
+pub const PATH_CAPACITY: usize = 4096;
+/// Tail size of the small open record; most paths fit, so most opens use the small size.
+pub const OPEN_SMALL_TAIL: usize = 256;
+/// Tail size of the large open record, used when a path does not fit the small one.
+pub const OPEN_LARGE_TAIL: usize = PATH_CAPACITY;
+/// Tail of the small exec record: filename and argv each up to half of it.
+pub const EXEC_SMALL_TAIL: usize = 1024;
+/// Tail of the large exec record: a full path plus a full argv buffer.
+pub const EXEC_LARGE_TAIL: usize = PATH_CAPACITY + ARGS_CAPACITY;
+/// Bytes of `struct sockaddr` captured for connect: enough for `sockaddr_un` (110).
+pub const SOCKADDR_CAPACITY: usize = 112;
+
+/// Kinds of records. The values are part of the kernel/user ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Exec = 1,
+    Fork = 2,
+    Exit = 3,
+    Open = 4,
+    Connect = 5,
+}
+
+impl EventKind {
+    /// Every kind, in ABI order.
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Exec,
+        EventKind::Fork,
+        EventKind::Exit,
+        EventKind::Open,
+        EventKind::Connect,
+    ];
+
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(EventKind::Exec),
+            2 => Some(EventKind::Fork),
+            3 => Some(EventKind::Exit),
+            4 => Some(EventKind::Open),
+            5 => Some(EventKind::Connect),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::Exec => "exec",
+            EventKind::Fork => "fork",
+            EventKind::Exit => "exit",
+            EventKind::Open => "open",
+            EventKind::Connect => "connect",
+        }
+    }
+}
+
+/// Bits of [`EventHeader::flags`].
+pub mod flags {
+    /// argv had more entries or bytes than the probe captures.
+    pub const ARGS_TRUNCATED: u32 = 1 << 0;
+    /// argv could not be captured (no matching `sys_enter_execve*`, or reading it failed).
+    pub const ARGS_MISSING: u32 = 1 << 1;
+    /// A path was longer than the capture buffer.
+    pub const PATH_TRUNCATED: u32 = 1 << 2;
+    /// A path could not be read from user memory.
+    pub const PATH_MISSING: u32 = 1 << 3;
+    /// The exec came through `execveat` (else `execve`).
+    pub const EXECVEAT: u32 = 1 << 4;
+    /// The open came through `openat2` (else `openat`).
+    pub const OPENAT2: u32 = 1 << 5;
+    /// The socket address could not be read from user memory.
+    pub const ADDR_MISSING: u32 = 1 << 6;
+}
+
+/// Common prefix of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// Bits from [`flags`].
+    pub flags: u32,
+    /// `bpf_ktime_get_boot_ns()` when the event was recorded.
+    pub boot_ns: u64,
+    /// cgroup v2 id of the task (`bpf_get_current_cgroup_id()`).
+    pub cgroup_id: u64,
+    /// Process id (kernel tgid) of the task.
+    pub tgid: u32,
+    /// Thread id (kernel pid) of the task.
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The task's `comm`, NUL-padded.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// `sched:sched_process_exec`, joined with argv captured at `sys_enter_execve[at]`.
+///
+/// Tail: `filename_len` bytes of filename, then `args_len` bytes of NUL-terminated args.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecRecord {
+    pub header: EventHeader,
+    /// Thread id that called exec (differs from `header.tgid` when a non-leader thread execs).
+    pub old_tid: u32,
+    /// Number of argv entries in the tail.
+    pub argc: u32,
+    /// Bytes of filename in the tail (no NUL).
+    pub filename_len: u32,
+    /// Bytes of argv in the tail (each entry NUL-terminated).
+    pub args_len: u32,
+}
+
+/// A new process (not a thread): `task:task_newtask` without `CLONE_THREAD`.
+/// The header describes the parent (the task calling fork/clone).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkRecord {
+    pub header: EventHeader,
+    /// Process id of the child.
+    pub child_tgid: u32,
+    pub _pad: u32,
+    /// `clone_flags` of the call (`CLONE_PARENT` changes who the parent is).
+    pub clone_flags: u64,
+}
+
+/// The last thread of a process exited (`sched:sched_process_exit` with `group_dead`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitRecord {
+    pub header: EventHeader,
+}
+
+/// `openat`/`openat2`, enter and exit paired by thread id. Tail: `path_len` path bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpenRecord {
+    pub header: EventHeader,
+    /// Return value: a file descriptor, or `-errno`.
+    pub result: i64,
+    /// Directory fd the path is relative to (`AT_FDCWD` = -100).
+    pub dfd: i32,
+    /// `O_*` flags (the low 32 bits; `openat2` takes a u64 but defines none above).
+    pub flags: u32,
+    pub mode: u32,
+    /// Bytes of path in the tail (no NUL).
+    pub path_len: u32,
+}
+
+/// `connect`, enter and exit paired by thread id. Holds the raw socket address so that
+/// userspace parses families it knows and reports the number of those it does not.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectRecord {
+    pub header: EventHeader,
+    /// Return value: 0, or `-errno` (`-EINPROGRESS` for non-blocking sockets).
+    pub result: i64,
+    pub fd: i32,
+    /// `addrlen` passed by the caller.
+    pub addrlen: u32,
+    /// Bytes of `sockaddr` captured (`min(addrlen, SOCKADDR_CAPACITY)`).
+    pub sockaddr_len: u32,
+    pub _pad: u32,
+    pub sockaddr: [u8; SOCKADDR_CAPACITY],
+}
+
+/// Per-thread state between `sys_enter_openat[2]` and `sys_exit_openat[2]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingOpen {
+    pub filename: u64,
+    pub dfd: i32,
+    pub flags: u32,
+    pub mode: u32,
+    /// [`flags::OPENAT2`] or 0.
+    pub record_flags: u32,
+}
+
+/// Per-thread state between `sys_enter_connect` and `sys_exit_connect`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingConnect {
+    pub sockaddr: u64,
+    pub fd: i32,
+    pub addrlen: u32,
+}
+
+/// Per-thread argv captured at `sys_enter_execve[at]`, consumed at `sched_process_exec`.
+///
+/// `buf` is twice [`ARGS_CAPACITY`]: each argument is read with a constant bound starting
+/// below `ARGS_CAPACITY`, which the verifier can prove stays inside the buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingExec {
+    pub argc: u32,
+    pub args_len: u32,
+    /// [`flags::ARGS_TRUNCATED`], [`flags::EXECVEAT`].
+    pub record_flags: u32,
+    pub _pad: u32,
+    pub buf: [u8; 2 * ARGS_CAPACITY],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have
+    // no implicit padding (checked by the layout tests), so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::TracepointOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn record_sizes_are_multiples_of_eight_and_have_no_hidden_padding() {
+        assert_eq!(
+            size_of::<EventHeader>(),
+            4 + 4 + 8 + 8 + 4 * 4 + TASK_COMM_LEN
+        );
+        assert_eq!(size_of::<ExecRecord>(), size_of::<EventHeader>() + 16);
+        assert_eq!(size_of::<ForkRecord>(), size_of::<EventHeader>() + 16);
+        assert_eq!(size_of::<ExitRecord>(), size_of::<EventHeader>());
+        assert_eq!(size_of::<OpenRecord>(), size_of::<EventHeader>() + 24);
+        assert_eq!(
+            size_of::<ConnectRecord>(),
+            size_of::<EventHeader>() + 24 + SOCKADDR_CAPACITY
+        );
+        assert_eq!(size_of::<PendingOpen>(), 24);
+        assert_eq!(size_of::<PendingConnect>(), 16);
+        assert_eq!(size_of::<PendingExec>(), 16 + 2 * ARGS_CAPACITY);
+        for size in [
+            size_of::<EventHeader>(),
+            size_of::<ExecRecord>(),
+            size_of::<ForkRecord>(),
+            size_of::<OpenRecord>(),
+            size_of::<ConnectRecord>(),
+        ] {
+            assert_eq!(size % 8, 0, "record size {size} is not 8-byte aligned");
+        }
+    }
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::from_u32(kind as u32), Some(kind));
+        }
+        assert_eq!(EventKind::from_u32(0), None);
+        assert_eq!(EventKind::from_u32(99), None);
+    }
+}
