@@ -1,0 +1,82 @@
+//! `connect`: the socket address is recorded at entry, the result at exit; paired by thread
+//! id. The raw `sockaddr` bytes are copied at exit into the record; userspace parses them.
+
+use aya_ebpf::{
+    helpers::generated::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext,
+};
+use core::mem::size_of;
+use observer_common::{
+    flags, offsets::syscall_arg_offset, offsets::SYSCALL_RET_OFFSET, ConnectRecord, Counter,
+    EventKind, PendingConnect, SOCKADDR_CAPACITY,
+};
+
+use crate::{
+    maps::{EVENTS, PENDING_CONNECT},
+    record::{count, current_task, write_header},
+};
+
+const KIND: EventKind = EventKind::Connect;
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let Some(task) = current_task() else { return 0 };
+    let (Ok(fd), Ok(sockaddr), Ok(addrlen)) = (unsafe {
+        (
+            ctx.read_at::<i64>(syscall_arg_offset(0)),
+            ctx.read_at::<u64>(syscall_arg_offset(1)),
+            ctx.read_at::<i64>(syscall_arg_offset(2)),
+        )
+    }) else {
+        count(Counter::ReadFailed, KIND);
+        return 0;
+    };
+    let pending = PendingConnect {
+        sockaddr,
+        fd: fd as i32,
+        addrlen: addrlen as u32,
+    };
+    if PENDING_CONNECT.insert(task.tid, pending, 0).is_err() {
+        count(Counter::PendingMapFull, KIND);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let Some(task) = current_task() else { return 0 };
+    let Some(pending) = PENDING_CONNECT.get_ptr(task.tid) else {
+        count(Counter::Unpaired, KIND);
+        return 0;
+    };
+    let pending = unsafe { *pending };
+    let _ = PENDING_CONNECT.remove(task.tid);
+    let result = unsafe { ctx.read_at::<i64>(SYSCALL_RET_OFFSET) }.unwrap_or(i64::MIN);
+
+    let Some(mut entry) = EVENTS.reserve_bytes(size_of::<ConnectRecord>(), 0) else {
+        count(Counter::RingFull, KIND);
+        return 0;
+    };
+    let record = entry.as_mut_ptr().cast::<ConnectRecord>();
+    let mut len = pending.addrlen as usize;
+    if len > SOCKADDR_CAPACITY {
+        len = SOCKADDR_CAPACITY;
+    }
+    let mut record_flags = 0;
+    unsafe {
+        let dst = (*record).sockaddr.as_mut_ptr();
+        if bpf_probe_read_user(dst.cast(), len as u32, pending.sockaddr as *const _) != 0 {
+            count(Counter::ReadFailed, KIND);
+            record_flags |= flags::ADDR_MISSING;
+            len = 0;
+        }
+        write_header(&raw mut (*record).header, KIND, record_flags, task);
+        (*record).result = result;
+        (*record).fd = pending.fd;
+        (*record).addrlen = pending.addrlen;
+        (*record).sockaddr_len = len as u32;
+        (*record)._pad = 0;
+    }
+    entry.submit(0);
+    count(Counter::Submitted, KIND);
+    0
+}

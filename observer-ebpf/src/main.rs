@@ -1,0 +1,26 @@
+//! Zastava kernel probes.
+//!
+//! One module per probe family. Every program filters out the daemon itself, never panics,
+//! and counts each failure in the per-CPU `COUNTERS` map (see `observer_common::counters`).
+#![no_std]
+#![no_main]
+
+mod connect;
+mod exec;
+mod exit;
+mod fork;
+mod maps;
+mod open;
+mod record;
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    // Unreachable in a verified program: the code has no panicking paths, and the verifier
+    // would reject this loop if any call to it survived optimisation.
+    loop {}
+}
+
+// The probes use GPL-only helpers (bpf_probe_read_user*, bpf_get_current_cgroup_id).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,50 @@
+//! Maps and load-time globals shared by all probe families.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+    Global,
+};
+use observer_common::{PendingConnect, PendingExec, PendingOpen, TracepointOffsets, COUNTER_SLOTS};
+
+/// All records. The loader sets the real size (`--ring-buffer-bytes`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Per-CPU counters, indexed by `Counter::index`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// openat/openat2 in flight, by thread id.
+#[map]
+pub static PENDING_OPEN: HashMap<u32, PendingOpen> = HashMap::with_max_entries(16384, 0);
+
+/// connect in flight, by thread id.
+#[map]
+pub static PENDING_CONNECT: HashMap<u32, PendingConnect> = HashMap::with_max_entries(16384, 0);
+
+/// argv captured at exec entry, by thread id. Values are 8 KiB and execs in flight are few,
+/// so entries are allocated on demand rather than preallocated.
+#[map]
+pub static PENDING_EXEC: HashMap<u32, PendingExec> =
+    HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// Where argv is assembled before it is inserted into `PENDING_EXEC` (too big for the stack).
+#[map]
+pub static EXEC_SCRATCH: PerCpuArray<PendingExec> = PerCpuArray::with_max_entries(1, 0);
+
+/// The daemon's own process id; its activity is never reported.
+#[unsafe(no_mangle)]
+pub static SELF_TGID: Global<u32> = Global::new(0);
+
+/// Tracepoint field offsets read from tracefs by the loader.
+#[unsafe(no_mangle)]
+pub static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets {
+    exec_filename: 0,
+    exec_old_pid: 0,
+    exit_group_dead: 0,
+    newtask_pid: 0,
+    newtask_clone_flags: 0,
+    _pad: 0,
+});

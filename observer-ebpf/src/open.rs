@@ -1,0 +1,159 @@
+//! `openat` and `openat2`: the path, flags and mode are taken at syscall entry, the result at
+//! exit; the two are paired by thread id. The path is read at exit straight into the ring
+//! buffer record.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_probe_read_user, bpf_probe_read_user_str},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use core::mem::size_of;
+use observer_common::{
+    flags, offsets::syscall_arg_offset, offsets::SYSCALL_RET_OFFSET, Counter, EventKind,
+    OpenRecord, PendingOpen, OPEN_LARGE_TAIL, OPEN_SMALL_TAIL,
+};
+
+use crate::{
+    maps::{EVENTS, PENDING_OPEN},
+    record::{count, current_task, write_header, Task},
+};
+
+const KIND: EventKind = EventKind::Open;
+
+#[tracepoint]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    enter(&ctx, false);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
+    enter(&ctx, true);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+    exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
+    exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn enter(ctx: &TracePointContext, openat2: bool) {
+    let Some(task) = current_task() else { return };
+    let (Ok(dfd), Ok(filename), Ok(arg2), Ok(arg3)) = (unsafe {
+        (
+            ctx.read_at::<i64>(syscall_arg_offset(0)),
+            ctx.read_at::<u64>(syscall_arg_offset(1)),
+            ctx.read_at::<u64>(syscall_arg_offset(2)),
+            ctx.read_at::<u64>(syscall_arg_offset(3)),
+        )
+    }) else {
+        count(Counter::ReadFailed, KIND);
+        return;
+    };
+    let mut pending = PendingOpen {
+        filename,
+        dfd: dfd as i32,
+        flags: arg2 as u32,
+        mode: arg3 as u32,
+        record_flags: 0,
+    };
+    if openat2 {
+        // openat2(dfd, filename, struct open_how *how, size): how = { u64 flags; u64 mode; ... }
+        pending.record_flags = flags::OPENAT2;
+        let mut how = [0u64; 2];
+        let rc = unsafe {
+            bpf_probe_read_user(
+                how.as_mut_ptr().cast(),
+                size_of::<[u64; 2]>() as u32,
+                arg2 as *const _,
+            )
+        };
+        if rc == 0 {
+            pending.flags = how[0] as u32;
+            pending.mode = how[1] as u32;
+        } else {
+            pending.flags = 0;
+            pending.mode = 0;
+            count(Counter::ReadFailed, KIND);
+        }
+    }
+    if PENDING_OPEN.insert(task.tid, pending, 0).is_err() {
+        count(Counter::PendingMapFull, KIND);
+    }
+}
+
+#[inline(always)]
+fn exit(ctx: &TracePointContext) {
+    let Some(task) = current_task() else { return };
+    let Some(pending) = PENDING_OPEN.get_ptr(task.tid) else {
+        count(Counter::Unpaired, KIND);
+        return;
+    };
+    let pending = unsafe { *pending };
+    // Deleting cannot fail for a key just found by this thread; nothing to do if it did.
+    let _ = PENDING_OPEN.remove(task.tid);
+    let result = unsafe { ctx.read_at::<i64>(SYSCALL_RET_OFFSET) }.unwrap_or(i64::MIN);
+
+    // Most paths fit the small record; a path that fills it is read again into a large one.
+    match emit::<OPEN_SMALL_TAIL>(&pending, result, task, false) {
+        Emitted::Done => {}
+        Emitted::TooLong => {
+            let _ = emit::<OPEN_LARGE_TAIL>(&pending, result, task, true);
+        }
+    }
+}
+
+enum Emitted {
+    Done,
+    TooLong,
+}
+
+#[inline(always)]
+fn emit<const TAIL: usize>(pending: &PendingOpen, result: i64, task: Task, last: bool) -> Emitted {
+    let Some(mut entry) = EVENTS.reserve_bytes(size_of::<OpenRecord>() + TAIL, 0) else {
+        count(Counter::RingFull, KIND);
+        return Emitted::Done;
+    };
+    let base = entry.as_mut_ptr();
+    let record = base.cast::<OpenRecord>();
+    let tail = unsafe { base.add(size_of::<OpenRecord>()) };
+
+    let read =
+        unsafe { bpf_probe_read_user_str(tail.cast(), TAIL as u32, pending.filename as *const _) };
+    let mut record_flags = pending.record_flags;
+    let path_len = if read <= 0 {
+        count(Counter::ReadFailed, KIND);
+        record_flags |= flags::PATH_MISSING;
+        0
+    } else if read as usize >= TAIL {
+        // The path filled the buffer: it may continue beyond it.
+        if !last {
+            entry.discard(0);
+            return Emitted::TooLong;
+        }
+        record_flags |= flags::PATH_TRUNCATED;
+        TAIL - 1
+    } else {
+        read as usize - 1
+    };
+
+    unsafe {
+        write_header(&raw mut (*record).header, KIND, record_flags, task);
+        (*record).result = result;
+        (*record).dfd = pending.dfd;
+        (*record).flags = pending.flags;
+        (*record).mode = pending.mode;
+        (*record).path_len = path_len as u32;
+    }
+    entry.submit(0);
+    count(Counter::Submitted, KIND);
+    Emitted::Done
+}

@@ -1,0 +1,62 @@
+//! Helpers every probe family uses: identity of the current task, the self filter,
+//! counters and record headers.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    generated::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_boot_ns},
+};
+use observer_common::{Counter, EventHeader, EventKind, TASK_COMM_LEN};
+
+use crate::maps::{COUNTERS, SELF_TGID};
+
+/// Process and thread id of the current task.
+#[derive(Clone, Copy)]
+pub struct Task {
+    pub tgid: u32,
+    pub tid: u32,
+}
+
+/// The current task, or `None` when it belongs to the daemon.
+#[inline(always)]
+pub fn current_task() -> Option<Task> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let task = Task {
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+    };
+    if task.tgid == SELF_TGID.load() {
+        return None;
+    }
+    Some(task)
+}
+
+#[inline(always)]
+pub fn count(counter: Counter, kind: EventKind) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter.index(kind)) {
+        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU here.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Fills the common header of a record reserved in the ring buffer.
+///
+/// # Safety
+/// `header` must point to writable ring buffer memory of at least `size_of::<EventHeader>()`.
+#[inline(always)]
+pub unsafe fn write_header(header: *mut EventHeader, kind: EventKind, flags: u32, task: Task) {
+    let uid_gid = bpf_get_current_uid_gid();
+    unsafe {
+        (*header).kind = kind as u32;
+        (*header).flags = flags;
+        (*header).boot_ns = bpf_ktime_get_boot_ns();
+        (*header).cgroup_id = bpf_get_current_cgroup_id();
+        (*header).tgid = task.tgid;
+        (*header).tid = task.tid;
+        (*header).uid = uid_gid as u32;
+        (*header).gid = (uid_gid >> 32) as u32;
+        let comm = (*header).comm.as_mut_ptr();
+        if bpf_get_current_comm(comm.cast(), TASK_COMM_LEN as u32) != 0 {
+            (*header).comm = [0; TASK_COMM_LEN];
+        }
+    }
+}
