@@ -1,0 +1,247 @@
+//! Test harness: runs the real `zastava-observer` binary with the real probes, collects the
+//! NDJSON it writes, and lets a test wait for the events its own actions caused.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const OBSERVER: &str = env!("CARGO_BIN_EXE_zastava-observer");
+/// Long enough for a loaded CI machine; tests wait for their own events, never for time.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Privileged tests load eBPF programs: they need root, and never skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads eBPF programs and must run as root (e.g. `sudo -E cargo xtask test`)"
+    );
+}
+
+/// A name no other test or run will produce.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    events: Vec<Value>,
+    stderr: String,
+    ready: bool,
+    exited: bool,
+}
+
+/// A running observer.
+pub struct Observer {
+    child: Child,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    stats: TempDir,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+/// What the observer reported when it stopped.
+pub struct Stopped {
+    pub events: Vec<Value>,
+    pub summary: Value,
+    pub stderr: String,
+}
+
+impl Observer {
+    /// Starts `zastava-observer run --ndjson -` with extra arguments and waits until its
+    /// probes are attached.
+    pub fn start(extra: &[&str]) -> Observer {
+        require_root();
+        let stats = TempDir::new("zastava-stats");
+        let mut child = Command::new(OBSERVER)
+            .arg("run")
+            .args(["--ndjson", "-", "--stats-json"])
+            .arg(stats.path().join("summary.json"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start zastava-observer");
+        let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
+
+        let stdout = child.stdout.take().expect("piped stdout");
+        let out_shared = Arc::clone(&shared);
+        let out_reader = thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let event: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("observer wrote a line that is not JSON ({e}): {line}")
+                });
+                let (lock, cond) = &*out_shared;
+                lock.lock().unwrap().events.push(event);
+                cond.notify_all();
+            }
+        });
+        let stderr = child.stderr.take().expect("piped stderr");
+        let err_shared = Arc::clone(&shared);
+        let err_reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (lock, cond) = &*err_shared;
+                let mut s = lock.lock().unwrap();
+                s.ready |= line.contains("observer ready");
+                s.stderr.push_str(&line);
+                s.stderr.push('\n');
+                cond.notify_all();
+            }
+            let (lock, cond) = &*err_shared;
+            lock.lock().unwrap().exited = true;
+            cond.notify_all();
+        });
+
+        let observer = Observer {
+            child,
+            shared,
+            stats,
+            readers: vec![out_reader, err_reader],
+        };
+        let (lock, cond) = &*observer.shared;
+        let (state, timeout) = cond
+            .wait_timeout_while(lock.lock().unwrap(), TIMEOUT, |s| !s.ready && !s.exited)
+            .unwrap();
+        assert!(
+            state.ready && !timeout.timed_out(),
+            "observer did not become ready:\n{}",
+            state.stderr
+        );
+        drop(state);
+        observer
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the first event matching `pred`.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let (lock, cond) = &*self.shared;
+        let deadline = Instant::now() + TIMEOUT;
+        let mut state = lock.lock().unwrap();
+        loop {
+            if let Some(found) = state.events.iter().find(|e| pred(e)) {
+                return found.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero() && !state.exited,
+                "no event {what} within {TIMEOUT:?} ({} events seen); observer stderr:\n{}",
+                state.events.len(),
+                state.stderr
+            );
+            state = cond.wait_timeout(state, left).unwrap().0;
+        }
+    }
+
+    /// Stops the observer with SIGTERM and returns everything it reported.
+    pub fn stop(mut self) -> Stopped {
+        // SAFETY: kill with a pid this harness started and still owns (not yet reaped).
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "cannot signal the observer");
+        let status = self.child.wait().expect("wait for observer");
+        for reader in self.readers.drain(..) {
+            reader.join().expect("reader thread");
+        }
+        let state = std::mem::take(&mut *self.shared.0.lock().unwrap());
+        assert!(
+            status.success(),
+            "observer exited with {status}:\n{}",
+            state.stderr
+        );
+        let summary_path = self.stats.path().join("summary.json");
+        let summary = std::fs::read(&summary_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no summary at {}:\n{}",
+                    summary_path.display(),
+                    state.stderr
+                )
+            });
+        Stopped {
+            events: state.events,
+            summary,
+            stderr: state.stderr,
+        }
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        // A test that failed before stop(): do not leave the observer running.
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: as in stop().
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Field accessors that read well in assertions.
+pub fn str_at<'a>(event: &'a Value, pointer: &str) -> &'a str {
+    event
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+pub fn pid_of(event: &Value) -> u64 {
+    event
+        .pointer("/process/pid")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+pub fn my_pid() -> u64 {
+    u64::from(std::process::id())
+}

@@ -1,0 +1,370 @@
+//! Privileged tests: the real probes in the running kernel, observed through the real
+//! `zastava-observer` binary. Each test causes a unique action and asserts the exact content
+//! of the event it produced.
+
+mod common;
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    os::{
+        fd::AsRawFd as _,
+        unix::{fs::PermissionsExt as _, net::UnixListener, net::UnixStream},
+    },
+    process::{Command, Stdio},
+};
+
+use common::{my_pid, pid_of, str_at, unique, Observer, TempDir};
+use serde_json::{json, Value};
+
+fn is_open_of(path: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |e| e["edgeType"] == "fs" && e["path"] == path
+}
+
+/// Every edge event carries the node identity and the process.
+fn assert_common_fields(e: &Value) {
+    let host_id = fs::read_to_string("/etc/machine-id").unwrap();
+    let host_id = host_id.trim();
+    assert_eq!(e["hostId"], host_id);
+    assert_eq!(e["workloadId"], format!("host:{host_id}"));
+    let hostname = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(e["node"], hostname.trim());
+    assert!(
+        e["osRelease"].as_str().is_some_and(|s| !s.is_empty()),
+        "{e}"
+    );
+    let ts = str_at(e, "/timestamp");
+    // 2026-11-22T05:41:21.123456789Z
+    assert_eq!(ts.len(), 30, "timestamp {ts}");
+    assert!(
+        ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "timestamp {ts}"
+    );
+    for field in ["pid", "tid", "uid", "gid", "comm", "exe", "args"] {
+        assert!(
+            e["process"].get(field).is_some(),
+            "process.{field} missing: {e}"
+        );
+    }
+}
+
+#[test]
+fn exec_of_a_unique_binary_reports_its_exact_path_and_argv() {
+    let dir = TempDir::new("zastava-exec");
+    let binary = dir.path().join(unique("true"));
+    fs::copy("/bin/true", &binary).unwrap();
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = binary.to_str().unwrap().to_owned();
+    let marker = unique("arg");
+
+    let observer = Observer::start(&[]);
+    let status = Command::new(&binary)
+        .args([marker.as_str(), "two words", ""])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let expected_args = json!([binary, marker, "two words", ""]);
+    let exec = observer.wait_for("exec of the unique binary", |e| {
+        e["edgeType"] == "syscall" && e["path"] == binary.as_str()
+    });
+    let stopped = observer.stop();
+
+    assert_common_fields(&exec);
+    assert_eq!(exec["syscall"], "execve");
+    assert_eq!(exec["args"], expected_args);
+    assert!(exec.get("argsTruncated").is_none(), "{exec}");
+    assert_eq!(exec["process"]["exe"], binary.as_str());
+    assert_eq!(exec["process"]["args"], expected_args);
+    assert_eq!(exec["process"]["ppid"], my_pid());
+    assert_eq!(exec["process"]["uid"], 0);
+    let execs = stopped
+        .events
+        .iter()
+        .filter(|e| e["edgeType"] == "syscall" && e["path"] == binary.as_str())
+        .count();
+    assert_eq!(execs, 1, "exactly one exec edge for one exec");
+}
+
+#[test]
+fn exec_with_too_many_arguments_is_truncated_and_says_so() {
+    let marker = unique("many");
+    let args: Vec<String> = (0..30).map(|i| format!("{marker}-{i}")).collect();
+    let observer = Observer::start(&[]);
+    let status = Command::new("/bin/true").args(&args).status().unwrap();
+    assert!(status.success());
+    let exec = observer.wait_for("exec with 30 args", |e| {
+        e["edgeType"] == "syscall" && e["args"][1] == args[0].as_str()
+    });
+    observer.stop();
+
+    let captured: Vec<&str> = exec["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(captured.len(), 20, "the probe keeps the first 20 entries");
+    assert_eq!(captured[0], "/bin/true");
+    assert_eq!(
+        captured[1..],
+        args[..19].iter().map(String::as_str).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(exec["argsTruncated"], true);
+}
+
+#[test]
+fn open_by_absolute_path_reports_path_flags_and_fd() {
+    let dir = TempDir::new("zastava-open");
+    let path = dir.path().join(unique("abs"));
+    let path_str = path.to_str().unwrap().to_owned();
+
+    let observer = Observer::start(&[]);
+    let mut written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    written.write_all(b"x").unwrap();
+    let write_fd = written.as_raw_fd();
+    let read = File::open(&path).unwrap();
+    let read_fd = read.as_raw_fd();
+    let missing = format!("{path_str}.missing");
+    assert!(File::open(&missing).is_err());
+
+    let create = observer.wait_for("open for writing", |e| {
+        is_open_of(&path_str)(e) && e["flags"] != libc::O_RDONLY | libc::O_CLOEXEC
+    });
+    let reopen = observer.wait_for("open for reading", |e| {
+        is_open_of(&path_str)(e) && e["flags"] == libc::O_RDONLY | libc::O_CLOEXEC
+    });
+    let failed = observer.wait_for("failed open", is_open_of(&missing));
+    observer.stop();
+
+    assert_common_fields(&create);
+    assert_eq!(pid_of(&create), my_pid());
+    assert_eq!(create["syscall"], "openat");
+    assert_eq!(
+        create["flags"],
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC
+    );
+    assert_eq!(
+        create["flagNames"],
+        json!(["O_WRONLY", "O_CREAT", "O_TRUNC", "O_CLOEXEC"])
+    );
+    assert_eq!(create["result"], write_fd);
+    assert_eq!(reopen["result"], read_fd);
+    assert_eq!(pid_of(&reopen), my_pid());
+    assert_eq!(failed["result"], -libc::ENOENT);
+    drop((written, read));
+}
+
+#[test]
+fn relative_opens_are_made_absolute() {
+    let dir = TempDir::new("zastava-rel");
+    let by_dirfd = unique("dirfd");
+    let by_cwd = unique("cwd");
+    fs::write(dir.path().join(&by_dirfd), "a").unwrap();
+    fs::write(dir.path().join(&by_cwd), "b").unwrap();
+
+    let observer = Observer::start(&[]);
+    // openat(dirfd, "name") from this process.
+    let dirfd = File::open(dir.path()).unwrap();
+    let name = std::ffi::CString::new(by_dirfd.as_str()).unwrap();
+    // SAFETY: valid fd and NUL-terminated path.
+    let fd = unsafe { libc::openat(dirfd.as_raw_fd(), name.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0);
+    // open("name") relative to the working directory of a shell that stays alive until
+    // its event has been seen.
+    let mut shell = Command::new("/bin/sh")
+        .args(["-c", &format!("exec 3< {by_cwd}; read line")])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dirfd_path = format!("{}/{by_dirfd}", dir.path().display());
+    let cwd_path = format!("{}/{by_cwd}", dir.path().display());
+    let via_dirfd = observer.wait_for("openat relative to a dirfd", is_open_of(&dirfd_path));
+    let via_cwd = observer.wait_for("open relative to cwd", is_open_of(&cwd_path));
+    drop(shell.stdin.take());
+    shell.wait().unwrap();
+    observer.stop();
+    // SAFETY: fd was returned by openat above.
+    unsafe { libc::close(fd) };
+
+    assert_eq!(via_dirfd["result"], fd);
+    assert_eq!(pid_of(&via_dirfd), my_pid());
+    assert!(via_dirfd.get("pathResolved").is_none());
+    assert_eq!(pid_of(&via_cwd), u64::from(shell.id()));
+    assert_eq!(via_cwd["result"], 3);
+}
+
+fn connect_tcp(observer: &Observer, listener_addr: SocketAddr) -> Value {
+    let listener = TcpListener::bind(listener_addr).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stream = TcpStream::connect(addr).unwrap();
+    let port = addr.port();
+    let ip = addr.ip().to_string();
+    let event = observer.wait_for("tcp connect", |e| {
+        e["edgeType"] == "net" && e["port"] == port && e["address"] == ip.as_str()
+    });
+    drop(stream);
+    event
+}
+
+#[test]
+fn connect_over_ipv4_and_ipv6_reports_address_port_and_success() {
+    let observer = Observer::start(&[]);
+    let v4 = connect_tcp(&observer, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    let v6 = connect_tcp(&observer, SocketAddr::from((Ipv6Addr::LOCALHOST, 0)));
+    observer.stop();
+
+    assert_common_fields(&v4);
+    assert_eq!(v4["syscall"], "connect");
+    assert_eq!(v4["family"], "inet");
+    assert_eq!(v4["address"], "127.0.0.1");
+    assert_eq!(v4["result"], 0);
+    assert_eq!(pid_of(&v4), my_pid());
+    assert_eq!(v6["family"], "inet6");
+    assert_eq!(v6["address"], "::1");
+    assert_eq!(v6["result"], 0);
+}
+
+#[test]
+fn connect_to_a_closed_port_reports_econnrefused() {
+    let port = {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let observer = Observer::start(&[]);
+    let err = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+    let refused = observer.wait_for("refused connect", |e| {
+        e["edgeType"] == "net" && e["port"] == port
+    });
+    observer.stop();
+    assert_eq!(refused["result"], -libc::ECONNREFUSED);
+    assert_eq!(refused["address"], "127.0.0.1");
+    assert_eq!(pid_of(&refused), my_pid());
+}
+
+#[test]
+fn connect_to_a_unix_socket_reports_its_path() {
+    let dir = TempDir::new("zastava-unix");
+    let socket = dir.path().join(unique("sock"));
+    let listener = UnixListener::bind(&socket).unwrap();
+    let socket_str = socket.to_str().unwrap().to_owned();
+    let observer = Observer::start(&[]);
+    let stream = UnixStream::connect(&socket).unwrap();
+    let event = observer.wait_for("unix connect", |e| {
+        e["edgeType"] == "net" && e["path"] == socket_str.as_str()
+    });
+    observer.stop();
+    drop((stream, listener));
+    assert_eq!(event["family"], "unix");
+    assert_eq!(event["result"], 0);
+    assert!(
+        event.get("port").is_none() && event.get("address").is_none(),
+        "{event}"
+    );
+    assert_eq!(pid_of(&event), my_pid());
+}
+
+#[test]
+fn a_process_started_before_the_observer_is_known_from_proc() {
+    let dir = TempDir::new("zastava-pre");
+    let file = dir.path().join(unique("pre"));
+    fs::write(&file, "x").unwrap();
+    let file_str = file.to_str().unwrap().to_owned();
+    let script = format!("read go; exec 3< {file_str}; read done");
+    let mut shell = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let shell_pid = u64::from(shell.id());
+    let exe = fs::read_link(format!("/proc/{shell_pid}/exe")).unwrap();
+
+    let observer = Observer::start(&[]);
+    writeln!(shell.stdin.as_mut().unwrap(), "go").unwrap();
+    let event = observer.wait_for("open by the older shell", is_open_of(&file_str));
+    drop(shell.stdin.take());
+    shell.wait().unwrap();
+    observer.stop();
+
+    assert_eq!(pid_of(&event), shell_pid);
+    assert_eq!(event["process"]["args"], json!(["/bin/sh", "-c", script]));
+    assert_eq!(event["process"]["exe"], exe.to_str().unwrap());
+    assert_eq!(event["process"]["ppid"], my_pid());
+}
+
+#[test]
+fn the_observer_never_reports_itself() {
+    // With the self filter off, the observer's own /proc reads (it seeds its process table
+    // after attaching) are visible; with it on, none of its activity is.
+    let unfiltered = Observer::start(&["--observe-self"]);
+    let own = unfiltered.pid();
+    let seen = unfiltered.wait_for("the observer's own open", |e| pid_of(e) == u64::from(own));
+    assert_eq!(seen["edgeType"], "fs");
+    unfiltered.stop();
+
+    let observer = Observer::start(&[]);
+    let own = u64::from(observer.pid());
+    // Give it work: events from a new process make it look that process up.
+    Command::new("/bin/true").status().unwrap();
+    observer.wait_for("an unrelated exec", |e| {
+        e["edgeType"] == "syscall" && e["path"] == "/bin/true"
+    });
+    let stopped = observer.stop();
+    let own_events: Vec<&Value> = stopped.events.iter().filter(|e| pid_of(e) == own).collect();
+    assert!(
+        own_events.is_empty(),
+        "the observer reported itself: {own_events:?}"
+    );
+}
+
+#[test]
+fn a_full_ring_buffer_counts_every_lost_event() {
+    let dir = TempDir::new("zastava-storm");
+    let path = dir.path().join(unique("storm"));
+    fs::write(&path, "x").unwrap();
+    let path_str = path.to_str().unwrap().to_owned();
+    const OPENS: u64 = 20_000;
+
+    // One page of ring buffer holds about a dozen open records.
+    let observer = Observer::start(&["--ring-buffer-bytes", "4096"]);
+    for _ in 0..OPENS {
+        drop(File::open(&path).unwrap());
+    }
+    let stopped = observer.stop();
+
+    let delivered = stopped
+        .events
+        .iter()
+        .filter(|e| is_open_of(&path_str)(e))
+        .count() as u64;
+    let ring_full = stopped.summary["kernel"]["ring_full"]["open"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        ring_full > 0,
+        "a one-page ring under a storm must overflow: {}",
+        stopped.summary
+    );
+    assert!(delivered < OPENS, "some opens must have been lost");
+    // Every one of our opens is either delivered or counted (other processes' opens may be
+    // among the counted losses too).
+    assert!(
+        delivered + ring_full >= OPENS,
+        "delivered {delivered} + counted {ring_full} < {OPENS}: a loss went uncounted"
+    );
+    assert!(stopped.summary["lost"].as_u64().unwrap() >= ring_full);
+    assert!(
+        stopped
+            .stderr
+            .contains("events lost in the kernel (ring_full"),
+        "{}",
+        stopped.stderr
+    );
+}
