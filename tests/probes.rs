@@ -368,3 +368,195 @@ fn a_full_ring_buffer_counts_every_lost_event() {
         stopped.stderr
     );
 }
+
+#[test]
+fn exec_by_relative_path_is_reported_with_the_absolute_path() {
+    let dir = TempDir::new("zastava-relexec");
+    let name = unique("rel-sleep");
+    fs::copy("/bin/sleep", dir.path().join(&name)).unwrap();
+    fs::set_permissions(dir.path().join(&name), fs::Permissions::from_mode(0o755)).unwrap();
+    let absolute = format!("{}/{name}", dir.path().display());
+
+    let observer = Observer::start(&[]);
+    // The kernel sees "./name"; the new image lives until its event has been seen, so its
+    // working directory can be read. (A relative exec of a process that is already gone is
+    // reported as given, with pathResolved: false.)
+    let mut child = Command::new(format!("./{name}"))
+        .arg("30")
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    let exec = observer.wait_for("relative exec", |e| {
+        e["edgeType"] == "syscall" && e["args"][0] == format!("./{name}").as_str()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    observer.stop();
+
+    assert_eq!(exec["path"], absolute.as_str(), "{exec}");
+    assert_eq!(exec["args"], json!([format!("./{name}"), "30"]));
+    assert!(exec.get("pathResolved").is_none(), "{exec}");
+    assert_eq!(pid_of(&exec), u64::from(child.id()));
+}
+
+#[test]
+fn fexecve_is_reported_as_execveat_with_the_real_binary() {
+    use std::os::unix::process::CommandExt as _;
+
+    let dir = TempDir::new("zastava-fexec");
+    let binary = dir.path().join(unique("sleep"));
+    fs::copy("/bin/sleep", &binary).unwrap();
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+    let file = File::open(&binary).unwrap();
+    let fd = file.as_raw_fd();
+    // Everything the child needs is built before fork: pre_exec may not allocate.
+    let marker = unique("fexec");
+    let arg0 = std::ffi::CString::new("sleep").unwrap();
+    let arg1 = std::ffi::CString::new("30").unwrap();
+    let arg2 = std::ffi::CString::new(marker.as_str()).unwrap();
+    let argv = [
+        arg0.as_ptr(),
+        arg1.as_ptr(),
+        arg2.as_ptr(),
+        std::ptr::null(),
+    ];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    let argv_addr = argv.as_ptr() as usize;
+    let envp_addr = envp.as_ptr() as usize;
+
+    let observer = Observer::start(&[]);
+    let mut command = Command::new("/bin/false");
+    // SAFETY: the closure only makes a raw syscall; on success the image is replaced and
+    // the spawn completes as for any exec (the status pipe is close-on-exec).
+    unsafe {
+        command.pre_exec(move || {
+            libc::syscall(
+                libc::SYS_execveat,
+                fd,
+                c"".as_ptr(),
+                argv_addr as *const *const libc::c_char,
+                envp_addr as *const *const libc::c_char,
+                libc::AT_EMPTY_PATH,
+            );
+            Err(std::io::Error::last_os_error())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let exec = observer.wait_for("fexecve", |e| {
+        e["edgeType"] == "syscall" && e["args"][2] == marker.as_str()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    observer.stop();
+    drop((file, arg0, arg1, arg2));
+
+    assert_eq!(exec["syscall"], "execveat");
+    assert_eq!(exec["path"], binary.to_str().unwrap(), "{exec}");
+    assert_eq!(exec["args"], json!(["sleep", "30", marker]));
+    assert_eq!(pid_of(&exec), u64::from(child.id()));
+}
+
+#[test]
+fn openat2_is_reported_with_flags_from_open_how() {
+    let dir = TempDir::new("zastava-openat2");
+    let path = dir.path().join(unique("how"));
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // struct open_how { u64 flags; u64 mode; u64 resolve; }
+    let how: [u64; 3] = [
+        (libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC) as u64,
+        0o600,
+        0,
+    ];
+
+    let observer = Observer::start(&[]);
+    // SAFETY: valid path and open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            how.as_ptr(),
+            std::mem::size_of_val(&how),
+        )
+    };
+    assert!(fd >= 0, "openat2: {}", std::io::Error::last_os_error());
+    let event = observer.wait_for("openat2", is_open_of(path.to_str().unwrap()));
+    observer.stop();
+    // SAFETY: fd came from openat2 above.
+    unsafe { libc::close(fd as i32) };
+
+    assert_eq!(event["syscall"], "openat2");
+    assert_eq!(
+        event["flags"],
+        libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC
+    );
+    assert_eq!(event["result"], fd);
+    assert_eq!(pid_of(&event), my_pid());
+}
+
+#[test]
+fn a_non_blocking_connect_reports_einprogress() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let observer = Observer::start(&[]);
+    // SAFETY: plain socket calls on a socket this test owns.
+    let (fd, rc, errno) = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&raw const addr).cast(),
+            std::mem::size_of_val(&addr) as u32,
+        );
+        (fd, rc, std::io::Error::last_os_error().raw_os_error())
+    };
+    let event = observer.wait_for("non-blocking connect", |e| {
+        e["edgeType"] == "net" && e["port"] == port
+    });
+    observer.stop();
+    // SAFETY: fd from socket() above.
+    unsafe { libc::close(fd) };
+
+    assert_eq!((rc, errno), (-1, Some(libc::EINPROGRESS)));
+    assert_eq!(event["result"], -libc::EINPROGRESS);
+    assert_eq!(event["address"], "127.0.0.1");
+}
+
+#[test]
+fn a_forked_child_keeps_its_fork_time_parent_and_inherited_image() {
+    let dir = TempDir::new("zastava-fork");
+    let file = dir.path().join(unique("child"));
+    fs::write(&file, "x").unwrap();
+    let file_str = file.to_str().unwrap().to_owned();
+    // The subshell is a fork of sh (no exec); sh exits at once, so the subshell is
+    // reparented before it opens the file. /proc would then say ppid 1; the fork record
+    // says sh.
+    let script = format!("(sleep 0.3; exec 3< {file_str}) & exit 0");
+
+    let observer = Observer::start(&[]);
+    let mut shell = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    let shell_pid = u64::from(shell.id());
+    shell.wait().unwrap();
+    let event = observer.wait_for("open by the orphaned subshell", is_open_of(&file_str));
+    observer.stop();
+
+    assert_ne!(
+        pid_of(&event),
+        shell_pid,
+        "the open comes from the subshell"
+    );
+    assert_eq!(event["process"]["ppid"], shell_pid);
+    assert_eq!(event["process"]["args"], json!(["/bin/sh", "-c", script]));
+    assert_eq!(event["process"]["exe"], "/bin/sh");
+}

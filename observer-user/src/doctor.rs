@@ -80,11 +80,18 @@ pub fn run(host_root: &Path) -> Vec<Check> {
     let privileged_ok = privileged.status != Status::Fail;
     checks.push(privileged);
 
-    match Tracefs::find() {
-        Ok(tracefs) => {
+    // `run` mounts tracefs when it is missing; so does the check, so that the answer is
+    // the one `run` would get.
+    match Tracefs::find_or_mount() {
+        Ok((tracefs, mounted)) => {
+            let how = if mounted {
+                " (was not mounted; mounted it)"
+            } else {
+                ""
+            };
             checks.push(Check::ok(
                 "tracefs",
-                format!("mounted at {}", tracefs.root().display()),
+                format!("mounted at {}{how}", tracefs.root().display()),
             ));
             checks.extend(tracepoints(&tracefs));
             match tracefs::probe_offsets(&tracefs) {
@@ -106,7 +113,7 @@ pub fn run(host_root: &Path) -> Vec<Check> {
             "tracefs",
             Status::Fail,
             err.to_string(),
-            "mount -t tracefs tracefs /sys/kernel/tracing (`run` also mounts it when it can)",
+            "mount -t tracefs tracefs /sys/kernel/tracing (mounting it failed)",
         )),
     }
     checks.push(cgroup_v2());

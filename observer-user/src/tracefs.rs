@@ -14,6 +14,8 @@ use observer_common::{offsets::syscall_arg_offset, TracepointOffsets};
 
 /// Candidate mount points, in the order the kernel documentation recommends them.
 const MOUNT_POINTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+/// Where tracefs is mounted when it is missing (the first mount point above).
+const MOUNT_TARGET: &std::ffi::CStr = c"/sys/kernel/tracing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
@@ -22,6 +24,14 @@ pub enum TracefsError {
          mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
     )]
     NotMounted,
+    #[error(
+        "tracefs is not mounted and mounting it at {target} failed ({source}); \
+         mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"
+    )]
+    MountFailed {
+        target: &'static str,
+        source: std::io::Error,
+    },
     #[error("tracepoint {category}:{name} does not exist on this kernel ({path}): {source}")]
     MissingTracepoint {
         category: String,
@@ -57,23 +67,22 @@ impl Tracefs {
         if let Ok(found) = Self::find() {
             return Ok((found, false));
         }
-        let target = MOUNT_POINTS[0];
         let (source, fstype) = (c"tracefs", c"tracefs");
-        let Ok(target_c) = std::ffi::CString::new(target) else {
-            return Err(TracefsError::NotMounted);
-        };
         // SAFETY: all pointers are valid NUL-terminated strings; data may be NULL.
         let rc = unsafe {
             libc::mount(
                 source.as_ptr(),
-                target_c.as_ptr(),
+                MOUNT_TARGET.as_ptr(),
                 fstype.as_ptr(),
                 0,
                 std::ptr::null(),
             )
         };
         if rc != 0 {
-            return Err(TracefsError::NotMounted);
+            return Err(TracefsError::MountFailed {
+                target: MOUNT_POINTS[0],
+                source: std::io::Error::last_os_error(),
+            });
         }
         Self::find().map(|found| (found, true))
     }
