@@ -77,3 +77,82 @@ fn an_unwritable_output_fails_with_the_path_in_the_error() {
     assert!(stderr.contains("cannot write events"), "{stderr}");
     assert!(stderr.contains(blocker.to_str().unwrap()), "{stderr}");
 }
+
+fn summary_of(stderr: &str) -> &str {
+    let at = stderr
+        .find("zastava-observer summary after")
+        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"));
+    &stderr[at..]
+}
+
+#[test]
+fn run_stops_by_itself_after_duration_and_accounts_for_what_it_saw() {
+    require_root();
+    let dir = std::env::temp_dir().join(common::unique("zastava-duration"));
+    let output = dir.join("events.ndjson");
+    let stats = dir.join("summary.json");
+    let started = std::time::Instant::now();
+    let (ok, _, stderr) = observer(&[
+        "run",
+        "--duration",
+        "1.5",
+        "--ndjson",
+        output.to_str().unwrap(),
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+    assert!(
+        stderr.contains("duration reached: shutting down"),
+        "{stderr}"
+    );
+    let summary = summary_of(&stderr);
+    for line in [
+        "received",
+        "written",
+        "kernel ring_full",
+        "kernel pending_map_full",
+        "decode errors",
+        "lost events",
+    ] {
+        assert!(summary.contains(line), "summary lacks `{line}`:\n{summary}");
+    }
+    // The file holds exactly the events the summary says were written.
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let written: u64 = json["written"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    let lines = std::fs::read_to_string(&output).unwrap().lines().count() as u64;
+    assert_eq!(lines, written);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sigint_stops_the_observer_cleanly_with_a_summary() {
+    require_root();
+    let mut child = Command::new(OBSERVER)
+        .args(["run", "--ndjson", "/dev/null"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("observer ready") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "observer exited before it was ready:\n{seen}");
+        seen.push_str(&line);
+    }
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}:\n{seen}{rest}");
+    assert!(rest.contains("SIGINT: shutting down"), "{rest}");
+    summary_of(&rest);
+}

@@ -257,7 +257,32 @@ fn ebpf_dir() -> PathBuf {
     root().join("observer-ebpf")
 }
 
+/// Fails with what to do when the eBPF toolchain is missing or mismatched.
+fn check_toolchain() -> Result<()> {
+    let llvm = nightly_llvm_major()?;
+    let linker = cargo_bin().join("bpf-linker");
+    if !linker.exists() {
+        bail!(
+            "bpf-linker is not installed at {}; run `cargo xtask setup`",
+            linker.display()
+        );
+    }
+    match bpf_linker_llvm_major(&linker) {
+        Some(major) if major == llvm => Ok(()),
+        Some(major) => bail!(
+            "bpf-linker at {} uses LLVM {major} but rustc nightly uses LLVM {llvm}; \
+             run `cargo xtask setup` to rebuild it",
+            linker.display()
+        ),
+        None => bail!(
+            "cannot tell which LLVM bpf-linker at {} links; run `cargo xtask setup`",
+            linker.display()
+        ),
+    }
+}
+
 fn build_ebpf(release: bool) -> Result<()> {
+    check_toolchain()?;
     step("building the eBPF object");
     let mut cmd = nightly_cargo();
     cmd.current_dir(ebpf_dir()).args([
