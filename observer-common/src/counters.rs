@@ -4,7 +4,7 @@
 //! counter exists once per [`EventKind`](crate::EventKind) (slot 0 is unused). Userspace sums
 //! the per-CPU values.
 
-/// Slots per counter: event kinds are 1..=5, rounded up to a power of two.
+/// Slots per counter: event kinds are 1..=7, rounded up to a power of two.
 pub const KIND_SLOTS: u32 = 8;
 
 /// What a probe counts. The values are part of the kernel/user ABI.
@@ -22,15 +22,18 @@ pub enum Counter {
     /// A syscall exit arrived without its enter (e.g. the probes attached mid-syscall, or
     /// the enter was lost to a full pairing map).
     Unpaired = 4,
+    /// Events dropped in the kernel by the namespace filter.
+    Filtered = 5,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 5] = [
+    pub const ALL: [Counter; 6] = [
         Counter::Submitted,
         Counter::RingFull,
         Counter::ReadFailed,
         Counter::PendingMapFull,
         Counter::Unpaired,
+        Counter::Filtered,
     ];
 
     /// Index of this counter for an event kind in the counters map.
@@ -46,6 +49,7 @@ impl Counter {
             Counter::ReadFailed => "read_failed",
             Counter::PendingMapFull => "pending_map_full",
             Counter::Unpaired => "unpaired_exit",
+            Counter::Filtered => "filtered",
         }
     }
 }

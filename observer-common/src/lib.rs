@@ -12,7 +12,12 @@
 //! 8-byte aligned.
 #![cfg_attr(not(test), no_std)]
 
+#[cfg(feature = "user")]
+extern crate std;
+
 pub mod counters;
+#[cfg(feature = "user")]
+pub mod identity;
 pub mod offsets;
 
 pub use counters::{Counter, COUNTER_SLOTS};
@@ -46,16 +51,22 @@ pub enum EventKind {
     Exit = 3,
     Open = 4,
     Connect = 5,
+    /// A cgroup was created in the v2 hierarchy.
+    CgroupMkdir = 6,
+    /// A cgroup was removed from the v2 hierarchy.
+    CgroupRmdir = 7,
 }
 
 impl EventKind {
     /// Every kind, in ABI order.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Exec,
         EventKind::Fork,
         EventKind::Exit,
         EventKind::Open,
         EventKind::Connect,
+        EventKind::CgroupMkdir,
+        EventKind::CgroupRmdir,
     ];
 
     pub const fn from_u32(value: u32) -> Option<Self> {
@@ -65,6 +76,8 @@ impl EventKind {
             3 => Some(EventKind::Exit),
             4 => Some(EventKind::Open),
             5 => Some(EventKind::Connect),
+            6 => Some(EventKind::CgroupMkdir),
+            7 => Some(EventKind::CgroupRmdir),
             _ => None,
         }
     }
@@ -76,6 +89,8 @@ impl EventKind {
             EventKind::Exit => "exit",
             EventKind::Open => "open",
             EventKind::Connect => "connect",
+            EventKind::CgroupMkdir => "cgroup_mkdir",
+            EventKind::CgroupRmdir => "cgroup_rmdir",
         }
     }
 }
@@ -190,6 +205,38 @@ pub struct ConnectRecord {
     pub sockaddr: [u8; SOCKADDR_CAPACITY],
 }
 
+/// `cgroup:cgroup_mkdir` / `cgroup:cgroup_rmdir` in the v2 hierarchy. Tail: `path_len`
+/// bytes of the cgroup's path relative to the hierarchy root. The header describes the task
+/// that made or removed the directory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupRecord {
+    pub header: EventHeader,
+    /// The cgroup id (inode number of its directory).
+    pub id: u64,
+    /// Depth below the root (the root is level 0).
+    pub level: u32,
+    pub path_len: u32,
+}
+
+/// Tail size of the small cgroup record.
+pub const CGROUP_SMALL_TAIL: usize = 256;
+/// Tail size of the large cgroup record.
+pub const CGROUP_LARGE_TAIL: usize = PATH_CAPACITY;
+
+/// Namespace filtering in the kernel (`FILTER_MODE` global; `CGROUP_FILTER` map keyed by
+/// cgroup id, checked for the task's cgroup and its ancestors).
+pub mod filter {
+    /// No filtering.
+    pub const OFF: u32 = 0;
+    /// Drop events of tasks in or below a cgroup in the map.
+    pub const EXCLUDE: u32 = 1;
+    /// Drop events of tasks not in or below a cgroup in the map.
+    pub const INCLUDE: u32 = 2;
+    /// How many ancestor levels the probes check.
+    pub const MAX_LEVELS: i32 = 8;
+}
+
 /// Per-thread state between `sys_enter_openat[2]` and `sys_exit_openat[2]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -252,6 +299,7 @@ mod tests {
             size_of::<ConnectRecord>(),
             size_of::<EventHeader>() + 24 + SOCKADDR_CAPACITY
         );
+        assert_eq!(size_of::<CgroupRecord>(), size_of::<EventHeader>() + 16);
         assert_eq!(size_of::<PendingOpen>(), 24);
         assert_eq!(size_of::<PendingConnect>(), 16);
         assert_eq!(size_of::<PendingExec>(), 16 + 2 * ARGS_CAPACITY);
@@ -261,6 +309,7 @@ mod tests {
             size_of::<ForkRecord>(),
             size_of::<OpenRecord>(),
             size_of::<ConnectRecord>(),
+            size_of::<CgroupRecord>(),
         ] {
             assert_eq!(size % 8, 0, "record size {size} is not 8-byte aligned");
         }

@@ -21,6 +21,15 @@ pub struct TracepointOffsets {
     pub newtask_pid: u32,
     /// `task:task_newtask` `u64 clone_flags`.
     pub newtask_clone_flags: u32,
+    /// `cgroup:cgroup_mkdir` (and `cgroup_rmdir`, same layout) `int root`: hierarchy id,
+    /// 0 for the v2 hierarchy.
+    pub cgroup_root: u32,
+    /// `int level`.
+    pub cgroup_level: u32,
+    /// `u64 id`.
+    pub cgroup_id: u32,
+    /// `__data_loc char[] path`.
+    pub cgroup_path: u32,
     pub _pad: u32,
 }
 

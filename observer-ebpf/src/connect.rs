@@ -12,7 +12,7 @@ use observer_common::{
 
 use crate::{
     maps::{EVENTS, PENDING_CONNECT},
-    record::{count, current_task, write_header},
+    record::{count, current_task, filtered, write_header},
 };
 
 const KIND: EventKind = EventKind::Connect;
@@ -20,6 +20,9 @@ const KIND: EventKind = EventKind::Connect;
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let Some(task) = current_task() else { return 0 };
+    if filtered(KIND, true) {
+        return 0;
+    }
     let (Ok(fd), Ok(sockaddr), Ok(addrlen)) = (unsafe {
         (
             ctx.read_at::<i64>(syscall_arg_offset(0)),
@@ -45,11 +48,17 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let Some(task) = current_task() else { return 0 };
     let Some(pending) = PENDING_CONNECT.get_ptr(task.tid) else {
-        count(Counter::Unpaired, KIND);
+        // A filtered task's entry was dropped (and counted) at syscall entry.
+        if !filtered(KIND, false) {
+            count(Counter::Unpaired, KIND);
+        }
         return 0;
     };
     let pending = unsafe { *pending };
     let _ = PENDING_CONNECT.remove(task.tid);
+    if filtered(KIND, true) {
+        return 0;
+    }
     let result = unsafe { ctx.read_at::<i64>(SYSCALL_RET_OFFSET) }.unwrap_or(i64::MIN);
 
     let Some(mut entry) = EVENTS.reserve_bytes(size_of::<ConnectRecord>(), 0) else {

@@ -19,7 +19,7 @@ use observer_common::{
 
 use crate::{
     maps::{EVENTS, EXEC_SCRATCH, OFFSETS, PENDING_EXEC},
-    record::{count, current_task, write_header, Task},
+    record::{count, current_task, filtered, write_header, Task},
 };
 
 const KIND: EventKind = EventKind::Exec;
@@ -62,6 +62,10 @@ fn forget_argv() {
 #[inline(always)]
 fn capture_argv(ctx: &TracePointContext, argv_offset: usize, record_flags: u32) {
     let Some(task) = current_task() else { return };
+    // Counted when the exec itself is dropped, at sched_process_exec.
+    if filtered(KIND, false) {
+        return;
+    }
     let Some(scratch) = EXEC_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -158,6 +162,12 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         len: (loc >> 16) as usize,
     };
     let pending = PENDING_EXEC.get_ptr(old_tid);
+    if filtered(KIND, true) {
+        if pending.is_some() {
+            let _ = PENDING_EXEC.remove(old_tid);
+        }
+        return 0;
+    }
     if pending.is_none() {
         count(Counter::Unpaired, KIND);
     }

@@ -8,7 +8,7 @@ use observer_common::{Counter, EventKind, ExitRecord};
 
 use crate::{
     maps::{EVENTS, OFFSETS},
-    record::{count, current_task, write_header},
+    record::{count, current_task, filtered, write_header},
 };
 
 const KIND: EventKind = EventKind::Exit;
@@ -22,7 +22,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     } else {
         task.tid == task.tgid
     };
-    if !process_ends {
+    if !process_ends || filtered(KIND, true) {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve_bytes(size_of::<ExitRecord>(), 0) else {

@@ -8,7 +8,7 @@ use observer_common::{Counter, EventKind, ForkRecord};
 
 use crate::{
     maps::{EVENTS, OFFSETS},
-    record::{count, current_task, write_header},
+    record::{count, current_task, filtered, write_header},
 };
 
 const KIND: EventKind = EventKind::Fork;
@@ -27,7 +27,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         count(Counter::ReadFailed, KIND);
         return 0;
     };
-    if clone_flags & CLONE_THREAD != 0 {
+    if clone_flags & CLONE_THREAD != 0 || filtered(KIND, true) {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve_bytes(size_of::<ForkRecord>(), 0) else {

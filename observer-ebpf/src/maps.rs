@@ -46,5 +46,18 @@ pub static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets {
     exit_group_dead: 0,
     newtask_pid: 0,
     newtask_clone_flags: 0,
+    cgroup_root: 0,
+    cgroup_level: 0,
+    cgroup_id: 0,
+    cgroup_path: 0,
     _pad: 0,
 });
+
+/// `observer_common::filter` mode, set by the loader from the namespace flags.
+#[unsafe(no_mangle)]
+pub static FILTER_MODE: Global<u32> = Global::new(0);
+
+/// cgroup ids the namespace filter marks (pod cgroups and container cgroups); the value is
+/// unused. Filled by the daemon as it learns pods from the container runtime.
+#[map]
+pub static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);

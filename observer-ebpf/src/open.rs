@@ -15,7 +15,7 @@ use observer_common::{
 
 use crate::{
     maps::{EVENTS, PENDING_OPEN},
-    record::{count, current_task, write_header, Task},
+    record::{count, current_task, filtered, write_header, Task},
 };
 
 const KIND: EventKind = EventKind::Open;
@@ -47,6 +47,9 @@ pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn enter(ctx: &TracePointContext, openat2: bool) {
     let Some(task) = current_task() else { return };
+    if filtered(KIND, true) {
+        return;
+    }
     let (Ok(dfd), Ok(filename), Ok(arg2), Ok(arg3)) = (unsafe {
         (
             ctx.read_at::<i64>(syscall_arg_offset(0)),
@@ -94,12 +97,19 @@ fn enter(ctx: &TracePointContext, openat2: bool) {
 fn exit(ctx: &TracePointContext) {
     let Some(task) = current_task() else { return };
     let Some(pending) = PENDING_OPEN.get_ptr(task.tid) else {
-        count(Counter::Unpaired, KIND);
+        // A filtered task's entry was dropped (and counted) at syscall entry.
+        if !filtered(KIND, false) {
+            count(Counter::Unpaired, KIND);
+        }
         return;
     };
     let pending = unsafe { *pending };
     // Deleting cannot fail for a key just found by this thread; nothing to do if it did.
     let _ = PENDING_OPEN.remove(task.tid);
+    // The filter may have learnt about this task's pod since the entry.
+    if filtered(KIND, true) {
+        return;
+    }
     let result = unsafe { ctx.read_at::<i64>(SYSCALL_RET_OFFSET) }.unwrap_or(i64::MIN);
 
     // Most paths fit the small record; a path that fills it is read again into a large one.

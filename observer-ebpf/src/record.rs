@@ -3,11 +3,14 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    generated::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_boot_ns},
+    generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_ktime_get_boot_ns,
+    },
 };
-use observer_common::{Counter, EventHeader, EventKind, TASK_COMM_LEN};
+use observer_common::{filter, Counter, EventHeader, EventKind, TASK_COMM_LEN};
 
-use crate::maps::{COUNTERS, SELF_TGID};
+use crate::maps::{CGROUP_FILTER, COUNTERS, FILTER_MODE, SELF_TGID};
 
 /// Process and thread id of the current task.
 #[derive(Clone, Copy)]
@@ -28,6 +31,46 @@ pub fn current_task() -> Option<Task> {
         return None;
     }
     Some(task)
+}
+
+/// Whether the task is in, or below, a cgroup the daemon marked.
+#[inline(always)]
+fn in_marked_cgroup() -> bool {
+    let own = unsafe { bpf_get_current_cgroup_id() };
+    if CGROUP_FILTER.get_ptr(own).is_some() {
+        return true;
+    }
+    for level in 1..filter::MAX_LEVELS {
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        // 0: deeper than the task's own cgroup; own: reached it.
+        if ancestor == 0 || ancestor == own {
+            return false;
+        }
+        if CGROUP_FILTER.get_ptr(ancestor).is_some() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether the namespace filter drops this task's events. `count` records the drop in the
+/// `Filtered` counter; it is false where the same syscall was already counted at entry.
+#[inline(always)]
+pub fn filtered(kind: EventKind, count_it: bool) -> bool {
+    let mode = FILTER_MODE.load();
+    if mode == filter::OFF {
+        return false;
+    }
+    let marked = in_marked_cgroup();
+    let drop = if mode == filter::EXCLUDE {
+        marked
+    } else {
+        !marked
+    };
+    if drop && count_it {
+        count(Counter::Filtered, kind);
+    }
+    drop
 }
 
 #[inline(always)]

@@ -11,8 +11,8 @@ use std::{
 };
 
 use observer_common::{
-    ConnectRecord, EventHeader, EventKind, ExecRecord, ExitRecord, ForkRecord, OpenRecord,
-    TASK_COMM_LEN,
+    CgroupRecord, ConnectRecord, EventHeader, EventKind, ExecRecord, ExitRecord, ForkRecord,
+    OpenRecord,
 };
 
 /// Why a record was rejected. Each variant is counted separately.
@@ -54,6 +54,7 @@ pub enum KernelEvent<'a> {
     Exit(ExitEvent),
     Open(OpenEvent<'a>),
     Connect(ConnectEvent<'a>),
+    Cgroup(CgroupEvent<'a>),
 }
 
 impl KernelEvent<'_> {
@@ -64,6 +65,7 @@ impl KernelEvent<'_> {
             KernelEvent::Exit(e) => &e.header,
             KernelEvent::Open(e) => &e.header,
             KernelEvent::Connect(e) => &e.header,
+            KernelEvent::Cgroup(e) => &e.header,
         }
     }
 
@@ -74,6 +76,8 @@ impl KernelEvent<'_> {
             KernelEvent::Exit(_) => EventKind::Exit,
             KernelEvent::Open(_) => EventKind::Open,
             KernelEvent::Connect(_) => EventKind::Connect,
+            KernelEvent::Cgroup(e) if e.created => EventKind::CgroupMkdir,
+            KernelEvent::Cgroup(_) => EventKind::CgroupRmdir,
         }
     }
 }
@@ -116,6 +120,17 @@ pub struct ConnectEvent<'a> {
     pub result: i64,
     pub fd: i32,
     pub address: SocketAddress<'a>,
+}
+
+/// A v2 cgroup was created (`created`) or removed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CgroupEvent<'a> {
+    pub header: EventHeader,
+    pub created: bool,
+    pub id: u64,
+    pub level: u32,
+    /// Relative to the hierarchy root, starting with `/`.
+    pub path: &'a [u8],
 }
 
 /// NUL-separated argv bytes.
@@ -243,6 +258,7 @@ unsafe impl Plain for ForkRecord {}
 unsafe impl Plain for ExitRecord {}
 unsafe impl Plain for OpenRecord {}
 unsafe impl Plain for ConnectRecord {}
+unsafe impl Plain for CgroupRecord {}
 
 /// Reads a `T` from the start of `data`, and returns it with the bytes that follow it.
 fn read<'a, T: Plain>(data: &'a [u8], what: &'static str) -> Result<(T, &'a [u8]), DecodeError> {
@@ -318,6 +334,17 @@ pub fn decode(data: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 path,
             })
         }
+        EventKind::CgroupMkdir | EventKind::CgroupRmdir => {
+            let (r, tail) = read::<CgroupRecord>(data, "cgroup record")?;
+            let (path, _) = take(tail, r.path_len, "cgroup", "path")?;
+            KernelEvent::Cgroup(CgroupEvent {
+                header: r.header,
+                created: kind == EventKind::CgroupMkdir,
+                id: r.id,
+                level: r.level,
+                path,
+            })
+        }
         EventKind::Connect => {
             // The record is fixed-size; the sockaddr array sits inside it. Borrow it from
             // `data` rather than from the copied record so the event can outlive this frame.
@@ -347,20 +374,10 @@ pub fn decode(data: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
     })
 }
 
-/// The task name from a header, without NUL padding.
-pub fn comm(header: &EventHeader) -> &[u8] {
-    let end = header
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(TASK_COMM_LEN);
-    &header.comm[..end]
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use observer_common::{flags, SOCKADDR_CAPACITY};
+    use observer_common::{flags, SOCKADDR_CAPACITY, TASK_COMM_LEN};
 
     pub(crate) fn header(kind: EventKind) -> EventHeader {
         let mut comm = [0u8; TASK_COMM_LEN];
@@ -452,7 +469,7 @@ pub(crate) mod tests {
         assert_eq!(args, vec![&b"echo"[..], b"hello world", b""]);
         assert_eq!(e.header.tgid, 4242);
         assert_eq!(e.old_tid, 4243);
-        assert_eq!(comm(&e.header), b"test");
+        assert_eq!(&e.header.comm[..5], b"test\0");
     }
 
     #[test]
@@ -540,6 +557,7 @@ pub(crate) mod tests {
             bytes_of(&ExitRecord {
                 header: header(EventKind::Exit),
             }),
+            cgroup_record(EventKind::CgroupMkdir, 9, b"/a/b"),
         ];
         for record in &records {
             assert!(decode(record).is_ok());
@@ -572,6 +590,39 @@ pub(crate) mod tests {
                 .collect();
             let _ = decode(&bytes);
         }
+    }
+
+    pub(crate) fn cgroup_record(kind: EventKind, id: u64, path: &[u8]) -> Vec<u8> {
+        let record = CgroupRecord {
+            header: header(kind),
+            id,
+            level: path.iter().filter(|&&b| b == b'/').count() as u32,
+            path_len: path.len() as u32,
+        };
+        let mut data = bytes_of(&record);
+        data.extend_from_slice(path);
+        data.resize(size_of::<CgroupRecord>() + 256, 0);
+        data
+    }
+
+    #[test]
+    fn cgroup_records_decode() {
+        let data = cgroup_record(EventKind::CgroupMkdir, 4242, b"/kubepods/besteffort/pod1");
+        let KernelEvent::Cgroup(e) = decode(&data).unwrap() else {
+            panic!("not cgroup")
+        };
+        assert!(e.created);
+        assert_eq!(
+            (e.id, e.level, e.path),
+            (4242, 3, &b"/kubepods/besteffort/pod1"[..])
+        );
+        let data = cgroup_record(EventKind::CgroupRmdir, 7, b"/x");
+        assert_eq!(decode(&data).unwrap().kind(), EventKind::CgroupRmdir);
+        let mut data = cgroup_record(EventKind::CgroupMkdir, 1, b"/y");
+        let mut record: CgroupRecord = read(&data, "t").unwrap().0;
+        record.path_len = 300;
+        data[..size_of::<CgroupRecord>()].copy_from_slice(&bytes_of(&record));
+        assert_eq!(decode(&data).unwrap_err().reason(), "bad_length");
     }
 
     #[test]

@@ -73,8 +73,9 @@ impl fmt::Display for Check {
     }
 }
 
-/// Runs every check. The observer can run when none failed.
-pub fn run(host_root: &Path) -> Vec<Check> {
+/// Runs every check. The observer can run when none failed. `cri_endpoint` is checked as
+/// `run` would use it (`None`: the default sockets; `Some("")`: no runtime wanted).
+pub fn run(host_root: &Path, cri_endpoint: Option<&str>) -> Vec<Check> {
     let mut checks = vec![kernel_version(), btf()];
     let privileged = privileges();
     let privileged_ok = privileged.status != Status::Fail;
@@ -117,6 +118,7 @@ pub fn run(host_root: &Path) -> Vec<Check> {
         )),
     }
     checks.push(cgroup_v2());
+    checks.push(container_runtime(cri_endpoint));
     let host = HostIdentity::read(host_root);
     checks.push(if host.warnings.is_empty() {
         Check::ok(
@@ -247,6 +249,7 @@ fn load_probes(offsets: observer_common::TracepointOffsets) -> Check {
         ring_buffer_bytes: DEFAULT_RING_BYTES,
         self_tgid: std::process::id(),
         offsets,
+        filter_mode: observer_common::filter::OFF,
     };
     match Probes::load(PROBES_OBJECT, &config) {
         Ok(_) => Check::ok(
@@ -275,6 +278,59 @@ fn cgroup_v2() -> Check {
             Status::Warn,
             "no cgroup2 mount",
             "events carry cgroup ids of the v2 hierarchy; mount cgroup2 to attribute them to containers",
+        ),
+    }
+}
+
+fn container_runtime(endpoint: Option<&str>) -> Check {
+    const NAME: &str = "container runtime";
+    if endpoint == Some("") {
+        return Check::ok(
+            NAME,
+            "not used (--no-cri): events are attributed to the node",
+        );
+    }
+    let Some(socket) = crate::cri::resolve_endpoint(endpoint) else {
+        return Check::bad(
+            NAME,
+            Status::Warn,
+            format!("no CRI socket found (tried {})", crate::cri::DEFAULT_ENDPOINTS.join(", ")),
+            "pass --cri-endpoint PATH to attribute events to pods; without it events are attributed to the node",
+        );
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            return Check::bad(
+                NAME,
+                Status::Fail,
+                format!("cannot start a runtime: {err}"),
+                "see the error",
+            )
+        }
+    };
+    match runtime.block_on(crate::cri::CriClient::connect(
+        &socket,
+        std::time::Duration::from_secs(2),
+    )) {
+        Ok((_, v)) => Check::ok(
+            NAME,
+            format!(
+                "{} {} (CRI {}) at {}",
+                v.name,
+                v.version,
+                v.api_version,
+                socket.display()
+            ),
+        ),
+        Err(err) => Check::bad(
+            NAME,
+            Status::Fail,
+            err.to_string(),
+            "start the runtime, fix --cri-endpoint, or pass --no-cri to run without one",
         ),
     }
 }

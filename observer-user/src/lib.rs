@@ -1,20 +1,28 @@
 //! Zastava runtime observer: userspace side.
 //!
 //! Data flows one way through one module per stage:
-//! [`probes`] (load/attach) → [`daemon`] (ring buffer reading) → [`decode`] →
-//! [`enrich`] (with [`proctable`], [`paths`], [`host`], [`clock`]) → [`event`] → [`sink`];
-//! [`summary`] accounts for every record at shutdown, [`doctor`] checks the node.
+//! [`probes`] (load/attach) → [`daemon`] (ring buffer reading) → [`pipeline`]:
+//! [`decode`] → [`tracker`] (with [`proctable`], [`paths`]) → [`attribution`] (with
+//! [`cgroups`] and, through [`watcher`] and [`cri`], the container runtime) → [`event`] →
+//! [`sink`]; [`summary`] accounts for every record at shutdown, [`doctor`] checks the node.
 
+pub mod attribution;
+pub mod buildid;
+pub mod cgroups;
 pub mod clock;
+pub mod containers;
+pub mod cri;
 pub mod daemon;
 pub mod decode;
 pub mod doctor;
-pub mod enrich;
 pub mod event;
 pub mod host;
 pub mod paths;
+pub mod pipeline;
 pub mod probes;
 pub mod proctable;
 pub mod sink;
 pub mod summary;
 pub mod tracefs;
+pub mod tracker;
+pub mod watcher;

@@ -1,7 +1,7 @@
 //! Loading the eBPF object, attaching every program, and reading the kernel-side counters.
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{trace_point::TracePointLink, ProgramError, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -34,7 +34,9 @@ const fn at(program: &'static str, category: &'static str) -> Attachment {
 
 /// Every program and its tracepoint. Entry/exit pairs are listed exit first, so that when
 /// attaching stops half way no entry is left recording state that nothing consumes.
-pub const ATTACHMENTS: [Attachment; 13] = [
+pub const ATTACHMENTS: [Attachment; 15] = [
+    at("cgroup_mkdir", "cgroup"),
+    at("cgroup_rmdir", "cgroup"),
     at("sched_process_exit", "sched"),
     at("task_newtask", "task"),
     at("sched_process_exec", "sched"),
@@ -98,6 +100,8 @@ pub struct ProbeConfig {
     /// The process whose activity the probes ignore (the daemon).
     pub self_tgid: u32,
     pub offsets: TracepointOffsets,
+    /// An `observer_common::filter` mode.
+    pub filter_mode: u32,
 }
 
 /// Checks a ring buffer size: the kernel wants a power-of-two multiple of the page size.
@@ -131,6 +135,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global("SELF_TGID", &config.self_tgid, true)
             .override_global("OFFSETS", &config.offsets, true)
+            .override_global("FILTER_MODE", &config.filter_mode, true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(object)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
@@ -202,6 +207,21 @@ impl Probes {
             name: "EVENTS",
             source,
         })
+    }
+
+    /// Marks a cgroup for the namespace filter: events of tasks in it or below it are
+    /// dropped (exclude mode) or kept (include mode) in the kernel.
+    pub fn mark_cgroup(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut("CGROUP_FILTER")
+            .ok_or(ProbeError::MissingMap("CGROUP_FILTER"))?;
+        let map_error = |source| ProbeError::Map {
+            name: "CGROUP_FILTER",
+            source,
+        };
+        let mut filter: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(map).map_err(map_error)?;
+        filter.insert(cgroup_id, 1, 0).map_err(map_error)
     }
 
     /// Sums the per-CPU counters.

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::event::RuntimeEvent;
+use serde::Serialize;
 
 /// Where events go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +51,9 @@ impl NdjsonSink {
         }
     }
 
-    pub fn write(&mut self, event: &RuntimeEvent<'_>) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, event)?;
+    /// Writes one record as a line.
+    pub fn write<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
         self.out.write_all(b"\n")?;
         self.written += 1;
         Ok(())

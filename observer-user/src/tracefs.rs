@@ -215,6 +215,8 @@ pub fn probe_offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsErro
     let exec = tracefs.format("sched", "sched_process_exec")?;
     let exit = tracefs.format("sched", "sched_process_exit")?;
     let newtask = tracefs.format("task", "task_newtask")?;
+    let mkdir = tracefs.format("cgroup", "cgroup_mkdir")?;
+    let rmdir = tracefs.format("cgroup", "cgroup_rmdir")?;
 
     let exit_group_dead = match exit.field("group_dead") {
         Some(_) => exit.offset_of("group_dead", 1)?,
@@ -226,8 +228,21 @@ pub fn probe_offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsErro
         exit_group_dead,
         newtask_pid: newtask.offset_of("pid", 4)?,
         newtask_clone_flags: newtask.offset_of("clone_flags", 8)?,
+        cgroup_root: mkdir.offset_of("root", 4)?,
+        cgroup_level: mkdir.offset_of("level", 4)?,
+        cgroup_id: mkdir.offset_of("id", 8)?,
+        cgroup_path: mkdir.data_loc_offset("path")?,
         _pad: 0,
     };
+    // One program reads both with the same offsets.
+    for field in ["root", "level", "id", "path"] {
+        if mkdir.field(field) != rmdir.field(field) {
+            return Err(TracefsError::Layout {
+                tracepoint: rmdir.tracepoint,
+                problem: format!("field `{field}` differs from cgroup:cgroup_mkdir"),
+            });
+        }
+    }
 
     for (name, args) in SYSCALL_ARGS {
         let format = tracefs.format("syscalls", name)?;

@@ -4,7 +4,8 @@ use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode, time::Duration}
 
 use clap::{Parser, Subcommand};
 use zastava::{
-    daemon::{self, RunOptions},
+    attribution::NamespaceFilter,
+    daemon::{self, CriOptions, RunOptions},
     doctor::{self, Status},
     probes::{validate_ring_size, DEFAULT_RING_BYTES},
     sink::Output,
@@ -24,12 +25,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the probes and stream events as NDJSON until SIGINT/SIGTERM or --duration.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check that this node can run the observer; exits non-zero if it cannot.
     Doctor {
         /// Root of the host filesystem.
         #[arg(long, default_value = "/")]
         host_root: PathBuf,
+        /// Container runtime socket to check (default: the sockets `run` would try).
+        #[arg(long, value_name = "PATH|unix://PATH")]
+        cri_endpoint: Option<String>,
+        /// Do not check for a container runtime.
+        #[arg(long, conflicts_with = "cri_endpoint")]
+        no_cri: bool,
     },
 }
 
@@ -53,6 +60,35 @@ struct RunArgs {
     /// The host's /proc.
     #[arg(long, default_value = "/proc")]
     proc_root: PathBuf,
+    /// The cgroup v2 mount (found in the mount table by default).
+    #[arg(long, value_name = "PATH")]
+    cgroup_root: Option<PathBuf>,
+    /// Container runtime socket (CRI); default: containerd's, then CRI-O's, if present.
+    #[arg(long, value_name = "PATH|unix://PATH")]
+    cri_endpoint: Option<String>,
+    /// Run without a container runtime: every event is attributed to the node.
+    #[arg(long, conflicts_with = "cri_endpoint")]
+    no_cri: bool,
+    /// How often to list containers when the runtime has no event stream.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
+    cri_poll_interval: Duration,
+    /// Deadline for each call to the container runtime.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
+    cri_timeout: Duration,
+    /// How long an event of a container not known yet may wait for the runtime before it
+    /// is sent with "enrichment": "pending" (a patch record follows).
+    #[arg(long, value_name = "MS", default_value_t = 250)]
+    enrichment_wait_ms: u64,
+    /// How long an exited container is remembered, so its last events still resolve.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_duration)]
+    container_retention: Duration,
+    /// Only report these Kubernetes namespaces (repeatable); host processes are dropped too.
+    /// Filtering happens in the kernel.
+    #[arg(long = "namespace", value_name = "NS")]
+    namespaces: Vec<String>,
+    /// Never report these Kubernetes namespaces (repeatable). Filtering happens in the kernel.
+    #[arg(long = "exclude-namespace", value_name = "NS")]
+    exclude_namespaces: Vec<String>,
     /// Report the observer's own activity too (diagnostics).
     #[arg(long, hide = true)]
     observe_self: bool,
@@ -96,8 +132,17 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Doctor { host_root } => {
-            let checks = doctor::run(&host_root);
+        Command::Doctor {
+            host_root,
+            cri_endpoint,
+            no_cri,
+        } => {
+            let endpoint = if no_cri {
+                Some(String::new())
+            } else {
+                cri_endpoint
+            };
+            let checks = doctor::run(&host_root, endpoint.as_deref());
             for check in &checks {
                 println!("{check}");
             }
@@ -124,6 +169,19 @@ fn main() -> ExitCode {
                 stats_json: args.stats_json,
                 host_root: args.host_root,
                 proc_root: args.proc_root,
+                cgroup_root: args.cgroup_root,
+                cri: CriOptions {
+                    enabled: !args.no_cri,
+                    endpoint: args.cri_endpoint,
+                    poll_interval: args.cri_poll_interval,
+                    timeout: args.cri_timeout,
+                },
+                enrichment_wait: Duration::from_millis(args.enrichment_wait_ms),
+                retention: args.container_retention,
+                namespaces: NamespaceFilter {
+                    include: args.namespaces,
+                    exclude: args.exclude_namespaces,
+                },
                 observe_self: args.observe_self,
             };
             let runtime = match tokio::runtime::Builder::new_current_thread()

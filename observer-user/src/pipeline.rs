@@ -1,0 +1,265 @@
+//! The pipeline: ring buffer records → decode → track → attribute → NDJSON, and the
+//! runtime watcher's updates into attribution. One task owns all of it, so the stages need
+//! no locks and records of one process keep their order.
+
+use std::{collections::BTreeMap, io, time::Instant};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{
+    attribution::{Attributor, Output},
+    clock::{BootClock, Timestamp},
+    decode::{decode, KernelEvent},
+    event::{EdgeRecord, Lifecycle, LifecycleRecord, PatchRecord},
+    host::HostIdentity,
+    probes::Probes,
+    sink::NdjsonSink,
+    tracker::Tracker,
+    watcher::Update,
+};
+
+/// Records written, by type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Edge events by edge type (index = `EdgeType::index`).
+    pub edges: [u64; 3],
+    pub container_starts: u64,
+    pub container_stops: u64,
+    pub patches: u64,
+}
+
+/// The runtime connection, as the summary reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CriStatus {
+    pub endpoint: Option<String>,
+    pub runtime: Option<String>,
+    pub connected: bool,
+    pub disconnects: u64,
+}
+
+pub struct Pipeline {
+    pub tracker: Tracker,
+    pub attributor: Attributor,
+    sink: NdjsonSink,
+    host: HostIdentity,
+    clock: BootClock,
+    run_id: String,
+    requests: Option<mpsc::Sender<String>>,
+    out: Vec<Output>,
+    decode_errors: BTreeMap<&'static str, u64>,
+    written: Written,
+    cri: CriStatus,
+}
+
+impl Pipeline {
+    pub fn new(
+        tracker: Tracker,
+        attributor: Attributor,
+        sink: NdjsonSink,
+        host: HostIdentity,
+        run_id: String,
+        requests: Option<mpsc::Sender<String>>,
+        cri: CriStatus,
+    ) -> Self {
+        Pipeline {
+            tracker,
+            attributor,
+            sink,
+            host,
+            clock: BootClock::new(),
+            run_id,
+            requests,
+            out: Vec::new(),
+            decode_errors: BTreeMap::new(),
+            written: Written::default(),
+            cri,
+        }
+    }
+
+    pub fn decode_errors(&self) -> &BTreeMap<&'static str, u64> {
+        &self.decode_errors
+    }
+
+    pub fn written(&self) -> Written {
+        self.written
+    }
+
+    pub fn cri(&self) -> &CriStatus {
+        &self.cri
+    }
+
+    pub fn clock_mut(&mut self) -> &mut BootClock {
+        &mut self.clock
+    }
+
+    /// Handles what is in the ring now, up to `budget` records. Returns how many.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, budget: usize) -> io::Result<usize> {
+        let now = Instant::now();
+        let mut handled = 0;
+        while handled < budget {
+            let Some(item) = ring.next() else { break };
+            handled += 1;
+            match decode(&item) {
+                Ok(KernelEvent::Cgroup(cgroup)) => {
+                    self.tracker.count(if cgroup.created {
+                        observer_common::EventKind::CgroupMkdir
+                    } else {
+                        observer_common::EventKind::CgroupRmdir
+                    });
+                    let path = String::from_utf8_lossy(cgroup.path).into_owned();
+                    self.attributor.on_cgroup(cgroup.created, cgroup.id, path);
+                }
+                Ok(event) => {
+                    if let Some(edge) = self.tracker.handle(&event) {
+                        self.attributor.on_event(edge, now, &mut self.out);
+                    }
+                }
+                Err(err) => {
+                    let count = self.decode_errors.entry(err.reason()).or_default();
+                    *count += 1;
+                    // The first of each kind is logged in full; the rest only counted.
+                    if *count == 1 {
+                        warn!("skipping a malformed ring buffer record: {err}");
+                    }
+                }
+            }
+            // Bound what is buffered: write as we go rather than after the whole drain.
+            if self.out.len() >= 1024 {
+                self.write_outputs()?;
+            }
+        }
+        self.forward_requests();
+        self.write_outputs()?;
+        Ok(handled)
+    }
+
+    /// Applies an update from the runtime watcher, marking cgroups for the kernel filter
+    /// before anything is said about it.
+    pub fn on_update(&mut self, update: Update, probes: &mut Probes) -> io::Result<()> {
+        let now = Instant::now();
+        match update {
+            Update::Pod(pod) => {
+                self.attributor
+                    .on_pod(std::sync::Arc::clone(&pod), &mut self.out);
+                self.apply_marks(probes);
+                info!(
+                    "pod {}/{} (sandbox {}) workload {} ({})",
+                    pod.pod.namespace,
+                    pod.pod.name,
+                    pod.sandbox_id,
+                    pod.identity.id,
+                    pod.identity.id_source.as_str()
+                );
+            }
+            Update::Container(info) => self.attributor.on_container(info, &mut self.out),
+            Update::ContainerGone(id) => self.attributor.on_container_gone(&id, now),
+            Update::ResolveFailed(id) => self.attributor.on_resolve_failed(&id, now, &mut self.out),
+            Update::Connected(version) => {
+                self.cri.connected = true;
+                self.cri.runtime = Some(format!("{} {}", version.name, version.version));
+            }
+            Update::Disconnected(_) => {
+                self.cri.connected = false;
+                self.cri.disconnects += 1;
+            }
+        }
+        self.write_outputs()
+    }
+
+    /// Lets events that waited too long leave as `pending`.
+    pub fn on_tick(&mut self) -> io::Result<()> {
+        self.attributor.on_tick(Instant::now(), &mut self.out);
+        self.write_outputs()
+    }
+
+    /// Marks cgroups the namespace filter needs in the kernel.
+    pub fn apply_marks(&mut self, probes: &mut Probes) {
+        for id in self.attributor.take_marks() {
+            if let Err(err) = probes.mark_cgroup(id) {
+                warn!("cannot mark cgroup {id} for the namespace filter: {err}");
+            }
+        }
+    }
+
+    /// At shutdown: everything still held leaves, and the sink is flushed.
+    pub fn finish(&mut self) -> io::Result<()> {
+        self.attributor.drain(&mut self.out);
+        self.write_outputs()?;
+        self.sink.flush()
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
+    }
+
+    fn forward_requests(&mut self) {
+        let requests = self.attributor.take_requests();
+        if requests.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for id in requests {
+            let sent = self
+                .requests
+                .as_ref()
+                .is_some_and(|tx| tx.try_send(id.clone()).is_ok());
+            if !sent {
+                // The watcher is gone or swamped: do not hold the events for nothing.
+                self.attributor.on_resolve_failed(&id, now, &mut self.out);
+            }
+        }
+    }
+
+    fn write_outputs(&mut self) -> io::Result<()> {
+        for output in self.out.drain(..) {
+            match output {
+                Output::Edge(event, attribution) => {
+                    self.sink.write(&EdgeRecord {
+                        timestamp: self.clock.to_utc(event.boot_ns),
+                        event: &event,
+                        attribution: &attribution,
+                        host: &self.host,
+                        run_id: &self.run_id,
+                    })?;
+                    self.written.edges[event.edge_type().index()] += 1;
+                }
+                Output::Lifecycle(lifecycle, container, enrichment) => {
+                    let at = match lifecycle {
+                        Lifecycle::Start => container.started_at_ns,
+                        Lifecycle::Stop => container.finished_at_ns,
+                    };
+                    let timestamp = if at > 0 {
+                        Timestamp::from_unix_ns(i128::from(at))
+                    } else {
+                        self.clock.to_utc(BootClock::boot_now_ns())
+                    };
+                    self.sink.write(&LifecycleRecord {
+                        lifecycle,
+                        container: &container,
+                        enrichment,
+                        host: &self.host,
+                        timestamp,
+                    })?;
+                    match lifecycle {
+                        Lifecycle::Start => self.written.container_starts += 1,
+                        Lifecycle::Stop => self.written.container_stops += 1,
+                    }
+                }
+                Output::Patch(container, seqs, enrichment) => {
+                    self.sink.write(&PatchRecord {
+                        run_id: &self.run_id,
+                        event_seqs: &seqs,
+                        container: &container,
+                        enrichment,
+                        host: &self.host,
+                        timestamp: self.clock.to_utc(BootClock::boot_now_ns()),
+                    })?;
+                    self.written.patches += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}

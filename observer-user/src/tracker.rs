@@ -1,0 +1,338 @@
+//! Process tracking: fork, exec and exit records keep the process table current, and
+//! exec, open and connect records become owned [`EdgeEvent`]s carrying a snapshot of their
+//! process.
+
+use std::sync::Arc;
+
+use observer_common::{flags, EventHeader, EventKind};
+
+use crate::{
+    decode::{ConnectEvent, ExecEvent, KernelEvent, OpenEvent, SocketAddress},
+    event::{EdgeDetail, EdgeEvent, ProcessSnapshot, SocketTarget},
+    paths,
+    proctable::{split_cmdline, Image, ProcessTable},
+};
+
+/// What tracking did, for the summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackStats {
+    /// Records handled, by kind (index = `EventKind as usize`).
+    pub received: [u64; 8],
+    /// Relative paths that could not be made absolute (the process was gone).
+    pub unresolved_paths: u64,
+}
+
+impl TrackStats {
+    pub fn received(&self, kind: EventKind) -> u64 {
+        self.received[kind as usize]
+    }
+}
+
+pub struct Tracker {
+    table: ProcessTable,
+    next_seq: u64,
+    stats: TrackStats,
+}
+
+impl Tracker {
+    pub fn new(table: ProcessTable) -> Self {
+        Tracker {
+            table,
+            next_seq: 1,
+            stats: TrackStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> TrackStats {
+        self.stats
+    }
+
+    pub fn table(&self) -> &ProcessTable {
+        &self.table
+    }
+
+    pub fn table_mut(&mut self) -> &mut ProcessTable {
+        &mut self.table
+    }
+
+    /// Counts a record that does not go through [`Tracker::handle`] (cgroup records).
+    pub fn count(&mut self, kind: EventKind) {
+        self.stats.received[kind as usize] += 1;
+    }
+
+    /// Handles one kernel event; returns the edge it describes, if any.
+    pub fn handle(&mut self, event: &KernelEvent<'_>) -> Option<EdgeEvent> {
+        self.stats.received[event.kind() as usize] += 1;
+        match event {
+            KernelEvent::Fork(fork) => {
+                self.table
+                    .on_fork(fork.header.tgid, fork.child_tgid, fork.clone_flags);
+                None
+            }
+            KernelEvent::Exit(exit) => {
+                self.table.on_exit(exit.header.tgid);
+                None
+            }
+            KernelEvent::Exec(exec) => Some(self.exec(exec)),
+            KernelEvent::Open(open) => Some(self.open(open)),
+            KernelEvent::Connect(connect) => Some(self.connect(connect)),
+            KernelEvent::Cgroup(_) => None,
+        }
+    }
+
+    fn edge(&mut self, h: &EventHeader, detail: EdgeDetail) -> EdgeEvent {
+        let process = self.table.get(h.tgid);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        EdgeEvent {
+            seq,
+            boot_ns: h.boot_ns,
+            cgroup_id: h.cgroup_id,
+            process: ProcessSnapshot {
+                pid: h.tgid,
+                tid: h.tid,
+                ppid: process.ppid,
+                uid: h.uid,
+                gid: h.gid,
+                comm: h.comm,
+                image: Arc::clone(&process.image),
+            },
+            detail,
+        }
+    }
+
+    fn exec(&mut self, exec: &ExecEvent<'_>) -> EdgeEvent {
+        let h = &exec.header;
+        let raw = String::from_utf8_lossy(exec.filename);
+        let (path, path_resolved) = exec_path(self.table.proc_root(), h, &raw);
+        let mut args: Vec<String> = exec
+            .args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let mut args_truncated = h.flags & flags::ARGS_TRUNCATED != 0;
+        if h.flags & flags::ARGS_MISSING != 0 {
+            // argv was not captured in the kernel (e.g. the exec began before the probes
+            // attached): the new image's cmdline is the next best source.
+            let cmdline = self
+                .table
+                .proc_root()
+                .join(h.tgid.to_string())
+                .join("cmdline");
+            if let Ok(raw) = std::fs::read(cmdline) {
+                (args, args_truncated) = split_cmdline(&raw);
+            }
+        }
+        if !path_resolved {
+            self.stats.unresolved_paths += 1;
+        }
+        self.table.on_exec(
+            h.tgid,
+            Image {
+                exe: Some(path.clone()),
+                args,
+                args_truncated,
+            },
+        );
+        let syscall = if h.flags & flags::EXECVEAT != 0 {
+            "execveat"
+        } else {
+            "execve"
+        };
+        self.edge(
+            h,
+            EdgeDetail::Exec {
+                syscall,
+                path,
+                path_resolved,
+            },
+        )
+    }
+
+    fn open(&mut self, open: &OpenEvent<'_>) -> EdgeEvent {
+        let h = &open.header;
+        let raw = String::from_utf8_lossy(open.path);
+        let resolved = paths::resolve(self.table.proc_root(), h.tgid, h.tid, open.dfd, &raw);
+        if !resolved.resolved {
+            self.stats.unresolved_paths += 1;
+        }
+        let detail = EdgeDetail::Open {
+            syscall: if h.flags & flags::OPENAT2 != 0 {
+                "openat2"
+            } else {
+                "openat"
+            },
+            path: resolved.path.into_owned(),
+            path_resolved: resolved.resolved,
+            path_truncated: h.flags & flags::PATH_TRUNCATED != 0,
+            flags: open.flags,
+            result: open.result,
+        };
+        self.edge(h, detail)
+    }
+
+    fn connect(&mut self, connect: &ConnectEvent<'_>) -> EdgeEvent {
+        let address = match connect.address {
+            SocketAddress::Inet { address, port } => SocketTarget::Inet {
+                address: address.into(),
+                port,
+            },
+            SocketAddress::Inet6 { address, port, .. } => SocketTarget::Inet {
+                address: address.into(),
+                port,
+            },
+            SocketAddress::UnixPath(p) => SocketTarget::Unix {
+                path: Some(String::from_utf8_lossy(p).into_owned()),
+            },
+            SocketAddress::UnixAbstract(name) => SocketTarget::Unix {
+                path: Some(format!("@{}", String::from_utf8_lossy(name))),
+            },
+            SocketAddress::UnixUnnamed => SocketTarget::Unix { path: None },
+            SocketAddress::Unspecified => SocketTarget::Unspecified,
+            SocketAddress::Other { family } => SocketTarget::Other { family },
+            SocketAddress::Unreadable => SocketTarget::Unreadable,
+        };
+        self.edge(
+            &connect.header,
+            EdgeDetail::Connect {
+                address,
+                result: connect.result,
+            },
+        )
+    }
+}
+
+/// The absolute path of an exec'd file. `execveat` with a directory fd shows up as
+/// `/dev/fd/N/...`, and the fd is usually closed by the exec itself; the new image's
+/// `/proc/<pid>/exe` is then the truth.
+fn exec_path(proc_root: &std::path::Path, h: &EventHeader, raw: &str) -> (String, bool) {
+    if raw.starts_with('/') && !raw.starts_with("/dev/fd/") {
+        return (paths::normalize(raw).into_owned(), true);
+    }
+    if let Ok(exe) = std::fs::read_link(proc_root.join(h.tgid.to_string()).join("exe")) {
+        return (exe.to_string_lossy().into_owned(), true);
+    }
+    let r = paths::resolve(proc_root, h.tgid, h.tid, paths::AT_FDCWD, raw);
+    (r.path.into_owned(), r.resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        clock::Timestamp,
+        decode::{decode, tests as records},
+        event::{Attribution, EdgeRecord},
+        host::HostIdentity,
+    };
+    use serde_json::{json, Value};
+
+    fn tracker() -> Tracker {
+        // A /proc with nothing in it: every process is unknown unless fork/exec said so.
+        let empty = std::env::temp_dir().join(format!("zastava-empty-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        Tracker::new(ProcessTable::new(empty))
+    }
+
+    fn host() -> HostIdentity {
+        HostIdentity {
+            node: "node-a".into(),
+            host_id: "abc".into(),
+            os_release: "Test OS".into(),
+            workload_id: "host:abc".into(),
+            warnings: vec![],
+        }
+    }
+
+    /// The JSON a record becomes as a host event.
+    fn json_of(tracker: &mut Tracker, record: &[u8]) -> Option<Value> {
+        let event = tracker.handle(&decode(record).unwrap())?;
+        let record = EdgeRecord {
+            event: &event,
+            attribution: &Attribution::host(),
+            host: &host(),
+            run_id: "r1",
+            timestamp: Timestamp::from_unix_ns(1_700_000_001_000_000_123),
+        };
+        Some(serde_json::to_value(&record).unwrap())
+    }
+
+    #[test]
+    fn exec_then_open_carry_the_new_image() {
+        let mut t = tracker();
+        let exec = records::exec_record(b"/opt/app/bin/server", &[b"server", b"--port=8080"], 1024);
+        let v = json_of(&mut t, &exec).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "eventType": "edge",
+                "eventId": "r1-1",
+                "edgeType": "syscall",
+                "timestamp": "2023-11-14T22:13:21.000000123Z",
+                "node": "node-a",
+                "hostId": "abc",
+                "osRelease": "Test OS",
+                "workloadId": "host:abc",
+                "enrichment": "host",
+                "cgroupId": 77,
+                "process": {
+                    "pid": 4242, "tid": 4243, "ppid": null, "uid": 1000, "gid": 1001,
+                    "comm": "test", "exe": "/opt/app/bin/server", "args": ["server", "--port=8080"]
+                },
+                "syscall": "execve",
+                "path": "/opt/app/bin/server",
+                "args": ["server", "--port=8080"]
+            })
+        );
+        let open = records::open_record(
+            b"/etc/./app.conf",
+            3,
+            (libc::O_RDONLY | libc::O_CLOEXEC) as u32,
+        );
+        let v = json_of(&mut t, &open).unwrap();
+        assert_eq!(v["eventId"], "r1-2");
+        assert_eq!(v["edgeType"], "fs");
+        assert_eq!(v["path"], "/etc/app.conf");
+        assert_eq!(v["flags"], (libc::O_RDONLY | libc::O_CLOEXEC) as u32);
+        assert_eq!(v["flagNames"], json!(["O_RDONLY", "O_CLOEXEC"]));
+        assert_eq!(v["result"], 3);
+        assert_eq!(v["process"]["exe"], "/opt/app/bin/server");
+        assert_eq!(v["process"]["args"], json!(["server", "--port=8080"]));
+        assert!(v.get("pathResolved").is_none());
+        assert_eq!(t.stats().received(EventKind::Exec), 1);
+        assert_eq!(t.stats().received(EventKind::Open), 1);
+    }
+
+    #[test]
+    fn relative_path_of_a_vanished_process_is_marked_unresolved() {
+        let mut t = tracker();
+        let v = json_of(&mut t, &records::open_record(b"data/x.db", -2, 0)).unwrap();
+        assert_eq!(v["path"], "data/x.db");
+        assert_eq!(v["pathResolved"], false);
+        assert_eq!(v["result"], -2);
+        assert_eq!(t.stats().unresolved_paths, 1);
+    }
+
+    #[test]
+    fn connect_edges_for_each_family() {
+        let mut t = tracker();
+        let v = json_of(
+            &mut t,
+            &records::connect_record(&records::sockaddr_in([127, 0, 0, 1], 5432), -111),
+        )
+        .unwrap();
+        assert_eq!(v["edgeType"], "net");
+        assert_eq!(v["family"], "inet");
+        assert_eq!(v["address"], "127.0.0.1");
+        assert_eq!(v["port"], 5432);
+        assert_eq!(v["result"], -111);
+        assert!(v.get("path").is_none());
+
+        let mut un = crate::decode::AF_UNIX.to_ne_bytes().to_vec();
+        un.extend_from_slice(b"\0abstract-name");
+        let v = json_of(&mut t, &records::connect_record(&un, 0)).unwrap();
+        assert_eq!(v["family"], "unix");
+        assert_eq!(v["path"], "@abstract-name");
+        assert!(v.get("port").is_none());
+    }
+}
