@@ -18,6 +18,12 @@ use std::{
 use common::{my_pid, pid_of, str_at, unique, Observer, TempDir};
 use serde_json::{json, Value};
 
+/// An observer attributing everything to the node (no container runtime), whatever runs on
+/// the machine.
+fn host_observer(extra: &[&str]) -> Observer {
+    Observer::start(&[&["--no-cri"], extra].concat())
+}
+
 fn is_open_of(path: &str) -> impl Fn(&Value) -> bool + '_ {
     move |e| e["edgeType"] == "fs" && e["path"] == path
 }
@@ -26,6 +32,9 @@ fn is_open_of(path: &str) -> impl Fn(&Value) -> bool + '_ {
 fn assert_common_fields(e: &Value) {
     let host_id = fs::read_to_string("/etc/machine-id").unwrap();
     let host_id = host_id.trim();
+    assert_eq!(e["eventType"], "edge");
+    assert!(str_at(e, "/eventId").contains('-'), "{e}");
+    assert_eq!(e["enrichment"], "host");
     assert_eq!(e["hostId"], host_id);
     assert_eq!(e["workloadId"], format!("host:{host_id}"));
     let hostname = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
@@ -58,7 +67,7 @@ fn exec_of_a_unique_binary_reports_its_exact_path_and_argv() {
     let binary = binary.to_str().unwrap().to_owned();
     let marker = unique("arg");
 
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     let status = Command::new(&binary)
         .args([marker.as_str(), "two words", ""])
         .status()
@@ -90,7 +99,7 @@ fn exec_of_a_unique_binary_reports_its_exact_path_and_argv() {
 fn exec_with_too_many_arguments_is_truncated_and_says_so() {
     let marker = unique("many");
     let args: Vec<String> = (0..30).map(|i| format!("{marker}-{i}")).collect();
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     let status = Command::new("/bin/true").args(&args).status().unwrap();
     assert!(status.success());
     let exec = observer.wait_for("exec with 30 args", |e| {
@@ -119,7 +128,7 @@ fn open_by_absolute_path_reports_path_flags_and_fd() {
     let path = dir.path().join(unique("abs"));
     let path_str = path.to_str().unwrap().to_owned();
 
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     let mut written = OpenOptions::new()
         .write(true)
         .create(true)
@@ -168,7 +177,7 @@ fn relative_opens_are_made_absolute() {
     fs::write(dir.path().join(&by_dirfd), "a").unwrap();
     fs::write(dir.path().join(&by_cwd), "b").unwrap();
 
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     // openat(dirfd, "name") from this process.
     let dirfd = File::open(dir.path()).unwrap();
     let name = std::ffi::CString::new(by_dirfd.as_str()).unwrap();
@@ -215,7 +224,7 @@ fn connect_tcp(observer: &Observer, listener_addr: SocketAddr) -> Value {
 
 #[test]
 fn connect_over_ipv4_and_ipv6_reports_address_port_and_success() {
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     let v4 = connect_tcp(&observer, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
     let v6 = connect_tcp(&observer, SocketAddr::from((Ipv6Addr::LOCALHOST, 0)));
     observer.stop();
@@ -237,7 +246,7 @@ fn connect_to_a_closed_port_reports_econnrefused() {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         listener.local_addr().unwrap().port()
     };
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     let err = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
     let refused = observer.wait_for("refused connect", |e| {
@@ -255,7 +264,7 @@ fn connect_to_a_unix_socket_reports_its_path() {
     let socket = dir.path().join(unique("sock"));
     let listener = UnixListener::bind(&socket).unwrap();
     let socket_str = socket.to_str().unwrap().to_owned();
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     let stream = UnixStream::connect(&socket).unwrap();
     let event = observer.wait_for("unix connect", |e| {
         e["edgeType"] == "net" && e["path"] == socket_str.as_str()
@@ -286,7 +295,7 @@ fn a_process_started_before_the_observer_is_known_from_proc() {
     let shell_pid = u64::from(shell.id());
     let exe = fs::read_link(format!("/proc/{shell_pid}/exe")).unwrap();
 
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     writeln!(shell.stdin.as_mut().unwrap(), "go").unwrap();
     let event = observer.wait_for("open by the older shell", is_open_of(&file_str));
     drop(shell.stdin.take());
@@ -303,13 +312,13 @@ fn a_process_started_before_the_observer_is_known_from_proc() {
 fn the_observer_never_reports_itself() {
     // With the self filter off, the observer's own /proc reads (it seeds its process table
     // after attaching) are visible; with it on, none of its activity is.
-    let unfiltered = Observer::start(&["--observe-self"]);
+    let unfiltered = host_observer(&["--observe-self"]);
     let own = unfiltered.pid();
     let seen = unfiltered.wait_for("the observer's own open", |e| pid_of(e) == u64::from(own));
     assert_eq!(seen["edgeType"], "fs");
     unfiltered.stop();
 
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     let own = u64::from(observer.pid());
     // Give it work: events from a new process make it look that process up.
     Command::new("/bin/true").status().unwrap();
@@ -333,7 +342,7 @@ fn a_full_ring_buffer_counts_every_lost_event() {
     const OPENS: u64 = 20_000;
 
     // One page of ring buffer holds about a dozen open records.
-    let observer = Observer::start(&["--ring-buffer-bytes", "4096"]);
+    let observer = host_observer(&["--ring-buffer-bytes", "4096"]);
     for _ in 0..OPENS {
         drop(File::open(&path).unwrap());
     }
@@ -377,7 +386,7 @@ fn exec_by_relative_path_is_reported_with_the_absolute_path() {
     fs::set_permissions(dir.path().join(&name), fs::Permissions::from_mode(0o755)).unwrap();
     let absolute = format!("{}/{name}", dir.path().display());
 
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     // The kernel sees "./name"; the new image lives until its event has been seen, so its
     // working directory can be read. (A relative exec of a process that is already gone is
     // reported as given, with pathResolved: false.)
@@ -424,7 +433,7 @@ fn fexecve_is_reported_as_execveat_with_the_real_binary() {
     let argv_addr = argv.as_ptr() as usize;
     let envp_addr = envp.as_ptr() as usize;
 
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     let mut command = Command::new("/bin/false");
     // SAFETY: the closure only makes a raw syscall; on success the image is replaced and
     // the spawn completes as for any exec (the status pipe is close-on-exec).
@@ -468,7 +477,7 @@ fn openat2_is_reported_with_flags_from_open_how() {
         0,
     ];
 
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     // SAFETY: valid path and open_how of the size passed.
     let fd = unsafe {
         libc::syscall(
@@ -498,7 +507,7 @@ fn openat2_is_reported_with_flags_from_open_how() {
 fn a_non_blocking_connect_reports_einprogress() {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     // SAFETY: plain socket calls on a socket this test owns.
     let (fd, rc, errno) = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
@@ -541,7 +550,7 @@ fn a_forked_child_keeps_its_fork_time_parent_and_inherited_image() {
     // says sh.
     let script = format!("(sleep 0.3; exec 3< {file_str}) & exit 0");
 
-    let observer = Observer::start(&[]);
+    let observer = host_observer(&[]);
     let mut shell = Command::new("/bin/sh")
         .args(["-c", &script])
         .spawn()

@@ -17,6 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod containerd;
+
 use serde_json::Value;
 
 pub const OBSERVER: &str = env!("CARGO_BIN_EXE_zastava-observer");
@@ -184,6 +186,33 @@ impl Observer {
             );
             state = cond.wait_timeout(state, left).unwrap().0;
         }
+    }
+
+    /// Waits for a line in the observer's log containing `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let (lock, cond) = &*self.shared;
+        let (state, timeout) = cond
+            .wait_timeout_while(lock.lock().unwrap(), TIMEOUT, |s| {
+                !s.stderr.contains(needle) && !s.exited
+            })
+            .unwrap();
+        assert!(
+            state.stderr.contains(needle) && !timeout.timed_out(),
+            "the observer never logged {needle:?}:\n{}",
+            state.stderr
+        );
+    }
+
+    /// Every event seen so far that matches `pred`.
+    pub fn events_matching(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let (lock, _) = &*self.shared;
+        lock.lock()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| pred(e))
+            .cloned()
+            .collect()
     }
 
     /// Stops the observer with SIGTERM and returns everything it reported.

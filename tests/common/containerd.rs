@@ -1,0 +1,544 @@
+//! A private, real containerd for tests: its own root, state and sockets under a temp
+//! directory, local OCI images built from the static busybox, and pods driven through the
+//! observer's own CRI client.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest as _, Sha256};
+use zastava::cri::{proto, CriClient};
+
+use super::{unique, TempDir};
+
+/// Names of the test images.
+pub const BUSYBOX: &str = "zastava.test/busybox:1.0";
+pub const PAUSE: &str = "zastava.test/pause:1.0";
+/// An image known only by tag: the runtime has no manifest digest for it.
+pub const UNDIGESTED: &str = "zastava.test/undigested:1.0";
+
+/// Digests of the images the harness built.
+#[derive(Clone, Debug)]
+pub struct Images {
+    pub busybox_manifest: String,
+    pub busybox_config: String,
+    pub undigested_config: String,
+}
+
+pub struct Containerd {
+    dir: TempDir,
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub images: Images,
+    runtime: tokio::runtime::Runtime,
+    cri: Option<CriClient>,
+    pods: Vec<String>,
+    cgroup_dirs: Vec<String>,
+}
+
+/// A pod to run.
+pub struct PodSpec<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub labels: &'a [(&'a str, &'a str)],
+}
+
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub sandbox_id: String,
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    config: proto::PodSandboxConfig,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes an OCI image layout tarball with three images sharing one busybox layer.
+fn build_images(out: &Path) -> Images {
+    let busybox = fs::read("/bin/busybox").expect("busybox-static provides /bin/busybox");
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    layer
+        .append_data(&mut dir, "bin", std::io::empty())
+        .unwrap();
+    let mut file = tar::Header::new_gnu();
+    file.set_mode(0o755);
+    file.set_size(busybox.len() as u64);
+    layer
+        .append_data(&mut file, "bin/busybox", busybox.as_slice())
+        .unwrap();
+    for applet in ["sh", "sleep", "cat", "true", "echo", "nc", "ls"] {
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_mode(0o777);
+        link.set_size(0);
+        layer
+            .append_link(&mut link, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    let raw = layer.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&raw).unwrap();
+    let gz = gz.finish().unwrap();
+
+    let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut add = |bytes: Vec<u8>| -> (String, usize) {
+        let digest = format!("sha256:{}", sha256_hex(&bytes));
+        let size = bytes.len();
+        blobs.insert(digest.clone(), bytes);
+        (digest, size)
+    };
+    let (layer_digest, layer_size) = add(gz);
+    let diff_id = format!("sha256:{}", sha256_hex(&raw));
+    let mut image = |config: serde_json::Value| -> (String, usize, String) {
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": config,
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        });
+        let (config_digest, config_size) = add(serde_json::to_vec(&config).unwrap());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer_size}],
+        });
+        let (manifest_digest, manifest_size) = add(serde_json::to_vec(&manifest).unwrap());
+        (manifest_digest, manifest_size, config_digest)
+    };
+    // The configs differ, so the images get different ids.
+    let (busybox_manifest, busybox_size, busybox_config) = image(
+        serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "Labels": {"image": "busybox"}}),
+    );
+    let (pause_manifest, pause_size, _) = image(
+        serde_json::json!({"Env": ["PATH=/bin"], "Entrypoint": ["/bin/sleep", "infinity"], "Labels": {"image": "pause"}}),
+    );
+    let (undigested_manifest, undigested_size, undigested_config) = image(
+        serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "Labels": {"image": "undigested"}}),
+    );
+    let entry = |digest: &str, size: usize, name: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size,
+            "annotations": {"io.containerd.image.name": name},
+        })
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [
+            entry(&busybox_manifest, busybox_size, BUSYBOX),
+            // Known under its digested name too, as a pulled image is: the runtime then
+            // reports the manifest digest.
+            entry(&busybox_manifest, busybox_size, &format!("zastava.test/busybox@{busybox_manifest}")),
+            entry(&pause_manifest, pause_size, PAUSE),
+            entry(&undigested_manifest, undigested_size, UNDIGESTED),
+        ],
+    });
+
+    let mut archive = tar::Builder::new(fs::File::create(out).unwrap());
+    let mut put = |name: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        archive.append_data(&mut header, name, data).unwrap();
+    };
+    put("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    put("index.json", &serde_json::to_vec(&index).unwrap());
+    for (digest, bytes) in &blobs {
+        put(
+            &format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")),
+            bytes,
+        );
+    }
+    archive.finish().unwrap();
+    Images {
+        busybox_manifest,
+        busybox_config,
+        undigested_config,
+    }
+}
+
+fn config_toml(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  disable_tcp_service = true
+  disable_hugetlb_controller = true
+  tolerate_missing_hugetlb_controller = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/conf"
+"#
+    )
+}
+
+impl Containerd {
+    /// Starts a private containerd with the test images imported.
+    pub fn start() -> Containerd {
+        super::require_root();
+        for tool in ["containerd", "ctr", "runc"] {
+            assert!(
+                Command::new("which")
+                    .arg(tool)
+                    .output()
+                    .is_ok_and(|o| o.status.success()),
+                "{tool} is not installed; `cargo xtask setup` installs containerd and runc"
+            );
+        }
+        let dir = TempDir::new("zastava-containerd");
+        fs::create_dir_all(dir.path().join("cni/bin")).unwrap();
+        fs::create_dir_all(dir.path().join("cni/conf")).unwrap();
+        fs::write(dir.path().join("config.toml"), config_toml(dir.path())).unwrap();
+        let images = build_images(&dir.path().join("images.tar"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut containerd = Containerd {
+            socket: dir.path().join("containerd.sock"),
+            dir,
+            child: None,
+            images,
+            runtime,
+            cri: None,
+            pods: Vec::new(),
+            cgroup_dirs: Vec::new(),
+        };
+        containerd.spawn();
+        let status = Command::new("ctr")
+            .arg("--address")
+            .arg(&containerd.socket)
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(containerd.dir.path().join("images.tar"))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "ctr images import failed");
+        containerd
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::File::create(self.dir.path().join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let connected = self
+                .runtime
+                .block_on(CriClient::connect(&self.socket, Duration::from_secs(2)));
+            match connected {
+                Ok((client, _)) => {
+                    self.cri = Some(client);
+                    return;
+                }
+                Err(err) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "containerd did not come up: {err}\n{}",
+                        self.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// containerd's own log, for failure messages.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Stops containerd (SIGTERM); containers keep running under their shims.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling the containerd this harness started.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait().unwrap();
+        }
+        self.cri = None;
+    }
+
+    /// Starts containerd again on the same state.
+    pub fn start_daemon(&mut self) {
+        self.spawn();
+    }
+
+    pub fn cri(&self) -> &CriClient {
+        self.cri.as_ref().expect("containerd is running")
+    }
+
+    /// Runs a future on the runtime the CRI client's connection lives on.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> T {
+        self.runtime
+            .block_on(fut)
+            .unwrap_or_else(|status| panic!("CRI call failed: {status}\n{}", self.log()))
+            .into_inner()
+    }
+
+    /// Runs a pod sandbox with host networking, under `/kubepods/besteffort/pod<uid>`.
+    pub fn run_pod(&mut self, spec: &PodSpec<'_>) -> Pod {
+        let uid = unique("uid");
+        let cgroup_parent = format!("/kubepods/besteffort/pod{uid}");
+        let mut labels: std::collections::HashMap<String, String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        labels.insert("io.kubernetes.pod.name".into(), spec.name.into());
+        labels.insert("io.kubernetes.pod.namespace".into(), spec.namespace.into());
+        labels.insert("io.kubernetes.pod.uid".into(), uid.clone());
+        let config = proto::PodSandboxConfig {
+            metadata: Some(proto::PodSandboxMetadata {
+                name: spec.name.into(),
+                uid: uid.clone(),
+                namespace: spec.namespace.into(),
+                attempt: 0,
+            }),
+            labels,
+            linux: Some(proto::LinuxPodSandboxConfig {
+                cgroup_parent: cgroup_parent.clone(),
+                security_context: Some(proto::LinuxSandboxSecurityContext {
+                    namespace_options: Some(host_network()),
+                }),
+            }),
+            ..Default::default()
+        };
+        let mut runtime = self.cri().runtime_service();
+        let reply = self.call(runtime.run_pod_sandbox(proto::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        }));
+        self.pods.push(reply.pod_sandbox_id.clone());
+        self.cgroup_dirs.push(cgroup_parent);
+        Pod {
+            sandbox_id: reply.pod_sandbox_id,
+            uid,
+            name: spec.name.into(),
+            namespace: spec.namespace.into(),
+            config,
+        }
+    }
+
+    /// Creates and starts a container running `command` from `image`.
+    pub fn run_container(&self, pod: &Pod, name: &str, image: &str, command: &[&str]) -> String {
+        let id = self.create_container(pod, name, image, command);
+        let mut runtime = self.cri().runtime_service();
+        self.call(runtime.start_container(proto::StartContainerRequest {
+            container_id: id.clone(),
+        }));
+        id
+    }
+
+    pub fn create_container(&self, pod: &Pod, name: &str, image: &str, command: &[&str]) -> String {
+        let mut runtime = self.cri().runtime_service();
+        let mut labels = std::collections::HashMap::new();
+        labels.insert("io.kubernetes.container.name".to_owned(), name.to_owned());
+        labels.insert("io.kubernetes.pod.name".to_owned(), pod.name.clone());
+        labels.insert(
+            "io.kubernetes.pod.namespace".to_owned(),
+            pod.namespace.clone(),
+        );
+        labels.insert("io.kubernetes.pod.uid".to_owned(), pod.uid.clone());
+        let reply = self.call(runtime.create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: pod.sandbox_id.clone(),
+            config: Some(proto::ContainerConfig {
+                metadata: Some(proto::ContainerMetadata {
+                    name: name.into(),
+                    attempt: 0,
+                }),
+                image: Some(proto::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                command: command.iter().map(|s| (*s).to_owned()).collect(),
+                labels,
+                linux: Some(proto::LinuxContainerConfig {
+                    security_context: Some(proto::LinuxContainerSecurityContext {
+                        namespace_options: Some(host_network()),
+                    }),
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod.config.clone()),
+        }));
+        reply.container_id
+    }
+
+    pub fn start_container(&self, id: &str) {
+        let mut runtime = self.cri().runtime_service();
+        self.call(runtime.start_container(proto::StartContainerRequest {
+            container_id: id.into(),
+        }));
+    }
+
+    /// Runs a command in a running container, as `kubectl exec` does.
+    pub fn exec_sync(&self, container: &str, cmd: &[&str]) -> (i32, String) {
+        let mut runtime = self.cri().runtime_service();
+        let reply = self.call(runtime.exec_sync(proto::ExecSyncRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: 10,
+        }));
+        (
+            reply.exit_code,
+            String::from_utf8_lossy(&reply.stdout).into_owned(),
+        )
+    }
+
+    /// Waits until a container has exited.
+    pub fn wait_exited(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self
+                .runtime
+                .block_on(self.cri().container_status(id))
+                .unwrap()
+                .and_then(|r| r.status)
+                .expect("container exists");
+            if status.state == proto::ContainerState::ContainerExited as i32 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "container {id} did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pid of a container's first process.
+    pub fn init_pid(&self, id: &str) -> u32 {
+        let reply = self
+            .runtime
+            .block_on(self.cri().container_status(id))
+            .unwrap()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_str(&reply.info["info"]).unwrap();
+        info["pid"].as_u64().unwrap() as u32
+    }
+
+    pub fn stop_pod(&self, pod: &Pod) {
+        let mut runtime = self.cri().runtime_service();
+        self.call(runtime.stop_pod_sandbox(proto::StopPodSandboxRequest {
+            pod_sandbox_id: pod.sandbox_id.clone(),
+        }));
+    }
+}
+
+fn host_network() -> proto::NamespaceOption {
+    proto::NamespaceOption {
+        network: proto::NamespaceMode::Node as i32,
+        pid: proto::NamespaceMode::Container as i32,
+        ipc: proto::NamespaceMode::Pod as i32,
+        target_id: String::new(),
+    }
+}
+
+/// Removes a cgroup directory and everything below it, depth first, in every hierarchy.
+fn remove_cgroup_tree(rel: &str) {
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut roots: Vec<PathBuf> = hierarchies.flatten().map(|e| e.path()).collect();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    for root in roots {
+        let dir = root.join(rel.trim_start_matches('/'));
+        remove_depth_first(&dir);
+    }
+}
+
+fn remove_depth_first(dir: &Path) {
+    if let Ok(children) = fs::read_dir(dir) {
+        for child in children.flatten() {
+            if child.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_depth_first(&child.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Stop and remove pods through CRI before stopping containerd, or their shims and
+        // containers would outlive it.
+        if self.cri.is_none() && self.child.is_none() {
+            self.spawn();
+        }
+        if let Some(cri) = self.cri.clone() {
+            let mut runtime = cri.runtime_service();
+            for id in std::mem::take(&mut self.pods) {
+                let _ =
+                    self.runtime
+                        .block_on(runtime.stop_pod_sandbox(proto::StopPodSandboxRequest {
+                            pod_sandbox_id: id.clone(),
+                        }));
+                let _ = self.runtime.block_on(
+                    runtime
+                        .remove_pod_sandbox(proto::RemovePodSandboxRequest { pod_sandbox_id: id }),
+                );
+            }
+        }
+        self.stop_daemon();
+        for dir in std::mem::take(&mut self.cgroup_dirs) {
+            remove_cgroup_tree(&dir);
+        }
+        // Snapshot mounts of removed containers are gone; anything left would keep the
+        // temp dir busy, so unmount what remains under it.
+        if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
+            let prefix = self.dir.path().display().to_string();
+            let mut targets: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|t| t.starts_with(&prefix))
+                .collect();
+            targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+            for target in targets {
+                if let Ok(c) = std::ffi::CString::new(target) {
+                    // SAFETY: a valid path; MNT_DETACH never blocks.
+                    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+                }
+            }
+        }
+    }
+}
