@@ -15,8 +15,9 @@ use clap::{Parser, Subcommand};
 
 /// bpf-linker release that links for the pinned aya-ebpf.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests use besides the eBPF toolchain.
-const TEST_PACKAGES: &[&str] = &[];
+/// Debian packages the build and the tests use besides the eBPF toolchain: protoc for the
+/// CRI client, and a real container runtime for the attribution tests.
+const PACKAGES: &[&str] = &["protobuf-compiler", "containerd", "runc", "busybox-static"];
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -209,7 +210,7 @@ fn setup() -> Result<()> {
         "libzstd-dev".into(),
         "zlib1g-dev".into(),
     ];
-    packages.extend(TEST_PACKAGES.iter().map(|p| (*p).to_owned()));
+    packages.extend(PACKAGES.iter().map(|p| (*p).to_owned()));
     apt_install(&packages)?;
 
     let linker = cargo_bin().join("bpf-linker");
