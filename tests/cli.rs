@@ -56,10 +56,7 @@ fn a_ring_size_that_is_not_a_power_of_two_is_rejected_before_loading() {
     assert!(stderr.contains("must be a power of two"), "{stderr}");
     let (ok, _, stderr) = observer(&["run", "--duration", "soon"]);
     assert!(!ok);
-    assert!(
-        stderr.contains("`soon` is not a number of seconds"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("`soon` is not a duration"), "{stderr}");
 }
 
 #[test]
@@ -159,4 +156,65 @@ fn sigint_stops_the_observer_cleanly_with_a_summary() {
     assert!(status.success(), "{status}:\n{seen}{rest}");
     assert!(rest.contains("SIGINT: shutting down"), "{rest}");
     summary_of(&rest);
+}
+
+fn run_with_config(toml: &str) -> (Option<i32>, String) {
+    let path = std::env::temp_dir().join(common::unique("zastava-config"));
+    std::fs::write(&path, toml).unwrap();
+    let out = Command::new(OBSERVER)
+        .args(["run", "--config", path.to_str().unwrap(), "--duration", "1"])
+        .output()
+        .expect("run zastava-observer");
+    std::fs::remove_file(&path).unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_malformed_config_is_refused_with_the_key_named() {
+    let (code, stderr) = run_with_config("[batch]\nmax_events = \"many\"\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("batch.max_events:"), "{stderr}");
+
+    let (code, stderr) = run_with_config("[backend]\nurll = \"https://scanner\"\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("backend.urll: unknown field `urll`"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = run_with_config("[observer\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not valid TOML"), "{stderr}");
+}
+
+#[test]
+fn every_problem_of_a_config_is_reported_at_once() {
+    let (code, stderr) = run_with_config(
+        "[scanner.runtime.capture]\nenabled = true\n[observer]\nring_buffer_bytes = 5000\n[spool]\nmax_bytes = 100\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    for key in [
+        "observer.ring_buffer_bytes:",
+        "backend.url: is required",
+        "spool.max_bytes: must be at least 1M",
+    ] {
+        assert!(stderr.contains(key), "missing {key:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn set_overrides_any_key_and_names_it_when_wrong() {
+    let out = Command::new(OBSERVER)
+        .args(["run", "--set", "batch.max_age=forever", "--duration", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("batch.max_age: `forever` is not a duration"),
+        "{stderr}"
+    );
 }

@@ -547,3 +547,43 @@ fn doctor_checks_the_container_runtime() {
     );
     assert!(line.contains(containerd.socket.to_str().unwrap()), "{line}");
 }
+
+#[test]
+fn without_attach_only_container_lifecycle_is_reported() {
+    let mut containerd = Containerd::start();
+    let observer = observer_for(&containerd, &["--no-attach"]);
+    let marker = format!("/{}", unique("noattach"));
+    let pod = containerd.run_pod(&PodSpec {
+        name: "lifecycle-1",
+        namespace: "shop",
+        labels: &IDENTITY,
+    });
+    let id = containerd.run_container(
+        &pod,
+        "app",
+        BUSYBOX,
+        &["/bin/sh", "-c", &format!("echo x > {marker}")],
+    );
+    containerd.wait_exited(&id);
+    let start = observer.wait_for("containerStart", |e| {
+        e["eventType"] == "containerStart" && e["containerId"] == id.as_str()
+    });
+    observer.wait_for("containerStop", |e| {
+        e["eventType"] == "containerStop" && e["containerId"] == id.as_str()
+    });
+    let stopped = observer.stop();
+
+    assert_labelled_identity(&start, &containerd, "shop", "lifecycle-1");
+    let edges = stopped
+        .events
+        .iter()
+        .filter(|e| e["eventType"] == "edge")
+        .count();
+    assert_eq!(edges, 0, "no probes, no edges");
+    assert!(
+        stopped.stderr.contains("zastava.attach.enabled is false"),
+        "{}",
+        stopped.stderr
+    );
+    assert_eq!(stopped.summary["kernel"]["submitted"]["exec"], 0);
+}

@@ -7,9 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{MapData, RingBuf};
 use observer_common::Counter;
 use tokio::{
-    io::{unix::AsyncFd, Interest},
+    io::{
+        unix::{AsyncFd, AsyncFdReadyMutGuard},
+        Interest,
+    },
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
@@ -18,10 +22,11 @@ use tracing::{info, warn};
 use crate::{
     attribution::{AttributionConfig, Attributor, NamespaceFilter},
     cgroups::{find_cgroup2_mount, CgroupMap},
+    config::{Config, CriConfig},
     cri::{resolve_endpoint, CriClient, CriError, RuntimeVersion, DEFAULT_ENDPOINTS},
     host::HostIdentity,
     pipeline::{CriStatus, Pipeline},
-    probes::{KernelCounters, ProbeConfig, ProbeError, Probes, PROBES_OBJECT},
+    probes::{validate_ring_size, KernelCounters, ProbeConfig, ProbeError, Probes, PROBES_OBJECT},
     proctable::ProcessTable,
     sink::{NdjsonSink, Output},
     summary::Summary,
@@ -37,34 +42,12 @@ const ATTRIBUTION_TICK: Duration = Duration::from_millis(25);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const RESYNC_EVERY: Duration = Duration::from_secs(60);
 
-/// How the daemon talks to the container runtime.
-#[derive(Clone, Debug)]
-pub struct CriOptions {
-    pub enabled: bool,
-    /// A socket path (or `unix://` URI); `None` probes the default sockets.
-    pub endpoint: Option<String>,
-    pub poll_interval: Duration,
-    pub timeout: Duration,
-}
-
+/// What `run` needs besides the configuration.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    pub output: Output,
+    pub config: Config,
     pub duration: Option<Duration>,
-    pub ring_buffer_bytes: u32,
     pub stats_json: Option<PathBuf>,
-    /// Root of the host filesystem (for machine-id, os-release).
-    pub host_root: PathBuf,
-    /// The host's /proc.
-    pub proc_root: PathBuf,
-    /// The cgroup v2 mount; found in the mount table when `None`.
-    pub cgroup_root: Option<PathBuf>,
-    pub cri: CriOptions,
-    /// How long an event of a not-yet-known container waits before it is sent `pending`.
-    pub enrichment_wait: Duration,
-    /// How long exited containers are remembered.
-    pub retention: Duration,
-    pub namespaces: NamespaceFilter,
     /// Report the daemon's own activity (diagnostics only).
     pub observe_self: bool,
 }
@@ -75,14 +58,18 @@ pub enum RunError {
     Tracefs(#[from] TracefsError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
-    #[error("{0}\n  pass --cri-endpoint PATH for another socket, or --no-cri to run without a container runtime")]
+    #[error("{0}\n  set cri.endpoint (--cri-endpoint PATH) for another socket, or cri.enabled = false (--no-cri) to run without a container runtime")]
     Cri(#[source] CriError),
     #[error(
         "--namespace and --exclude-namespace need a container runtime to learn pods from, but {0}"
     )]
     FilterWithoutCri(&'static str),
-    #[error("no cgroup v2 hierarchy is mounted; mount cgroup2 (or pass --cgroup-root) to attribute events to containers")]
+    #[error("no cgroup v2 hierarchy is mounted; mount cgroup2 (or set observer.cgroup_root) to attribute events to containers")]
     NoCgroup2,
+    #[error(
+        "nothing to observe: zastava.attach.enabled is false and no container runtime is connected"
+    )]
+    NothingToObserve,
     #[error("cannot write events: {0}")]
     Output(#[source] io::Error),
     #[error("cannot watch the ring buffer: {0}")]
@@ -99,11 +86,11 @@ pub enum RunError {
 
 /// Connects to the runtime if there is one. A runtime that was asked for (or whose socket
 /// exists) but does not answer is an error: the operator must know attribution is off.
-async fn connect_cri(
-    options: &CriOptions,
-) -> Result<Option<(CriClient, RuntimeVersion)>, RunError> {
+async fn connect_cri(options: &CriConfig) -> Result<Option<(CriClient, RuntimeVersion)>, RunError> {
     if !options.enabled {
-        info!("container runtime disabled (--no-cri): events are attributed to the node");
+        info!(
+            "container runtime disabled (cri.enabled = false): events are attributed to the node"
+        );
         return Ok(None);
     }
     let Some(socket) = resolve_endpoint(options.endpoint.as_deref()) else {
@@ -140,64 +127,105 @@ fn run_id() -> String {
     }
 }
 
-pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
-    let started = Instant::now();
+/// Loads and attaches the probes; their ring buffer is returned separately.
+fn start_probes(
+    config: &Config,
+    observe_self: bool,
+) -> Result<(Probes, RingBuf<MapData>), RunError> {
     let (tracefs, mounted) = Tracefs::find_or_mount()?;
     if mounted {
         info!("mounted tracefs at {}", tracefs.root().display());
     }
     let offsets = tracefs::probe_offsets(&tracefs)?;
-    let host = HostIdentity::read(&options.host_root);
+    let mut probes = Probes::load(
+        PROBES_OBJECT,
+        &ProbeConfig {
+            ring_buffer_bytes: validate_ring_size(config.observer.ring_buffer_bytes)?,
+            self_tgid: if observe_self { 0 } else { std::process::id() },
+            offsets,
+            filter_mode: namespace_filter(config).kernel_mode(),
+        },
+    )?;
+    let ring = probes.take_ring()?;
+    Ok((probes, ring))
+}
+
+fn namespace_filter(config: &Config) -> NamespaceFilter {
+    NamespaceFilter {
+        include: config.observer.namespaces.clone(),
+        exclude: config.observer.exclude_namespaces.clone(),
+    }
+}
+
+/// Waits until the ring buffer has records; never, without probes.
+async fn ring_ready(
+    ring: &mut Option<AsyncFd<RingBuf<MapData>>>,
+) -> io::Result<AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match ring {
+        Some(ring) => ring.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    let config = &options.config;
+    let host = HostIdentity::read(&config.observer.host_root);
     for warning in &host.warnings {
         warn!("{warning}");
     }
-    let cgroup_root = match &options.cgroup_root {
+    let cgroup_root = match &config.observer.cgroup_root {
         Some(root) => root.clone(),
         None => {
             find_cgroup2_mount(&std::fs::read_to_string("/proc/self/mounts").unwrap_or_default())
                 .ok_or(RunError::NoCgroup2)?
         }
     };
+    let namespaces = namespace_filter(config);
 
-    let cri = connect_cri(&options.cri).await?;
-    if options.namespaces.is_active() && cri.is_none() {
-        return Err(RunError::FilterWithoutCri(if options.cri.enabled {
+    let cri = connect_cri(&config.cri).await?;
+    if namespaces.is_active() && cri.is_none() {
+        return Err(RunError::FilterWithoutCri(if config.cri.enabled {
             "no runtime socket was found"
         } else {
-            "--no-cri was given"
+            "cri.enabled is false"
         }));
     }
+    if !config.zastava.attach.enabled && cri.is_none() {
+        return Err(RunError::NothingToObserve);
+    }
 
-    let self_tgid = if options.observe_self {
-        0
+    let mut probes = if config.zastava.attach.enabled {
+        Some(start_probes(config, options.observe_self)?)
     } else {
-        std::process::id()
+        info!("zastava.attach.enabled is false: the probes are not loaded; only container lifecycle is reported");
+        None
     };
-    let mut probes = Probes::load(
-        PROBES_OBJECT,
-        &ProbeConfig {
-            ring_buffer_bytes: options.ring_buffer_bytes,
-            self_tgid,
-            offsets,
-            filter_mode: options.namespaces.kernel_mode(),
-        },
-    )?;
-    let ring = probes.take_ring()?;
     // Open the output before attaching so a bad path fails before any event is produced.
-    let sink = NdjsonSink::open(&options.output).map_err(RunError::Output)?;
-    probes.attach()?;
+    let sink = if config.ndjson.enabled {
+        NdjsonSink::open(&Output::parse(&config.ndjson.path)).map_err(RunError::Output)?
+    } else {
+        NdjsonSink::to_writer(Box::new(io::sink()))
+    };
+    let (mut probes, ring) = match probes.take() {
+        Some((mut probes, ring)) => {
+            probes.attach()?;
+            (Some(probes), Some(ring))
+        }
+        None => (None, None),
+    };
 
     // Scan cgroups and /proc after attaching: whatever appears in between is seen by the
     // probes, the scan, or both, never by neither.
     let cgroups = CgroupMap::scan(&cgroup_root);
-    let mut table = ProcessTable::new(&options.proc_root);
+    let mut table = ProcessTable::new(&config.observer.proc_root);
     let seeded = table.seed();
     let attributor = Attributor::new(
         AttributionConfig {
-            wait: options.enrichment_wait,
-            retention: options.retention,
+            wait: config.observer.enrichment_wait,
+            retention: config.observer.container_retention,
             cri: cri.is_some(),
-            namespaces: options.namespaces.clone(),
+            namespaces,
         },
         cgroups,
     );
@@ -216,9 +244,9 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
             let watcher = Watcher::new(
                 WatcherConfig {
                     endpoint: client.endpoint().into(),
-                    poll_interval: options.cri.poll_interval,
-                    call_timeout: options.cri.timeout,
-                    proc_root: options.proc_root.clone(),
+                    poll_interval: config.cri.poll_interval,
+                    call_timeout: config.cri.timeout,
+                    proc_root: config.observer.proc_root.clone(),
                 },
                 client,
                 updates_tx,
@@ -240,9 +268,14 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
         cri_status,
     );
 
-    // SAFETY: the ring buffer owns its fd, which stays open for the AsyncFd's lifetime.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| RunError::Poll(io::Error::from(e)))?;
+    let mut ring = match ring {
+        // SAFETY: the ring buffer owns its fd, which stays open for the AsyncFd's lifetime.
+        Some(ring) => Some(
+            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                .map_err(|e| RunError::Poll(io::Error::from(e)))?,
+        ),
+        None => None,
+    };
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
@@ -253,16 +286,16 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
     let mut reported = KernelCounters::default();
 
     info!(
-        programs = probes.attached(),
+        programs = probes.as_ref().map_or(0, Probes::attached),
         processes = seeded,
         cgroups = pipeline.attributor.cgroups().len(),
-        ring_buffer_bytes = options.ring_buffer_bytes,
+        ring_buffer_bytes = config.observer.ring_buffer_bytes,
         "observer ready"
     );
 
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
+            guard = ring_ready(&mut ring) => {
                 let mut guard = guard.map_err(RunError::Poll)?;
                 let handled = pipeline
                     .drain(guard.get_inner_mut(), DRAIN_BUDGET)
@@ -270,13 +303,14 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
                 if handled < DRAIN_BUDGET {
                     guard.clear_ready();
                 }
-                pipeline.apply_marks(&mut probes);
+                if let Some(probes) = probes.as_mut() {
+                    pipeline.apply_marks(probes);
+                }
                 pipeline.flush().map_err(RunError::Output)?;
             }
             update = updates_rx.recv(), if watching => match update {
                 Some(update) => {
-                    pipeline.on_update(update, &mut probes).map_err(RunError::Output)?;
-                    pipeline.apply_marks(&mut probes);
+                    pipeline.on_update(update, probes.as_mut()).map_err(RunError::Output)?;
                     pipeline.flush().map_err(RunError::Output)?;
                 }
                 None => watching = false,
@@ -289,7 +323,7 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             () = sleep_until(deadline) => { info!("duration reached: shutting down"); break; }
             _ = tick.tick() => {
-                if let Ok(now) = probes.counters() {
+                if let Some(Ok(now)) = probes.as_ref().map(Probes::counters) {
                     warn_on_new_losses(&reported, &now);
                     reported = now;
                 }
@@ -306,17 +340,20 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
     }
 
     // Stop producing, then take everything already submitted.
-    probes.detach();
-    let ring = ring.get_mut();
-    while pipeline
-        .drain(ring, DRAIN_BUDGET)
-        .map_err(RunError::Output)?
-        > 0
-    {}
+    let mut counters = KernelCounters::default();
+    if let (Some(probes), Some(ring)) = (probes.as_mut(), ring.as_mut()) {
+        probes.detach();
+        let ring = ring.get_mut();
+        while pipeline
+            .drain(ring, DRAIN_BUDGET)
+            .map_err(RunError::Output)?
+            > 0
+        {}
+        counters = probes.counters()?;
+        warn_on_new_losses(&reported, &counters);
+    }
     pipeline.finish().map_err(RunError::Output)?;
 
-    let counters = probes.counters()?;
-    warn_on_new_losses(&reported, &counters);
     let summary = Summary::new(started.elapsed().as_secs_f64(), &counters, &pipeline);
     if let Some(path) = &options.stats_json {
         let json = serde_json::to_vec_pretty(&summary).map_err(io::Error::other);

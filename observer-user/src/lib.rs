@@ -10,6 +10,7 @@ pub mod attribution;
 pub mod buildid;
 pub mod cgroups;
 pub mod clock;
+pub mod config;
 pub mod containers;
 pub mod cri;
 pub mod daemon;

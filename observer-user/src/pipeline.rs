@@ -137,13 +137,15 @@ impl Pipeline {
 
     /// Applies an update from the runtime watcher, marking cgroups for the kernel filter
     /// before anything is said about it.
-    pub fn on_update(&mut self, update: Update, probes: &mut Probes) -> io::Result<()> {
+    pub fn on_update(&mut self, update: Update, mut probes: Option<&mut Probes>) -> io::Result<()> {
         let now = Instant::now();
         match update {
             Update::Pod(pod) => {
                 self.attributor
                     .on_pod(std::sync::Arc::clone(&pod), &mut self.out);
-                self.apply_marks(probes);
+                if let Some(probes) = probes.as_deref_mut() {
+                    self.apply_marks(probes);
+                }
                 info!(
                     "pod {}/{} (sandbox {}) workload {} ({})",
                     pod.pod.namespace,
@@ -153,7 +155,12 @@ impl Pipeline {
                     pod.identity.id_source.as_str()
                 );
             }
-            Update::Container(info) => self.attributor.on_container(info, &mut self.out),
+            Update::Container(info) => {
+                self.attributor.on_container(info, &mut self.out);
+                if let Some(probes) = probes {
+                    self.apply_marks(probes);
+                }
+            }
             Update::ContainerGone(id) => self.attributor.on_container_gone(&id, now),
             Update::ResolveFailed(id) => self.attributor.on_resolve_failed(&id, now, &mut self.out),
             Update::Connected(version) => {

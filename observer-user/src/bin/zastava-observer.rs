@@ -4,11 +4,9 @@ use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode, time::Duration}
 
 use clap::{Parser, Subcommand};
 use zastava::{
-    attribution::NamespaceFilter,
-    daemon::{self, CriOptions, RunOptions},
+    config::{parse_bytes, parse_duration, Config, Sources},
+    daemon::{self, RunOptions},
     doctor::{self, Status},
-    probes::{validate_ring_size, DEFAULT_RING_BYTES},
-    sink::Output,
 };
 
 #[derive(Parser)]
@@ -24,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the probes and stream events as NDJSON until SIGINT/SIGTERM or --duration.
+    /// Load the probes and report events until SIGINT/SIGTERM or --duration.
     Run(Box<RunArgs>),
     /// Check that this node can run the observer; exits non-zero if it cannot.
     Doctor {
@@ -40,85 +38,188 @@ enum Command {
     },
 }
 
+/// Flags of `run`. Each one that is given overrides its configuration key (named in its
+/// help); `ZASTAVA__<SECTION>__<KEY>` environment variables override the file.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Where to write events: a file (appended) or `-` for stdout.
-    #[arg(long, value_name = "PATH|-", default_value = "-")]
-    ndjson: String,
+    /// Configuration file (TOML). Without it, `run` attaches the probes and, when
+    /// --backend is given, ships to it; with it, the file decides (feature flags default
+    /// to false there).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Set any configuration key, e.g. `--set batch.max_events=500` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Stop after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Ring buffer size: a power of two of at least one page; K, M and G suffixes allowed.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_RING_BYTES.to_string(), value_parser = parse_ring_size)]
-    ring_buffer_bytes: String,
     /// Also write the shutdown summary as JSON to this file.
     #[arg(long, value_name = "PATH")]
     stats_json: Option<PathBuf>,
-    /// Root of the host filesystem (machine-id, os-release), e.g. /host in a container.
-    #[arg(long, default_value = "/")]
-    host_root: PathBuf,
-    /// The host's /proc.
-    #[arg(long, default_value = "/proc")]
-    proc_root: PathBuf,
-    /// The cgroup v2 mount (found in the mount table by default).
-    #[arg(long, value_name = "PATH")]
-    cgroup_root: Option<PathBuf>,
-    /// Container runtime socket (CRI); default: containerd's, then CRI-O's, if present.
-    #[arg(long, value_name = "PATH|unix://PATH")]
-    cri_endpoint: Option<String>,
-    /// Run without a container runtime: every event is attributed to the node.
-    #[arg(long, conflicts_with = "cri_endpoint")]
-    no_cri: bool,
-    /// How often to list containers when the runtime has no event stream.
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
-    cri_poll_interval: Duration,
-    /// Deadline for each call to the container runtime.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
-    cri_timeout: Duration,
-    /// How long an event of a container not known yet may wait for the runtime before it
-    /// is sent with "enrichment": "pending" (a patch record follows).
-    #[arg(long, value_name = "MS", default_value_t = 250)]
-    enrichment_wait_ms: u64,
-    /// How long an exited container is remembered, so its last events still resolve.
-    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_duration)]
-    container_retention: Duration,
-    /// Only report these Kubernetes namespaces (repeatable); host processes are dropped too.
-    /// Filtering happens in the kernel.
-    #[arg(long = "namespace", value_name = "NS")]
-    namespaces: Vec<String>,
-    /// Never report these Kubernetes namespaces (repeatable). Filtering happens in the kernel.
-    #[arg(long = "exclude-namespace", value_name = "NS")]
-    exclude_namespaces: Vec<String>,
     /// Report the observer's own activity too (diagnostics).
     #[arg(long, hide = true)]
     observe_self: bool,
+
+    /// [ndjson.path] Where to write events: a file (rotated beside itself) or `-` for stdout.
+    #[arg(long, value_name = "PATH|-")]
+    ndjson: Option<String>,
+    /// [zastava.attach.enabled=false] Do not load the probes: report container lifecycle only.
+    #[arg(long)]
+    no_attach: bool,
+    /// [observer.ring_buffer_bytes] Ring buffer size: a power of two of at least one page;
+    /// K, M and G suffixes allowed.
+    #[arg(long, value_name = "N", value_parser = parse_ring_size)]
+    ring_buffer_bytes: Option<u64>,
+    /// [observer.host_root] Root of the host filesystem (machine-id, os-release), e.g. /host.
+    #[arg(long, value_name = "PATH")]
+    host_root: Option<PathBuf>,
+    /// [observer.proc_root] The host's /proc.
+    #[arg(long, value_name = "PATH")]
+    proc_root: Option<PathBuf>,
+    /// [observer.cgroup_root] The cgroup v2 mount (found in the mount table by default).
+    #[arg(long, value_name = "PATH")]
+    cgroup_root: Option<PathBuf>,
+    /// [observer.enrichment_wait] How long an event of a container not known yet may wait
+    /// for the runtime before it is sent "pending" (a patch record follows).
+    #[arg(long, value_name = "DURATION")]
+    enrichment_wait: Option<String>,
+    /// [observer.container_retention] How long an exited container is remembered.
+    #[arg(long, value_name = "DURATION")]
+    container_retention: Option<String>,
+    /// [observer.namespaces] Only report these Kubernetes namespaces (repeatable); host
+    /// processes are dropped too. Filtering happens in the kernel.
+    #[arg(long = "namespace", value_name = "NS")]
+    namespaces: Vec<String>,
+    /// [observer.exclude_namespaces] Never report these namespaces (repeatable).
+    #[arg(long = "exclude-namespace", value_name = "NS")]
+    exclude_namespaces: Vec<String>,
+    /// [cri.endpoint] Container runtime socket; default: containerd's, then CRI-O's.
+    #[arg(long, value_name = "PATH|unix://PATH")]
+    cri_endpoint: Option<String>,
+    /// [cri.enabled=false] Run without a container runtime: events are the node's.
+    #[arg(long, conflicts_with = "cri_endpoint")]
+    no_cri: bool,
+    /// [cri.poll_interval] How often to list containers when the runtime has no event stream.
+    #[arg(long, value_name = "DURATION")]
+    cri_poll_interval: Option<String>,
+    /// [cri.timeout] Deadline for each call to the container runtime.
+    #[arg(long, value_name = "DURATION")]
+    cri_timeout: Option<String>,
+    /// [backend.url] Scanner backend base URL.
+    #[arg(long, value_name = "URL")]
+    backend: Option<String>,
+    /// [backend.token_file] File holding the bearer token (re-read when it changes).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// [backend.ca_file] PEM CA bundle to trust for the backend.
+    #[arg(long, value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// [backend.client_cert_file] PEM client certificate, for mutual TLS.
+    #[arg(long, value_name = "PATH")]
+    client_cert: Option<PathBuf>,
+    /// [backend.client_key_file] PEM client key, for mutual TLS.
+    #[arg(long, value_name = "PATH")]
+    client_key: Option<PathBuf>,
+    /// [spool.dir] Where batches wait for the backend.
+    #[arg(long, value_name = "PATH")]
+    spool_dir: Option<PathBuf>,
+    /// [metrics.addr] Serve /metrics, /healthz and /readyz here.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
 }
 
-fn parse_duration(value: &str) -> Result<Duration, String> {
-    let secs: f64 = value
-        .parse()
-        .map_err(|_| format!("`{value}` is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{value}` is not a valid duration"))
+fn parse_ring_size(value: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(value)?;
+    zastava::probes::validate_ring_size(bytes).map_err(|e| e.to_string())?;
+    Ok(bytes)
 }
 
-fn ring_size_bytes(value: &str) -> Result<u64, String> {
-    let (digits, multiplier) = match value.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&value[..i], 1u64 << 10),
-        Some((i, 'M' | 'm')) => (&value[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&value[..i], 1 << 30),
-        _ => (value, 1),
+fn path_value(path: PathBuf) -> toml::Value {
+    toml::Value::String(path.to_string_lossy().into_owned())
+}
+
+/// The configuration `run` uses: file, then environment, then these flags.
+fn configuration(args: &RunArgs) -> Result<Config, String> {
+    let mut sources = Sources {
+        env: std::env::vars().collect(),
+        ..Default::default()
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{value}` is not a size (examples: 4096, 256K, 16M)"))?;
-    n.checked_mul(multiplier)
-        .ok_or_else(|| format!("`{value}` is too large"))
-}
-
-fn parse_ring_size(value: &str) -> Result<String, String> {
-    let bytes = ring_size_bytes(value)?;
-    validate_ring_size(bytes).map_err(|e| e.to_string())?;
-    Ok(bytes.to_string())
+    if let Some(path) = &args.config {
+        sources = sources.with_file(path).map_err(|e| e.to_string())?;
+    } else {
+        // The command-line profile: a newcomer's first command shows events.
+        sources.set("zastava.attach.enabled", true);
+        let backend_given = args.backend.is_some()
+            || sources
+                .env
+                .iter()
+                .any(|(k, _)| k == "ZASTAVA__BACKEND__URL");
+        sources.set("scanner.runtime.capture.enabled", backend_given);
+    }
+    let s = &mut sources;
+    if args.no_attach {
+        s.set("zastava.attach.enabled", false);
+    }
+    if let Some(v) = &args.ndjson {
+        s.set("ndjson.path", v.clone());
+    }
+    if let Some(v) = args.ring_buffer_bytes {
+        s.set(
+            "observer.ring_buffer_bytes",
+            i64::try_from(v).unwrap_or(i64::MAX),
+        );
+    }
+    for (key, value) in [
+        ("observer.host_root", &args.host_root),
+        ("observer.proc_root", &args.proc_root),
+        ("observer.cgroup_root", &args.cgroup_root),
+        ("backend.token_file", &args.token_file),
+        ("backend.ca_file", &args.ca_file),
+        ("backend.client_cert_file", &args.client_cert),
+        ("backend.client_key_file", &args.client_key),
+        ("spool.dir", &args.spool_dir),
+    ] {
+        if let Some(v) = value {
+            s.set(key, path_value(v.clone()));
+        }
+    }
+    for (key, value) in [
+        ("observer.enrichment_wait", &args.enrichment_wait),
+        ("observer.container_retention", &args.container_retention),
+        ("cri.endpoint", &args.cri_endpoint),
+        ("cri.poll_interval", &args.cri_poll_interval),
+        ("cri.timeout", &args.cri_timeout),
+        ("backend.url", &args.backend),
+        ("metrics.addr", &args.metrics_addr),
+    ] {
+        if let Some(v) = value {
+            s.set(key, v.clone());
+        }
+    }
+    if !args.namespaces.is_empty() {
+        s.set("observer.namespaces", args.namespaces.clone());
+    }
+    if !args.exclude_namespaces.is_empty() {
+        s.set(
+            "observer.exclude_namespaces",
+            args.exclude_namespaces.clone(),
+        );
+    }
+    if args.no_cri {
+        s.set("cri.enabled", false);
+    }
+    for assignment in &args.set {
+        let Some((key, value)) = assignment.split_once('=') else {
+            return Err(format!("--set {assignment:?}: expected KEY=VALUE"));
+        };
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+        s.set(key.trim(), parsed);
+    }
+    Config::load(&sources).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -155,36 +256,21 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => {
-            // Validated by the parser; the value is a decimal byte count.
-            let ring_buffer_bytes = args
-                .ring_buffer_bytes
-                .parse::<u64>()
-                .ok()
-                .and_then(|b| validate_ring_size(b).ok())
-                .unwrap_or(DEFAULT_RING_BYTES);
+            let config = match configuration(&args) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("zastava-observer: {err}");
+                    return ExitCode::from(2);
+                }
+            };
             let options = RunOptions {
-                output: Output::parse(&args.ndjson),
+                config,
                 duration: args.duration,
-                ring_buffer_bytes,
-                stats_json: args.stats_json,
-                host_root: args.host_root,
-                proc_root: args.proc_root,
-                cgroup_root: args.cgroup_root,
-                cri: CriOptions {
-                    enabled: !args.no_cri,
-                    endpoint: args.cri_endpoint,
-                    poll_interval: args.cri_poll_interval,
-                    timeout: args.cri_timeout,
-                },
-                enrichment_wait: Duration::from_millis(args.enrichment_wait_ms),
-                retention: args.container_retention,
-                namespaces: NamespaceFilter {
-                    include: args.namespaces,
-                    exclude: args.exclude_namespaces,
-                },
+                stats_json: args.stats_json.clone(),
                 observe_self: args.observe_self,
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()
             {
@@ -215,18 +301,13 @@ mod tests {
 
     #[test]
     fn ring_sizes() {
-        assert_eq!(ring_size_bytes("4096"), Ok(4096));
-        assert_eq!(ring_size_bytes("256K"), Ok(256 << 10));
-        assert_eq!(ring_size_bytes("16M"), Ok(16 << 20));
-        assert!(ring_size_bytes("lots").is_err());
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert_eq!(parse_ring_size("16M"), Ok(16 << 20));
         assert!(parse_ring_size("3000")
             .unwrap_err()
             .contains("power of two"));
         assert!(parse_ring_size("2G")
             .unwrap_err()
             .contains("power of two between"));
-        assert!(parse_duration("1.5").is_ok());
-        assert!(parse_duration("-1").is_err());
-        assert!(parse_duration("soon").is_err());
     }
 }
