@@ -112,6 +112,13 @@ fn a_labelled_pod_s_exec_open_and_connect_carry_its_identity_and_manifest_digest
         assert_eq!(e["podUid"], pod.uid.as_str());
     }
     assert_eq!(exec["path"], "/bin/sh");
+    assert_eq!(
+        exec["code_id"],
+        zastava::buildid::read_build_id(Path::new("/bin/busybox"))
+            .unwrap()
+            .as_str(),
+        "the build-id of the container's /bin/sh, which is busybox"
+    );
     assert_eq!(pid_of(&exec), u64::from(init_pid));
     assert_eq!(open["result"], 3);
     assert_eq!(
@@ -327,14 +334,12 @@ fn events_of_an_excluded_namespace_never_leave_the_kernel() {
 
     // The control pod's opens all arrive; by then the quiet pod's have long happened.
     let deadline = Instant::now() + common::TIMEOUT;
-    while (observer
-        .events_matching(|e| e["path"] == loud_marker.as_str())
-        .len() as u64)
-        < OPENS
-    {
+    let loud = |e: &Value| e["path"] == loud_marker.as_str();
+    while common::occurrences(&observer.events_matching(loud), loud) < OPENS {
         assert!(
             Instant::now() < deadline,
-            "the control pod's opens did not all arrive"
+            "the control pod's opens did not all arrive: {:?}",
+            observer.events_matching(loud)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -384,11 +389,7 @@ fn events_of_an_excluded_namespace_never_leave_the_kernel() {
         stopped.summary["attribution"]["filteredInUserspace"], 0,
         "nothing had to be dropped after the kernel"
     );
-    let loud_opens = stopped
-        .events
-        .iter()
-        .filter(|e| e["path"] == loud_marker.as_str())
-        .count() as u64;
+    let loud_opens = common::occurrences(&stopped.events, loud);
     assert_eq!(loud_opens, OPENS);
     assert!(stopped
         .events

@@ -472,6 +472,7 @@ mod tests {
                 flags: 0,
                 result: 3,
             },
+            code_id: None,
         }
     }
 

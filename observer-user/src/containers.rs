@@ -8,6 +8,8 @@ use observer_common::identity::{DigestKind, IdentityError, PodRef, WorkloadIdent
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodInfo {
     pub sandbox_id: String,
+    /// `identity.id`, shared by every record of the pod (sorting and merging key).
+    pub identity_id: Arc<str>,
     pub pod: PodRef,
     pub identity: WorkloadIdentity,
     /// Identity labels that were present but invalid (reported, then ignored).
@@ -18,6 +20,7 @@ impl PodInfo {
     pub fn new(sandbox_id: String, pod: PodRef) -> Self {
         let (identity, identity_errors) = WorkloadIdentity::of_pod(&pod);
         PodInfo {
+            identity_id: Arc::from(identity.id.as_str()),
             sandbox_id,
             pod,
             identity,

@@ -21,11 +21,12 @@ use tracing::{info, warn};
 
 use crate::{
     attribution::{AttributionConfig, Attributor, NamespaceFilter},
+    batch::Batcher,
     cgroups::{find_cgroup2_mount, CgroupMap},
     config::{Config, CriConfig},
     cri::{resolve_endpoint, CriClient, CriError, RuntimeVersion, DEFAULT_ENDPOINTS},
     host::HostIdentity,
-    pipeline::{CriStatus, Pipeline},
+    pipeline::{CriStatus, Pipeline, Stages},
     probes::{validate_ring_size, KernelCounters, ProbeConfig, ProbeError, Probes, PROBES_OBJECT},
     proctable::ProcessTable,
     sink::{NdjsonSink, Output},
@@ -203,7 +204,13 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
     };
     // Open the output before attaching so a bad path fails before any event is produced.
     let sink = if config.ndjson.enabled {
-        NdjsonSink::open(&Output::parse(&config.ndjson.path)).map_err(RunError::Output)?
+        let ndjson = &config.ndjson;
+        NdjsonSink::open(&Output::parse(
+            &ndjson.path,
+            ndjson.max_file_bytes,
+            ndjson.max_files,
+        ))
+        .map_err(RunError::Output)?
     } else {
         NdjsonSink::to_writer(Box::new(io::sink()))
     };
@@ -259,8 +266,11 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
     };
     let mut watching = requests.is_some();
     let mut pipeline = Pipeline::new(
-        Tracker::new(table),
-        attributor,
+        Stages {
+            tracker: Tracker::new(table),
+            attributor,
+            batcher: Batcher::new(config.batch.clone()),
+        },
         sink,
         host,
         run_id(),

@@ -11,6 +11,7 @@ use observer_common::TASK_COMM_LEN;
 use serde::{ser::SerializeMap as _, ser::SerializeSeq as _, Serialize, Serializer};
 
 use crate::{
+    batch::{Item, Record},
     clock::Timestamp,
     containers::{ContainerInfo, PodInfo},
     host::HostIdentity,
@@ -41,6 +42,15 @@ impl EdgeType {
 
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// Position in the batch sort order, which is the order of the names.
+    pub fn sort_rank(self) -> u8 {
+        match self {
+            EdgeType::Fs => 0,
+            EdgeType::Net => 1,
+            EdgeType::Syscall => 2,
+        }
     }
 }
 
@@ -111,6 +121,8 @@ pub struct EdgeEvent {
     pub cgroup_id: u64,
     pub process: ProcessSnapshot,
     pub detail: EdgeDetail,
+    /// GNU build-id of the executed binary (exec edges, when it could be read).
+    pub code_id: Option<String>,
 }
 
 impl EdgeEvent {
@@ -172,14 +184,19 @@ impl Attribution {
         }
     }
 
-    /// The workload id: the pod's identity, else the node's.
-    pub fn workload_id<'a>(&'a self, host: &'a HostIdentity) -> &'a str {
-        match &self.container {
-            Some(c) => &c.pod.identity.id,
-            None => &host.workload_id,
+    /// The workload this attribution names: the pod's identity, a provisional
+    /// `container:<id>` for a container not described yet, else the node.
+    pub fn workload_key(&self, host: &HostIdentity) -> Arc<str> {
+        match (&self.container, &self.container_id) {
+            (Some(c), _) => Arc::clone(&c.pod.identity_id),
+            (None, Some(id)) => Arc::from(format!("container:{id}")),
+            (None, None) => Arc::clone(&host.workload_id_shared),
         }
     }
 }
+
+/// Version of the record schema (`schemas/runtime-events.v1.schema.json`).
+pub const SCHEMA_VERSION: u32 = 1;
 
 /// A run-unique event id: `<run id>-<sequence>`.
 #[derive(Clone, Copy, Debug)]
@@ -192,15 +209,6 @@ impl Serialize for EventId<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&format_args!("{}-{}", self.run_id, self.seq))
     }
-}
-
-/// The JSON of an edge event.
-pub struct EdgeRecord<'a> {
-    pub event: &'a EdgeEvent,
-    pub attribution: &'a Attribution,
-    pub host: &'a HostIdentity,
-    pub run_id: &'a str,
-    pub timestamp: Timestamp,
 }
 
 fn comm_str(comm: &[u8; TASK_COMM_LEN]) -> Cow<'_, str> {
@@ -219,12 +227,17 @@ fn serialize_workload<M: serde::ser::SerializeMap>(
     map.serialize_entry("node", &host.node)?;
     map.serialize_entry("hostId", &host.host_id)?;
     map.serialize_entry("osRelease", &host.os_release)?;
-    match container {
-        Some(c) => {
+    match (container, container_id) {
+        (Some(c), _) => {
             map.serialize_entry("workloadId", &c.pod.identity.id)?;
             map.serialize_entry("workloadIdSource", c.pod.identity.id_source.as_str())?;
         }
-        None => map.serialize_entry("workloadId", &host.workload_id)?,
+        // A container the runtime has not described (yet): a provisional id.
+        (None, Some(id)) => {
+            map.serialize_entry("workloadId", &format_args!("container:{id}").to_string())?;
+            map.serialize_entry("workloadIdSource", "container")?;
+        }
+        (None, None) => map.serialize_entry("workloadId", &host.workload_id)?,
     }
     map.serialize_entry("enrichment", enrichment.as_str())?;
     if let Some(id) = container_id {
@@ -279,92 +292,74 @@ impl Serialize for ProcessJson<'_> {
     }
 }
 
-impl Serialize for EdgeRecord<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let e = self.event;
-        let a = self.attribution;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("eventType", "edge")?;
-        map.serialize_entry(
-            "eventId",
-            &EventId {
-                run_id: self.run_id,
-                seq: e.seq,
-            },
-        )?;
-        map.serialize_entry("edgeType", &e.edge_type())?;
-        map.serialize_entry("timestamp", &self.timestamp)?;
-        serialize_workload(
-            &mut map,
-            self.host,
-            a.enrichment,
-            a.container_id.as_deref(),
-            a.container.as_deref(),
-        )?;
-        map.serialize_entry("cgroupId", &e.cgroup_id)?;
-        map.serialize_entry("process", &ProcessJson(&e.process))?;
-        match &e.detail {
-            EdgeDetail::Exec {
-                syscall,
-                path,
-                path_resolved,
-            } => {
-                map.serialize_entry("syscall", syscall)?;
-                map.serialize_entry("path", path)?;
-                if !path_resolved {
-                    map.serialize_entry("pathResolved", &false)?;
-                }
-                map.serialize_entry("args", &e.process.image.args)?;
-                if e.process.image.args_truncated {
-                    map.serialize_entry("argsTruncated", &true)?;
-                }
+fn serialize_detail<M: serde::ser::SerializeMap>(
+    map: &mut M,
+    e: &EdgeEvent,
+) -> Result<(), M::Error> {
+    match &e.detail {
+        EdgeDetail::Exec {
+            syscall,
+            path,
+            path_resolved,
+        } => {
+            map.serialize_entry("syscall", syscall)?;
+            map.serialize_entry("path", path)?;
+            if !path_resolved {
+                map.serialize_entry("pathResolved", &false)?;
             }
-            EdgeDetail::Open {
-                syscall,
-                path,
-                path_resolved,
-                path_truncated,
-                flags,
-                result,
-            } => {
-                map.serialize_entry("syscall", syscall)?;
-                map.serialize_entry("path", path)?;
-                if !path_resolved {
-                    map.serialize_entry("pathResolved", &false)?;
-                }
-                if *path_truncated {
-                    map.serialize_entry("pathTruncated", &true)?;
-                }
-                map.serialize_entry("flags", flags)?;
-                map.serialize_entry("flagNames", &OpenFlags(*flags))?;
-                map.serialize_entry("result", result)?;
+            map.serialize_entry("args", &e.process.image.args)?;
+            if e.process.image.args_truncated {
+                map.serialize_entry("argsTruncated", &true)?;
             }
-            EdgeDetail::Connect { address, result } => {
-                map.serialize_entry("syscall", "connect")?;
-                match address {
-                    SocketTarget::Inet { address, port } => {
-                        let family = if address.is_ipv4() { "inet" } else { "inet6" };
-                        map.serialize_entry("family", family)?;
-                        map.serialize_entry("address", &address)?;
-                        map.serialize_entry("port", port)?;
-                    }
-                    SocketTarget::Unix { path } => {
-                        map.serialize_entry("family", "unix")?;
-                        if let Some(path) = path {
-                            map.serialize_entry("path", path)?;
-                        }
-                    }
-                    SocketTarget::Unspecified => map.serialize_entry("family", "unspec")?,
-                    SocketTarget::Other { family } => {
-                        map.serialize_entry("family", &format_args!("af_{family}").to_string())?;
-                    }
-                    SocketTarget::Unreadable => map.serialize_entry("family", "unknown")?,
-                }
-                map.serialize_entry("result", result)?;
+            if let Some(code_id) = &e.code_id {
+                map.serialize_entry("code_id", code_id)?;
             }
         }
-        map.end()
+        EdgeDetail::Open {
+            syscall,
+            path,
+            path_resolved,
+            path_truncated,
+            flags,
+            result,
+        } => {
+            map.serialize_entry("syscall", syscall)?;
+            map.serialize_entry("path", path)?;
+            if !path_resolved {
+                map.serialize_entry("pathResolved", &false)?;
+            }
+            if *path_truncated {
+                map.serialize_entry("pathTruncated", &true)?;
+            }
+            map.serialize_entry("flags", flags)?;
+            map.serialize_entry("flagNames", &OpenFlags(*flags))?;
+            map.serialize_entry("result", result)?;
+        }
+        EdgeDetail::Connect { address, result } => {
+            map.serialize_entry("syscall", "connect")?;
+            match address {
+                SocketTarget::Inet { address, port } => {
+                    let family = if address.is_ipv4() { "inet" } else { "inet6" };
+                    map.serialize_entry("family", family)?;
+                    map.serialize_entry("address", &address)?;
+                    map.serialize_entry("port", port)?;
+                }
+                SocketTarget::Unix { path } => {
+                    map.serialize_entry("family", "unix")?;
+                    if let Some(path) = path {
+                        map.serialize_entry("path", path)?;
+                    }
+                }
+                SocketTarget::Unspecified => map.serialize_entry("family", "unspec")?,
+                SocketTarget::Other { family } => {
+                    map.serialize_entry("family", &format_args!("af_{family}").to_string())?;
+                }
+                SocketTarget::Unreadable => map.serialize_entry("family", "unknown")?,
+            }
+            map.serialize_entry("result", result)?;
+        }
     }
+    Ok(())
 }
 
 /// `containerStart` / `containerStop`.
@@ -374,52 +369,113 @@ pub enum Lifecycle {
     Stop,
 }
 
-/// The JSON of a container lifecycle event.
-pub struct LifecycleRecord<'a> {
-    pub lifecycle: Lifecycle,
-    pub container: &'a ContainerInfo,
-    pub enrichment: Enrichment,
+/// The JSON of one record of a batch.
+pub struct RecordJson<'a> {
+    pub item: &'a Item,
     pub host: &'a HostIdentity,
-    pub timestamp: Timestamp,
+    pub run_id: &'a str,
 }
 
-impl Serialize for LifecycleRecord<'_> {
+impl Serialize for RecordJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let c = self.container;
+        let item = self.item;
+        let timestamp = Timestamp::from_unix_ns(item.at_ns);
         let mut map = serializer.serialize_map(None)?;
-        let kind = match self.lifecycle {
-            Lifecycle::Start => "containerStart",
-            Lifecycle::Stop => "containerStop",
-        };
-        map.serialize_entry("eventType", kind)?;
-        map.serialize_entry("timestamp", &self.timestamp)?;
-        serialize_workload(&mut map, self.host, self.enrichment, Some(&c.id), Some(c))?;
-        if let Some(pid) = c.init_pid {
-            map.serialize_entry("initPid", &pid)?;
-        }
-        if let Some(entrypoint) = &c.entrypoint {
-            map.serialize_entry("entrypoint", entrypoint)?;
-        }
-        if let Some(code_id) = &c.entrypoint_code_id {
-            map.serialize_entry("code_id", code_id)?;
-        }
-        if self.lifecycle == Lifecycle::Stop {
-            if let Some(code) = c.exit_code {
-                map.serialize_entry("exitCode", &code)?;
+        match &item.record {
+            Record::Edge { event, attribution } => {
+                map.serialize_entry("schemaVersion", &SCHEMA_VERSION)?;
+                map.serialize_entry("eventType", "edge")?;
+                map.serialize_entry(
+                    "eventId",
+                    &EventId {
+                        run_id: self.run_id,
+                        seq: event.seq,
+                    },
+                )?;
+                map.serialize_entry("edgeType", &event.edge_type())?;
+                map.serialize_entry("timestamp", &timestamp)?;
+                if item.count > 1 {
+                    map.serialize_entry("count", &item.count)?;
+                    map.serialize_entry("firstSeen", &timestamp)?;
+                    map.serialize_entry("lastSeen", &Timestamp::from_unix_ns(item.last_ns))?;
+                }
+                if item.late {
+                    map.serialize_entry("late", &true)?;
+                }
+                serialize_workload(
+                    &mut map,
+                    self.host,
+                    attribution.enrichment,
+                    attribution.container_id.as_deref(),
+                    attribution.container.as_deref(),
+                )?;
+                map.serialize_entry("cgroupId", &event.cgroup_id)?;
+                map.serialize_entry("process", &ProcessJson(&event.process))?;
+                serialize_detail(&mut map, event)?;
+            }
+            Record::Lifecycle {
+                lifecycle,
+                container,
+                enrichment,
+            } => {
+                let kind = match lifecycle {
+                    Lifecycle::Start => "containerStart",
+                    Lifecycle::Stop => "containerStop",
+                };
+                map.serialize_entry("schemaVersion", &SCHEMA_VERSION)?;
+                map.serialize_entry("eventType", kind)?;
+                map.serialize_entry("timestamp", &timestamp)?;
+                if item.late {
+                    map.serialize_entry("late", &true)?;
+                }
+                serialize_workload(
+                    &mut map,
+                    self.host,
+                    *enrichment,
+                    Some(&container.id),
+                    Some(container),
+                )?;
+                if let Some(pid) = container.init_pid {
+                    map.serialize_entry("initPid", &pid)?;
+                }
+                if let Some(entrypoint) = &container.entrypoint {
+                    map.serialize_entry("entrypoint", entrypoint)?;
+                }
+                if let Some(code_id) = &container.entrypoint_code_id {
+                    map.serialize_entry("code_id", code_id)?;
+                }
+                if *lifecycle == Lifecycle::Stop {
+                    if let Some(code) = container.exit_code {
+                        map.serialize_entry("exitCode", &code)?;
+                    }
+                }
+            }
+            Record::Patch {
+                container,
+                seqs,
+                enrichment,
+            } => {
+                map.serialize_entry("schemaVersion", &SCHEMA_VERSION)?;
+                map.serialize_entry("eventType", "enrichmentPatch")?;
+                map.serialize_entry("timestamp", &timestamp)?;
+                map.serialize_entry(
+                    "eventIds",
+                    &EventIds {
+                        run_id: self.run_id,
+                        seqs,
+                    },
+                )?;
+                serialize_workload(
+                    &mut map,
+                    self.host,
+                    *enrichment,
+                    Some(&container.id),
+                    Some(container),
+                )?;
             }
         }
         map.end()
     }
-}
-
-/// The JSON of an `enrichmentPatch`: events sent `pending` now belong to a container.
-pub struct PatchRecord<'a> {
-    pub run_id: &'a str,
-    pub event_seqs: &'a [u64],
-    pub container: &'a ContainerInfo,
-    pub enrichment: Enrichment,
-    pub host: &'a HostIdentity,
-    pub timestamp: Timestamp,
 }
 
 struct EventIds<'a> {
@@ -437,29 +493,6 @@ impl Serialize for EventIds<'_> {
             })?;
         }
         seq.end()
-    }
-}
-
-impl Serialize for PatchRecord<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("eventType", "enrichmentPatch")?;
-        map.serialize_entry("timestamp", &self.timestamp)?;
-        map.serialize_entry(
-            "eventIds",
-            &EventIds {
-                run_id: self.run_id,
-                seqs: self.event_seqs,
-            },
-        )?;
-        serialize_workload(
-            &mut map,
-            self.host,
-            self.enrichment,
-            Some(&self.container.id),
-            Some(self.container),
-        )?;
-        map.end()
     }
 }
 

@@ -19,6 +19,8 @@ pub struct HostIdentity {
     pub os_release: String,
     /// `workloadId` of host processes: `host:<hostId>`.
     pub workload_id: String,
+    /// The same, shared by every host record (sorting and merging key).
+    pub workload_id_shared: std::sync::Arc<str>,
     /// Problems found while reading the identity (reported, not fatal).
     pub warnings: Vec<String>,
 }
@@ -52,12 +54,28 @@ impl HostIdentity {
                 warnings.push("no os-release file; osRelease is \"unknown\"".into());
                 "unknown".into()
             });
+        let workload_id = format!("host:{host_id}");
         HostIdentity {
-            workload_id: format!("host:{host_id}"),
+            workload_id_shared: std::sync::Arc::from(workload_id.as_str()),
+            workload_id,
             node,
             host_id,
             os_release,
             warnings,
+        }
+    }
+}
+
+impl HostIdentity {
+    /// A fixed identity for tests: node `node-a`, host id `abc`.
+    pub fn for_tests() -> Self {
+        HostIdentity {
+            node: "node-a".into(),
+            host_id: "abc".into(),
+            os_release: "Test OS".into(),
+            workload_id: "host:abc".into(),
+            workload_id_shared: std::sync::Arc::from("host:abc"),
+            warnings: vec![],
         }
     }
 }

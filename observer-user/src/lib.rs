@@ -7,6 +7,7 @@
 //! [`sink`]; [`summary`] accounts for every record at shutdown, [`doctor`] checks the node.
 
 pub mod attribution;
+pub mod batch;
 pub mod buildid;
 pub mod cgroups;
 pub mod clock;

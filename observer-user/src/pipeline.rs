@@ -10,9 +10,10 @@ use tracing::{info, warn};
 
 use crate::{
     attribution::{Attributor, Output},
-    clock::{BootClock, Timestamp},
+    batch::{Batch, Batcher, Item, Record},
+    clock::BootClock,
     decode::{decode, KernelEvent},
-    event::{EdgeRecord, Lifecycle, LifecycleRecord, PatchRecord},
+    event::{Lifecycle, RecordJson},
     host::HostIdentity,
     probes::Probes,
     sink::NdjsonSink,
@@ -23,8 +24,10 @@ use crate::{
 /// Records written, by type.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Written {
-    /// Edge events by edge type (index = `EdgeType::index`).
+    /// Edge records by edge type (index = `EdgeType::index`).
     pub edges: [u64; 3],
+    /// Edge occurrences those records stand for (merged repeats included).
+    pub edge_occurrences: u64,
     pub container_starts: u64,
     pub container_stops: u64,
     pub patches: u64,
@@ -39,9 +42,17 @@ pub struct CriStatus {
     pub disconnects: u64,
 }
 
+/// The processing stages, in order.
+pub struct Stages {
+    pub tracker: Tracker,
+    pub attributor: Attributor,
+    pub batcher: Batcher,
+}
+
 pub struct Pipeline {
     pub tracker: Tracker,
     pub attributor: Attributor,
+    pub batcher: Batcher,
     sink: NdjsonSink,
     host: HostIdentity,
     clock: BootClock,
@@ -55,8 +66,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(
-        tracker: Tracker,
-        attributor: Attributor,
+        stages: Stages,
         sink: NdjsonSink,
         host: HostIdentity,
         run_id: String,
@@ -64,8 +74,9 @@ impl Pipeline {
         cri: CriStatus,
     ) -> Self {
         Pipeline {
-            tracker,
-            attributor,
+            tracker: stages.tracker,
+            attributor: stages.attributor,
+            batcher: stages.batcher,
             sink,
             host,
             clock: BootClock::new(),
@@ -175,10 +186,16 @@ impl Pipeline {
         self.write_outputs()
     }
 
-    /// Lets events that waited too long leave as `pending`.
+    /// Lets events that waited too long leave as `pending`, and ships due batches.
     pub fn on_tick(&mut self) -> io::Result<()> {
-        self.attributor.on_tick(Instant::now(), &mut self.out);
-        self.write_outputs()
+        let now = Instant::now();
+        self.attributor.on_tick(now, &mut self.out);
+        self.write_outputs()?;
+        let now_ns = realtime_ns();
+        while let Some(batch) = self.batcher.poll(now_ns, now) {
+            self.ship(&batch)?;
+        }
+        Ok(())
     }
 
     /// Marks cgroups the namespace filter needs in the kernel.
@@ -194,6 +211,9 @@ impl Pipeline {
     pub fn finish(&mut self) -> io::Result<()> {
         self.attributor.drain(&mut self.out);
         self.write_outputs()?;
+        for batch in self.batcher.drain() {
+            self.ship(&batch)?;
+        }
         self.sink.flush()
     }
 
@@ -219,54 +239,78 @@ impl Pipeline {
         }
     }
 
+    /// Hands attributed records to the batcher, stamped with their time.
     fn write_outputs(&mut self) -> io::Result<()> {
         for output in self.out.drain(..) {
-            match output {
-                Output::Edge(event, attribution) => {
-                    self.sink.write(&EdgeRecord {
-                        timestamp: self.clock.to_utc(event.boot_ns),
-                        event: &event,
-                        attribution: &attribution,
-                        host: &self.host,
-                        run_id: &self.run_id,
-                    })?;
-                    self.written.edges[event.edge_type().index()] += 1;
-                }
+            let (at_ns, record) = match output {
+                Output::Edge(event, attribution) => (
+                    self.clock.to_utc(event.boot_ns).unix_ns(),
+                    Record::Edge { event, attribution },
+                ),
                 Output::Lifecycle(lifecycle, container, enrichment) => {
                     let at = match lifecycle {
                         Lifecycle::Start => container.started_at_ns,
                         Lifecycle::Stop => container.finished_at_ns,
                     };
-                    let timestamp = if at > 0 {
-                        Timestamp::from_unix_ns(i128::from(at))
+                    let at_ns = if at > 0 {
+                        i128::from(at)
                     } else {
-                        self.clock.to_utc(BootClock::boot_now_ns())
+                        realtime_ns()
                     };
-                    self.sink.write(&LifecycleRecord {
-                        lifecycle,
-                        container: &container,
-                        enrichment,
-                        host: &self.host,
-                        timestamp,
-                    })?;
-                    match lifecycle {
-                        Lifecycle::Start => self.written.container_starts += 1,
-                        Lifecycle::Stop => self.written.container_stops += 1,
-                    }
+                    (
+                        at_ns,
+                        Record::Lifecycle {
+                            lifecycle,
+                            container,
+                            enrichment,
+                        },
+                    )
                 }
-                Output::Patch(container, seqs, enrichment) => {
-                    self.sink.write(&PatchRecord {
-                        run_id: &self.run_id,
-                        event_seqs: &seqs,
-                        container: &container,
+                Output::Patch(container, seqs, enrichment) => (
+                    realtime_ns(),
+                    Record::Patch {
+                        container,
+                        seqs,
                         enrichment,
-                        host: &self.host,
-                        timestamp: self.clock.to_utc(BootClock::boot_now_ns()),
-                    })?;
-                    self.written.patches += 1;
-                }
-            }
+                    },
+                ),
+            };
+            self.batcher.push(Item::new(at_ns, &self.host, record));
         }
         Ok(())
     }
+
+    /// Writes a closed batch.
+    fn ship(&mut self, batch: &Batch) -> io::Result<()> {
+        for item in &batch.items {
+            self.sink.write(&RecordJson {
+                item,
+                host: &self.host,
+                run_id: &self.run_id,
+            })?;
+            match &item.record {
+                Record::Edge { event, .. } => {
+                    self.written.edges[event.edge_type().index()] += 1;
+                    self.written.edge_occurrences += item.count;
+                }
+                Record::Lifecycle {
+                    lifecycle: Lifecycle::Start,
+                    ..
+                } => self.written.container_starts += 1,
+                Record::Lifecycle {
+                    lifecycle: Lifecycle::Stop,
+                    ..
+                } => self.written.container_stops += 1,
+                Record::Patch { .. } => self.written.patches += 1,
+            }
+        }
+        self.sink.flush()
+    }
+}
+
+/// Wall-clock time, nanoseconds since the epoch.
+fn realtime_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }

@@ -1,76 +1,188 @@
-//! NDJSON output: one JSON object per line, to stdout or a file (appended).
+//! NDJSON output: one JSON record per line, to stdout or to a file that is rotated by
+//! size (`zastava.runtime.ndjson` → `zastava.runtime.1.ndjson` → ...; `.1` is the newest).
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::{self, File, OpenOptions},
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
 };
 
 use serde::Serialize;
 
-/// Where events go.
+/// Where records go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     Stdout,
-    File(PathBuf),
+    /// A file, rotated when it would grow beyond `max_bytes`, keeping `keep` rotated files.
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: usize,
+    },
 }
 
 impl Output {
     /// `-` is stdout; anything else a file path.
-    pub fn parse(value: &str) -> Self {
+    pub fn parse(value: &str, max_bytes: u64, keep: usize) -> Self {
         if value == "-" {
             Output::Stdout
         } else {
-            Output::File(PathBuf::from(value))
+            Output::File {
+                path: PathBuf::from(value),
+                max_bytes,
+                keep,
+            }
         }
     }
 }
 
-pub struct NdjsonSink {
-    out: BufWriter<Box<dyn Write + Send>>,
-    written: u64,
+enum Target {
+    Stdout(BufWriter<io::Stdout>),
+    File {
+        out: BufWriter<File>,
+        path: PathBuf,
+        /// Bytes in the current file.
+        size: u64,
+        max_bytes: u64,
+        keep: usize,
+    },
+    Writer(BufWriter<Box<dyn Write + Send>>),
 }
+
+pub struct NdjsonSink {
+    target: Target,
+    line: Vec<u8>,
+    written: u64,
+    rotations: u64,
+}
+
+const BUFFER: usize = 64 * 1024;
 
 impl NdjsonSink {
     pub fn open(output: &Output) -> io::Result<Self> {
-        let inner: Box<dyn Write + Send> = match output {
-            Output::Stdout => Box::new(io::stdout()),
-            Output::File(path) => Box::new(open_append(path)?),
+        let target = match output {
+            Output::Stdout => Target::Stdout(BufWriter::with_capacity(BUFFER, io::stdout())),
+            Output::File {
+                path,
+                max_bytes,
+                keep,
+            } => {
+                let file = open_append(path)?;
+                let size = file.metadata()?.len();
+                Target::File {
+                    out: BufWriter::with_capacity(BUFFER, file),
+                    path: path.clone(),
+                    size,
+                    max_bytes: *max_bytes,
+                    keep: *keep,
+                }
+            }
         };
         Ok(NdjsonSink {
-            out: BufWriter::with_capacity(64 * 1024, inner),
+            target,
+            line: Vec::with_capacity(1024),
             written: 0,
+            rotations: 0,
         })
     }
 
-    /// A sink writing into any writer (tests, benchmarks).
+    /// A sink writing into any writer (tests, benchmarks, or nowhere).
     pub fn to_writer(writer: Box<dyn Write + Send>) -> Self {
         NdjsonSink {
-            out: BufWriter::with_capacity(64 * 1024, writer),
+            target: Target::Writer(BufWriter::with_capacity(BUFFER, writer)),
+            line: Vec::with_capacity(1024),
             written: 0,
+            rotations: 0,
         }
     }
 
     /// Writes one record as a line.
     pub fn write<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, record)?;
-        self.out.write_all(b"\n")?;
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record)?;
+        self.line.push(b'\n');
+        match &mut self.target {
+            Target::Stdout(out) => out.write_all(&self.line)?,
+            Target::Writer(out) => out.write_all(&self.line)?,
+            Target::File {
+                out,
+                path,
+                size,
+                max_bytes,
+                keep,
+            } => {
+                let len = self.line.len() as u64;
+                if *size > 0 && *size + len > *max_bytes {
+                    out.flush()?;
+                    rotate(path, *keep)?;
+                    *out = BufWriter::with_capacity(BUFFER, open_append(path)?);
+                    *size = 0;
+                    self.rotations += 1;
+                }
+                out.write_all(&self.line)?;
+                *size += len;
+            }
+        }
         self.written += 1;
         Ok(())
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        match &mut self.target {
+            Target::Stdout(out) => out.flush(),
+            Target::Writer(out) => out.flush(),
+            Target::File { out, .. } => out.flush(),
+        }
     }
 
     pub fn written(&self) -> u64 {
         self.written
     }
+
+    pub fn rotations(&self) -> u64 {
+        self.rotations
+    }
+}
+
+/// `dir/name.ndjson` → `dir/name.<n>.ndjson`; other names get `.<n>` appended.
+pub fn rotated_name(path: &Path, n: usize) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rotated = match name.strip_suffix(".ndjson") {
+        Some(stem) => format!("{stem}.{n}.ndjson"),
+        None => format!("{name}.{n}"),
+    };
+    path.with_file_name(rotated)
+}
+
+/// Shifts `.1` → `.2` ... dropping what falls beyond `keep`, then the current file → `.1`.
+fn rotate(path: &Path, keep: usize) -> io::Result<()> {
+    let oldest = rotated_name(path, keep);
+    match fs::remove_file(&oldest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("removing {}: {e}", oldest.display()),
+            ))
+        }
+    }
+    for n in (1..keep).rev() {
+        let from = rotated_name(path, n);
+        if from.exists() {
+            fs::rename(&from, rotated_name(path, n + 1))?;
+        }
+    }
+    fs::rename(path, rotated_name(path, 1))
+        .map_err(|e| io::Error::new(e.kind(), format!("rotating {}: {e}", path.display())))
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
+        fs::create_dir_all(parent)
             .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", parent.display())))?;
     }
     OpenOptions::new()
@@ -78,4 +190,64 @@ fn open_append(path: &Path) -> io::Result<File> {
         .append(true)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_names_keep_the_ndjson_extension() {
+        assert_eq!(
+            rotated_name(
+                Path::new("/var/log/stellaops/runtime/zastava.runtime.ndjson"),
+                3
+            ),
+            PathBuf::from("/var/log/stellaops/runtime/zastava.runtime.3.ndjson")
+        );
+        assert_eq!(
+            rotated_name(Path::new("/tmp/events.log"), 1),
+            PathBuf::from("/tmp/events.log.1")
+        );
+    }
+
+    #[test]
+    fn files_rotate_by_size_and_old_ones_are_dropped() {
+        let dir = std::env::temp_dir().join(format!("zastava-rotate-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("zastava.runtime.ndjson");
+        // Each line is 12 bytes ({"n":12345}\n); two fit in 30 bytes.
+        let mut sink = NdjsonSink::open(&Output::parse(path.to_str().unwrap(), 30, 2)).unwrap();
+        for n in 10000..10007 {
+            sink.write(&serde_json::json!({ "n": n })).unwrap();
+        }
+        sink.flush().unwrap();
+        let read = |p: &Path| fs::read_to_string(p).unwrap();
+        // 7 lines: current holds the last one; .1 and .2 the two pairs before; the first
+        // pair was dropped (keep = 2).
+        assert_eq!(read(&path), "{\"n\":10006}\n");
+        assert_eq!(
+            read(&rotated_name(&path, 1)),
+            "{\"n\":10004}\n{\"n\":10005}\n"
+        );
+        assert_eq!(
+            read(&rotated_name(&path, 2)),
+            "{\"n\":10002}\n{\"n\":10003}\n"
+        );
+        assert!(!rotated_name(&path, 3).exists());
+        assert_eq!(sink.rotations(), 3);
+        assert_eq!(sink.written(), 7);
+
+        // Reopening appends to the current file and counts its size.
+        let mut again = NdjsonSink::open(&Output::parse(path.to_str().unwrap(), 30, 2)).unwrap();
+        again.write(&serde_json::json!({ "n": 10007 })).unwrap();
+        again.write(&serde_json::json!({ "n": 10008 })).unwrap();
+        again.flush().unwrap();
+        assert_eq!(read(&path), "{\"n\":10008}\n");
+        assert_eq!(
+            read(&rotated_name(&path, 1)),
+            "{\"n\":10006}\n{\"n\":10007}\n"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use observer_common::{flags, EventHeader, EventKind};
 
 use crate::{
+    buildid::BuildIdCache,
     decode::{ConnectEvent, ExecEvent, KernelEvent, OpenEvent, SocketAddress},
     event::{EdgeDetail, EdgeEvent, ProcessSnapshot, SocketTarget},
     paths,
@@ -20,6 +21,9 @@ pub struct TrackStats {
     pub received: [u64; 8],
     /// Relative paths that could not be made absolute (the process was gone).
     pub unresolved_paths: u64,
+    /// Execs whose binary's build-id could not be read (the process was gone, or the
+    /// binary has none).
+    pub execs_without_code_id: u64,
 }
 
 impl TrackStats {
@@ -32,6 +36,7 @@ pub struct Tracker {
     table: ProcessTable,
     next_seq: u64,
     stats: TrackStats,
+    build_ids: BuildIdCache,
 }
 
 impl Tracker {
@@ -40,6 +45,7 @@ impl Tracker {
             table,
             next_seq: 1,
             stats: TrackStats::default(),
+            build_ids: BuildIdCache::default(),
         }
     }
 
@@ -98,6 +104,7 @@ impl Tracker {
                 image: Arc::clone(&process.image),
             },
             detail,
+            code_id: None,
         }
     }
 
@@ -139,14 +146,30 @@ impl Tracker {
         } else {
             "execve"
         };
-        self.edge(
+        // The running image, wherever it lives (also inside a container's filesystem).
+        // A process that already exited is looked up through its parent's root, which
+        // is the mount namespace its path was resolved in.
+        let proc_root = self.table.proc_root().to_path_buf();
+        let exe = proc_root.join(h.tgid.to_string()).join("exe");
+        let code_id = self.build_ids.get(&exe).or_else(|| {
+            let ppid = self.table.get(h.tgid).ppid?;
+            let relative = path.strip_prefix('/').filter(|_| path_resolved)?;
+            self.build_ids
+                .get(&proc_root.join(ppid.to_string()).join("root").join(relative))
+        });
+        if code_id.is_none() {
+            self.stats.execs_without_code_id += 1;
+        }
+        let mut edge = self.edge(
             h,
             EdgeDetail::Exec {
                 syscall,
                 path,
                 path_resolved,
             },
-        )
+        );
+        edge.code_id = code_id;
+        edge
     }
 
     fn open(&mut self, open: &OpenEvent<'_>) -> EdgeEvent {
@@ -220,9 +243,10 @@ fn exec_path(proc_root: &std::path::Path, h: &EventHeader, raw: &str) -> (String
 mod tests {
     use super::*;
     use crate::{
+        batch::{Item, Record},
         clock::Timestamp,
         decode::{decode, tests as records},
-        event::{Attribution, EdgeRecord},
+        event::{Attribution, RecordJson},
         host::HostIdentity,
     };
     use serde_json::{json, Value};
@@ -234,27 +258,27 @@ mod tests {
         Tracker::new(ProcessTable::new(empty))
     }
 
-    fn host() -> HostIdentity {
-        HostIdentity {
-            node: "node-a".into(),
-            host_id: "abc".into(),
-            os_release: "Test OS".into(),
-            workload_id: "host:abc".into(),
-            warnings: vec![],
-        }
-    }
-
     /// The JSON a record becomes as a host event.
     fn json_of(tracker: &mut Tracker, record: &[u8]) -> Option<Value> {
         let event = tracker.handle(&decode(record).unwrap())?;
-        let record = EdgeRecord {
-            event: &event,
-            attribution: &Attribution::host(),
-            host: &host(),
-            run_id: "r1",
-            timestamp: Timestamp::from_unix_ns(1_700_000_001_000_000_123),
-        };
-        Some(serde_json::to_value(&record).unwrap())
+        let host = HostIdentity::for_tests();
+        let at = Timestamp::from_unix_ns(1_700_000_001_000_000_123).unix_ns();
+        let item = Item::new(
+            at,
+            &host,
+            Record::Edge {
+                event,
+                attribution: Attribution::host(),
+            },
+        );
+        Some(
+            serde_json::to_value(RecordJson {
+                item: &item,
+                host: &host,
+                run_id: "r1",
+            })
+            .unwrap(),
+        )
     }
 
     #[test]
@@ -265,6 +289,7 @@ mod tests {
         assert_eq!(
             v,
             json!({
+                "schemaVersion": 1,
                 "eventType": "edge",
                 "eventId": "r1-1",
                 "edgeType": "syscall",

@@ -69,9 +69,30 @@ impl Drop for TempDir {
     }
 }
 
+/// The record schema every line the observer writes must satisfy.
+pub fn schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let text = include_str!("../../schemas/runtime-events.v1.schema.json");
+        let schema: Value = serde_json::from_str(text).expect("the schema is JSON");
+        jsonschema::draft202012::new(&schema).expect("the schema compiles")
+    })
+}
+
+/// Why `record` does not satisfy the schema, if it does not.
+pub fn schema_violations(record: &Value) -> Option<String> {
+    let errors: Vec<String> = schema()
+        .iter_errors(record)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    (!errors.is_empty()).then(|| format!("{record}\n  {}", errors.join("\n  ")))
+}
+
 #[derive(Default)]
 struct Shared {
     events: Vec<Value>,
+    /// Records that broke the schema, with why.
+    invalid: Vec<String>,
     stderr: String,
     ready: bool,
     exited: bool,
@@ -102,6 +123,13 @@ impl Observer {
             .arg("run")
             .args(["--ndjson", "-", "--stats-json"])
             .arg(stats.path().join("summary.json"))
+            // Shorter windows than the defaults, so tests see their events sooner.
+            .args([
+                "--set",
+                "batch.reorder_window=\"400ms\"",
+                "--set",
+                "batch.max_age=\"100ms\"",
+            ])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -258,6 +286,19 @@ impl Drop for Observer {
             let _ = self.child.wait();
         }
     }
+}
+
+/// How many occurrences matching records stand for (repeats are merged into one record
+/// with a `count`).
+pub fn occurrences<'a>(
+    events: impl IntoIterator<Item = &'a Value>,
+    pred: impl Fn(&Value) -> bool,
+) -> u64 {
+    events
+        .into_iter()
+        .filter(|e| pred(e))
+        .map(|e| e["count"].as_u64().unwrap_or(1))
+        .sum()
 }
 
 /// Field accessors that read well in assertions.

@@ -1,0 +1,576 @@
+//! Batching: records are held until they are older than the reorder window (the
+//! watermark), then leave in batches sorted by (workloadId, timestamp, edgeType), with
+//! repeated identical edges merged into one record carrying `count`, `firstSeen` and
+//! `lastSeen`.
+//!
+//! Contract: for any one workload, the records of batch k+1 are not older than those of
+//! batch k, for every record that reached the batcher within the reorder window of its
+//! timestamp. A record that arrives later than that (it waited for attribution beyond the
+//! window, or a runtime reported an old container start) is shipped in the next batch,
+//! marked `"late": true`, and counted.
+
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    containers::ContainerInfo,
+    event::{Attribution, EdgeDetail, EdgeEvent, Enrichment, Lifecycle, SocketTarget},
+    host::HostIdentity,
+};
+
+pub use crate::config::BatchConfig;
+
+/// What a batch holds.
+#[derive(Clone, Debug)]
+pub enum Record {
+    Edge {
+        event: EdgeEvent,
+        attribution: Attribution,
+    },
+    Lifecycle {
+        lifecycle: Lifecycle,
+        container: Arc<ContainerInfo>,
+        enrichment: Enrichment,
+    },
+    Patch {
+        container: Arc<ContainerInfo>,
+        seqs: Vec<u64>,
+        enrichment: Enrichment,
+    },
+}
+
+/// A record with what sorting and merging need.
+#[derive(Clone, Debug)]
+pub struct Item {
+    /// Event time, nanoseconds since the epoch.
+    pub at_ns: i128,
+    pub workload: Arc<str>,
+    pub record: Record,
+    /// Occurrences this item stands for (more than 1 after merging).
+    pub count: u64,
+    /// Last occurrence, nanoseconds since the epoch (the first is `at_ns`).
+    pub last_ns: i128,
+    pub late: bool,
+}
+
+impl Item {
+    pub fn new(at_ns: i128, host: &HostIdentity, record: Record) -> Self {
+        let workload: Arc<str> = match &record {
+            Record::Edge { attribution, .. } => attribution.workload_key(host),
+            Record::Lifecycle { container, .. } | Record::Patch { container, .. } => {
+                Arc::clone(&container.pod.identity_id)
+            }
+        };
+        Item {
+            at_ns,
+            workload,
+            record,
+            count: 1,
+            last_ns: at_ns,
+            late: false,
+        }
+    }
+
+    /// Sort rank of the record type after the timestamp: edges by edge type, then
+    /// lifecycle, then patches.
+    fn type_rank(&self) -> u8 {
+        match &self.record {
+            Record::Edge { event, .. } => event.edge_type().sort_rank(),
+            Record::Lifecycle { .. } => 10,
+            Record::Patch { .. } => 11,
+        }
+    }
+
+    fn sort_key(&self) -> (&str, i128, u8) {
+        (&self.workload, self.at_ns, self.type_rank())
+    }
+}
+
+/// What makes two edges "the same edge": workload, edge type and target. For opens the
+/// target includes the flags and whether it succeeded (the fd number does not matter);
+/// for connects the result; for execs the argv.
+fn same_edge(a: &Item, b: &Item) -> bool {
+    let (
+        Record::Edge {
+            event: ea,
+            attribution: aa,
+        },
+        Record::Edge {
+            event: eb,
+            attribution: ab,
+        },
+    ) = (&a.record, &b.record)
+    else {
+        return false;
+    };
+    if a.workload != b.workload
+        || aa.enrichment != ab.enrichment
+        || aa.container_id != ab.container_id
+    {
+        return false;
+    }
+    match (&ea.detail, &eb.detail) {
+        (
+            EdgeDetail::Exec {
+                path: pa,
+                syscall: sa,
+                ..
+            },
+            EdgeDetail::Exec {
+                path: pb,
+                syscall: sb,
+                ..
+            },
+        ) => pa == pb && sa == sb && ea.process.image.args == eb.process.image.args,
+        (
+            EdgeDetail::Open {
+                path: pa,
+                flags: fa,
+                result: ra,
+                syscall: sa,
+                ..
+            },
+            EdgeDetail::Open {
+                path: pb,
+                flags: fb,
+                result: rb,
+                syscall: sb,
+                ..
+            },
+        ) => pa == pb && fa == fb && sa == sb && outcome(*ra) == outcome(*rb),
+        (
+            EdgeDetail::Connect {
+                address: ta,
+                result: ra,
+            },
+            EdgeDetail::Connect {
+                address: tb,
+                result: rb,
+            },
+        ) => ta == tb && ra == rb,
+        _ => false,
+    }
+}
+
+/// A syscall result without the descriptor number: 0 for success, else -errno.
+fn outcome(result: i64) -> i64 {
+    result.min(0)
+}
+
+fn edge_fingerprint(item: &Item) -> Option<u64> {
+    let Record::Edge { event, attribution } = &item.record else {
+        return None;
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    item.workload.hash(&mut h);
+    attribution.container_id.hash(&mut h);
+    match &event.detail {
+        EdgeDetail::Exec { path, .. } => {
+            0u8.hash(&mut h);
+            path.hash(&mut h);
+            event.process.image.args.hash(&mut h);
+        }
+        EdgeDetail::Open {
+            path,
+            flags,
+            result,
+            ..
+        } => {
+            1u8.hash(&mut h);
+            path.hash(&mut h);
+            flags.hash(&mut h);
+            outcome(*result).hash(&mut h);
+        }
+        EdgeDetail::Connect { address, result } => {
+            2u8.hash(&mut h);
+            match address {
+                SocketTarget::Inet { address, port } => (address, port).hash(&mut h),
+                SocketTarget::Unix { path } => path.hash(&mut h),
+                SocketTarget::Other { family } => family.hash(&mut h),
+                SocketTarget::Unspecified | SocketTarget::Unreadable => {}
+            }
+            result.hash(&mut h);
+        }
+    }
+    Some(h.finish())
+}
+
+/// A closed batch, in shipping order.
+#[derive(Debug)]
+pub struct Batch {
+    pub items: Vec<Item>,
+}
+
+impl Batch {
+    /// Occurrences the batch stands for (edge events, counting merged repeats).
+    pub fn edge_occurrences(&self) -> u64 {
+        self.items
+            .iter()
+            .filter(|i| matches!(i.record, Record::Edge { .. }))
+            .map(|i| i.count)
+            .sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    pub batches: u64,
+    /// Edge occurrences merged into another record.
+    pub merged: u64,
+    pub late: u64,
+    /// Records released before the watermark because too many were held.
+    pub forced: u64,
+}
+
+pub struct Batcher {
+    config: BatchConfig,
+    held: Vec<Item>,
+    /// When the oldest held record became ready (passed the watermark), if any is.
+    ready_since: Option<Instant>,
+    /// Per workload, the newest timestamp shipped.
+    shipped_upto: HashMap<Arc<str>, i128>,
+    stats: BatchStats,
+}
+
+fn window_ns(d: Duration) -> i128 {
+    i128::try_from(d.as_nanos()).unwrap_or(i128::MAX)
+}
+
+impl Batcher {
+    pub fn new(config: BatchConfig) -> Self {
+        Batcher {
+            config,
+            held: Vec::new(),
+            ready_since: None,
+            shipped_upto: HashMap::new(),
+            stats: BatchStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> BatchStats {
+        self.stats
+    }
+
+    /// Edge occurrences held (waiting for their watermark).
+    pub fn held_edges(&self) -> u64 {
+        self.held
+            .iter()
+            .filter(|i| matches!(i.record, Record::Edge { .. }))
+            .map(|i| i.count)
+            .sum()
+    }
+
+    pub fn push(&mut self, mut item: Item) {
+        if let Some(&upto) = self.shipped_upto.get(&item.workload) {
+            if item.at_ns < upto {
+                item.late = true;
+                self.stats.late += 1;
+            }
+        }
+        self.held.push(item);
+    }
+
+    /// A closed batch, if one is due at `now_ns` (epoch) / `now` (monotonic).
+    pub fn poll(&mut self, now_ns: i128, now: Instant) -> Option<Batch> {
+        let watermark = now_ns - window_ns(self.config.reorder_window);
+        let ready = self
+            .held
+            .iter()
+            .filter(|i| i.at_ns <= watermark || i.late)
+            .count();
+        if ready == 0 {
+            self.ready_since = None;
+        } else {
+            self.ready_since.get_or_insert(now);
+        }
+        let overfull = self.held.len() > self.config.max_held_events;
+        let aged = self
+            .ready_since
+            .is_some_and(|since| now.duration_since(since) >= self.config.max_age);
+        if !(overfull || ready >= self.config.max_events || (ready > 0 && aged)) {
+            return None;
+        }
+        let (mut batch, rest): (Vec<Item>, Vec<Item>) =
+            if overfull && ready < self.config.max_events {
+                // Memory bound: release the oldest, ready or not.
+                let mut all = std::mem::take(&mut self.held);
+                all.sort_by_key(|i| i.at_ns);
+                let rest = all.split_off(self.config.max_events.min(all.len()));
+                self.stats.forced += all.iter().filter(|i| i.at_ns > watermark).count() as u64;
+                (all, rest)
+            } else {
+                std::mem::take(&mut self.held)
+                    .into_iter()
+                    .partition(|i| i.at_ns <= watermark || i.late)
+            };
+        self.held = rest;
+        batch.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        if batch.len() > self.config.max_events {
+            // Cut in sort order: what stays behind is, per workload, newer than what leaves.
+            let back = batch.split_off(self.config.max_events);
+            self.held.extend(back);
+        }
+        if self.config.dedup {
+            batch = self.merge(batch);
+        }
+        for item in &batch {
+            let upto = self
+                .shipped_upto
+                .entry(Arc::clone(&item.workload))
+                .or_insert(i128::MIN);
+            *upto = (*upto).max(item.last_ns);
+        }
+        // Forget workloads that have been quiet longer than any record can be late.
+        let horizon = watermark - window_ns(Duration::from_secs(600));
+        self.shipped_upto.retain(|_, upto| *upto >= horizon);
+        // Records left behind by a cut have been ready as long as those that left.
+        if !self.held.iter().any(|i| i.at_ns <= watermark || i.late) {
+            self.ready_since = None;
+        }
+        self.stats.batches += 1;
+        Some(Batch { items: batch })
+    }
+
+    /// Everything held, in batches, regardless of the watermark (shutdown).
+    pub fn drain(&mut self) -> Vec<Batch> {
+        let mut batches = Vec::new();
+        while !self.held.is_empty() {
+            let now = Instant::now();
+            self.ready_since = Some(now.checked_sub(self.config.max_age).unwrap_or(now));
+            match self.poll(i128::MAX / 2, now) {
+                Some(batch) => batches.push(batch),
+                None => break,
+            }
+        }
+        batches
+    }
+
+    /// Merges repeated identical edges of a sorted batch into their first occurrence.
+    fn merge(&mut self, batch: Vec<Item>) -> Vec<Item> {
+        let mut out: Vec<Item> = Vec::with_capacity(batch.len());
+        let mut seen: HashMap<u64, Vec<usize>> = HashMap::new();
+        for item in batch {
+            let Some(fingerprint) = edge_fingerprint(&item) else {
+                out.push(item);
+                continue;
+            };
+            match seen.entry(fingerprint) {
+                Entry::Occupied(mut slots) => {
+                    if let Some(&at) = slots.get().iter().find(|&&i| same_edge(&out[i], &item)) {
+                        let first = &mut out[at];
+                        first.count += item.count;
+                        first.last_ns = first.last_ns.max(item.last_ns);
+                        first.late |= item.late;
+                        self.stats.merged += item.count;
+                    } else {
+                        slots.get_mut().push(out.len());
+                        out.push(item);
+                    }
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(vec![out.len()]);
+                    out.push(item);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::{EdgeDetail, ProcessSnapshot},
+        proctable::Image,
+    };
+
+    fn host() -> HostIdentity {
+        HostIdentity::for_tests()
+    }
+
+    fn open(seq: u64, path: &str, result: i64) -> Record {
+        Record::Edge {
+            event: EdgeEvent {
+                seq,
+                boot_ns: 0,
+                cgroup_id: 1,
+                process: ProcessSnapshot {
+                    pid: 1,
+                    tid: 1,
+                    ppid: None,
+                    uid: 0,
+                    gid: 0,
+                    comm: [0; 16],
+                    image: Arc::new(Image::default()),
+                },
+                detail: EdgeDetail::Open {
+                    syscall: "openat",
+                    path: path.into(),
+                    path_resolved: true,
+                    path_truncated: false,
+                    flags: 0,
+                    result,
+                },
+                code_id: None,
+            },
+            attribution: Attribution::host(),
+        }
+    }
+
+    fn config() -> BatchConfig {
+        BatchConfig {
+            max_events: 100,
+            max_age: Duration::from_millis(500),
+            reorder_window: Duration::from_secs(1),
+            dedup: true,
+            max_held_events: 1000,
+        }
+    }
+
+    const S: i128 = 1_000_000_000;
+
+    fn paths(batch: &Batch) -> Vec<(String, u64)> {
+        batch
+            .items
+            .iter()
+            .map(|i| match &i.record {
+                Record::Edge { event, .. } => match &event.detail {
+                    EdgeDetail::Open { path, .. } => (path.clone(), i.count),
+                    _ => unreachable!(),
+                },
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_wait_for_the_watermark_and_leave_sorted() {
+        let h = host();
+        let mut b = Batcher::new(config());
+        let t0 = Instant::now();
+        // Arrive out of order.
+        b.push(Item::new(10 * S + 300, &h, open(2, "/b", 3)));
+        b.push(Item::new(10 * S + 100, &h, open(1, "/a", 3)));
+        b.push(Item::new(12 * S, &h, open(3, "/c", 3)));
+        // At 10.5 s nothing is older than the 1 s window.
+        assert!(b.poll(10 * S + S / 2, t0).is_none());
+        // At 11.5 s the first two are ready, but the batch is not due before max_age.
+        assert!(b.poll(11 * S + S / 2, t0).is_none());
+        let batch = b
+            .poll(11 * S + S / 2, t0 + Duration::from_millis(600))
+            .unwrap();
+        assert_eq!(paths(&batch), [("/a".into(), 1), ("/b".into(), 1)]);
+        assert_eq!(b.held.len(), 1);
+    }
+
+    #[test]
+    fn repeats_are_merged_with_count_first_and_last_seen() {
+        let h = host();
+        let mut b = Batcher::new(config());
+        for i in 0..5 {
+            b.push(Item::new(
+                10 * S + i,
+                &h,
+                open(i as u64, "/etc/app.conf", 3 + i as i64),
+            ));
+        }
+        b.push(Item::new(10 * S + 7, &h, open(9, "/etc/app.conf", -2)));
+        let t0 = Instant::now();
+        b.poll(20 * S, t0);
+        let batch = b.poll(20 * S, t0 + Duration::from_secs(1)).unwrap();
+        // Five successful opens (different fds) are one edge; the failed one is another.
+        assert_eq!(
+            paths(&batch),
+            [("/etc/app.conf".into(), 5), ("/etc/app.conf".into(), 1)]
+        );
+        assert_eq!(batch.items[0].at_ns, 10 * S);
+        assert_eq!(batch.items[0].last_ns, 10 * S + 4);
+        assert_eq!(batch.edge_occurrences(), 6);
+        assert_eq!(b.stats().merged, 4);
+    }
+
+    #[test]
+    fn a_full_batch_closes_at_once_and_is_cut_in_sort_order() {
+        let h = host();
+        let mut b = Batcher::new(BatchConfig {
+            max_events: 3,
+            ..config()
+        });
+        for i in 0..5 {
+            b.push(Item::new(
+                10 * S + i,
+                &h,
+                open(i as u64, &format!("/f{i}"), 3),
+            ));
+        }
+        let t0 = Instant::now();
+        let first = b.poll(20 * S, t0).unwrap();
+        assert_eq!(first.items.len(), 3);
+        let second = b.poll(20 * S, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(second.items.len(), 2);
+        // Per workload, the second batch is not older than the first.
+        assert!(first.items.last().unwrap().at_ns <= second.items[0].at_ns);
+    }
+
+    #[test]
+    fn records_arriving_after_their_workload_moved_on_are_marked_late() {
+        let h = host();
+        let mut b = Batcher::new(config());
+        let t0 = Instant::now();
+        b.push(Item::new(10 * S, &h, open(1, "/a", 3)));
+        b.poll(20 * S, t0);
+        assert!(b.poll(20 * S, t0 + Duration::from_secs(1)).is_some());
+        b.push(Item::new(9 * S, &h, open(2, "/old", 3)));
+        b.poll(20 * S, t0);
+        let batch = b.poll(20 * S, t0 + Duration::from_secs(2)).unwrap();
+        assert!(batch.items[0].late);
+        assert_eq!(b.stats().late, 1);
+    }
+
+    #[test]
+    fn too_many_held_records_are_released_early_and_counted() {
+        let h = host();
+        let mut b = Batcher::new(BatchConfig {
+            max_events: 2,
+            max_held_events: 3,
+            ..config()
+        });
+        for i in 0..4 {
+            b.push(Item::new(
+                100 * S + i,
+                &h,
+                open(i as u64, &format!("/x{i}"), 3),
+            ));
+        }
+        let batch = b.poll(100 * S, Instant::now()).unwrap();
+        assert_eq!(paths(&batch), [("/x0".into(), 1), ("/x1".into(), 1)]);
+        assert_eq!(b.stats().forced, 2);
+    }
+
+    #[test]
+    fn drain_releases_everything() {
+        let h = host();
+        let mut b = Batcher::new(BatchConfig {
+            max_events: 2,
+            ..config()
+        });
+        for i in 0..5 {
+            b.push(Item::new(
+                100 * S + i,
+                &h,
+                open(i as u64, &format!("/y{i}"), 3),
+            ));
+        }
+        let batches = b.drain();
+        assert_eq!(
+            batches.iter().map(|b| b.items.len()).collect::<Vec<_>>(),
+            [2, 2, 1]
+        );
+        assert_eq!(b.held_edges(), 0);
+    }
+}

@@ -1,0 +1,146 @@
+//! The record schema accepts what the observer writes and rejects what it must not write.
+//! (Every record of the other integration tests is validated against it as it arrives.)
+
+mod common;
+
+use common::schema_violations;
+use serde_json::{json, Value};
+
+const DIGEST: &str = "sha256:c2b6b70457fee32deeac9516fdacf75f9d26487ee6385c1a9dac6b330210ae34";
+const CONTAINER: &str = "0e8c55b6bec5950d6a15d391840a6585e9fc3f781eefd3a67f3f66a90195bd03";
+
+fn host_open() -> Value {
+    json!({
+        "schemaVersion": 1, "eventType": "edge", "eventId": "7627d6acb41e-1", "edgeType": "fs",
+        "timestamp": "2026-11-22T06:33:58.762012263Z", "node": "vm", "hostId": "3d12",
+        "osRelease": "Debian GNU/Linux 12 (bookworm)", "workloadId": "host:3d12", "enrichment": "host",
+        "cgroupId": 1,
+        "process": {"pid": 1698, "tid": 1698, "ppid": 1697, "uid": 0, "gid": 0, "comm": "bash",
+                    "exe": "/usr/bin/bash", "args": ["bash"]},
+        "syscall": "openat", "path": "/tmp/x", "flags": 577,
+        "flagNames": ["O_WRONLY", "O_CREAT", "O_TRUNC"], "result": 3
+    })
+}
+
+fn container_fields(record: &mut Value) {
+    let fields = json!({
+        "workloadId": "payments-api", "workloadIdSource": "label", "enrichment": "complete",
+        "containerId": CONTAINER, "namespace": "shop", "pod": "payments-1", "podUid": "u-1",
+        "containerName": "api", "imageRef": "zastava.test/busybox:1.0", "imageDigest": DIGEST,
+        "imageDigestKind": "manifest", "tenant": "acme"
+    });
+    for (k, v) in fields.as_object().unwrap() {
+        record[k] = v.clone();
+    }
+}
+
+fn assert_valid(record: &Value) {
+    if let Some(why) = schema_violations(record) {
+        panic!("should be valid: {why}");
+    }
+}
+
+fn assert_invalid(record: &Value, what: &str) {
+    assert!(
+        schema_violations(record).is_some(),
+        "should be rejected ({what}): {record}"
+    );
+}
+
+#[test]
+fn records_the_observer_writes_are_valid() {
+    assert_valid(&host_open());
+
+    let mut exec = host_open();
+    container_fields(&mut exec);
+    exec["edgeType"] = json!("syscall");
+    exec["syscall"] = json!("execve");
+    exec["args"] = json!(["/bin/sh", "-c", "true"]);
+    exec["code_id"] = json!("0daa1a3855d8d19053684e2a8bd73d647939376e");
+    for k in ["flags", "flagNames", "result"] {
+        exec.as_object_mut().unwrap().remove(k);
+    }
+    assert_valid(&exec);
+
+    let mut connect = host_open();
+    connect["edgeType"] = json!("net");
+    connect["syscall"] = json!("connect");
+    connect["family"] = json!("inet6");
+    connect["address"] = json!("::1");
+    connect["port"] = json!(443);
+    connect["result"] = json!(-111);
+    for k in ["path", "flags", "flagNames"] {
+        connect.as_object_mut().unwrap().remove(k);
+    }
+    assert_valid(&connect);
+
+    let mut merged = host_open();
+    merged["count"] = json!(20);
+    merged["firstSeen"] = merged["timestamp"].clone();
+    merged["lastSeen"] = json!("2026-11-22T06:33:59.000000000Z");
+    assert_valid(&merged);
+
+    let mut pending = host_open();
+    pending["enrichment"] = json!("pending");
+    pending["workloadId"] = json!(format!("container:{CONTAINER}"));
+    pending["workloadIdSource"] = json!("container");
+    pending["containerId"] = json!(CONTAINER);
+    assert_valid(&pending);
+
+    let mut start = json!({"schemaVersion": 1, "eventType": "containerStart",
+        "timestamp": "2026-11-22T06:33:58.000000000Z", "node": "vm", "hostId": "3d12", "osRelease": "x",
+        "initPid": 24120, "entrypoint": "/bin/busybox", "code_id": "0daa1a38"});
+    container_fields(&mut start);
+    assert_valid(&start);
+
+    let mut patch = json!({"schemaVersion": 1, "eventType": "enrichmentPatch",
+        "timestamp": "2026-11-22T06:33:58.000000000Z", "node": "vm", "hostId": "3d12", "osRelease": "x",
+        "eventIds": ["7627d6acb41e-5", "7627d6acb41e-6"]});
+    container_fields(&mut patch);
+    assert_valid(&patch);
+}
+
+#[test]
+fn records_that_break_the_contract_are_rejected() {
+    let mut unknown_field = host_open();
+    unknown_field["surprise"] = json!(1);
+    assert_invalid(&unknown_field, "a field the schema does not name");
+
+    let mut missing = host_open();
+    missing.as_object_mut().unwrap().remove("workloadId");
+    assert_invalid(&missing, "no workloadId");
+
+    let mut wrong_kind = host_open();
+    wrong_kind["args"] = json!(["x"]);
+    assert_invalid(&wrong_kind, "an fs edge with argv");
+
+    let mut bad_time = host_open();
+    bad_time["timestamp"] = json!("2026-11-22 06:33:58");
+    assert_invalid(&bad_time, "not ISO-8601 with nanoseconds");
+
+    let mut complete_without_pod = host_open();
+    complete_without_pod["enrichment"] = json!("complete");
+    complete_without_pod["containerId"] = json!(CONTAINER);
+    complete_without_pod["workloadIdSource"] = json!("label");
+    assert_invalid(&complete_without_pod, "complete but no pod");
+
+    let mut host_with_container = host_open();
+    host_with_container["containerId"] = json!(CONTAINER);
+    assert_invalid(&host_with_container, "host enrichment with a container");
+
+    let mut config_digest_complete = host_open();
+    container_fields(&mut config_digest_complete);
+    config_digest_complete["imageDigestKind"] = json!("config");
+    assert_invalid(
+        &config_digest_complete,
+        "complete requires a manifest digest",
+    );
+
+    let mut count_alone = host_open();
+    count_alone["count"] = json!(3);
+    assert_invalid(&count_alone, "count without firstSeen/lastSeen");
+
+    let mut v2 = host_open();
+    v2["schemaVersion"] = json!(2);
+    assert_invalid(&v2, "another schema version");
+}
