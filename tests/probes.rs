@@ -423,15 +423,10 @@ fn fexecve_is_reported_as_execveat_with_the_real_binary() {
     let fd = file.as_raw_fd();
     // Everything the child needs is built before fork: pre_exec may not allocate.
     let marker = unique("fexec");
-    let arg0 = std::ffi::CString::new("sleep").unwrap();
+    // The marker is argv[0]: sleep ignores it, and any other argument would end it.
+    let arg0 = std::ffi::CString::new(marker.as_str()).unwrap();
     let arg1 = std::ffi::CString::new("30").unwrap();
-    let arg2 = std::ffi::CString::new(marker.as_str()).unwrap();
-    let argv = [
-        arg0.as_ptr(),
-        arg1.as_ptr(),
-        arg2.as_ptr(),
-        std::ptr::null(),
-    ];
+    let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null::<libc::c_char>()];
     let argv_addr = argv.as_ptr() as usize;
     let envp_addr = envp.as_ptr() as usize;
@@ -455,16 +450,16 @@ fn fexecve_is_reported_as_execveat_with_the_real_binary() {
     }
     let mut child = command.spawn().unwrap();
     let exec = observer.wait_for("fexecve", |e| {
-        e["edgeType"] == "syscall" && e["args"][2] == marker.as_str()
+        e["edgeType"] == "syscall" && e["args"][0] == marker.as_str()
     });
     child.kill().unwrap();
     child.wait().unwrap();
     observer.stop();
-    drop((file, arg0, arg1, arg2));
+    drop((file, arg0, arg1));
 
     assert_eq!(exec["syscall"], "execveat");
     assert_eq!(exec["path"], binary.to_str().unwrap(), "{exec}");
-    assert_eq!(exec["args"], json!(["sleep", "30", marker]));
+    assert_eq!(exec["args"], json!([marker, "30"]));
     assert_eq!(pid_of(&exec), u64::from(child.id()));
 }
 

@@ -235,6 +235,11 @@ fn exec_path(proc_root: &std::path::Path, h: &EventHeader, raw: &str) -> (String
     if let Ok(exe) = std::fs::read_link(proc_root.join(h.tgid.to_string()).join("exe")) {
         return (exe.to_string_lossy().into_owned(), true);
     }
+    // The descriptor an fexecve'd process was started from is closed by now: the name
+    // says nothing about the file.
+    if raw.starts_with("/dev/fd/") {
+        return (raw.to_owned(), false);
+    }
     let r = paths::resolve(proc_root, h.tgid, h.tid, paths::AT_FDCWD, raw);
     (r.path.into_owned(), r.resolved)
 }
@@ -336,6 +341,16 @@ mod tests {
         assert_eq!(v["pathResolved"], false);
         assert_eq!(v["result"], -2);
         assert_eq!(t.stats().unresolved_paths, 1);
+    }
+
+    #[test]
+    fn fexecve_of_a_process_already_gone_is_not_reported_as_resolved() {
+        let mut t = tracker();
+        let exec = records::exec_record(b"/dev/fd/3", &[b"app"], 1024);
+        let v = json_of(&mut t, &exec).unwrap();
+        assert_eq!(v["path"], "/dev/fd/3");
+        assert_eq!(v["pathResolved"], false);
+        assert!(v.get("code_id").is_none(), "no build-id from another process's fd 3: {v}");
     }
 
     #[test]
