@@ -160,6 +160,9 @@ pub struct BackendConfig {
     /// Upper bound of the retry backoff.
     #[serde(deserialize_with = "duration")]
     pub max_backoff: Duration,
+    /// At shutdown, how long to keep delivering spooled batches (the rest stay spooled).
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for BackendConfig {
@@ -172,6 +175,7 @@ impl Default for BackendConfig {
             client_key_file: None,
             timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }

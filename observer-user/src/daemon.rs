@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::sync::{atomic::AtomicBool, Arc};
+
 use aya::maps::{MapData, RingBuf};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use observer_common::Counter;
 use tokio::{
     io::{
@@ -15,21 +18,26 @@ use tokio::{
         Interest,
     },
     signal::unix::{signal, SignalKind},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tracing::{info, warn};
 
 use crate::{
     attribution::{AttributionConfig, Attributor, NamespaceFilter},
+    backend::{BackendClient, BackendError},
     batch::Batcher,
     cgroups::{find_cgroup2_mount, CgroupMap},
     config::{Config, CriConfig},
     cri::{resolve_endpoint, CriClient, CriError, RuntimeVersion, DEFAULT_ENDPOINTS},
+    delivery::Delivery,
     host::HostIdentity,
-    pipeline::{CriStatus, Pipeline, Stages},
+    pipeline::{CriStatus, Pipeline, Shipping, Stages},
     probes::{validate_ring_size, KernelCounters, ProbeConfig, ProbeError, Probes, PROBES_OBJECT},
     proctable::ProcessTable,
+    server::{self, Endpoints},
+    shipper::{Shipper, ShipperConfig},
     sink::{NdjsonSink, Output},
+    spool::{Spool, SpoolError},
     summary::Summary,
     tracefs::{self, Tracefs, TracefsError},
     tracker::Tracker,
@@ -77,6 +85,16 @@ pub enum RunError {
     Poll(#[source] io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signal(#[source] io::Error),
+    #[error("{0}")]
+    Backend(#[source] BackendError),
+    #[error("{0}")]
+    Spool(#[source] SpoolError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot write the summary to {path}: {source}")]
     StatsJson {
         path: PathBuf,
@@ -112,6 +130,35 @@ async fn connect_cri(options: &CriConfig) -> Result<Option<(CriClient, RuntimeVe
         socket.display()
     );
     Ok(Some((client, version)))
+}
+
+/// The Prometheus recorder behind `/metrics`; histograms get buckets suited to them.
+fn install_metrics() -> PrometheusHandle {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("zastava_runtime_backend_latency_ms".into()),
+            &[
+                5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+            ],
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("stella_runtime_events_lag_seconds".into()),
+                &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0],
+            )
+        });
+    let recorder = match builder {
+        Ok(builder) => builder.build_recorder(),
+        Err(err) => {
+            warn!("metric buckets rejected ({err}); histograms are reported as summaries");
+            PrometheusBuilder::new().build_recorder()
+        }
+    };
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        warn!("a metrics recorder is already installed; /metrics shows only the event account");
+    }
+    handle
 }
 
 fn run_id() -> String {
@@ -183,6 +230,45 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
         }
     };
     let namespaces = namespace_filter(config);
+
+    let metrics_handle = install_metrics();
+    let (backend, spool) = if config.scanner.runtime.capture.enabled {
+        let client = BackendClient::new(&config.backend).map_err(RunError::Backend)?;
+        let spool = Spool::open(
+            &config.spool.dir,
+            config.spool.max_bytes,
+            config.spool.when_full,
+        )
+        .map_err(RunError::Spool)?;
+        if spool.stats().torn > 0 {
+            warn!(
+                "spool {}: {} damaged records from an earlier run were removed",
+                config.spool.dir.display(),
+                spool.stats().torn
+            );
+        }
+        if !spool.is_empty() {
+            info!(
+                "spool {}: {} batches ({} events) from an earlier run will be sent first",
+                config.spool.dir.display(),
+                spool.len(),
+                spool.pending_events()
+            );
+        }
+        info!(
+            "shipping to {}{}",
+            config
+                .backend
+                .url
+                .as_ref()
+                .map(url::Url::as_str)
+                .unwrap_or_default(),
+            crate::shipper::EVENTS_PATH.trim_start_matches('/')
+        );
+        (Some(client), Some(spool))
+    } else {
+        (None, None)
+    };
 
     let cri = connect_cri(&config.cri).await?;
     if namespaces.is_active() && cri.is_none() {
@@ -265,6 +351,35 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
         None => None,
     };
     let mut watching = requests.is_some();
+    let delivery = Arc::new(Delivery::new(spool));
+    let (stop_shipper, shipper_stop) = watch::channel(None);
+    let shipper = backend.map(|client| {
+        let shipper = Shipper::new(
+            client,
+            Arc::clone(&delivery),
+            ShipperConfig {
+                max_backoff: config.backend.max_backoff,
+                dead_letter: config.spool.dir.join("dead-letter.ndjson"),
+            },
+            shipper_stop,
+        );
+        tokio::spawn(shipper.run())
+    });
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = config.metrics.addr {
+        let bound = server::serve(
+            addr,
+            Endpoints {
+                metrics: metrics_handle.clone(),
+                delivery: Arc::clone(&delivery),
+                spool_enabled: config.scanner.runtime.capture.enabled,
+                ready: Arc::clone(&ready),
+            },
+        )
+        .await
+        .map_err(|source| RunError::Metrics { addr, source })?;
+        info!("metrics on http://{bound}/metrics");
+    }
     let mut pipeline = Pipeline::new(
         Stages {
             tracker: Tracker::new(table),
@@ -276,6 +391,11 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
         run_id(),
         requests,
         cri_status,
+        Shipping {
+            delivery: Arc::clone(&delivery),
+            backend: shipper.is_some(),
+            max_label_values: config.metrics.max_label_values,
+        },
     );
 
     let mut ring = match ring {
@@ -302,6 +422,7 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
         ring_buffer_bytes = config.observer.ring_buffer_bytes,
         "observer ready"
     );
+    server::set_ready(&ready, true);
 
     loop {
         tokio::select! {
@@ -335,6 +456,7 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
             _ = tick.tick() => {
                 if let Some(Ok(now)) = probes.as_ref().map(Probes::counters) {
                     warn_on_new_losses(&reported, &now);
+                    pipeline.account_kernel(&now);
                     reported = now;
                 }
                 if last_sweep.elapsed() >= SWEEP_EVERY {
@@ -361,10 +483,29 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
         {}
         counters = probes.counters()?;
         warn_on_new_losses(&reported, &counters);
+        pipeline.account_kernel(&counters);
     }
     pipeline.finish().map_err(RunError::Output)?;
+    server::set_ready(&ready, false);
+    if let Some(shipper) = shipper {
+        // Deliver what can be delivered within the grace period; the rest stays spooled
+        // for the next start.
+        let grace = config.backend.shutdown_grace;
+        let _ = stop_shipper.send(Some(Instant::now() + grace));
+        if tokio::time::timeout(grace + Duration::from_secs(1), shipper)
+            .await
+            .is_err()
+        {
+            warn!("the shipper did not stop within {grace:?}");
+        }
+    }
 
-    let summary = Summary::new(started.elapsed().as_secs_f64(), &counters, &pipeline);
+    let summary = Summary::new(
+        started.elapsed().as_secs_f64(),
+        &counters,
+        &pipeline,
+        delivery.snapshot(),
+    );
     if let Some(path) = &options.stats_json {
         let json = serde_json::to_vec_pretty(&summary).map_err(io::Error::other);
         json.and_then(|bytes| std::fs::write(path, bytes))

@@ -7,6 +7,7 @@
 //! [`sink`]; [`summary`] accounts for every record at shutdown, [`doctor`] checks the node.
 
 pub mod attribution;
+pub mod backend;
 pub mod batch;
 pub mod buildid;
 pub mod cgroups;
@@ -16,6 +17,7 @@ pub mod containers;
 pub mod cri;
 pub mod daemon;
 pub mod decode;
+pub mod delivery;
 pub mod doctor;
 pub mod event;
 pub mod host;
@@ -23,7 +25,10 @@ pub mod paths;
 pub mod pipeline;
 pub mod probes;
 pub mod proctable;
+pub mod server;
+pub mod shipper;
 pub mod sink;
+pub mod spool;
 pub mod summary;
 pub mod tracefs;
 pub mod tracker;

@@ -2,21 +2,31 @@
 //! runtime watcher's updates into attribution. One task owns all of it, so the stages need
 //! no locks and records of one process keep their order.
 
-use std::{collections::BTreeMap, io, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io::{self, Write as _},
+    sync::Arc,
+    time::Instant,
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
+
+use observer_common::{Counter, EventKind};
 
 use crate::{
     attribution::{Attributor, Output},
     batch::{Batch, Batcher, Item, Record},
     clock::BootClock,
     decode::{decode, KernelEvent},
+    delivery::Delivery,
     event::{Lifecycle, RecordJson},
     host::HostIdentity,
+    probes::KernelCounters,
     probes::Probes,
     sink::NdjsonSink,
+    spool::SpoolEntry,
     tracker::Tracker,
     watcher::Update,
 };
@@ -49,6 +59,40 @@ pub struct Stages {
     pub batcher: Batcher,
 }
 
+/// Counts gathered between two updates of the shared account.
+#[derive(Default)]
+struct Unpublished {
+    seen: u64,
+    dropped: BTreeMap<&'static str, u64>,
+}
+
+/// Bounds the distinct values a metric label takes; the rest are reported as `other`.
+struct LabelLimit {
+    max: usize,
+    seen: HashSet<String>,
+}
+
+impl LabelLimit {
+    fn value<'a>(&mut self, value: &'a str) -> &'a str {
+        if self.seen.contains(value) {
+            return value;
+        }
+        if self.seen.len() < self.max {
+            self.seen.insert(value.to_owned());
+            return value;
+        }
+        "other"
+    }
+}
+
+/// Where a closed batch goes besides the NDJSON file.
+pub struct Shipping {
+    pub delivery: Arc<Delivery>,
+    /// Batches are spooled for the backend; without one, a written batch is shipped.
+    pub backend: bool,
+    pub max_label_values: usize,
+}
+
 pub struct Pipeline {
     pub tracker: Tracker,
     pub attributor: Attributor,
@@ -62,6 +106,17 @@ pub struct Pipeline {
     decode_errors: BTreeMap<&'static str, u64>,
     written: Written,
     cri: CriStatus,
+    shipping: Shipping,
+    unpublished: Unpublished,
+    kernel_reported: KernelCounters,
+    filtered_reported: u64,
+    next_batch: u64,
+    tenants: LabelLimit,
+    components: LabelLimit,
+    event_counters: HashMap<(String, String, &'static str), metrics::Counter>,
+    /// Reused buffers for a batch's records and body.
+    line: Vec<u8>,
+    body: Vec<u8>,
 }
 
 impl Pipeline {
@@ -72,6 +127,7 @@ impl Pipeline {
         run_id: String,
         requests: Option<mpsc::Sender<String>>,
         cri: CriStatus,
+        shipping: Shipping,
     ) -> Self {
         Pipeline {
             tracker: stages.tracker,
@@ -86,6 +142,22 @@ impl Pipeline {
             decode_errors: BTreeMap::new(),
             written: Written::default(),
             cri,
+            tenants: LabelLimit {
+                max: shipping.max_label_values,
+                seen: HashSet::new(),
+            },
+            components: LabelLimit {
+                max: shipping.max_label_values,
+                seen: HashSet::new(),
+            },
+            shipping,
+            unpublished: Unpublished::default(),
+            kernel_reported: KernelCounters::default(),
+            filtered_reported: 0,
+            next_batch: 1,
+            event_counters: HashMap::new(),
+            line: Vec::with_capacity(1024),
+            body: Vec::with_capacity(64 * 1024),
         }
     }
 
@@ -124,10 +196,15 @@ impl Pipeline {
                 }
                 Ok(event) => {
                     if let Some(edge) = self.tracker.handle(&event) {
+                        self.unpublished.seen += 1;
                         self.attributor.on_event(edge, now, &mut self.out);
                     }
                 }
                 Err(err) => {
+                    // The record may not have been an edge; it is counted as one lost,
+                    // which errs on the side of reporting loss.
+                    self.unpublished.seen += 1;
+                    *self.unpublished.dropped.entry("decode").or_default() += 1;
                     let count = self.decode_errors.entry(err.reason()).or_default();
                     *count += 1;
                     // The first of each kind is logged in full; the rest only counted.
@@ -143,7 +220,83 @@ impl Pipeline {
         }
         self.forward_requests();
         self.write_outputs()?;
+        self.publish(None);
         Ok(handled)
+    }
+
+    /// Counts edge events the kernel lost (from the probes' counters) as seen and dropped.
+    pub fn account_kernel(&mut self, now: &KernelCounters) {
+        for (counter, stage) in [
+            (Counter::RingFull, "kernel_ring_full"),
+            (Counter::PendingMapFull, "kernel_map_full"),
+        ] {
+            let edges = |c: &KernelCounters| -> u64 {
+                [EventKind::Exec, EventKind::Open, EventKind::Connect]
+                    .iter()
+                    .map(|&k| c.get(counter, k))
+                    .sum()
+            };
+            let new = edges(now).saturating_sub(edges(&self.kernel_reported));
+            if new > 0 {
+                self.unpublished.seen += new;
+                *self.unpublished.dropped.entry(stage).or_default() += new;
+            }
+        }
+        self.kernel_reported = now.clone();
+        self.publish(None);
+    }
+
+    /// Brings the shared account up to date — with a closed batch spooled or shipped, if
+    /// one is given — in one critical section, so it balances whenever it is read.
+    fn publish(&mut self, batch: Option<SpoolEntry>) {
+        let filtered = self.attributor.stats().filtered_in_userspace;
+        if filtered > self.filtered_reported {
+            *self.unpublished.dropped.entry("filtered").or_default() +=
+                filtered - self.filtered_reported;
+            self.filtered_reported = filtered;
+        }
+        let in_pipeline = self.attributor.waiting_events() as u64 + self.batcher.held_edges();
+        let unpublished = std::mem::take(&mut self.unpublished);
+        let delivery = Arc::clone(&self.shipping.delivery);
+        let mut state = delivery.lock();
+        state.ledger.seen += unpublished.seen;
+        for (stage, n) in unpublished.dropped {
+            state.ledger.drop(stage, n);
+        }
+        if let Some(entry) = batch {
+            let events = entry.events;
+            match state.spool.as_mut() {
+                Some(spool) => match spool.append(&entry) {
+                    Ok(appended) => {
+                        state.ledger.drop("spool_eviction", appended.evicted_events);
+                        if appended.evicted_batches > 0 {
+                            warn!(
+                                "spool full: evicted {} older batches ({} events) to make room (spool.when_full = drop-oldest)",
+                                appended.evicted_batches, appended.evicted_events
+                            );
+                        }
+                        if appended.stored {
+                            self.shipping.delivery.wake.notify_one();
+                        } else {
+                            warn!(
+                                "spool full: dropped batch {} ({events} events)",
+                                entry.batch_id
+                            );
+                            state.ledger.drop("spool_full", events);
+                        }
+                    }
+                    Err(err) => {
+                        warn!(
+                            "cannot spool batch {} ({events} events): {err}",
+                            entry.batch_id
+                        );
+                        state.ledger.drop("spool_full", events);
+                    }
+                },
+                None => state.ledger.shipped += events,
+            }
+        }
+        state.ledger.in_pipeline = in_pipeline;
     }
 
     /// Applies an update from the runtime watcher, marking cgroups for the kernel filter
@@ -195,6 +348,7 @@ impl Pipeline {
         while let Some(batch) = self.batcher.poll(now_ns, now) {
             self.ship(&batch)?;
         }
+        self.publish(None);
         Ok(())
     }
 
@@ -214,6 +368,7 @@ impl Pipeline {
         for batch in self.batcher.drain() {
             self.ship(&batch)?;
         }
+        self.publish(None);
         self.sink.flush()
     }
 
@@ -280,31 +435,123 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Writes a closed batch.
+    /// Writes a closed batch to the NDJSON file and hands it to delivery.
     fn ship(&mut self, batch: &Batch) -> io::Result<()> {
-        for item in &batch.items {
-            self.sink.write(&RecordJson {
-                item,
-                host: &self.host,
-                run_id: &self.run_id,
-            })?;
-            match &item.record {
-                Record::Edge { event, .. } => {
-                    self.written.edges[event.edge_type().index()] += 1;
-                    self.written.edge_occurrences += item.count;
+        let batch_id = format!("{}-{}-{}", self.host.host_id, self.run_id, self.next_batch);
+        self.next_batch += 1;
+        self.body.clear();
+        write!(
+            self.body,
+            r#"{{"batchId":{},"node":{},"schemaVersion":{},"events":["#,
+            serde_json::to_string(&batch_id)?,
+            serde_json::to_string(&self.host.node)?,
+            crate::event::SCHEMA_VERSION
+        )?;
+        let mut oldest_ns = i128::MAX;
+        for (i, item) in batch.items.iter().enumerate() {
+            self.line.clear();
+            serde_json::to_writer(
+                &mut self.line,
+                &RecordJson {
+                    item,
+                    host: &self.host,
+                    run_id: &self.run_id,
+                },
+            )?;
+            if self.shipping.backend {
+                if i > 0 {
+                    self.body.push(b',');
                 }
-                Record::Lifecycle {
-                    lifecycle: Lifecycle::Start,
-                    ..
-                } => self.written.container_starts += 1,
-                Record::Lifecycle {
-                    lifecycle: Lifecycle::Stop,
-                    ..
-                } => self.written.container_stops += 1,
-                Record::Patch { .. } => self.written.patches += 1,
+                self.body.extend_from_slice(&self.line);
             }
+            self.sink.write_raw(&self.line)?;
+            oldest_ns = oldest_ns.min(item.at_ns);
+            self.count_record(item);
         }
-        self.sink.flush()
+        self.sink.flush()?;
+        let events = batch.edge_occurrences();
+        let entry = if self.shipping.backend {
+            self.body.extend_from_slice(b"]}");
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&self.body)?;
+            Some(SpoolEntry {
+                batch_id,
+                events,
+                records: batch.items.len() as u64,
+                oldest_ns: i64::try_from(oldest_ns).unwrap_or(i64::MAX),
+                body: gz.finish()?,
+            })
+        } else {
+            // Without a backend, the NDJSON file is where events are delivered.
+            let lag_ns = realtime_ns().saturating_sub(oldest_ns).max(0);
+            #[allow(clippy::cast_precision_loss, reason = "seconds of lag fit an f64")]
+            metrics::histogram!("stella_runtime_events_lag_seconds").record(lag_ns as f64 / 1e9);
+            Some(SpoolEntry {
+                batch_id,
+                events,
+                records: batch.items.len() as u64,
+                oldest_ns: 0,
+                body: Vec::new(),
+            })
+        };
+        self.publish(entry);
+        Ok(())
+    }
+
+    /// `zastava_runtime_events_total{tenant,component,kind}` and the written counts.
+    fn count_record(&mut self, item: &Item) {
+        let (kind, pod) = match &item.record {
+            Record::Edge { event, attribution } => {
+                self.written.edges[event.edge_type().index()] += 1;
+                self.written.edge_occurrences += item.count;
+                (
+                    event.edge_type().name(),
+                    attribution.container.as_ref().map(|c| &c.pod),
+                )
+            }
+            Record::Lifecycle {
+                lifecycle,
+                container,
+                ..
+            } => {
+                let kind = match lifecycle {
+                    Lifecycle::Start => {
+                        self.written.container_starts += 1;
+                        "containerStart"
+                    }
+                    Lifecycle::Stop => {
+                        self.written.container_stops += 1;
+                        "containerStop"
+                    }
+                };
+                (kind, Some(&container.pod))
+            }
+            Record::Patch { container, .. } => {
+                self.written.patches += 1;
+                ("enrichmentPatch", Some(&container.pod))
+            }
+        };
+        let identity = pod.map(|p| &p.identity);
+        let tenant = self
+            .tenants
+            .value(identity.and_then(|i| i.tenant.as_deref()).unwrap_or(""))
+            .to_owned();
+        let component = self
+            .components
+            .value(identity.and_then(|i| i.component.as_deref()).unwrap_or(""))
+            .to_owned();
+        let counter = self
+            .event_counters
+            .entry((tenant, component, kind))
+            .or_insert_with_key(|(tenant, component, kind)| {
+                metrics::counter!(
+                    "zastava_runtime_events_total",
+                    "tenant" => tenant.clone(),
+                    "component" => component.clone(),
+                    "kind" => *kind
+                )
+            });
+        counter.increment(item.count);
     }
 }
 

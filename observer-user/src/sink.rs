@@ -46,7 +46,7 @@ enum Target {
         max_bytes: u64,
         keep: usize,
     },
-    Writer(BufWriter<Box<dyn Write + Send>>),
+    Writer(BufWriter<Box<dyn Write + Send + Sync>>),
 }
 
 pub struct NdjsonSink {
@@ -87,7 +87,7 @@ impl NdjsonSink {
     }
 
     /// A sink writing into any writer (tests, benchmarks, or nowhere).
-    pub fn to_writer(writer: Box<dyn Write + Send>) -> Self {
+    pub fn to_writer(writer: Box<dyn Write + Send + Sync>) -> Self {
         NdjsonSink {
             target: Target::Writer(BufWriter::with_capacity(BUFFER, writer)),
             line: Vec::with_capacity(1024),
@@ -100,6 +100,17 @@ impl NdjsonSink {
     pub fn write<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
         self.line.clear();
         serde_json::to_writer(&mut self.line, record)?;
+        self.push_line()
+    }
+
+    /// Writes one already serialized record (without its newline) as a line.
+    pub fn write_raw(&mut self, json: &[u8]) -> io::Result<()> {
+        self.line.clear();
+        self.line.extend_from_slice(json);
+        self.push_line()
+    }
+
+    fn push_line(&mut self) -> io::Result<()> {
         self.line.push(b'\n');
         match &mut self.target {
             Target::Stdout(out) => out.write_all(&self.line)?,

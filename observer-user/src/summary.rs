@@ -6,6 +6,7 @@ use observer_common::{Counter, EventKind};
 use serde::Serialize;
 
 use crate::{
+    delivery::Snapshot,
     event::{EdgeType, Enrichment},
     pipeline::{CriStatus, Pipeline},
     probes::KernelCounters,
@@ -33,6 +34,8 @@ pub struct Summary {
     pub cri: CriSummary,
     /// Events lost anywhere: ring full + pairing map full + rejected records.
     pub lost: u64,
+    /// The event account: seen = shipped + dropped + in flight.
+    pub delivery: Snapshot,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -74,7 +77,12 @@ impl From<&CriStatus> for CriSummary {
 }
 
 impl Summary {
-    pub fn new(duration_seconds: f64, kernel: &KernelCounters, pipeline: &Pipeline) -> Self {
+    pub fn new(
+        duration_seconds: f64,
+        kernel: &KernelCounters,
+        pipeline: &Pipeline,
+        delivery: Snapshot,
+    ) -> Self {
         let track = pipeline.tracker.stats();
         let table = pipeline.tracker.table().stats();
         let attribution = pipeline.attributor.stats();
@@ -129,6 +137,7 @@ impl Summary {
             },
             cri: pipeline.cri().into(),
             lost,
+            delivery,
         }
     }
 }
@@ -193,6 +202,23 @@ impl fmt::Display for Summary {
             self.cri.connected,
             self.cri.disconnects
         )?;
-        write!(f, "  {:<24} {}", "lost events", self.lost)
+        writeln!(f, "  {:<24} {}", "lost events", self.lost)?;
+        let d = &self.delivery;
+        let dropped: u64 = d.dropped.values().sum();
+        write!(
+            f,
+            "  {:<24} seen={} shipped={} dropped={} in_flight={} (spool: {} batches) {}",
+            "event account",
+            d.seen,
+            d.shipped,
+            dropped,
+            d.in_flight(),
+            d.spool_batches,
+            if d.balanced() {
+                "balanced"
+            } else {
+                "UNBALANCED"
+            }
+        )
     }
 }

@@ -350,7 +350,10 @@ mod tests {
         let v = json_of(&mut t, &exec).unwrap();
         assert_eq!(v["path"], "/dev/fd/3");
         assert_eq!(v["pathResolved"], false);
-        assert!(v.get("code_id").is_none(), "no build-id from another process's fd 3: {v}");
+        assert!(
+            v.get("code_id").is_none(),
+            "no build-id from another process's fd 3: {v}"
+        );
     }
 
     #[test]
