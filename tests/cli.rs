@@ -199,7 +199,7 @@ fn every_problem_of_a_config_is_reported_at_once() {
     for key in [
         "observer.ring_buffer_bytes:",
         "backend.url: is required",
-        "spool.max_bytes: must be at least 1M",
+        "spool.max_bytes: must be at least 64K",
     ] {
         assert!(stderr.contains(key), "missing {key:?} in:\n{stderr}");
     }

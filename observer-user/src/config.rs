@@ -478,8 +478,8 @@ impl Config {
         if self.backend.timeout.is_zero() {
             bad("backend.timeout", "must be longer than 0".into());
         }
-        if self.spool.max_bytes < 1 << 20 {
-            bad("spool.max_bytes", "must be at least 1M".into());
+        if self.spool.max_bytes < 64 << 10 {
+            bad("spool.max_bytes", "must be at least 64K".into());
         }
         if self.ndjson.max_files == 0 {
             bad("ndjson.max_files", "must be at least 1".into());

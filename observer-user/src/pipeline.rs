@@ -435,7 +435,8 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Writes a closed batch to the NDJSON file and hands it to delivery.
+    /// Hands a closed batch to delivery (the spool, when there is a backend), then writes
+    /// it to the NDJSON file: a record is never in the file before it is durable.
     fn ship(&mut self, batch: &Batch) -> io::Result<()> {
         let batch_id = format!("{}-{}-{}", self.host.host_id, self.run_id, self.next_batch);
         self.next_batch += 1;
@@ -447,9 +448,11 @@ impl Pipeline {
             serde_json::to_string(&self.host.node)?,
             crate::event::SCHEMA_VERSION
         )?;
+        // All records' JSON, newline-terminated, for the NDJSON file.
+        self.line.clear();
         let mut oldest_ns = i128::MAX;
         for (i, item) in batch.items.iter().enumerate() {
-            self.line.clear();
+            let start = self.line.len();
             serde_json::to_writer(
                 &mut self.line,
                 &RecordJson {
@@ -462,40 +465,37 @@ impl Pipeline {
                 if i > 0 {
                     self.body.push(b',');
                 }
-                self.body.extend_from_slice(&self.line);
+                self.body.extend_from_slice(&self.line[start..]);
             }
-            self.sink.write_raw(&self.line)?;
+            self.line.push(b'\n');
             oldest_ns = oldest_ns.min(item.at_ns);
             self.count_record(item);
         }
-        self.sink.flush()?;
         let events = batch.edge_occurrences();
-        let entry = if self.shipping.backend {
+        let body = if self.shipping.backend {
             self.body.extend_from_slice(b"]}");
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             gz.write_all(&self.body)?;
-            Some(SpoolEntry {
-                batch_id,
-                events,
-                records: batch.items.len() as u64,
-                oldest_ns: i64::try_from(oldest_ns).unwrap_or(i64::MAX),
-                body: gz.finish()?,
-            })
+            gz.finish()?
         } else {
             // Without a backend, the NDJSON file is where events are delivered.
             let lag_ns = realtime_ns().saturating_sub(oldest_ns).max(0);
             #[allow(clippy::cast_precision_loss, reason = "seconds of lag fit an f64")]
             metrics::histogram!("stella_runtime_events_lag_seconds").record(lag_ns as f64 / 1e9);
-            Some(SpoolEntry {
-                batch_id,
-                events,
-                records: batch.items.len() as u64,
-                oldest_ns: 0,
-                body: Vec::new(),
-            })
+            Vec::new()
         };
-        self.publish(entry);
-        Ok(())
+        self.publish(Some(SpoolEntry {
+            batch_id,
+            events,
+            records: batch.items.len() as u64,
+            oldest_ns: i64::try_from(oldest_ns).unwrap_or(i64::MAX),
+            body,
+        }));
+        for line in self.line.split_inclusive(|&b| b == b'\n') {
+            self.sink
+                .write_raw(line.strip_suffix(b"\n").unwrap_or(line))?;
+        }
+        self.sink.flush()
     }
 
     /// `zastava_runtime_events_total{tenant,component,kind}` and the written counts.

@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod backend;
 pub mod containerd;
 
 use serde_json::Value;
@@ -243,6 +244,40 @@ impl Observer {
             .collect()
     }
 
+    /// Kills the observer with SIGKILL, as a node failure or an OOM kill would.
+    pub fn kill(mut self) -> Vec<Value> {
+        // SAFETY: kill with a pid this harness started and still owns.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        self.child.wait().expect("wait for observer");
+        for reader in self.readers.drain(..) {
+            reader.join().expect("reader thread");
+        }
+        std::mem::take(&mut self.shared.0.lock().unwrap().events)
+    }
+
+    /// The text of `/metrics` (the observer must run with `--metrics-addr`).
+    pub fn scrape(&self) -> Metrics {
+        self.wait_for_log("metrics on http://");
+        let stderr = self.shared.0.lock().unwrap().stderr.clone();
+        let addr = stderr
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .expect("the metrics address is logged")
+            .to_owned();
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect to /metrics");
+        std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+        let body = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        Metrics(body)
+    }
+
     /// Stops the observer with SIGTERM and returns everything it reported.
     pub fn stop(mut self) -> Stopped {
         // SAFETY: kill with a pid this harness started and still owns (not yet reaped).
@@ -285,6 +320,50 @@ impl Drop for Observer {
             unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A scrape of `/metrics`.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of `name` with exactly these labels (`""` for none).
+    pub fn value(&self, name: &str, labels: &str) -> Option<f64> {
+        let series = format!("{name}{labels} ");
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The sum of every series of `name`.
+    pub fn sum(&self, name: &str) -> f64 {
+        self.0
+            .lines()
+            .filter(|l| {
+                l.starts_with(name)
+                    && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// seen = shipped + dropped + in flight, at this scrape.
+    pub fn assert_balanced(&self) {
+        let seen = self
+            .value("zastava_runtime_events_seen_total", "")
+            .expect("seen");
+        let shipped = self
+            .value("zastava_runtime_events_shipped_total", "")
+            .expect("shipped");
+        let dropped = self.sum("stella_runtime_events_dropped_total");
+        let in_flight = self.sum("zastava_runtime_events_in_flight");
+        assert_eq!(
+            seen,
+            shipped + dropped + in_flight,
+            "seen {seen} != shipped {shipped} + dropped {dropped} + in flight {in_flight}:\n{}",
+            self.0
+        );
     }
 }
 

@@ -1,0 +1,328 @@
+//! A Scanner backend stand-in for tests: HTTPS on loopback with certificates generated per
+//! test, optional required client certificates, scripted replies, and a record of every
+//! request it received.
+
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    io::Read as _,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{body::Incoming, service::service_fn, Request, Response};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
+use serde_json::Value;
+
+use super::TempDir;
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM files.
+pub struct Pki {
+    _dir: TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Pki {
+    pub fn generate() -> Pki {
+        let dir = TempDir::new("zastava-pki");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "zastava test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let issue = |names: Vec<String>, cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.signed_by(&key, &ca).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) =
+            issue(vec!["127.0.0.1".into(), "localhost".into()], "scanner");
+        let (client_cert, client_key) = issue(vec!["zastava-observer".into()], "zastava-observer");
+        let write = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        Pki {
+            ca: write("ca.pem", &ca.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client-key.pem", &client_key),
+            _dir: dir,
+        }
+    }
+}
+
+/// How the receiver answers.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Status(u16),
+    /// 429 with this `Retry-After`.
+    TooMany(String),
+    /// Wait, then 200 (longer than the client's timeout: it gives up first).
+    Hang(Duration),
+}
+
+/// One request as received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub at: Instant,
+    pub path: String,
+    pub status: u16,
+    pub idempotency_key: Option<String>,
+    pub authorization: Option<String>,
+    pub content_encoding: Option<String>,
+    pub client_certificate: bool,
+    /// The decompressed JSON body.
+    pub body: Option<Value>,
+}
+
+impl Received {
+    pub fn batch_id(&self) -> &str {
+        self.body
+            .as_ref()
+            .and_then(|b| b["batchId"].as_str())
+            .unwrap_or_default()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.body
+            .as_ref()
+            .and_then(|b| b["events"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    received: Vec<Received>,
+    script: VecDeque<Reply>,
+    default: Option<Reply>,
+    accept_token: Option<String>,
+    handshake_failures: u64,
+}
+
+pub struct Receiver {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn server_config(pki: &Pki, require_client_certificate: bool) -> rustls::ServerConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&pki.ca).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
+    );
+    let verifier = if require_client_certificate {
+        verifier.build().unwrap()
+    } else {
+        verifier.allow_unauthenticated().build().unwrap()
+    };
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_file(&pki.server_cert).unwrap()],
+            PrivateKeyDer::from_pem_file(&pki.server_key).unwrap(),
+        )
+        .unwrap()
+}
+
+impl Receiver {
+    pub fn start(pki: &Pki, require_client_certificate: bool) -> Receiver {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}/",
+            listener.local_addr().unwrap().port()
+        );
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(
+            pki,
+            require_client_certificate,
+        )));
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = Arc::clone(&state);
+        runtime.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let state = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => tls,
+                        Err(_) => {
+                            state.lock().unwrap().handshake_failures += 1;
+                            return;
+                        }
+                    };
+                    let client_certificate = tls.get_ref().1.peer_certificates().is_some();
+                    let service = service_fn(move |request| {
+                        handle(Arc::clone(&state), request, client_certificate)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            url,
+            state,
+            _runtime: runtime,
+        }
+    }
+
+    /// The reply when no scripted reply is left (200 if unset).
+    pub fn set_default(&self, reply: Option<Reply>) {
+        self.state.lock().unwrap().default = reply;
+    }
+
+    /// Replies for the next requests, in order.
+    pub fn script(&self, replies: Vec<Reply>) {
+        self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Answer 401 to any other bearer token.
+    pub fn accept_only_token(&self, token: &str) {
+        self.state.lock().unwrap().accept_token = Some(token.to_owned());
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    pub fn handshake_failures(&self) -> u64 {
+        self.state.lock().unwrap().handshake_failures
+    }
+
+    /// Accepted batches, each once (a batch retried after a lost reply may arrive twice).
+    pub fn delivered_batches(&self) -> Vec<Received> {
+        let mut seen = std::collections::HashSet::new();
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .filter(|r| seen.insert(r.batch_id().to_owned()))
+            .collect()
+    }
+
+    /// Waits until `done` holds for what was received.
+    pub fn wait_until(&self, what: &str, done: impl Fn(&[Received]) -> bool) {
+        let deadline = Instant::now() + super::TIMEOUT;
+        loop {
+            let received = self.received();
+            if done(&received) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backend: {what} did not happen within {:?}; got {} requests: {:?}",
+                super::TIMEOUT,
+                received.len(),
+                received
+                    .iter()
+                    .map(|r| (r.status, r.batch_id().to_owned()))
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+async fn handle(
+    state: Arc<Mutex<State>>,
+    request: Request<Incoming>,
+    client_certificate: bool,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let raw = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_encoding = header("content-encoding");
+    let json = if content_encoding.as_deref() == Some("gzip") {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_string(&mut text)
+            .ok()
+            .map(|_| text)
+    } else {
+        String::from_utf8(raw.to_vec()).ok()
+    };
+    let authorization = header("authorization");
+    let reply = {
+        let mut state = state.lock().unwrap();
+        let token_ok = state
+            .accept_token
+            .as_ref()
+            .is_none_or(|t| authorization.as_deref() == Some(&format!("Bearer {t}")));
+        if token_ok {
+            state.script.pop_front().or_else(|| state.default.clone())
+        } else {
+            Some(Reply::Status(401))
+        }
+    };
+    let (status, retry_after) = match reply {
+        None => (200, None),
+        Some(Reply::Status(s)) => (s, None),
+        Some(Reply::TooMany(after)) => (429, Some(after)),
+        Some(Reply::Hang(d)) => {
+            tokio::time::sleep(d).await;
+            (200, None)
+        }
+    };
+    state.lock().unwrap().received.push(Received {
+        at: Instant::now(),
+        path: parts.uri.path().to_owned(),
+        status,
+        idempotency_key: header("idempotency-key"),
+        authorization,
+        content_encoding,
+        client_certificate,
+        body: json.and_then(|t| serde_json::from_str(&t).ok()),
+    });
+    let mut response = Response::builder().status(status);
+    if let Some(after) = retry_after {
+        response = response.header("retry-after", after);
+    }
+    let text = if status == 400 {
+        "events[0].edgeType: unsupported"
+    } else {
+        ""
+    };
+    Ok(response.body(Full::new(Bytes::from(text))).unwrap())
+}
