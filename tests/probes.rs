@@ -348,7 +348,13 @@ fn a_full_ring_buffer_counts_every_lost_event() {
     const OPENS: u64 = 20_000;
 
     // One page of ring buffer holds about a dozen open records.
-    let observer = host_observer(&["--ring-buffer-bytes", "4096"]);
+    let observer = host_observer(&[
+        "--ring-buffer-bytes",
+        "4096",
+        // In-kernel dedup would absorb a storm of one edge; this test needs it to overflow.
+        "--set",
+        "observer.kernel_dedup_window=0",
+    ]);
     for _ in 0..OPENS {
         drop(File::open(&path).unwrap());
     }
@@ -566,4 +572,48 @@ fn a_forked_child_keeps_its_fork_time_parent_and_inherited_image() {
     assert_eq!(event["process"]["ppid"], shell_pid);
     assert_eq!(event["process"]["args"], json!(["/bin/sh", "-c", script]));
     assert_eq!(event["process"]["exe"], "/bin/sh");
+}
+
+#[test]
+fn repeated_opens_are_held_back_in_the_kernel_and_still_counted_in_full() {
+    let dir = TempDir::new("zastava-dedup");
+    let path = dir.path().join(unique("hot"));
+    fs::write(&path, "x").unwrap();
+    let path_str = path.to_str().unwrap().to_owned();
+    const OPENS: u64 = 1000;
+
+    let observer = host_observer(&[]);
+    for _ in 0..OPENS {
+        drop(File::open(&path).unwrap());
+    }
+    let stopped = observer.stop();
+
+    let records = stopped
+        .events
+        .iter()
+        .filter(|e| is_open_of(&path_str)(e))
+        .count() as u64;
+    let occurrences = common::occurrences(&stopped.events, is_open_of(&path_str));
+    let held_back = stopped.summary["kernel"]["deduplicated"]["open"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        occurrences, OPENS,
+        "every open is reported, {records} records for {OPENS}"
+    );
+    assert!(
+        held_back >= OPENS - 10,
+        "only {held_back} repeats held back in the kernel"
+    );
+    assert!(records <= 5, "{records} records crossed into the batches");
+    let merged = stopped
+        .events
+        .iter()
+        .find(|e| is_open_of(&path_str)(e) && e["count"].as_u64().unwrap_or(1) > 1)
+        .expect("a record carrying repeats");
+    assert!(str_at(merged, "/firstSeen") <= str_at(merged, "/lastSeen"));
+    assert_eq!(
+        stopped.summary["delivery"]["seen"],
+        stopped.summary["delivery"]["shipped"]
+    );
 }

@@ -24,16 +24,19 @@ pub enum Counter {
     Unpaired = 4,
     /// Events dropped in the kernel by the namespace filter.
     Filtered = 5,
+    /// Repeats of an edge held back by the in-kernel dedup (reported later with the edge).
+    Deduplicated = 6,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Counter::Submitted,
         Counter::RingFull,
         Counter::ReadFailed,
         Counter::PendingMapFull,
         Counter::Unpaired,
         Counter::Filtered,
+        Counter::Deduplicated,
     ];
 
     /// Index of this counter for an event kind in the counters map.
@@ -50,6 +53,7 @@ impl Counter {
             Counter::PendingMapFull => "pending_map_full",
             Counter::Unpaired => "unpaired_exit",
             Counter::Filtered => "filtered",
+            Counter::Deduplicated => "deduplicated",
         }
     }
 }

@@ -172,6 +172,24 @@ pub struct ExitRecord {
     pub header: EventHeader,
 }
 
+/// What a report of a deduplicated edge says about the repeats the kernel held back (see
+/// [`DedupState`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repeats {
+    /// Identifies the edge within its cgroup; 0 when the edge is not deduplicated.
+    pub hash: u64,
+    /// All repeats this CPU ever held back for the edge (monotonic; userspace reports the
+    /// difference to what it already reported).
+    pub cumulative: u64,
+    /// Boot time of the first and last repeat held back since the previous report (0: none).
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// The CPU whose state this is.
+    pub cpu: u32,
+    pub _pad: u32,
+}
+
 /// `openat`/`openat2`, enter and exit paired by thread id. Tail: `path_len` path bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -186,6 +204,7 @@ pub struct OpenRecord {
     pub mode: u32,
     /// Bytes of path in the tail (no NUL).
     pub path_len: u32,
+    pub repeats: Repeats,
 }
 
 /// `connect`, enter and exit paired by thread id. Holds the raw socket address so that
@@ -202,8 +221,36 @@ pub struct ConnectRecord {
     /// Bytes of `sockaddr` captured (`min(addrlen, SOCKADDR_CAPACITY)`).
     pub sockaddr_len: u32,
     pub _pad: u32,
+    pub repeats: Repeats,
     pub sockaddr: [u8; SOCKADDR_CAPACITY],
 }
+
+/// Key of the in-kernel dedup map: an edge within a cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DedupKey {
+    pub cgroup_id: u64,
+    pub hash: u64,
+}
+
+/// Per-CPU state of an edge in the dedup map. An edge reported less than the dedup window
+/// ago is not reported again; the repeat is counted in `suppressed`, which only ever grows,
+/// so userspace can read it at any time (from reports, or from the map for edges that went
+/// quiet) and report exactly the repeats it has not reported yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DedupState {
+    pub last_report_ns: u64,
+    /// Boot time of the first and last repeat since the last report (0: none).
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Repeats held back since the entry was created.
+    pub suppressed: u64,
+}
+
+/// FNV-1a, 64 bit: the edge hash the probes compute (and userspace can recompute).
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// `cgroup:cgroup_mkdir` / `cgroup:cgroup_rmdir` in the v2 hierarchy. Tail: `path_len`
 /// bytes of the cgroup's path relative to the hierarchy root. The header describes the task
@@ -278,6 +325,8 @@ mod user {
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have
     // no implicit padding (checked by the layout tests), so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::TracepointOffsets {}
+    unsafe impl aya::Pod for super::DedupKey {}
+    unsafe impl aya::Pod for super::DedupState {}
 }
 
 #[cfg(test)]
@@ -294,11 +343,14 @@ mod tests {
         assert_eq!(size_of::<ExecRecord>(), size_of::<EventHeader>() + 16);
         assert_eq!(size_of::<ForkRecord>(), size_of::<EventHeader>() + 16);
         assert_eq!(size_of::<ExitRecord>(), size_of::<EventHeader>());
-        assert_eq!(size_of::<OpenRecord>(), size_of::<EventHeader>() + 24);
+        assert_eq!(size_of::<Repeats>(), 40);
+        assert_eq!(size_of::<OpenRecord>(), size_of::<EventHeader>() + 24 + 40);
         assert_eq!(
             size_of::<ConnectRecord>(),
-            size_of::<EventHeader>() + 24 + SOCKADDR_CAPACITY
+            size_of::<EventHeader>() + 24 + 40 + SOCKADDR_CAPACITY
         );
+        assert_eq!(size_of::<DedupKey>(), 16);
+        assert_eq!(size_of::<DedupState>(), 32);
         assert_eq!(size_of::<CgroupRecord>(), size_of::<EventHeader>() + 16);
         assert_eq!(size_of::<PendingOpen>(), 24);
         assert_eq!(size_of::<PendingConnect>(), 16);

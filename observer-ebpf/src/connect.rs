@@ -2,15 +2,18 @@
 //! id. The raw `sockaddr` bytes are copied at exit into the record; userspace parses them.
 
 use aya_ebpf::{
-    helpers::generated::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext,
+    helpers::generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use core::mem::size_of;
 use observer_common::{
     flags, offsets::syscall_arg_offset, offsets::SYSCALL_RET_OFFSET, ConnectRecord, Counter,
-    EventKind, PendingConnect, SOCKADDR_CAPACITY,
+    EventKind, PendingConnect, Repeats, SOCKADDR_CAPACITY,
 };
 
 use crate::{
+    dedup,
     maps::{EVENTS, PENDING_CONNECT},
     record::{count, current_task, filtered, write_header},
 };
@@ -78,8 +81,32 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
             record_flags |= flags::ADDR_MISSING;
             len = 0;
         }
+    }
+    // The same address with the same result is the same edge, except a unix socket named
+    // by a relative path (it depends on the caller's directory).
+    let mut repeats = Repeats::default();
+    if len >= 3 {
+        let sockaddr = unsafe { (*record).sockaddr.as_ptr() };
+        let (family, first) = unsafe { (*sockaddr, *sockaddr.add(2)) };
+        let relative_unix = family == 1 && first != b'/' && first != 0;
+        if !relative_unix {
+            let mut hash = dedup::seed(KIND);
+            hash = dedup::hash_u64(hash, result as u64);
+            hash = unsafe { dedup::hash_bytes::<SOCKADDR_CAPACITY>(hash, sockaddr, len) };
+            let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_boot_ns()) };
+            match dedup::report(KIND, cgroup, hash, now) {
+                Some(held) => repeats = held,
+                None => {
+                    entry.discard(0);
+                    return 0;
+                }
+            }
+        }
+    }
+    unsafe {
         write_header(&raw mut (*record).header, KIND, record_flags, task);
         (*record).result = result;
+        (*record).repeats = repeats;
         (*record).fd = pending.fd;
         (*record).addrlen = pending.addrlen;
         (*record).sockaddr_len = len as u32;

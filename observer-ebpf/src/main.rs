@@ -7,6 +7,7 @@
 
 mod cgroup;
 mod connect;
+mod dedup;
 mod exec;
 mod exit;
 mod fork;

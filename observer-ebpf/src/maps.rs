@@ -3,10 +3,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     Global,
 };
-use observer_common::{PendingConnect, PendingExec, PendingOpen, TracepointOffsets, COUNTER_SLOTS};
+use observer_common::{
+    DedupKey, DedupState, PendingConnect, PendingExec, PendingOpen, TracepointOffsets,
+    COUNTER_SLOTS,
+};
 
 /// All records. The loader sets the real size (`--ring-buffer-bytes`).
 #[map]
@@ -61,3 +64,13 @@ pub static FILTER_MODE: Global<u32> = Global::new(0);
 /// unused. Filled by the daemon as it learns pods from the container runtime.
 #[map]
 pub static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
+
+/// How long after reporting an edge its repeats are held back (nanoseconds; 0: never).
+#[unsafe(no_mangle)]
+pub static DEDUP_WINDOW_NS: Global<u64> = Global::new(0);
+
+/// Recently reported edges, per CPU (no atomics needed, and no CPU waits for another);
+/// least recently used entries make room for new ones.
+#[map]
+pub static DEDUP: LruPerCpuHashMap<DedupKey, DedupState> =
+    LruPerCpuHashMap::with_max_entries(16384, 0);

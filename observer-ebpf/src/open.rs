@@ -3,17 +3,21 @@
 //! buffer record.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_probe_read_user, bpf_probe_read_user_str},
+    helpers::generated::{
+        bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_user,
+        bpf_probe_read_user_str,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use core::mem::size_of;
 use observer_common::{
     flags, offsets::syscall_arg_offset, offsets::SYSCALL_RET_OFFSET, Counter, EventKind,
-    OpenRecord, PendingOpen, OPEN_LARGE_TAIL, OPEN_SMALL_TAIL,
+    OpenRecord, PendingOpen, Repeats, OPEN_LARGE_TAIL, OPEN_SMALL_TAIL,
 };
 
 use crate::{
+    dedup,
     maps::{EVENTS, PENDING_OPEN},
     record::{count, current_task, filtered, write_header, Task},
 };
@@ -155,6 +159,25 @@ fn emit<const TAIL: usize>(pending: &PendingOpen, result: i64, task: Task, last:
         read as usize - 1
     };
 
+    // Absolute paths that fit the small record are deduplicated: the same file opened the
+    // same way with the same outcome. (A relative path depends on the caller's directory.)
+    let mut repeats = Repeats::default();
+    if TAIL == OPEN_SMALL_TAIL && path_len > 0 && unsafe { *tail } == b'/' {
+        let mut hash = dedup::seed(KIND);
+        hash = dedup::hash_u64(hash, u64::from(pending.flags));
+        hash = dedup::hash_u64(hash, u64::from(pending.record_flags));
+        hash = dedup::hash_u64(hash, result.min(0) as u64);
+        hash = unsafe { dedup::hash_bytes::<OPEN_SMALL_TAIL>(hash, tail, path_len) };
+        let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_boot_ns()) };
+        match dedup::report(KIND, cgroup, hash, now) {
+            Some(held) => repeats = held,
+            None => {
+                entry.discard(0);
+                return Emitted::Done;
+            }
+        }
+    }
+
     unsafe {
         write_header(&raw mut (*record).header, KIND, record_flags, task);
         (*record).result = result;
@@ -162,6 +185,7 @@ fn emit<const TAIL: usize>(pending: &PendingOpen, result: i64, task: Task, last:
         (*record).flags = pending.flags;
         (*record).mode = pending.mode;
         (*record).path_len = path_len as u32;
+        (*record).repeats = repeats;
     }
     entry.submit(0);
     count(Counter::Submitted, KIND);

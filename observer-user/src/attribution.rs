@@ -26,6 +26,12 @@ use crate::{
 
 /// How long a container the runtime said it does not know is not asked about again.
 const UNRESOLVABLE_COOLDOWN: Duration = Duration::from_secs(30);
+/// How soon to ask again about a container the runtime does not know yet.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// With a namespace filter, how long events may wait for their container: sending them
+/// without a namespace would defeat the filter, and a pod's sandbox is only listed by the
+/// runtime once it is created (its setup events come before that).
+pub const FILTER_WAIT: Duration = Duration::from_secs(5);
 
 /// Which namespaces are wanted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -86,6 +92,10 @@ pub struct AttributionConfig {
 
 /// What this stage hands on.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved once into a reused buffer; boxing would allocate per event"
+)]
 pub enum Output {
     Edge(EdgeEvent, Attribution),
     Lifecycle(Lifecycle, Arc<ContainerInfo>, Enrichment),
@@ -121,6 +131,8 @@ struct Known {
 struct Waiting {
     since: Instant,
     events: Vec<EdgeEvent>,
+    /// When to ask the runtime again (it did not know the container yet).
+    retry_at: Option<Instant>,
 }
 
 pub struct Attributor {
@@ -322,14 +334,53 @@ impl Attributor {
         }
     }
 
-    /// The runtime could not describe the container: its waiting events leave now, with
-    /// what the cgroup says (the container id).
-    pub fn on_resolve_failed(&mut self, id: &str, now: Instant, out: &mut Vec<Output>) {
+    /// The runtime could not describe the container. If it may know it soon (`retry`), it
+    /// is asked again while the events' wait lasts; otherwise the events leave now with what
+    /// the cgroup says (the container id).
+    pub fn on_resolve_failed(
+        &mut self,
+        id: &str,
+        retry: bool,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        if retry {
+            if let Some(waiting) = self.waiting.get_mut(id) {
+                waiting.retry_at = Some(now + RETRY_AFTER);
+                return;
+            }
+        }
         self.unresolvable.insert(id.to_owned(), now);
         if let Some(waiting) = self.waiting.remove(id) {
-            for event in waiting.events {
-                self.emit(event, unresolved(id, Enrichment::Partial), out);
+            self.release_unattributed(id, waiting.events, Enrichment::Partial, out);
+        }
+    }
+
+    /// How long events may wait for their container.
+    fn wait(&self) -> Duration {
+        if self.config.namespaces.is_active() {
+            self.config.wait.max(FILTER_WAIT)
+        } else {
+            self.config.wait
+        }
+    }
+
+    /// Events whose container is unknown leave with its id only; with an include filter,
+    /// they cannot be shown to be wanted and are dropped (counted).
+    fn release_unattributed(
+        &mut self,
+        id: &str,
+        events: Vec<EdgeEvent>,
+        enrichment: Enrichment,
+        out: &mut Vec<Output>,
+    ) {
+        if self.config.namespaces.include.is_empty() {
+            for event in events {
+                self.emit(event, unresolved(id, enrichment), out);
             }
+        } else {
+            self.stats.filtered_in_userspace +=
+                events.iter().map(EdgeEvent::occurrences).sum::<u64>();
         }
     }
 
@@ -375,7 +426,7 @@ impl Attributor {
         } else if let Some(waiting) = self.waiting.get_mut(&container_id) {
             waiting.events.push(event);
         } else if !self.config.cri || self.unresolvable.contains_key(&container_id) {
-            self.emit(event, unresolved(&container_id, Enrichment::Partial), out);
+            self.release_unattributed(&container_id, vec![event], Enrichment::Partial, out);
         } else {
             self.requests.push(container_id.clone());
             self.waiting.insert(
@@ -383,6 +434,7 @@ impl Attributor {
                 Waiting {
                     since: now,
                     events: vec![event],
+                    retry_at: None,
                 },
             );
         }
@@ -390,10 +442,17 @@ impl Attributor {
 
     /// Lets events that waited too long leave as `pending`, and forgets what has expired.
     pub fn on_tick(&mut self, now: Instant, out: &mut Vec<Output>) {
+        for (id, waiting) in &mut self.waiting {
+            if waiting.retry_at.is_some_and(|at| at <= now) {
+                waiting.retry_at = None;
+                self.requests.push(id.clone());
+            }
+        }
+        let wait = self.wait();
         let expired: Vec<String> = self
             .waiting
             .iter()
-            .filter(|(_, w)| now.duration_since(w.since) >= self.config.wait)
+            .filter(|(_, w)| now.duration_since(w.since) >= wait)
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
@@ -401,14 +460,19 @@ impl Attributor {
                 continue;
             };
             let seqs: Vec<u64> = waiting.events.iter().map(|e| e.seq).collect();
-            for event in waiting.events {
-                self.emit(event, unresolved(&id, Enrichment::Pending), out);
+            if waiting.retry_at.is_some() {
+                // The runtime kept saying it does not know it: do not hold the next ones.
+                self.unresolvable.insert(id.clone(), now);
             }
-            self.awaiting_patch
-                .entry(id)
-                .or_insert_with(|| (now, Vec::new()))
-                .1
-                .extend(seqs);
+            let may_be_wanted = self.config.namespaces.include.is_empty();
+            self.release_unattributed(&id, waiting.events, Enrichment::Pending, out);
+            if may_be_wanted {
+                self.awaiting_patch
+                    .entry(id)
+                    .or_insert_with(|| (now, Vec::new()))
+                    .1
+                    .extend(seqs);
+            }
         }
         let retention = self.config.retention;
         self.containers.retain(|_, k| {
@@ -426,9 +490,7 @@ impl Attributor {
     pub fn drain(&mut self, out: &mut Vec<Output>) {
         let waiting: Vec<(String, Waiting)> = self.waiting.drain().collect();
         for (id, w) in waiting {
-            for event in w.events {
-                self.emit(event, unresolved(&id, Enrichment::Partial), out);
-            }
+            self.release_unattributed(&id, w.events, Enrichment::Partial, out);
         }
     }
 }
@@ -473,6 +535,9 @@ mod tests {
                 result: 3,
             },
             code_id: None,
+            repeats: crate::event::HeldRepeats::default(),
+            repeats_only: false,
+            dedup_key: None,
         }
     }
 
@@ -615,12 +680,54 @@ mod tests {
         let now = Instant::now();
         let mut out = Vec::new();
         a.on_event(event(1, 101), now, &mut out);
-        a.on_resolve_failed(C1, now, &mut out);
+        a.on_resolve_failed(C1, false, now, &mut out);
         assert_eq!(edges(&out), vec![(1, Enrichment::Partial, Some(C1.into()))]);
         out.clear();
         a.on_event(event(2, 101), now, &mut out);
         assert_eq!(edges(&out), vec![(2, Enrichment::Partial, Some(C1.into()))]);
         assert!(a.take_requests().len() == 1, "asked once, then cooled down");
+    }
+
+    #[test]
+    fn a_container_the_runtime_does_not_know_yet_is_asked_about_again() {
+        let mut a = attributor(NamespaceFilter::default());
+        let start = Instant::now();
+        let mut out = Vec::new();
+        a.on_event(event(1, 101), start, &mut out);
+        assert_eq!(a.take_requests().len(), 1);
+        a.on_resolve_failed(C1, true, start, &mut out);
+        assert!(out.is_empty(), "still waiting");
+        a.on_tick(start + Duration::from_millis(100), &mut out);
+        assert!(a.take_requests().is_empty(), "not before the retry delay");
+        a.on_tick(start + Duration::from_millis(210), &mut out);
+        assert_eq!(a.take_requests(), vec![C1.to_owned()]);
+        a.on_container(container(ContainerState::Running, true), &mut out);
+        assert_eq!(
+            edges(&out),
+            vec![(1, Enrichment::Complete, Some(C1.into()))]
+        );
+    }
+
+    #[test]
+    fn with_a_filter_unknown_containers_wait_longer_and_include_mode_drops_them() {
+        let mut a = attributor(NamespaceFilter {
+            include: vec!["shop".into()],
+            exclude: vec![],
+        });
+        let start = Instant::now();
+        let mut out = Vec::new();
+        a.on_event(event(1, 101), start, &mut out);
+        a.on_tick(start + Duration::from_secs(1), &mut out);
+        assert!(
+            out.is_empty(),
+            "a filter makes events wait up to FILTER_WAIT"
+        );
+        a.on_tick(start + FILTER_WAIT, &mut out);
+        assert!(
+            out.is_empty(),
+            "not shown to be in an included namespace: dropped"
+        );
+        assert_eq!(a.stats().filtered_in_userspace, 1);
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub use crate::config::BatchConfig;
 
 /// What a batch holds.
 #[derive(Clone, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "held in place until shipped; boxing would allocate per event"
+)]
 pub enum Record {
     Edge {
         event: EdgeEvent,
@@ -417,6 +421,9 @@ mod tests {
                     result,
                 },
                 code_id: None,
+                repeats: crate::event::HeldRepeats::default(),
+                repeats_only: false,
+                dedup_key: None,
             },
             attribution: Attribution::host(),
         }

@@ -74,6 +74,10 @@ pub struct ObserverConfig {
     pub container_retention: Duration,
     pub namespaces: Vec<String>,
     pub exclude_namespaces: Vec<String>,
+    /// Repeats of an edge within this window of its last report are held back in the
+    /// kernel and reported with its next report (0: off).
+    #[serde(deserialize_with = "duration")]
+    pub kernel_dedup_window: Duration,
 }
 
 impl Default for ObserverConfig {
@@ -87,6 +91,7 @@ impl Default for ObserverConfig {
             container_retention: Duration::from_secs(300),
             namespaces: Vec::new(),
             exclude_namespaces: Vec::new(),
+            kernel_dedup_window: Duration::from_secs(1),
         }
     }
 }

@@ -192,6 +192,8 @@ fn start_probes(
             self_tgid: if observe_self { 0 } else { std::process::id() },
             offsets,
             filter_mode: namespace_filter(config).kernel_mode(),
+            dedup_window_ns: u64::try_from(config.observer.kernel_dedup_window.as_nanos())
+                .unwrap_or(u64::MAX),
         },
     )?;
     let ring = probes.take_ring()?;
@@ -413,6 +415,11 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
     let mut attribution_tick = tokio::time::interval(ATTRIBUTION_TICK);
     attribution_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut last_sweep, mut last_resync) = (Instant::now(), Instant::now());
+    let dedup_window_ns = if probes.is_some() {
+        u64::try_from(config.observer.kernel_dedup_window.as_nanos()).unwrap_or(u64::MAX)
+    } else {
+        0
+    };
     let mut reported = KernelCounters::default();
 
     info!(
@@ -457,6 +464,13 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
                 if let Some(Ok(now)) = probes.as_ref().map(Probes::counters) {
                     warn_on_new_losses(&reported, &now);
                     pipeline.account_kernel(&now);
+                    // Repeats of edges that went quiet are not left waiting for a report
+                    // that may never come.
+                    if dedup_window_ns > 0 && pipeline.repeats_held(&now) > 0 {
+                        if let Some(Ok(entries)) = probes.as_ref().map(Probes::dedup_entries) {
+                            pipeline.sweep_repeats(&entries, dedup_window_ns).map_err(RunError::Output)?;
+                        }
+                    }
                     reported = now;
                 }
                 if last_sweep.elapsed() >= SWEEP_EVERY {
@@ -484,6 +498,15 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
         counters = probes.counters()?;
         warn_on_new_losses(&reported, &counters);
         pipeline.account_kernel(&counters);
+        if dedup_window_ns > 0 {
+            match probes.dedup_entries() {
+                Ok(entries) => pipeline
+                    .sweep_repeats(&entries, 0)
+                    .map_err(RunError::Output)?,
+                Err(err) => warn!("cannot read the repeats the kernel still holds: {err}"),
+            }
+            pipeline.reconcile_repeats(&counters);
+        }
     }
     pipeline.finish().map_err(RunError::Output)?;
     server::set_ready(&ready, false);

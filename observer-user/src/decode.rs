@@ -112,6 +112,8 @@ pub struct OpenEvent<'a> {
     pub flags: u32,
     pub mode: u32,
     pub path: &'a [u8],
+    /// Repeats the kernel held back since it last reported this edge.
+    pub repeats: observer_common::Repeats,
 }
 
 #[derive(Debug, PartialEq)]
@@ -120,6 +122,7 @@ pub struct ConnectEvent<'a> {
     pub result: i64,
     pub fd: i32,
     pub address: SocketAddress<'a>,
+    pub repeats: observer_common::Repeats,
 }
 
 /// A v2 cgroup was created (`created`) or removed.
@@ -332,6 +335,7 @@ pub fn decode(data: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 flags: r.flags,
                 mode: r.mode,
                 path,
+                repeats: r.repeats,
             })
         }
         EventKind::CgroupMkdir | EventKind::CgroupRmdir => {
@@ -369,6 +373,7 @@ pub fn decode(data: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 result: r.result,
                 fd: r.fd,
                 address,
+                repeats: r.repeats,
             })
         }
     })
@@ -428,6 +433,7 @@ pub(crate) mod tests {
             flags,
             mode: 0o644,
             path_len: path.len() as u32,
+            repeats: observer_common::Repeats::default(),
         };
         let mut data = bytes_of(&record);
         data.extend_from_slice(path);
@@ -445,6 +451,7 @@ pub(crate) mod tests {
             addrlen: sockaddr.len() as u32,
             sockaddr_len: sockaddr.len() as u32,
             _pad: 0,
+            repeats: observer_common::Repeats::default(),
             sockaddr: raw,
         };
         bytes_of(&record)

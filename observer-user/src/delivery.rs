@@ -26,11 +26,13 @@ use tokio::sync::Notify;
 use crate::spool::Spool;
 
 /// Where events can be dropped. Every drop is counted under one of these.
-pub const DROP_STAGES: [&str; 7] = [
+pub const DROP_STAGES: [&str; 9] = [
     "kernel_ring_full",
     "kernel_map_full",
     "decode",
     "filtered",
+    "dedup_unresolved",
+    "dedup_evicted",
     "spool_full",
     "spool_eviction",
     "dead_letter",

@@ -250,6 +250,7 @@ fn load_probes(offsets: observer_common::TracepointOffsets) -> Check {
         self_tgid: std::process::id(),
         offsets,
         filter_mode: observer_common::filter::OFF,
+        dedup_window_ns: 0,
     };
     match Probes::load(PROBES_OBJECT, &config) {
         Ok(_) => Check::ok(

@@ -123,9 +123,29 @@ pub struct EdgeEvent {
     pub detail: EdgeDetail,
     /// GNU build-id of the executed binary (exec edges, when it could be read).
     pub code_id: Option<String>,
+    /// Repeats of this edge the kernel held back, reported with this event.
+    pub repeats: HeldRepeats,
+    /// The event stands only for held-back repeats (of an edge that went quiet), not for
+    /// an occurrence of its own.
+    pub repeats_only: bool,
+    /// The edge's key in the in-kernel dedup map, when it is deduplicated.
+    pub dedup_key: Option<observer_common::DedupKey>,
+}
+
+/// Repeats of an edge the kernel held back, with the boot time of the first and last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldRepeats {
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
 }
 
 impl EdgeEvent {
+    /// Occurrences this event stands for.
+    pub fn occurrences(&self) -> u64 {
+        u64::from(!self.repeats_only) + self.repeats.count
+    }
+
     pub fn edge_type(&self) -> EdgeType {
         match self.detail {
             EdgeDetail::Exec { .. } => EdgeType::Syscall,

@@ -17,6 +17,7 @@ pub mod containers;
 pub mod cri;
 pub mod daemon;
 pub mod decode;
+pub mod dedup;
 pub mod delivery;
 pub mod doctor;
 pub mod event;

@@ -13,7 +13,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use observer_common::{Counter, EventKind};
+use observer_common::{Counter, DedupKey, DedupState, EventKind};
 
 use crate::{
     attribution::{Attributor, Output},
@@ -196,7 +196,7 @@ impl Pipeline {
                 }
                 Ok(event) => {
                     if let Some(edge) = self.tracker.handle(&event) {
-                        self.unpublished.seen += 1;
+                        self.unpublished.seen += edge.occurrences();
                         self.attributor.on_event(edge, now, &mut self.out);
                     }
                 }
@@ -222,6 +222,63 @@ impl Pipeline {
         self.write_outputs()?;
         self.publish(None);
         Ok(handled)
+    }
+
+    /// Repeats the kernel holds for edges that went quiet leave as records of their edge.
+    /// `quiet_ns` 0 takes everything (at shutdown, after the probes are detached).
+    pub fn sweep_repeats(
+        &mut self,
+        entries: &[(DedupKey, u32, DedupState)],
+        quiet_ns: u64,
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        let (events, unnamed) =
+            self.tracker
+                .sweep_repeats(entries, BootClock::boot_now_ns(), quiet_ns);
+        for event in events {
+            self.unpublished.seen += event.occurrences();
+            self.attributor.on_event(event, now, &mut self.out);
+        }
+        if unnamed > 0 {
+            self.unpublished.seen += unnamed;
+            *self
+                .unpublished
+                .dropped
+                .entry("dedup_unresolved")
+                .or_default() += unnamed;
+        }
+        self.forward_requests();
+        self.write_outputs()?;
+        self.publish(None);
+        Ok(())
+    }
+
+    /// Repeats the kernel held back that were never reported (the map evicted them before
+    /// they were read): the kernel's total minus what was reported. Called at shutdown,
+    /// after the last sweep.
+    pub fn reconcile_repeats(&mut self, kernel: &KernelCounters) {
+        let held_back: u64 = [EventKind::Open, EventKind::Connect]
+            .iter()
+            .map(|&k| kernel.get(Counter::Deduplicated, k))
+            .sum();
+        let lost = held_back.saturating_sub(self.tracker.repeats_reported());
+        if lost > 0 {
+            warn!(
+                "{lost} repeats held back in the kernel were evicted before they could be reported"
+            );
+            self.unpublished.seen += lost;
+            *self.unpublished.dropped.entry("dedup_evicted").or_default() += lost;
+            self.publish(None);
+        }
+    }
+
+    /// Repeats held back in the kernel and not reported yet (or evicted).
+    pub fn repeats_held(&self, kernel: &KernelCounters) -> u64 {
+        let held_back: u64 = [EventKind::Open, EventKind::Connect]
+            .iter()
+            .map(|&k| kernel.get(Counter::Deduplicated, k))
+            .sum();
+        held_back.saturating_sub(self.tracker.repeats_reported())
     }
 
     /// Counts edge events the kernel lost (from the probes' counters) as seen and dropped.
@@ -326,7 +383,11 @@ impl Pipeline {
                 }
             }
             Update::ContainerGone(id) => self.attributor.on_container_gone(&id, now),
-            Update::ResolveFailed(id) => self.attributor.on_resolve_failed(&id, now, &mut self.out),
+            Update::ResolveFailed { id, retry } => {
+                self.attributor
+                    .on_resolve_failed(&id, retry, now, &mut self.out);
+                self.forward_requests();
+            }
             Update::Connected(version) => {
                 self.cri.connected = true;
                 self.cri.runtime = Some(format!("{} {}", version.name, version.version));
@@ -389,7 +450,8 @@ impl Pipeline {
                 .is_some_and(|tx| tx.try_send(id.clone()).is_ok());
             if !sent {
                 // The watcher is gone or swamped: do not hold the events for nothing.
-                self.attributor.on_resolve_failed(&id, now, &mut self.out);
+                self.attributor
+                    .on_resolve_failed(&id, false, now, &mut self.out);
             }
         }
     }
@@ -398,10 +460,30 @@ impl Pipeline {
     fn write_outputs(&mut self) -> io::Result<()> {
         for output in self.out.drain(..) {
             let (at_ns, record) = match output {
-                Output::Edge(event, attribution) => (
-                    self.clock.to_utc(event.boot_ns).unix_ns(),
-                    Record::Edge { event, attribution },
-                ),
+                Output::Edge(event, attribution) => {
+                    // An edge with held-back repeats stands for them too: it spans from the
+                    // first repeat to its own report.
+                    let own = self.clock.to_utc(event.boot_ns).unix_ns();
+                    let repeats = event.repeats;
+                    let (first, last) = if repeats.count > 0 {
+                        let first = self.clock.to_utc(repeats.first_ns).unix_ns();
+                        let last = self.clock.to_utc(repeats.last_ns).unix_ns();
+                        if event.repeats_only {
+                            (first, last)
+                        } else {
+                            (first.min(own), own.max(last))
+                        }
+                    } else {
+                        (own, own)
+                    };
+                    let count = event.occurrences();
+                    let mut item =
+                        Item::new(first, &self.host, Record::Edge { event, attribution });
+                    item.count = count;
+                    item.last_ns = last;
+                    self.batcher.push(item);
+                    continue;
+                }
                 Output::Lifecycle(lifecycle, container, enrichment) => {
                     let at = match lifecycle {
                         Lifecycle::Start => container.started_at_ns,

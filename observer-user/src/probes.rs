@@ -1,11 +1,11 @@
 //! Loading the eBPF object, attaching every program, and reading the kernel-side counters.
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{trace_point::TracePointLink, ProgramError, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
-use observer_common::{Counter, EventKind, TracepointOffsets, COUNTER_SLOTS};
+use observer_common::{Counter, DedupKey, DedupState, EventKind, TracepointOffsets, COUNTER_SLOTS};
 
 /// The probes, built by `cargo xtask build-ebpf` and embedded at compile time.
 pub static PROBES_OBJECT: &[u8] =
@@ -102,6 +102,8 @@ pub struct ProbeConfig {
     pub offsets: TracepointOffsets,
     /// An `observer_common::filter` mode.
     pub filter_mode: u32,
+    /// In-kernel dedup window in nanoseconds (0: off).
+    pub dedup_window_ns: u64,
 }
 
 /// Checks a ring buffer size: the kernel wants a power-of-two multiple of the page size.
@@ -136,6 +138,7 @@ impl Probes {
             .override_global("SELF_TGID", &config.self_tgid, true)
             .override_global("OFFSETS", &config.offsets, true)
             .override_global("FILTER_MODE", &config.filter_mode, true)
+            .override_global("DEDUP_WINDOW_NS", &config.dedup_window_ns, true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(object)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
@@ -222,6 +225,31 @@ impl Probes {
         };
         let mut filter: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(map).map_err(map_error)?;
         filter.insert(cgroup_id, 1, 0).map_err(map_error)
+    }
+
+    /// The in-kernel dedup map: every edge's state on every CPU that has one.
+    pub fn dedup_entries(&self) -> Result<Vec<(DedupKey, u32, DedupState)>, ProbeError> {
+        let map = self
+            .ebpf
+            .map("DEDUP")
+            .ok_or(ProbeError::MissingMap("DEDUP"))?;
+        let map_error = |source| ProbeError::Map {
+            name: "DEDUP",
+            source,
+        };
+        let dedup: PerCpuHashMap<_, DedupKey, DedupState> =
+            PerCpuHashMap::try_from(map).map_err(map_error)?;
+        let mut entries = Vec::new();
+        for entry in dedup.iter() {
+            // An entry evicted while iterating is gone; what it held is reconciled later.
+            let Ok((key, per_cpu)) = entry else { continue };
+            for (cpu, state) in per_cpu.iter().enumerate() {
+                if state.suppressed > 0 || state.last_report_ns > 0 {
+                    entries.push((key, u32::try_from(cpu).unwrap_or(u32::MAX), *state));
+                }
+            }
+        }
+        Ok(entries)
     }
 
     /// Sums the per-CPU counters.

@@ -2,14 +2,15 @@
 //! exec, open and connect records become owned [`EdgeEvent`]s carrying a snapshot of their
 //! process.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
-use observer_common::{flags, EventHeader, EventKind};
+use observer_common::{flags, DedupKey, DedupState, EventHeader, EventKind, Repeats};
 
 use crate::{
     buildid::BuildIdCache,
     decode::{ConnectEvent, ExecEvent, KernelEvent, OpenEvent, SocketAddress},
-    event::{EdgeDetail, EdgeEvent, ProcessSnapshot, SocketTarget},
+    dedup::DedupAccount,
+    event::{EdgeDetail, EdgeEvent, HeldRepeats, ProcessSnapshot, SocketTarget},
     paths,
     proctable::{split_cmdline, Image, ProcessTable},
 };
@@ -37,7 +38,14 @@ pub struct Tracker {
     next_seq: u64,
     stats: TrackStats,
     build_ids: BuildIdCache,
+    /// The last report of each edge the kernel deduplicates, to name the repeats of edges
+    /// that went quiet.
+    reports: HashMap<DedupKey, EdgeEvent>,
+    dedup: DedupAccount,
 }
+
+/// Edges remembered for naming held repeats (the kernel map holds 16 Ki per CPU).
+const REPORTS_CAPACITY: usize = 32 * 1024;
 
 impl Tracker {
     pub fn new(table: ProcessTable) -> Self {
@@ -46,6 +54,8 @@ impl Tracker {
             next_seq: 1,
             stats: TrackStats::default(),
             build_ids: BuildIdCache::default(),
+            reports: HashMap::new(),
+            dedup: DedupAccount::default(),
         }
     }
 
@@ -105,7 +115,75 @@ impl Tracker {
             },
             detail,
             code_id: None,
+            repeats: HeldRepeats::default(),
+            repeats_only: false,
+            dedup_key: None,
         }
+    }
+
+    /// Repeats reported so far (from reports and sweeps).
+    pub fn repeats_reported(&self) -> u64 {
+        self.dedup.total()
+    }
+
+    /// A report of a deduplicated edge: takes the repeats it newly stands for, and
+    /// remembers it to name later repeats of the edge.
+    fn deduplicated(&mut self, edge: &mut EdgeEvent, repeats: Repeats) {
+        if repeats.hash == 0 {
+            return;
+        }
+        let key = DedupKey {
+            cgroup_id: edge.cgroup_id,
+            hash: repeats.hash,
+        };
+        let count = self.dedup.on_report(key, repeats.cpu, repeats.cumulative);
+        if count > 0 {
+            let first = if repeats.first_ns == 0 {
+                edge.boot_ns
+            } else {
+                repeats.first_ns
+            };
+            edge.repeats = HeldRepeats {
+                count,
+                first_ns: first,
+                last_ns: repeats.last_ns.max(first),
+            };
+        }
+        edge.dedup_key = Some(key);
+        if self.reports.len() >= REPORTS_CAPACITY {
+            self.reports.clear();
+        }
+        let mut remembered = edge.clone();
+        remembered.repeats = HeldRepeats::default();
+        self.reports.insert(key, remembered);
+    }
+
+    /// Repeats of edges that went quiet (`quiet_ns` since their last repeat; 0: all), read
+    /// from the kernel map: events standing for them, and how many could not be named
+    /// because their edge's report is no longer remembered.
+    pub fn sweep_repeats(
+        &mut self,
+        entries: &[(DedupKey, u32, DedupState)],
+        now_ns: u64,
+        quiet_ns: u64,
+    ) -> (Vec<EdgeEvent>, u64) {
+        let mut events = Vec::new();
+        let mut unnamed = 0;
+        for (key, held) in self.dedup.sweep(entries, now_ns, quiet_ns) {
+            match self.reports.get(&key) {
+                Some(report) => {
+                    let mut event = report.clone();
+                    event.seq = self.next_seq;
+                    self.next_seq += 1;
+                    event.boot_ns = held.last_ns;
+                    event.repeats = held;
+                    event.repeats_only = true;
+                    events.push(event);
+                }
+                None => unnamed += held.count,
+            }
+        }
+        (events, unnamed)
     }
 
     fn exec(&mut self, exec: &ExecEvent<'_>) -> EdgeEvent {
@@ -191,7 +269,9 @@ impl Tracker {
             flags: open.flags,
             result: open.result,
         };
-        self.edge(h, detail)
+        let mut edge = self.edge(h, detail);
+        self.deduplicated(&mut edge, open.repeats);
+        edge
     }
 
     fn connect(&mut self, connect: &ConnectEvent<'_>) -> EdgeEvent {
@@ -215,13 +295,15 @@ impl Tracker {
             SocketAddress::Other { family } => SocketTarget::Other { family },
             SocketAddress::Unreadable => SocketTarget::Unreadable,
         };
-        self.edge(
+        let mut edge = self.edge(
             &connect.header,
             EdgeDetail::Connect {
                 address,
                 result: connect.result,
             },
-        )
+        );
+        self.deduplicated(&mut edge, connect.repeats);
+        edge
     }
 }
 

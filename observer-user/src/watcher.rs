@@ -26,8 +26,13 @@ pub enum Update {
     Pod(Arc<PodInfo>),
     Container(Arc<ContainerInfo>),
     ContainerGone(String),
-    /// The runtime could not describe this container (or is unreachable).
-    ResolveFailed(String),
+    /// The runtime could not describe this container. `retry`: it does not know it yet (a
+    /// sandbox being created is not listed until it is); otherwise it never will, or the
+    /// runtime is unreachable.
+    ResolveFailed {
+        id: String,
+        retry: bool,
+    },
     Connected(RuntimeVersion),
     Disconnected(String),
 }
@@ -125,7 +130,7 @@ impl Watcher {
                     () = &mut sleep => break,
                     request = self.requests.recv() => {
                         let id = request?;
-                        self.send(Update::ResolveFailed(id)).await.ok()?;
+                        self.send(Update::ResolveFailed { id, retry: false }).await.ok()?;
                     }
                 }
             }
@@ -258,9 +263,12 @@ impl Watcher {
             return Ok(());
         }
         if asked {
-            self.send(Update::ResolveFailed(id.to_owned()))
-                .await
-                .map_err(|()| Stop::Closed)?;
+            self.send(Update::ResolveFailed {
+                id: id.to_owned(),
+                retry: true,
+            })
+            .await
+            .map_err(|()| Stop::Closed)?;
         } else if self.containers.remove(id).is_some() {
             self.send(Update::ContainerGone(id.to_owned()))
                 .await
@@ -322,9 +330,12 @@ impl Watcher {
     ) -> Result<(), Stop> {
         let Some(pod) = self.pod(client, &container.pod_sandbox_id).await? else {
             // The sandbox is already gone; without it the container has no workload.
-            self.send(Update::ResolveFailed(container.id))
-                .await
-                .map_err(|()| Stop::Closed)?;
+            self.send(Update::ResolveFailed {
+                id: container.id,
+                retry: false,
+            })
+            .await
+            .map_err(|()| Stop::Closed)?;
             return Ok(());
         };
         let Some(reply) = client
@@ -332,9 +343,12 @@ impl Watcher {
             .await
             .map_err(Stop::Runtime)?
         else {
-            self.send(Update::ResolveFailed(container.id))
-                .await
-                .map_err(|()| Stop::Closed)?;
+            self.send(Update::ResolveFailed {
+                id: container.id,
+                retry: false,
+            })
+            .await
+            .map_err(|()| Stop::Closed)?;
             return Ok(());
         };
         let status = reply.status.unwrap_or_default();

@@ -1,0 +1,95 @@
+//! In-kernel dedup of repeated edges. An edge (a path opened the same way, an address
+//! connected to with the same result) reported by a cgroup less than the dedup window ago
+//! is not sent again: the probe counts it in the per-CPU `DEDUP` state and discards its
+//! ring buffer record, so repeats never cross the ring buffer. The count of held-back
+//! repeats only grows; the next report of the edge carries it, and the daemon also reads
+//! it from the map for edges that went quiet, reporting in both cases only what it has not
+//! reported before. Nothing is lost: it is reported in fewer records.
+
+use aya_ebpf::helpers::generated::bpf_get_smp_processor_id;
+use observer_common::{Counter, DedupKey, DedupState, EventKind, Repeats, FNV_OFFSET, FNV_PRIME};
+
+use crate::{
+    maps::{DEDUP, DEDUP_WINDOW_NS},
+    record::count,
+};
+
+/// FNV-1a over `len` bytes at `data`, at most `MAX`, continuing from `hash`.
+///
+/// # Safety
+/// `data` must point to at least `MAX` readable bytes (ring buffer or map memory).
+#[inline(always)]
+pub unsafe fn hash_bytes<const MAX: usize>(mut hash: u64, data: *const u8, len: usize) -> u64 {
+    for i in 0..MAX {
+        if i >= len {
+            break;
+        }
+        hash ^= u64::from(unsafe { *data.add(i) });
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+#[inline(always)]
+pub fn hash_u64(mut hash: u64, value: u64) -> u64 {
+    for shift in [0u32, 8, 16, 24, 32, 40, 48, 56] {
+        hash ^= (value >> shift) & 0xff;
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+#[inline(always)]
+pub fn seed(kind: EventKind) -> u64 {
+    hash_u64(FNV_OFFSET, kind as u64)
+}
+
+/// Whether to report this edge now (saying what was held back since the last report), or
+/// to hold it back (`None`).
+#[inline(always)]
+pub fn report(kind: EventKind, cgroup_id: u64, hash: u64, now: u64) -> Option<Repeats> {
+    let window = DEDUP_WINDOW_NS.load();
+    if window == 0 {
+        return Some(Repeats::default());
+    }
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let key = DedupKey { cgroup_id, hash };
+    let Some(state) = DEDUP.get_ptr_mut(key) else {
+        let fresh = DedupState {
+            last_report_ns: now,
+            first_ns: 0,
+            last_ns: 0,
+            suppressed: 0,
+        };
+        // If the map cannot take it, the edge is simply not deduplicated.
+        let _ = DEDUP.insert(key, fresh, 0);
+        return Some(Repeats {
+            hash,
+            cpu,
+            ..Repeats::default()
+        });
+    };
+    // Per-CPU value: no other CPU touches it, and tracing programs do not nest on a CPU.
+    let state = unsafe { &mut *state };
+    if now.wrapping_sub(state.last_report_ns) < window {
+        if state.first_ns == 0 {
+            state.first_ns = now;
+        }
+        state.last_ns = now;
+        state.suppressed += 1;
+        count(Counter::Deduplicated, kind);
+        return None;
+    }
+    let repeats = Repeats {
+        hash,
+        cumulative: state.suppressed,
+        first_ns: state.first_ns,
+        last_ns: state.last_ns,
+        cpu,
+        _pad: 0,
+    };
+    state.last_report_ns = now;
+    state.first_ns = 0;
+    state.last_ns = 0;
+    Some(repeats)
+}
