@@ -10,7 +10,7 @@
 //! marked `"late": true`, and counted.
 
 use std::{
-    collections::{hash_map::Entry, HashMap},
+    collections::{hash_map::Entry, BTreeMap, HashMap, VecDeque},
     hash::{Hash, Hasher},
     sync::Arc,
     time::{Duration, Instant},
@@ -232,8 +232,18 @@ pub struct BatchStats {
 
 pub struct Batcher {
     config: BatchConfig,
-    held: Vec<Item>,
-    /// When the oldest held record became ready (passed the watermark), if any is.
+    /// Records not yet past the watermark, bucketed by time so that the ones that pass it
+    /// leave without the others being moved.
+    held: BTreeMap<i128, Vec<Item>>,
+    /// Records in `held`.
+    held_len: usize,
+    /// Records marked late: ready at once, whatever their time.
+    late: Vec<Item>,
+    /// Records past the watermark, in sort order, waiting for a batch to close.
+    ready: VecDeque<Item>,
+    /// Edge occurrences in all of the above.
+    held_edges: u64,
+    /// When the oldest waiting record became ready (passed the watermark), if any is.
     ready_since: Option<Instant>,
     /// Per workload, the newest timestamp shipped.
     shipped_upto: HashMap<Arc<str>, i128>,
@@ -244,11 +254,44 @@ fn window_ns(d: Duration) -> i128 {
     i128::try_from(d.as_nanos()).unwrap_or(i128::MAX)
 }
 
+/// Width of the time buckets of held records.
+const BUCKET_NS: i128 = 10_000_000;
+
+fn edge_occurrences(item: &Item) -> u64 {
+    match item.record {
+        Record::Edge { .. } => item.count,
+        _ => 0,
+    }
+}
+
+/// Sorts by (workload, timestamp, type), stably. Items are large: the sort orders indices,
+/// and each item then moves once.
+fn sort_items(items: Vec<Item>) -> Vec<Item> {
+    let mut order: Vec<u32> = (0..items.len() as u32).collect();
+    order.sort_by(|&a, &b| {
+        items[a as usize]
+            .sort_key()
+            .cmp(&items[b as usize].sort_key())
+    });
+    if order.iter().enumerate().all(|(i, &o)| i == o as usize) {
+        return items;
+    }
+    let mut slots: Vec<Option<Item>> = items.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|i| slots[i as usize].take())
+        .collect()
+}
+
 impl Batcher {
     pub fn new(config: BatchConfig) -> Self {
         Batcher {
             config,
-            held: Vec::new(),
+            held: BTreeMap::new(),
+            held_len: 0,
+            late: Vec::new(),
+            ready: VecDeque::new(),
+            held_edges: 0,
             ready_since: None,
             shipped_upto: HashMap::new(),
             stats: BatchStats::default(),
@@ -259,80 +302,135 @@ impl Batcher {
         self.stats
     }
 
-    /// Edge occurrences held (waiting for their watermark).
+    /// Edge occurrences held (waiting for their watermark or for their batch to close).
     pub fn held_edges(&self) -> u64 {
-        self.held
-            .iter()
-            .filter(|i| matches!(i.record, Record::Edge { .. }))
-            .map(|i| i.count)
-            .sum()
+        self.held_edges
+    }
+
+    /// Records held, of every kind.
+    pub fn held_records(&self) -> usize {
+        self.held_len + self.late.len() + self.ready.len()
     }
 
     pub fn push(&mut self, mut item: Item) {
+        self.held_edges += edge_occurrences(&item);
         if let Some(&upto) = self.shipped_upto.get(&item.workload) {
             if item.at_ns < upto {
                 item.late = true;
                 self.stats.late += 1;
+                self.late.push(item);
+                return;
             }
         }
-        self.held.push(item);
+        self.held_len += 1;
+        self.held
+            .entry(item.at_ns.div_euclid(BUCKET_NS))
+            .or_default()
+            .push(item);
+    }
+
+    /// Moves what passed the watermark (and what is late) into `ready`, in sort order.
+    fn promote(&mut self, watermark: i128) {
+        let mut fresh = std::mem::take(&mut self.late);
+        while let Some(mut bucket) = self.held.first_entry() {
+            let start = *bucket.key() * BUCKET_NS;
+            if start > watermark {
+                break;
+            }
+            if start + BUCKET_NS - 1 <= watermark {
+                let items = bucket.remove();
+                self.held_len -= items.len();
+                fresh.extend(items);
+            } else {
+                // The bucket the watermark falls in: only part of it is ready.
+                let (now, later): (Vec<Item>, Vec<Item>) = std::mem::take(bucket.get_mut())
+                    .into_iter()
+                    .partition(|i| i.at_ns <= watermark);
+                self.held_len -= now.len();
+                *bucket.get_mut() = later;
+                fresh.extend(now);
+                break;
+            }
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        if self.ready.is_empty() {
+            self.ready = sort_items(fresh).into();
+        } else {
+            let mut all: Vec<Item> = std::mem::take(&mut self.ready).into();
+            all.extend(fresh);
+            self.ready = sort_items(all).into();
+        }
+    }
+
+    /// The `n` oldest records still waiting for the watermark, taken out of `held`.
+    fn take_oldest_held(&mut self, n: usize) -> Vec<Item> {
+        let mut taken = Vec::with_capacity(n);
+        while taken.len() < n {
+            let Some(mut bucket) = self.held.first_entry() else {
+                break;
+            };
+            let want = n - taken.len();
+            if bucket.get().len() <= want {
+                taken.extend(bucket.remove());
+            } else {
+                let items = bucket.get_mut();
+                items.sort_by_key(|i| i.at_ns);
+                taken.extend(items.drain(..want));
+            }
+        }
+        self.held_len -= taken.len();
+        taken
     }
 
     /// A closed batch, if one is due at `now_ns` (epoch) / `now` (monotonic).
     pub fn poll(&mut self, now_ns: i128, now: Instant) -> Option<Batch> {
         let watermark = now_ns - window_ns(self.config.reorder_window);
-        let ready = self
-            .held
-            .iter()
-            .filter(|i| i.at_ns <= watermark || i.late)
-            .count();
+        self.promote(watermark);
+        let ready = self.ready.len();
         if ready == 0 {
             self.ready_since = None;
         } else {
             self.ready_since.get_or_insert(now);
         }
-        let overfull = self.held.len() > self.config.max_held_events;
+        let overfull = self.held_records() > self.config.max_held_events;
         let aged = self
             .ready_since
             .is_some_and(|since| now.duration_since(since) >= self.config.max_age);
         if !(overfull || ready >= self.config.max_events || (ready > 0 && aged)) {
             return None;
         }
-        let (mut batch, rest): (Vec<Item>, Vec<Item>) =
-            if overfull && ready < self.config.max_events {
-                // Memory bound: release the oldest, ready or not.
-                let mut all = std::mem::take(&mut self.held);
-                all.sort_by_key(|i| i.at_ns);
-                let rest = all.split_off(self.config.max_events.min(all.len()));
-                self.stats.forced += all.iter().filter(|i| i.at_ns > watermark).count() as u64;
-                (all, rest)
-            } else {
-                std::mem::take(&mut self.held)
-                    .into_iter()
-                    .partition(|i| i.at_ns <= watermark || i.late)
-            };
-        self.held = rest;
-        batch.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-        if batch.len() > self.config.max_events {
+        let max = self.config.max_events;
+        let mut batch: Vec<Item> = if overfull && ready < max {
+            // Memory bound: release the oldest, ready or not.
+            let forced = self.take_oldest_held(max - ready);
+            self.stats.forced += forced.len() as u64;
+            let mut all: Vec<Item> = std::mem::take(&mut self.ready).into();
+            all.extend(forced);
+            sort_items(all)
+        } else {
             // Cut in sort order: what stays behind is, per workload, newer than what leaves.
-            let back = batch.split_off(self.config.max_events);
-            self.held.extend(back);
-        }
+            self.ready.drain(..max.min(ready)).collect()
+        };
+        self.held_edges -= batch.iter().map(edge_occurrences).sum::<u64>();
         if self.config.dedup {
             batch = self.merge(batch);
         }
-        for item in &batch {
+        // The batch is sorted by workload: one update per run of records of a workload.
+        for run in batch.chunk_by(|a, b| a.workload == b.workload) {
+            let newest = run.iter().map(|i| i.last_ns).max().unwrap_or(i128::MIN);
             let upto = self
                 .shipped_upto
-                .entry(Arc::clone(&item.workload))
+                .entry(Arc::clone(&run[0].workload))
                 .or_insert(i128::MIN);
-            *upto = (*upto).max(item.last_ns);
+            *upto = (*upto).max(newest);
         }
         // Forget workloads that have been quiet longer than any record can be late.
         let horizon = watermark - window_ns(Duration::from_secs(600));
         self.shipped_upto.retain(|_, upto| *upto >= horizon);
         // Records left behind by a cut have been ready as long as those that left.
-        if !self.held.iter().any(|i| i.at_ns <= watermark || i.late) {
+        if self.ready.is_empty() {
             self.ready_since = None;
         }
         self.stats.batches += 1;
@@ -342,7 +440,7 @@ impl Batcher {
     /// Everything held, in batches, regardless of the watermark (shutdown).
     pub fn drain(&mut self) -> Vec<Batch> {
         let mut batches = Vec::new();
-        while !self.held.is_empty() {
+        while self.held_records() > 0 {
             let now = Instant::now();
             self.ready_since = Some(now.checked_sub(self.config.max_age).unwrap_or(now));
             match self.poll(i128::MAX / 2, now) {
@@ -472,7 +570,7 @@ mod tests {
             .poll(11 * S + S / 2, t0 + Duration::from_millis(600))
             .unwrap();
         assert_eq!(paths(&batch), [("/a".into(), 1), ("/b".into(), 1)]);
-        assert_eq!(b.held.len(), 1);
+        assert_eq!(b.held_records(), 1);
     }
 
     #[test]

@@ -382,88 +382,38 @@ pub fn decode(data: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use observer_common::{flags, SOCKADDR_CAPACITY, TASK_COMM_LEN};
+    use crate::synth::{bytes_of, Task};
+    use observer_common::{flags, SOCKADDR_CAPACITY};
 
-    pub(crate) fn header(kind: EventKind) -> EventHeader {
-        let mut comm = [0u8; TASK_COMM_LEN];
-        comm[..4].copy_from_slice(b"test");
-        EventHeader {
-            kind: kind as u32,
-            flags: 0,
-            boot_ns: 1_000_000_123,
-            cgroup_id: 77,
-            tgid: 4242,
+    /// The task every test record describes.
+    pub(crate) fn task() -> Task {
+        Task {
             tid: 4243,
             uid: 1000,
             gid: 1001,
-            comm,
+            ..Task::new(4242, 77, "test")
         }
     }
 
-    fn bytes_of<T: Plain>(value: &T) -> Vec<u8> {
-        // SAFETY: T is Plain (no padding holes by the layout tests), readable as bytes.
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
+    const BOOT_NS: u64 = 1_000_000_123;
+
+    pub(crate) fn header(kind: EventKind) -> EventHeader {
+        task().header(kind, BOOT_NS)
     }
 
     pub(crate) fn exec_record(filename: &[u8], args: &[&[u8]], tail_size: usize) -> Vec<u8> {
-        let mut tail = filename.to_vec();
-        for arg in args {
-            tail.extend_from_slice(arg);
-            tail.push(0);
-        }
-        let record = ExecRecord {
-            header: header(EventKind::Exec),
-            old_tid: 4243,
-            argc: args.len() as u32,
-            filename_len: filename.len() as u32,
-            args_len: (tail.len() - filename.len()) as u32,
-        };
-        tail.resize(tail_size.max(tail.len()), 0xAA);
-        let mut data = bytes_of(&record);
-        data.extend_from_slice(&tail);
-        data
+        task().exec(BOOT_NS, filename, args, tail_size)
     }
 
     pub(crate) fn open_record(path: &[u8], result: i64, flags: u32) -> Vec<u8> {
-        let record = OpenRecord {
-            header: header(EventKind::Open),
-            result,
-            dfd: -100,
-            flags,
-            mode: 0o644,
-            path_len: path.len() as u32,
-            repeats: observer_common::Repeats::default(),
-        };
-        let mut data = bytes_of(&record);
-        data.extend_from_slice(path);
-        data.resize(size_of::<OpenRecord>() + 256, 0);
-        data
+        task().open(BOOT_NS, path, result, flags)
     }
 
     pub(crate) fn connect_record(sockaddr: &[u8], result: i64) -> Vec<u8> {
-        let mut raw = [0u8; SOCKADDR_CAPACITY];
-        raw[..sockaddr.len()].copy_from_slice(sockaddr);
-        let record = ConnectRecord {
-            header: header(EventKind::Connect),
-            result,
-            fd: 5,
-            addrlen: sockaddr.len() as u32,
-            sockaddr_len: sockaddr.len() as u32,
-            _pad: 0,
-            repeats: observer_common::Repeats::default(),
-            sockaddr: raw,
-        };
-        bytes_of(&record)
+        task().connect(BOOT_NS, sockaddr, result)
     }
 
-    pub(crate) fn sockaddr_in(ip: [u8; 4], port: u16) -> Vec<u8> {
-        let mut v = AF_INET.to_ne_bytes().to_vec();
-        v.extend_from_slice(&port.to_be_bytes());
-        v.extend_from_slice(&ip);
-        v.extend_from_slice(&[0; 8]);
-        v
-    }
+    pub(crate) use crate::synth::sockaddr_in;
 
     #[test]
     fn exec_record_decodes_filename_and_argv() {
@@ -600,16 +550,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn cgroup_record(kind: EventKind, id: u64, path: &[u8]) -> Vec<u8> {
-        let record = CgroupRecord {
-            header: header(kind),
-            id,
-            level: path.iter().filter(|&&b| b == b'/').count() as u32,
-            path_len: path.len() as u32,
-        };
-        let mut data = bytes_of(&record);
-        data.extend_from_slice(path);
-        data.resize(size_of::<CgroupRecord>() + 256, 0);
-        data
+        task().cgroup(BOOT_NS, kind, id, path)
     }
 
     #[test]

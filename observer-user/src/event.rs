@@ -389,111 +389,332 @@ pub enum Lifecycle {
     Stop,
 }
 
-/// The JSON of one record of a batch.
-pub struct RecordJson<'a> {
-    pub item: &'a Item,
-    pub host: &'a HostIdentity,
-    pub run_id: &'a str,
+/// Writes the JSON of a batch's records.
+///
+/// A record is its head (type, id, time), the workload fields, and its tail (what
+/// happened). The workload fields are the same for every record of a workload, and a batch
+/// is sorted by workload: they are rendered once per run of records and copied after that.
+pub struct RecordWriter<'a> {
+    host: &'a HostIdentity,
+    run_id: &'a str,
+    /// What the rendered workload fields describe; holding the `Arc`s keeps the pointers
+    /// compared below from being reused by other containers.
+    workload_of: Option<WorkloadOf>,
+    /// `"node":...,"hostId":...` (an object's fields, without the braces).
+    workload: Vec<u8>,
+    scratch: Vec<u8>,
 }
 
-impl Serialize for RecordJson<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let item = self.item;
-        let timestamp = Timestamp::from_unix_ns(item.at_ns);
-        let mut map = serializer.serialize_map(None)?;
-        match &item.record {
-            Record::Edge { event, attribution } => {
-                map.serialize_entry("schemaVersion", &SCHEMA_VERSION)?;
-                map.serialize_entry("eventType", "edge")?;
-                map.serialize_entry(
-                    "eventId",
-                    &EventId {
-                        run_id: self.run_id,
-                        seq: event.seq,
-                    },
-                )?;
-                map.serialize_entry("edgeType", &event.edge_type())?;
-                map.serialize_entry("timestamp", &timestamp)?;
-                if item.count > 1 {
-                    map.serialize_entry("count", &item.count)?;
-                    map.serialize_entry("firstSeen", &timestamp)?;
-                    map.serialize_entry("lastSeen", &Timestamp::from_unix_ns(item.last_ns))?;
-                }
-                if item.late {
-                    map.serialize_entry("late", &true)?;
-                }
-                serialize_workload(
-                    &mut map,
-                    self.host,
-                    attribution.enrichment,
-                    attribution.container_id.as_deref(),
-                    attribution.container.as_deref(),
-                )?;
-                map.serialize_entry("cgroupId", &event.cgroup_id)?;
-                map.serialize_entry("process", &ProcessJson(&event.process))?;
-                serialize_detail(&mut map, event)?;
+struct WorkloadOf {
+    enrichment: Enrichment,
+    container_id: Option<Arc<str>>,
+    container: Option<Arc<ContainerInfo>>,
+}
+
+impl WorkloadOf {
+    fn is(
+        &self,
+        enrichment: Enrichment,
+        container_id: Option<&Arc<str>>,
+        container: Option<&Arc<ContainerInfo>>,
+    ) -> bool {
+        self.enrichment == enrichment
+            && match (&self.container_id, container_id) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (None, None) => true,
+                _ => false,
             }
+            && match (&self.container, container) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+impl<'a> RecordWriter<'a> {
+    pub fn new(host: &'a HostIdentity, run_id: &'a str) -> Self {
+        RecordWriter {
+            host,
+            run_id,
+            workload_of: None,
+            workload: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Appends the record's JSON object (no newline) to `out`.
+    pub fn write(&mut self, out: &mut Vec<u8>, item: &Item) -> serde_json::Result<()> {
+        let timestamp = Timestamp::from_unix_ns(item.at_ns);
+        match &item.record {
+            Record::Edge { event, attribution } => self.compose(
+                out,
+                &EdgeHead {
+                    item,
+                    event,
+                    timestamp,
+                    run_id: self.run_id,
+                },
+                attribution.enrichment,
+                attribution.container_id.as_ref(),
+                attribution.container.as_ref(),
+                &EdgeTail(event),
+            ),
             Record::Lifecycle {
                 lifecycle,
                 container,
                 enrichment,
             } => {
-                let kind = match lifecycle {
-                    Lifecycle::Start => "containerStart",
-                    Lifecycle::Stop => "containerStop",
-                };
-                map.serialize_entry("schemaVersion", &SCHEMA_VERSION)?;
-                map.serialize_entry("eventType", kind)?;
-                map.serialize_entry("timestamp", &timestamp)?;
-                if item.late {
-                    map.serialize_entry("late", &true)?;
-                }
-                serialize_workload(
-                    &mut map,
-                    self.host,
+                let id: Arc<str> = Arc::from(container.id.as_str());
+                self.compose(
+                    out,
+                    &LifecycleHead {
+                        lifecycle: *lifecycle,
+                        timestamp,
+                        late: item.late,
+                    },
                     *enrichment,
-                    Some(&container.id),
+                    Some(&id),
                     Some(container),
-                )?;
-                if let Some(pid) = container.init_pid {
-                    map.serialize_entry("initPid", &pid)?;
-                }
-                if let Some(entrypoint) = &container.entrypoint {
-                    map.serialize_entry("entrypoint", entrypoint)?;
-                }
-                if let Some(code_id) = &container.entrypoint_code_id {
-                    map.serialize_entry("code_id", code_id)?;
-                }
-                if *lifecycle == Lifecycle::Stop {
-                    if let Some(code) = container.exit_code {
-                        map.serialize_entry("exitCode", &code)?;
-                    }
-                }
+                    &LifecycleTail {
+                        lifecycle: *lifecycle,
+                        container,
+                    },
+                )
             }
             Record::Patch {
                 container,
                 seqs,
                 enrichment,
             } => {
-                map.serialize_entry("schemaVersion", &SCHEMA_VERSION)?;
-                map.serialize_entry("eventType", "enrichmentPatch")?;
-                map.serialize_entry("timestamp", &timestamp)?;
-                map.serialize_entry(
-                    "eventIds",
-                    &EventIds {
-                        run_id: self.run_id,
-                        seqs,
+                let id: Arc<str> = Arc::from(container.id.as_str());
+                self.compose(
+                    out,
+                    &PatchHead {
+                        timestamp,
+                        ids: EventIds {
+                            run_id: self.run_id,
+                            seqs,
+                        },
                     },
-                )?;
-                serialize_workload(
-                    &mut map,
-                    self.host,
                     *enrichment,
-                    Some(&container.id),
+                    Some(&id),
                     Some(container),
-                )?;
+                    &NoFields,
+                )
             }
         }
+    }
+
+    /// `{head fields, workload fields, tail fields}`.
+    #[allow(clippy::too_many_arguments, reason = "the parts of one record")]
+    fn compose(
+        &mut self,
+        out: &mut Vec<u8>,
+        head: &impl Serialize,
+        enrichment: Enrichment,
+        container_id: Option<&Arc<str>>,
+        container: Option<&Arc<ContainerInfo>>,
+        tail: &impl Serialize,
+    ) -> serde_json::Result<()> {
+        let fresh = !self
+            .workload_of
+            .as_ref()
+            .is_some_and(|w| w.is(enrichment, container_id, container));
+        if fresh {
+            self.scratch.clear();
+            serde_json::to_writer(
+                &mut self.scratch,
+                &WorkloadJson {
+                    host: self.host,
+                    enrichment,
+                    container_id: container_id.map(|id| &**id),
+                    container: container.map(|c| &**c),
+                },
+            )?;
+            self.workload.clear();
+            self.workload.extend_from_slice(fields_of(&self.scratch));
+            self.workload_of = Some(WorkloadOf {
+                enrichment,
+                container_id: container_id.cloned(),
+                container: container.cloned(),
+            });
+        }
+        out.push(b'{');
+        append_fields(out, &mut self.scratch, head)?;
+        push_fields(out, &self.workload);
+        append_fields(out, &mut self.scratch, tail)?;
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// Appends the fields of `value` (which serializes as an object) to an open object.
+fn append_fields(
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    value: &impl Serialize,
+) -> serde_json::Result<()> {
+    scratch.clear();
+    serde_json::to_writer(&mut *scratch, value)?;
+    push_fields(out, fields_of(scratch));
+    Ok(())
+}
+
+fn push_fields(out: &mut Vec<u8>, fields: &[u8]) {
+    if fields.is_empty() {
+        return;
+    }
+    if out.last() != Some(&b'{') {
+        out.push(b',');
+    }
+    out.extend_from_slice(fields);
+}
+
+/// The fields of a serialized JSON object: what is between its braces.
+fn fields_of(object: &[u8]) -> &[u8] {
+    object
+        .strip_prefix(b"{")
+        .and_then(|o| o.strip_suffix(b"}"))
+        .unwrap_or(object)
+}
+
+struct EdgeHead<'a> {
+    item: &'a Item,
+    event: &'a EdgeEvent,
+    timestamp: Timestamp,
+    run_id: &'a str,
+}
+
+impl Serialize for EdgeHead<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("schemaVersion", &SCHEMA_VERSION)?;
+        map.serialize_entry("eventType", "edge")?;
+        map.serialize_entry(
+            "eventId",
+            &EventId {
+                run_id: self.run_id,
+                seq: self.event.seq,
+            },
+        )?;
+        map.serialize_entry("edgeType", &self.event.edge_type())?;
+        map.serialize_entry("timestamp", &self.timestamp)?;
+        if self.item.count > 1 {
+            map.serialize_entry("count", &self.item.count)?;
+            map.serialize_entry("firstSeen", &self.timestamp)?;
+            map.serialize_entry("lastSeen", &Timestamp::from_unix_ns(self.item.last_ns))?;
+        }
+        if self.item.late {
+            map.serialize_entry("late", &true)?;
+        }
+        map.end()
+    }
+}
+
+struct EdgeTail<'a>(&'a EdgeEvent);
+
+impl Serialize for EdgeTail<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("cgroupId", &self.0.cgroup_id)?;
+        map.serialize_entry("process", &ProcessJson(&self.0.process))?;
+        serialize_detail(&mut map, self.0)?;
+        map.end()
+    }
+}
+
+struct LifecycleHead {
+    lifecycle: Lifecycle,
+    timestamp: Timestamp,
+    late: bool,
+}
+
+impl Serialize for LifecycleHead {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("schemaVersion", &SCHEMA_VERSION)?;
+        let kind = match self.lifecycle {
+            Lifecycle::Start => "containerStart",
+            Lifecycle::Stop => "containerStop",
+        };
+        map.serialize_entry("eventType", kind)?;
+        map.serialize_entry("timestamp", &self.timestamp)?;
+        if self.late {
+            map.serialize_entry("late", &true)?;
+        }
+        map.end()
+    }
+}
+
+struct LifecycleTail<'a> {
+    lifecycle: Lifecycle,
+    container: &'a ContainerInfo,
+}
+
+impl Serialize for LifecycleTail<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = self.container;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(pid) = c.init_pid {
+            map.serialize_entry("initPid", &pid)?;
+        }
+        if let Some(entrypoint) = &c.entrypoint {
+            map.serialize_entry("entrypoint", entrypoint)?;
+        }
+        if let Some(code_id) = &c.entrypoint_code_id {
+            map.serialize_entry("code_id", code_id)?;
+        }
+        if self.lifecycle == Lifecycle::Stop {
+            if let Some(code) = c.exit_code {
+                map.serialize_entry("exitCode", &code)?;
+            }
+        }
+        map.end()
+    }
+}
+
+struct PatchHead<'a> {
+    timestamp: Timestamp,
+    ids: EventIds<'a>,
+}
+
+impl Serialize for PatchHead<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("schemaVersion", &SCHEMA_VERSION)?;
+        map.serialize_entry("eventType", "enrichmentPatch")?;
+        map.serialize_entry("timestamp", &self.timestamp)?;
+        map.serialize_entry("eventIds", &self.ids)?;
+        map.end()
+    }
+}
+
+struct NoFields;
+
+impl Serialize for NoFields {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_map(Some(0))?.end()
+    }
+}
+
+struct WorkloadJson<'a> {
+    host: &'a HostIdentity,
+    enrichment: Enrichment,
+    container_id: Option<&'a str>,
+    container: Option<&'a ContainerInfo>,
+}
+
+impl Serialize for WorkloadJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        serialize_workload(
+            &mut map,
+            self.host,
+            self.enrichment,
+            self.container_id,
+            self.container,
+        )?;
         map.end()
     }
 }
@@ -591,5 +812,141 @@ mod tests {
             ["O_WRONLY", "O_CREAT", "O_TRUNC"]
         );
         assert_eq!(names(libc::O_RDWR | 0x4000_0000), ["O_RDWR", "0x40000000"]);
+    }
+
+    fn container(id: &str, pod: &str) -> Arc<ContainerInfo> {
+        use crate::containers::{ContainerState, ImageInfo};
+        use observer_common::identity::{DigestKind, PodRef};
+        Arc::new(ContainerInfo {
+            id: id.into(),
+            name: "app".into(),
+            pod: Arc::new(PodInfo::new(
+                format!("sandbox-{pod}"),
+                PodRef {
+                    name: pod.into(),
+                    namespace: "shop".into(),
+                    uid: format!("uid-{pod}"),
+                    labels: Default::default(),
+                },
+            )),
+            image: ImageInfo {
+                reference: "app:1".into(),
+                digest: Some("sha256:ab".into()),
+                digest_kind: DigestKind::Manifest,
+            },
+            state: ContainerState::Running,
+            started_at_ns: 5,
+            finished_at_ns: 0,
+            exit_code: None,
+            init_pid: Some(7),
+            entrypoint: Some("/app".into()),
+            entrypoint_code_id: None,
+        })
+    }
+
+    fn edge(seq: u64, attribution: Attribution) -> Record {
+        Record::Edge {
+            event: EdgeEvent {
+                seq,
+                boot_ns: 0,
+                cgroup_id: 9,
+                process: ProcessSnapshot {
+                    pid: 3,
+                    tid: 3,
+                    ppid: Some(1),
+                    uid: 0,
+                    gid: 0,
+                    comm: *b"app\0\0\0\0\0\0\0\0\0\0\0\0\0",
+                    image: Arc::new(Image::default()),
+                },
+                detail: EdgeDetail::Open {
+                    syscall: "openat",
+                    path: format!("/data/{seq}"),
+                    path_resolved: true,
+                    path_truncated: false,
+                    flags: 0,
+                    result: 4,
+                },
+                code_id: None,
+                repeats: HeldRepeats::default(),
+                repeats_only: false,
+                dedup_key: None,
+            },
+            attribution,
+        }
+    }
+
+    #[test]
+    fn records_of_alternating_workloads_carry_their_own_workload_fields() {
+        let host = HostIdentity::for_tests();
+        let (a, b) = (container("a1", "web"), container("b2", "db"));
+        let known = |c: &Arc<ContainerInfo>, enrichment| Attribution {
+            enrichment,
+            container_id: Some(Arc::from(c.id.as_str())),
+            container: Some(Arc::clone(c)),
+        };
+        let records = [
+            edge(1, known(&a, Enrichment::Complete)),
+            edge(2, known(&a, Enrichment::Complete)),
+            edge(3, known(&b, Enrichment::Complete)),
+            edge(4, Attribution::host()),
+            edge(
+                5,
+                Attribution {
+                    enrichment: Enrichment::Pending,
+                    container_id: Some(Arc::from("c3")),
+                    container: None,
+                },
+            ),
+            edge(6, known(&a, Enrichment::Partial)),
+            Record::Lifecycle {
+                lifecycle: Lifecycle::Start,
+                container: Arc::clone(&b),
+                enrichment: Enrichment::Complete,
+            },
+            Record::Patch {
+                container: Arc::clone(&a),
+                seqs: vec![5],
+                enrichment: Enrichment::Complete,
+            },
+        ];
+        let mut shared = RecordWriter::new(&host, "r");
+        let mut seen = Vec::new();
+        for record in records {
+            let item = Item::new(1_000, &host, record);
+            let mut out = Vec::new();
+            shared.write(&mut out, &item).unwrap();
+            // The same as a writer that has rendered nothing before.
+            let mut alone = Vec::new();
+            RecordWriter::new(&host, "r")
+                .write(&mut alone, &item)
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&alone)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            seen.push((
+                v["eventType"].as_str().unwrap().to_owned(),
+                v["containerId"].as_str().unwrap_or("-").to_owned(),
+                v["workloadId"].as_str().unwrap().to_owned(),
+                v["enrichment"].as_str().unwrap().to_owned(),
+            ));
+        }
+        let expect = [
+            ("edge", "a1", "shop/web", "complete"),
+            ("edge", "a1", "shop/web", "complete"),
+            ("edge", "b2", "shop/db", "complete"),
+            ("edge", "-", "host:abc", "host"),
+            ("edge", "c3", "container:c3", "pending"),
+            ("edge", "a1", "shop/web", "partial"),
+            ("containerStart", "b2", "shop/db", "complete"),
+            ("enrichmentPatch", "a1", "shop/web", "complete"),
+        ];
+        let seen: Vec<(&str, &str, &str, &str)> = seen
+            .iter()
+            .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), d.as_str()))
+            .collect();
+        assert_eq!(seen, expect);
     }
 }

@@ -31,6 +31,7 @@ pub mod shipper;
 pub mod sink;
 pub mod spool;
 pub mod summary;
+pub mod synth;
 pub mod tracefs;
 pub mod tracker;
 pub mod watcher;

@@ -19,9 +19,10 @@ use crate::{
     attribution::{Attributor, Output},
     batch::{Batch, Batcher, Item, Record},
     clock::BootClock,
+    containers::PodInfo,
     decode::{decode, KernelEvent},
     delivery::Delivery,
-    event::{Lifecycle, RecordJson},
+    event::{Lifecycle, RecordWriter},
     host::HostIdentity,
     probes::KernelCounters,
     probes::Probes,
@@ -184,44 +185,57 @@ impl Pipeline {
         while handled < budget {
             let Some(item) = ring.next() else { break };
             handled += 1;
-            match decode(&item) {
-                Ok(KernelEvent::Cgroup(cgroup)) => {
-                    self.tracker.count(if cgroup.created {
-                        observer_common::EventKind::CgroupMkdir
-                    } else {
-                        observer_common::EventKind::CgroupRmdir
-                    });
-                    let path = String::from_utf8_lossy(cgroup.path).into_owned();
-                    self.attributor.on_cgroup(cgroup.created, cgroup.id, path);
-                }
-                Ok(event) => {
-                    if let Some(edge) = self.tracker.handle(&event) {
-                        self.unpublished.seen += edge.occurrences();
-                        self.attributor.on_event(edge, now, &mut self.out);
-                    }
-                }
-                Err(err) => {
-                    // The record may not have been an edge; it is counted as one lost,
-                    // which errs on the side of reporting loss.
-                    self.unpublished.seen += 1;
-                    *self.unpublished.dropped.entry("decode").or_default() += 1;
-                    let count = self.decode_errors.entry(err.reason()).or_default();
-                    *count += 1;
-                    // The first of each kind is logged in full; the rest only counted.
-                    if *count == 1 {
-                        warn!("skipping a malformed ring buffer record: {err}");
-                    }
+            self.handle_record(&item, now)?;
+        }
+        self.end_drain()?;
+        Ok(handled)
+    }
+
+    /// Takes one ring buffer record through decode, tracking and attribution. Output is
+    /// written as it accumulates; `end_drain` finishes what a run of records left.
+    pub fn handle_record(&mut self, record: &[u8], now: Instant) -> io::Result<()> {
+        match decode(record) {
+            Ok(KernelEvent::Cgroup(cgroup)) => {
+                self.tracker.count(if cgroup.created {
+                    EventKind::CgroupMkdir
+                } else {
+                    EventKind::CgroupRmdir
+                });
+                let path = String::from_utf8_lossy(cgroup.path).into_owned();
+                self.attributor.on_cgroup(cgroup.created, cgroup.id, path);
+            }
+            Ok(event) => {
+                if let Some(edge) = self.tracker.handle(&event) {
+                    self.unpublished.seen += edge.occurrences();
+                    self.attributor.on_event(edge, now, &mut self.out);
                 }
             }
-            // Bound what is buffered: write as we go rather than after the whole drain.
-            if self.out.len() >= 1024 {
-                self.write_outputs()?;
+            Err(err) => {
+                // The record may not have been an edge; it is counted as one lost,
+                // which errs on the side of reporting loss.
+                self.unpublished.seen += 1;
+                *self.unpublished.dropped.entry("decode").or_default() += 1;
+                let count = self.decode_errors.entry(err.reason()).or_default();
+                *count += 1;
+                // The first of each kind is logged in full; the rest only counted.
+                if *count == 1 {
+                    warn!("skipping a malformed ring buffer record: {err}");
+                }
             }
         }
+        // Bound what is buffered: write as we go rather than after the whole drain.
+        if self.out.len() >= 1024 {
+            self.write_outputs()?;
+        }
+        Ok(())
+    }
+
+    /// Completes a run of `handle_record` calls: forwards lookups, writes, publishes.
+    pub fn end_drain(&mut self) -> io::Result<()> {
         self.forward_requests();
         self.write_outputs()?;
         self.publish(None);
-        Ok(handled)
+        Ok(())
     }
 
     /// Repeats the kernel holds for edges that went quiet leave as records of their edge.
@@ -532,17 +546,10 @@ impl Pipeline {
         )?;
         // All records' JSON, newline-terminated, for the NDJSON file.
         self.line.clear();
-        let mut oldest_ns = i128::MAX;
+        let mut writer = RecordWriter::new(&self.host, &self.run_id);
         for (i, item) in batch.items.iter().enumerate() {
             let start = self.line.len();
-            serde_json::to_writer(
-                &mut self.line,
-                &RecordJson {
-                    item,
-                    host: &self.host,
-                    run_id: &self.run_id,
-                },
-            )?;
+            writer.write(&mut self.line, item)?;
             if self.shipping.backend {
                 if i > 0 {
                     self.body.push(b',');
@@ -550,8 +557,21 @@ impl Pipeline {
                 self.body.extend_from_slice(&self.line[start..]);
             }
             self.line.push(b'\n');
+        }
+        let mut oldest_ns = i128::MAX;
+        let mut tally: Vec<(&'static str, Option<&PodInfo>, u64)> = Vec::new();
+        for item in &batch.items {
             oldest_ns = oldest_ns.min(item.at_ns);
-            self.count_record(item);
+            let (kind, pod) = self.count_record(item);
+            // Records of a workload are adjacent in a batch: counters are looked up once per
+            // run of them, not once per record.
+            match tally.last_mut() {
+                Some((k, p, n)) if *k == kind && same_pod(*p, pod) => *n += item.count,
+                _ => tally.push((kind, pod, item.count)),
+            }
+        }
+        for (kind, pod, n) in tally {
+            self.count_events(kind, pod, n);
         }
         let events = batch.edge_occurrences();
         let body = if self.shipping.backend {
@@ -580,8 +600,8 @@ impl Pipeline {
         self.sink.flush()
     }
 
-    /// `zastava_runtime_events_total{tenant,component,kind}` and the written counts.
-    fn count_record(&mut self, item: &Item) {
+    /// Counts a written record; returns its kind and pod for the event counter.
+    fn count_record<'a>(&mut self, item: &'a Item) -> (&'static str, Option<&'a PodInfo>) {
         let (kind, pod) = match &item.record {
             Record::Edge { event, attribution } => {
                 self.written.edges[event.edge_type().index()] += 1;
@@ -613,6 +633,11 @@ impl Pipeline {
                 ("enrichmentPatch", Some(&container.pod))
             }
         };
+        (kind, pod.map(|p| &**p))
+    }
+
+    /// `zastava_runtime_events_total{tenant,component,kind}` += `n`.
+    fn count_events(&mut self, kind: &'static str, pod: Option<&PodInfo>, n: u64) {
         let identity = pod.map(|p| &p.identity);
         let tenant = self
             .tenants
@@ -633,7 +658,15 @@ impl Pipeline {
                     "kind" => *kind
                 )
             });
-        counter.increment(item.count);
+        counter.increment(n);
+    }
+}
+
+fn same_pod(a: Option<&PodInfo>, b: Option<&PodInfo>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => std::ptr::eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }
 

@@ -333,7 +333,7 @@ mod tests {
         batch::{Item, Record},
         clock::Timestamp,
         decode::{decode, tests as records},
-        event::{Attribution, RecordJson},
+        event::{Attribution, RecordWriter},
         host::HostIdentity,
     };
     use serde_json::{json, Value};
@@ -358,14 +358,11 @@ mod tests {
                 attribution: Attribution::host(),
             },
         );
-        Some(
-            serde_json::to_value(RecordJson {
-                item: &item,
-                host: &host,
-                run_id: "r1",
-            })
-            .unwrap(),
-        )
+        let mut json = Vec::new();
+        RecordWriter::new(&host, "r1")
+            .write(&mut json, &item)
+            .unwrap();
+        Some(serde_json::from_slice(&json).unwrap())
     }
 
     #[test]
