@@ -14,7 +14,7 @@ use observer_common::{
 
 use crate::{
     maps::{EVENTS, OFFSETS},
-    record::{count, current_task, write_header, Task},
+    record::{count, current_task, submit, write_header, Task},
 };
 
 #[tracepoint]
@@ -95,6 +95,6 @@ fn emit<const TAIL: usize>(kind: EventKind, task: Task, source: &Source) {
         (*record).level = source.level;
         (*record).path_len = path_len as u32;
     }
-    entry.submit(0);
+    submit(entry);
     count(Counter::Submitted, kind);
 }

@@ -15,7 +15,7 @@ use observer_common::{
 use crate::{
     dedup,
     maps::{EVENTS, PENDING_CONNECT},
-    record::{count, current_task, filtered, write_header},
+    record::{count, current_task, discard, filtered, submit, write_header},
 };
 
 const KIND: EventKind = EventKind::Connect;
@@ -97,7 +97,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
             match dedup::report(KIND, cgroup, hash, now) {
                 Some(held) => repeats = held,
                 None => {
-                    entry.discard(0);
+                    discard(entry);
                     return 0;
                 }
             }
@@ -112,7 +112,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         (*record).sockaddr_len = len as u32;
         (*record)._pad = 0;
     }
-    entry.submit(0);
+    submit(entry);
     count(Counter::Submitted, KIND);
     0
 }

@@ -19,7 +19,7 @@ use observer_common::{
 
 use crate::{
     maps::{EVENTS, EXEC_SCRATCH, OFFSETS, PENDING_EXEC},
-    record::{count, current_task, filtered, write_header, Task},
+    record::{count, current_task, filtered, submit, write_header, Task},
 };
 
 const KIND: EventKind = EventKind::Exec;
@@ -255,6 +255,6 @@ fn emit<const TAIL: usize, const NAME_CAP: usize, const ARGS_CAP: usize>(
         (*record).filename_len = name_len as u32;
         (*record).args_len = args_len as u32;
     }
-    entry.submit(0);
+    submit(entry);
     count(Counter::Submitted, KIND);
 }

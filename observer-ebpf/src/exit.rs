@@ -8,7 +8,7 @@ use observer_common::{Counter, EventKind, ExitRecord};
 
 use crate::{
     maps::{EVENTS, OFFSETS},
-    record::{count, current_task, filtered, write_header},
+    record::{count, current_task, filtered, submit, write_header},
 };
 
 const KIND: EventKind = EventKind::Exit;
@@ -31,7 +31,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     };
     let record = entry.as_mut_ptr().cast::<ExitRecord>();
     unsafe { write_header(&raw mut (*record).header, KIND, 0, task) };
-    entry.submit(0);
+    submit(entry);
     count(Counter::Submitted, KIND);
     0
 }

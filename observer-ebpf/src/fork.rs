@@ -8,7 +8,7 @@ use observer_common::{Counter, EventKind, ForkRecord};
 
 use crate::{
     maps::{EVENTS, OFFSETS},
-    record::{count, current_task, filtered, write_header},
+    record::{count, current_task, filtered, submit, write_header},
 };
 
 const KIND: EventKind = EventKind::Fork;
@@ -41,7 +41,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         (*record)._pad = 0;
         (*record).clone_flags = clone_flags;
     }
-    entry.submit(0);
+    submit(entry);
     count(Counter::Submitted, KIND);
     0
 }

@@ -65,6 +65,11 @@ pub static FILTER_MODE: Global<u32> = Global::new(0);
 #[map]
 pub static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
 
+/// The daemon is woken when unread records cross a multiple of this many bytes, not for
+/// every record (set by the loader from the ring size; 0 wakes it for every record).
+#[unsafe(no_mangle)]
+pub static WAKEUP_BYTES: Global<u64> = Global::new(0);
+
 /// How long after reporting an edge its repeats are held back (nanoseconds; 0: never).
 #[unsafe(no_mangle)]
 pub static DEDUP_WINDOW_NS: Global<u64> = Global::new(0);

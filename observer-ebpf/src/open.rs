@@ -19,7 +19,7 @@ use observer_common::{
 use crate::{
     dedup,
     maps::{EVENTS, PENDING_OPEN},
-    record::{count, current_task, filtered, write_header, Task},
+    record::{count, current_task, discard, filtered, submit, write_header, Task},
 };
 
 const KIND: EventKind = EventKind::Open;
@@ -150,7 +150,7 @@ fn emit<const TAIL: usize>(pending: &PendingOpen, result: i64, task: Task, last:
     } else if read as usize >= TAIL {
         // The path filled the buffer: it may continue beyond it.
         if !last {
-            entry.discard(0);
+            discard(entry);
             return Emitted::TooLong;
         }
         record_flags |= flags::PATH_TRUNCATED;
@@ -172,7 +172,7 @@ fn emit<const TAIL: usize>(pending: &PendingOpen, result: i64, task: Task, last:
         match dedup::report(KIND, cgroup, hash, now) {
             Some(held) => repeats = held,
             None => {
-                entry.discard(0);
+                discard(entry);
                 return Emitted::Done;
             }
         }
@@ -187,7 +187,7 @@ fn emit<const TAIL: usize>(pending: &PendingOpen, result: i64, task: Task, last:
         (*record).path_len = path_len as u32;
         (*record).repeats = repeats;
     }
-    entry.submit(0);
+    submit(entry);
     count(Counter::Submitted, KIND);
     Emitted::Done
 }

@@ -10,7 +10,12 @@ use aya_ebpf::helpers::{
 };
 use observer_common::{filter, Counter, EventHeader, EventKind, TASK_COMM_LEN};
 
-use crate::maps::{CGROUP_FILTER, COUNTERS, FILTER_MODE, SELF_TGID};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    maps::ring_buf::RingBufBytes,
+};
+
+use crate::maps::{CGROUP_FILTER, COUNTERS, EVENTS, FILTER_MODE, SELF_TGID, WAKEUP_BYTES};
 
 /// Process and thread id of the current task.
 #[derive(Clone, Copy)]
@@ -102,4 +107,36 @@ pub unsafe fn write_header(header: *mut EventHeader, kind: EventKind, flags: u32
             (*header).comm = [0; TASK_COMM_LEN];
         }
     }
+}
+
+/// Commits a record. Waking the reader is an IRQ work item (a self-IPI; under
+/// virtualization, an exit to the hypervisor): it is done when the unread bytes cross a
+/// multiple of `WAKEUP_BYTES`, not per record. The daemon also drains on a short timer, so a
+/// record never waits for a wakeup that does not come.
+#[inline(always)]
+pub fn submit(entry: RingBufBytes<'_>) {
+    let size = entry.len() as u64;
+    // Includes this record: it was reserved, so the producer position is past it.
+    let unread = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let every = WAKEUP_BYTES.load();
+    let crossed = match (
+        unread.checked_div(every),
+        unread.saturating_sub(size).checked_div(every),
+    ) {
+        (Some(now), Some(before)) => now != before,
+        // No batching configured: every record wakes the reader.
+        _ => true,
+    };
+    let flags = if crossed {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    };
+    entry.submit(flags);
+}
+
+/// Gives a reserved record back. There is nothing to read, so nobody is woken.
+#[inline(always)]
+pub fn discard(entry: RingBufBytes<'_>) {
+    entry.discard(u64::from(BPF_RB_NO_WAKEUP));
 }

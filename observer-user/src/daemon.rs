@@ -46,7 +46,8 @@ use crate::{
 
 /// Records handled per wake-up before the loop checks for signals and timers again.
 const DRAIN_BUDGET: usize = 64 * 1024;
-/// How often held events are checked against their deadline.
+/// How often held events are checked against their deadline, and the ring buffer is read
+/// for records that came without a wakeup.
 const ATTRIBUTION_TICK: Duration = Duration::from_millis(25);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const RESYNC_EVERY: Duration = Duration::from_secs(60);
@@ -454,6 +455,16 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
                 None => watching = false,
             },
             _ = attribution_tick.tick() => {
+                // The probes wake the daemon per batch of records, not per record: what
+                // came since the last wakeup is read here.
+                if let Some(ring) = ring.as_mut() {
+                    pipeline
+                        .drain(ring.get_mut(), DRAIN_BUDGET)
+                        .map_err(RunError::Output)?;
+                    if let Some(probes) = probes.as_mut() {
+                        pipeline.apply_marks(probes);
+                    }
+                }
                 pipeline.on_tick().map_err(RunError::Output)?;
                 pipeline.flush().map_err(RunError::Output)?;
             }

@@ -124,6 +124,13 @@ fn page_size() -> u64 {
     u64::try_from(size).unwrap_or(4096)
 }
 
+/// How much unread data wakes the daemon: an eighth of the ring, at most 256 KiB. Between
+/// wakeups the daemon drains on its timer (see `daemon::ATTRIBUTION_TICK`), so a ring that
+/// fills faster than that still wakes it long before it is full.
+pub fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
+    (u64::from(ring_buffer_bytes) / 8).min(256 * 1024)
+}
+
 /// Loaded (and, after [`Probes::attach`], attached) probes.
 pub struct Probes {
     ebpf: Ebpf,
@@ -134,7 +141,9 @@ impl Probes {
     /// Loads the object and verifies every program, without attaching anything.
     pub fn load(object: &[u8], config: &ProbeConfig) -> Result<Self, ProbeError> {
         validate_ring_size(u64::from(config.ring_buffer_bytes))?;
+        let wakeup_bytes = wakeup_bytes(config.ring_buffer_bytes);
         let mut ebpf = EbpfLoader::new()
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("SELF_TGID", &config.self_tgid, true)
             .override_global("OFFSETS", &config.offsets, true)
             .override_global("FILTER_MODE", &config.filter_mode, true)
