@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | test | run`.
+//! Developer tasks: `cargo xtask setup | build-ebpf | test | run | bench`.
 //!
 //! `setup` installs everything a fresh Debian machine lacks and is a no-op when nothing is
 //! missing; `test` and `run` call it first, so each is one command on a new machine.
@@ -16,8 +16,16 @@ use clap::{Parser, Subcommand};
 /// bpf-linker release that links for the pinned aya-ebpf.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the build and the tests use besides the eBPF toolchain: protoc for the
-/// CRI client, and a real container runtime for the attribution tests.
-const PACKAGES: &[&str] = &["protobuf-compiler", "containerd", "runc", "busybox-static"];
+/// CRI client, a real container runtime for the attribution tests, and the peers the
+/// benchmark compares with.
+const PACKAGES: &[&str] = &[
+    "protobuf-compiler",
+    "containerd",
+    "runc",
+    "busybox-static",
+    "libbpf-tools",
+    "bpftrace",
+];
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -47,6 +55,16 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, build in release mode, then benchmark the observer against no tracer and its
+    /// peers and print the report (docs/PERFORMANCE.md).
+    Bench {
+        /// A tiny run that only checks every part works (debug build).
+        #[arg(long)]
+        smoke: bool,
+        /// Extra arguments for `zastava-bench` (after `--`), e.g. `--reps 3`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +74,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf { debug } => build_ebpf(!debug),
         Task::Test { cargo_test_args } => test(&cargo_test_args),
         Task::Run { args } => run(&args),
+        Task::Bench { smoke, args } => bench(smoke, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -352,7 +371,51 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
             .current_dir(&root)
             .args(["test", "--locked", "--workspace"])
             .args(cargo_test_args),
-    )
+    )?;
+    if cargo_test_args.is_empty() {
+        // Benchmarks are not tests; this only checks that the bench still runs.
+        bench(true, &[])?;
+    }
+    Ok(())
+}
+
+fn bench(smoke: bool, args: &[String]) -> Result<()> {
+    setup()?;
+    build_ebpf(true)?;
+    let root = root();
+    let profile = if smoke { "debug" } else { "release" };
+    step(&format!(
+        "building the observer and the benchmarks ({profile})"
+    ));
+    let mut build = cargo();
+    build.current_dir(&root).args([
+        "build",
+        "--locked",
+        "-p",
+        "observer-user",
+        "-p",
+        "zastava-bench",
+    ]);
+    if !smoke {
+        build.arg("--release");
+    }
+    run_cmd(&mut build)?;
+    let bin_dir = root.join("target").join(profile);
+    step(if smoke {
+        "benchmark smoke run"
+    } else {
+        "benchmarking (about 15 minutes)"
+    });
+    let mut cmd = Command::new(bin_dir.join("zastava-bench"));
+    cmd.current_dir(&root)
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--work-dir")
+        .arg(root.join("target/bench"));
+    if smoke {
+        cmd.arg("--smoke");
+    }
+    run_cmd(cmd.args(args.iter().map(OsStr::new)))
 }
 
 fn run(args: &[String]) -> Result<()> {

@@ -1,0 +1,405 @@
+//! `zastava-bench`: syscall storms under no tracer, under zastava-observer and under its
+//! peers, interleaved so that drift of the machine falls on every condition alike; then the
+//! pipeline's throughput on one core. Prints a Markdown report.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser;
+use serde_json::Value;
+
+use zastava_bench::{
+    report::{median, percentile},
+    storm::{self, Storm},
+    tracer::{Condition, Seen, Tracer},
+};
+
+#[derive(Parser)]
+#[command(about = "Benchmark zastava-observer against no tracer and its peers")]
+struct Cli {
+    /// A tiny run that only shows every part works (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// Repetitions of every storm under every condition.
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Operations per storm: open, exec, connect.
+    #[arg(long, value_delimiter = ',')]
+    ops: Option<Vec<u64>>,
+    /// Where zastava-observer, zastava-storm and zastava-pipeline-bench are (default: beside
+    /// this program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Scratch space for tracer output (emptied per run).
+    #[arg(long, default_value = "target/bench")]
+    work_dir: PathBuf,
+    /// Also write the report here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+/// One storm under one condition.
+struct Sample {
+    seconds: f64,
+    ops: u64,
+    seen: Option<Seen>,
+}
+
+#[derive(Default)]
+struct Cell {
+    samples: Vec<Sample>,
+    error: Option<String>,
+}
+
+fn main() {
+    if let Err(err) = real_main() {
+        eprintln!("zastava-bench: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads eBPF programs and must run as root");
+    }
+    let bin_dir = match &cli.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory for this program")?
+            .to_owned(),
+    };
+    let observer = bin_dir.join("zastava-observer");
+    let storm_bin = bin_dir.join("zastava-storm");
+    let pipeline_bin = bin_dir.join("zastava-pipeline-bench");
+    for binary in [&observer, &storm_bin, &pipeline_bin] {
+        if !binary.exists() {
+            bail!("{} is missing; build the workspace first", binary.display());
+        }
+    }
+    let reps = cli.reps.unwrap_or(if cli.smoke { 1 } else { 5 });
+    if cli.ops.as_ref().is_some_and(|ops| ops.len() != 3) {
+        bail!("--ops takes three counts: open,exec,connect");
+    }
+    let ops: Vec<u64> = cli.ops.clone().unwrap_or_else(|| {
+        if cli.smoke {
+            vec![2_000, 20, 200]
+        } else {
+            vec![1_000_000, 2_000, 100_000]
+        }
+    });
+    // Long enough for the observer to ship everything in its normal course (reorder window
+    // plus batch age), so that lag is measured on records delivered while it runs.
+    let settle = Duration::from_millis(if cli.smoke { 300 } else { 3_000 });
+    if cli.work_dir.exists() {
+        fs::remove_dir_all(&cli.work_dir)?;
+    }
+
+    let mut cells: BTreeMap<(usize, usize), Cell> = BTreeMap::new();
+    for rep in 0..reps {
+        for (s, &storm) in Storm::ALL.iter().enumerate() {
+            // A different condition goes first each repetition.
+            let n = Condition::ALL.len();
+            for k in 0..n {
+                let c = (k + rep) % n;
+                let condition = Condition::ALL[c];
+                let cell = cells.entry((s, c)).or_default();
+                if cell.error.is_some() {
+                    continue;
+                }
+                let dir = cli.work_dir.join(format!("{}-{c}-{rep}", storm.name()));
+                eprintln!(
+                    "zastava-bench: rep {}/{reps}: {} storm under {}",
+                    rep + 1,
+                    storm.name(),
+                    condition.name()
+                );
+                match run_one(
+                    storm, ops[s], condition, &observer, &storm_bin, &dir, settle,
+                ) {
+                    Ok(sample) => cell.samples.push(sample),
+                    Err(err) => {
+                        eprintln!("zastava-bench:   {err:#}");
+                        cell.error = Some(format!("{err:#}"));
+                    }
+                }
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    for (s, &storm) in Storm::ALL.iter().enumerate() {
+        for required in [Condition::Baseline, Condition::Zastava] {
+            let c = Condition::ALL
+                .iter()
+                .position(|&x| x == required)
+                .unwrap_or(0);
+            if let Some(err) = cells.get(&(s, c)).and_then(|cell| cell.error.as_ref()) {
+                bail!("{} storm under {}: {err}", storm.name(), required.name());
+            }
+        }
+    }
+
+    let pipeline = pipeline_figures(&pipeline_bin, cli.smoke)?;
+    let report = render(&cli, reps, &ops, &cells, &pipeline, &observer)?;
+    print!("{report}");
+    if let Some(path) = &cli.markdown {
+        fs::write(path, &report).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn run_one(
+    storm: Storm,
+    ops: u64,
+    condition: Condition,
+    observer: &Path,
+    storm_bin: &Path,
+    dir: &Path,
+    settle: Duration,
+) -> Result<Sample> {
+    let tracer = match condition.command(storm, observer, dir) {
+        Some(command) => Some(Tracer::start(condition, &command, dir)?),
+        None => None,
+    };
+    let report = storm::run(storm_bin, storm, ops)?;
+    let seen = match tracer {
+        Some(tracer) => Some(tracer.finish(&report, settle)?),
+        None => None,
+    };
+    Ok(Sample {
+        seconds: report.seconds,
+        ops: report.ops,
+        seen,
+    })
+}
+
+/// `zastava-pipeline-bench` with distinct and with repeating paths.
+fn pipeline_figures(binary: &Path, smoke: bool) -> Result<Vec<Value>> {
+    let (events, reps) = if smoke {
+        ("20000", "1")
+    } else {
+        ("1000000", "5")
+    };
+    ["distinct", "repeating"]
+        .iter()
+        .map(|paths| {
+            eprintln!("zastava-bench: pipeline throughput, {paths} paths");
+            let out = Command::new(binary)
+                .args([
+                    "--json", "--events", events, "--reps", reps, "--paths", paths,
+                ])
+                .output()
+                .with_context(|| format!("cannot start {}", binary.display()))?;
+            if !out.status.success() {
+                bail!(
+                    "{} failed: {}",
+                    binary.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            Ok(serde_json::from_slice(&out.stdout)?)
+        })
+        .collect()
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_default();
+    let memory = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let kib: u64 = m
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some(format!("{:.0} GiB", kib as f64 / 1024.0 / 1024.0))
+        })
+        .unwrap_or_default();
+    format!("{cpus} × {cpu}, {memory}, Linux {kernel}")
+}
+
+fn version_of(tool: &str, arg: &str) -> String {
+    Command::new(tool)
+        .arg(arg)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = String::from_utf8_lossy(if o.stdout.is_empty() {
+                &o.stderr
+            } else {
+                &o.stdout
+            })
+            .into_owned();
+            text.lines().next().unwrap_or("").trim().to_owned()
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "not found".into())
+}
+
+fn dpkg_version(package: &str) -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", package])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "not installed".into())
+}
+
+fn render(
+    cli: &Cli,
+    reps: usize,
+    ops: &[u64],
+    cells: &BTreeMap<(usize, usize), Cell>,
+    pipeline: &[Value],
+    observer: &Path,
+) -> Result<String> {
+    let mut out = String::new();
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    writeln!(out, "Machine: {}", machine())?;
+    writeln!(
+        out,
+        "Date: {date}; {reps} repetition(s), conditions interleaved; observer {}",
+        observer.display()
+    )?;
+    writeln!(
+        out,
+        "Peers: bpftrace {}; libbpf-tools {}",
+        version_of("bpftrace", "--version"),
+        dpkg_version("libbpf-tools")
+    )?;
+    if cli.smoke {
+        writeln!(
+            out,
+            "SMOKE RUN: sizes are too small for the figures to mean anything."
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| storm | condition | median s | × baseline | delivered / expected | lost | tracer CPU s | tracer RSS MiB: after storm / peak | lag p50 / p95 s |"
+    )?;
+    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (s, &storm) in Storm::ALL.iter().enumerate() {
+        let baseline = cells
+            .get(&(s, 0))
+            .map(|c| median(&c.samples.iter().map(|x| x.seconds).collect::<Vec<_>>()));
+        for (c, &condition) in Condition::ALL.iter().enumerate() {
+            let Some(cell) = cells.get(&(s, c)) else {
+                continue;
+            };
+            let label = storm.describe(ops[s]);
+            if let Some(err) = &cell.error {
+                let reason = err.lines().next().unwrap_or("").replace('|', "/");
+                writeln!(
+                    out,
+                    "| {label} | {} | did not run: {reason} | | | | | | |",
+                    condition.name()
+                )?;
+                continue;
+            }
+            let seconds: Vec<f64> = cell.samples.iter().map(|x| x.seconds).collect();
+            let med = median(&seconds);
+            let ratio = baseline.map_or("".into(), |b| format!("{:.2}", med / b));
+            let seen: Vec<&Seen> = cell
+                .samples
+                .iter()
+                .filter_map(|x| x.seen.as_ref())
+                .collect();
+            let (delivered, lost, cpu, rss, lag) = if seen.is_empty() {
+                (
+                    "—".to_owned(),
+                    "—".to_owned(),
+                    "—".to_owned(),
+                    "—".to_owned(),
+                    "—".to_owned(),
+                )
+            } else {
+                let expected: u64 = cell.samples.iter().map(|x| x.ops).sum();
+                let delivered = seen.iter().map(|x| x.delivered.unwrap_or(0)).sum::<u64>();
+                let lost = seen.iter().map(|x| x.dropped.unwrap_or(0)).sum::<u64>();
+                let cpu = median(&seen.iter().map(|x| x.cpu_seconds).collect::<Vec<_>>());
+                let rss = seen.iter().map(|x| x.max_rss_kib).max().unwrap_or(0);
+                let rss_after = seen.iter().map(|x| x.rss_after_kib).max().unwrap_or(0);
+                let lags: Vec<f64> = seen.iter().flat_map(|x| x.lags.iter().copied()).collect();
+                let lag = if lags.is_empty() {
+                    "—".to_owned()
+                } else {
+                    format!(
+                        "{:.2} / {:.2}",
+                        percentile(&lags, 50.0),
+                        percentile(&lags, 95.0)
+                    )
+                };
+                (
+                    format!(
+                        "{delivered} / {expected} ({:.1}%)",
+                        100.0 * delivered as f64 / expected.max(1) as f64
+                    ),
+                    lost.to_string(),
+                    format!("{cpu:.2}"),
+                    format!(
+                        "{:.0} / {:.0}",
+                        rss_after as f64 / 1024.0,
+                        rss as f64 / 1024.0
+                    ),
+                    lag,
+                )
+            };
+            writeln!(
+                out,
+                "| {label} | {} | {med:.3} | {ratio} | {delivered} | {lost} | {cpu} | {rss} | {lag} |",
+                condition.name()
+            )?;
+        }
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Pipeline on one core (decode → track → attribute → batch → JSON → NDJSON file), events/s:"
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| open paths | decode only | decode + track | whole pipeline | NDJSON bytes/event |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|")?;
+    for run in pipeline {
+        let rate = |stage: &str| run["eventsPerSecond"][stage].as_f64().unwrap_or(0.0);
+        let events = run["events"].as_f64().unwrap_or(1.0);
+        writeln!(
+            out,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            run["paths"].as_str().unwrap_or("?"),
+            rate("decode"),
+            rate("decode+track"),
+            rate("full"),
+            run["ndjsonBytes"].as_f64().unwrap_or(0.0) / events
+        )?;
+    }
+    Ok(out)
+}
