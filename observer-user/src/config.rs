@@ -343,16 +343,17 @@ fn env_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
-impl Config {
-    /// Layers the sources and checks the result.
-    pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
-        let mut table = match &sources.file {
+impl Sources {
+    /// The file, then the environment, then the overrides, deserialized into `T`; errors
+    /// name the key.
+    pub fn layered<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigErrors> {
+        let mut table = match &self.file {
             Some((name, text)) => text
                 .parse::<toml::Table>()
                 .map_err(|e| one(name.clone(), format!("not valid TOML: {e}")))?,
             None => toml::Table::new(),
         };
-        for (name, raw) in &sources.env {
+        for (name, raw) in &self.env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
@@ -364,19 +365,34 @@ impl Config {
             set_path(&mut table, &key, env_value(raw))
                 .map_err(|e| one(name.clone(), e.to_string()))?;
         }
-        for (key, value) in &sources.overrides {
+        for (key, value) in &self.overrides {
             set_path(&mut table, key, value.clone())?;
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
-                let key = if key == "." {
-                    "(top level)".to_owned()
-                } else {
-                    key
-                };
-                one(key, e.into_inner().to_string())
-            })?;
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." {
+                "(top level)".to_owned()
+            } else {
+                key
+            };
+            one(key, e.into_inner().to_string())
+        })
+    }
+}
+
+/// `KEY=VALUE` from a `--set` flag: the value as TOML (`true`, `42`, `"1s"`, `["a"]`), else
+/// as a string.
+pub fn parse_assignment(assignment: &str) -> Result<(String, toml::Value), String> {
+    let Some((key, value)) = assignment.split_once('=') else {
+        return Err(format!("--set {assignment:?}: expected KEY=VALUE"));
+    };
+    Ok((key.trim().to_owned(), env_value(value)))
+}
+
+impl Config {
+    /// Layers the sources and checks the result.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
+        let config: Config = sources.layered()?;
         config.check()?;
         Ok(config)
     }
@@ -434,55 +450,7 @@ impl Config {
                 "is required when scanner.runtime.capture.enabled is true".into(),
             );
         }
-        if let Some(url) = &self.backend.url {
-            let loopback = url
-                .host_str()
-                .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]");
-            match url.scheme() {
-                "https" => {}
-                "http" if loopback => {}
-                "http" => bad(
-                    "backend.url",
-                    format!("{url} is plain http; use https (http is only accepted for loopback)"),
-                ),
-                other => bad(
-                    "backend.url",
-                    format!("scheme {other:?} is not supported; use https"),
-                ),
-            }
-        }
-        match (
-            &self.backend.client_cert_file,
-            &self.backend.client_key_file,
-        ) {
-            (Some(_), None) => bad(
-                "backend.client_key_file",
-                "is required with backend.client_cert_file".into(),
-            ),
-            (None, Some(_)) => bad(
-                "backend.client_cert_file",
-                "is required with backend.client_key_file".into(),
-            ),
-            _ => {}
-        }
-        for (key, file) in [
-            ("backend.token_file", &self.backend.token_file),
-            ("backend.ca_file", &self.backend.ca_file),
-            ("backend.client_cert_file", &self.backend.client_cert_file),
-            ("backend.client_key_file", &self.backend.client_key_file),
-        ] {
-            if let Some(path) = file {
-                if !path.is_file() {
-                    bad(
-                        key,
-                        format!("{} does not exist or is not a file", path.display()),
-                    );
-                }
-            }
-        }
-        if self.backend.timeout.is_zero() {
-            bad("backend.timeout", "must be longer than 0".into());
-        }
+        self.backend.check(&mut bad);
         if self.spool.max_bytes < 64 << 10 {
             bad("spool.max_bytes", "must be at least 64K".into());
         }
@@ -515,8 +483,60 @@ impl Config {
     }
 }
 
+impl BackendConfig {
+    /// Checks the connection settings; `bad(key, problem)` is called for each problem.
+    pub fn check(&self, bad: &mut impl FnMut(&str, String)) {
+        if let Some(url) = &self.url {
+            let loopback = url
+                .host_str()
+                .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]");
+            match url.scheme() {
+                "https" => {}
+                "http" if loopback => {}
+                "http" => bad(
+                    "backend.url",
+                    format!("{url} is plain http; use https (http is only accepted for loopback)"),
+                ),
+                other => bad(
+                    "backend.url",
+                    format!("scheme {other:?} is not supported; use https"),
+                ),
+            }
+        }
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(_), None) => bad(
+                "backend.client_key_file",
+                "is required with backend.client_cert_file".into(),
+            ),
+            (None, Some(_)) => bad(
+                "backend.client_cert_file",
+                "is required with backend.client_key_file".into(),
+            ),
+            _ => {}
+        }
+        for (key, file) in [
+            ("backend.token_file", &self.token_file),
+            ("backend.ca_file", &self.ca_file),
+            ("backend.client_cert_file", &self.client_cert_file),
+            ("backend.client_key_file", &self.client_key_file),
+        ] {
+            if let Some(path) = file {
+                if !path.is_file() {
+                    bad(
+                        key,
+                        format!("{} does not exist or is not a file", path.display()),
+                    );
+                }
+            }
+        }
+        if self.timeout.is_zero() {
+            bad("backend.timeout", "must be longer than 0".into());
+        }
+    }
+}
+
 /// RFC 1123 label: what Kubernetes accepts as a namespace name.
-fn is_dns_label(s: &str) -> bool {
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -561,7 +581,7 @@ enum NumberOrString {
     Text(String),
 }
 
-fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match NumberOrString::deserialize(d)? {
         NumberOrString::Int(n) => Ok(n),
         NumberOrString::Float(_) => Err(serde::de::Error::custom(
@@ -571,7 +591,7 @@ fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match NumberOrString::deserialize(d)? {
         NumberOrString::Int(n) => Ok(Duration::from_secs(n)),
         NumberOrString::Float(f) => {

@@ -35,3 +35,4 @@ pub mod synth;
 pub mod tracefs;
 pub mod tracker;
 pub mod watcher;
+pub mod webhook;

@@ -1,6 +1,7 @@
 //! A Scanner backend stand-in for tests: HTTPS on loopback with certificates generated per
 //! test, optional required client certificates, scripted replies, and a record of every
-//! request it received.
+//! request it received. It takes event batches, and answers the admission policy endpoint
+//! with the verdicts a test set per digest.
 
 use std::{
     collections::VecDeque,
@@ -113,6 +114,16 @@ struct State {
     default: Option<Reply>,
     accept_token: Option<String>,
     handshake_failures: u64,
+    /// Policy verdicts by digest; other digests are allowed for 300 s.
+    verdicts: std::collections::HashMap<String, Verdict>,
+}
+
+/// What the policy endpoint says about a digest.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub verdict: &'static str,
+    pub reasons: Vec<String>,
+    pub ttl_seconds: Option<u64>,
 }
 
 pub struct Receiver {
@@ -207,6 +218,32 @@ impl Receiver {
     /// Replies for the next requests, in order.
     pub fn script(&self, replies: Vec<Reply>) {
         self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// The policy endpoint's verdict for `digest`.
+    pub fn set_verdict(
+        &self,
+        digest: &str,
+        verdict: &'static str,
+        reasons: &[&str],
+        ttl_seconds: Option<u64>,
+    ) {
+        self.state.lock().unwrap().verdicts.insert(
+            digest.to_owned(),
+            Verdict {
+                verdict,
+                reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+                ttl_seconds,
+            },
+        );
+    }
+
+    /// Requests to the policy endpoint so far.
+    pub fn policy_requests(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/api/v1/policy/runtime"))
+            .collect()
     }
 
     /// Answer 401 to any other bearer token.
@@ -313,16 +350,39 @@ async fn handle(
         authorization,
         content_encoding,
         client_certificate,
-        body: json.and_then(|t| serde_json::from_str(&t).ok()),
+        body: json.as_ref().and_then(|t| serde_json::from_str(t).ok()),
     });
     let mut response = Response::builder().status(status);
     if let Some(after) = retry_after {
         response = response.header("retry-after", after);
     }
     let text = if status == 400 {
-        "events[0].edgeType: unsupported"
+        "events[0].edgeType: unsupported".to_owned()
+    } else if status == 200 && parts.uri.path().ends_with("/api/v1/policy/runtime") {
+        let body: Value = json
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let verdicts = state.lock().unwrap().verdicts.clone();
+        let results: Vec<Value> = body["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|image| image["digest"].as_str())
+            .map(|digest| match verdicts.get(digest) {
+                Some(v) => serde_json::json!({
+                    "digest": digest,
+                    "verdict": v.verdict,
+                    "reasons": v.reasons,
+                    "ttlSeconds": v.ttl_seconds,
+                }),
+                None => {
+                    serde_json::json!({"digest": digest, "verdict": "allow", "ttlSeconds": 300})
+                }
+            })
+            .collect();
+        serde_json::json!({ "results": results }).to_string()
     } else {
-        ""
+        String::new()
     };
     Ok(response.body(Full::new(Bytes::from(text))).unwrap())
 }

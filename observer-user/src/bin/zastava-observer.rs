@@ -4,7 +4,7 @@ use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode, time::Duration}
 
 use clap::{Parser, Subcommand};
 use zastava::{
-    config::{parse_bytes, parse_duration, Config, Sources},
+    config::{parse_assignment, parse_bytes, parse_duration, Config, Sources},
     daemon::{self, RunOptions},
     doctor::{self, Status},
 };
@@ -209,15 +209,8 @@ fn configuration(args: &RunArgs) -> Result<Config, String> {
         s.set("cri.enabled", false);
     }
     for assignment in &args.set {
-        let Some((key, value)) = assignment.split_once('=') else {
-            return Err(format!("--set {assignment:?}: expected KEY=VALUE"));
-        };
-        let parsed = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(value.to_owned()));
-        s.set(key.trim(), parsed);
+        let (key, value) = parse_assignment(assignment)?;
+        s.set(&key, value);
     }
     Config::load(&sources).map_err(|e| e.to_string())
 }

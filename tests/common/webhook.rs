@@ -1,0 +1,250 @@
+//! Runs the real `zastava-webhook` binary on loopback with a generated certificate, and
+//! talks to it as the API server would: AdmissionReviews over HTTPS.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    thread,
+    time::Duration,
+};
+
+use rustls::pki_types::pem::PemObject as _;
+use serde_json::{json, Value};
+
+use super::{backend::Pki, TempDir, TIMEOUT};
+
+pub const WEBHOOK: &str = env!("CARGO_BIN_EXE_zastava-webhook");
+
+#[derive(Default)]
+struct Shared {
+    stderr: String,
+    ready: Option<(SocketAddr, Option<SocketAddr>, SocketAddr)>,
+    exited: bool,
+}
+
+/// A running webhook.
+pub struct Webhook {
+    child: Child,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    pub https: SocketAddr,
+    pub metrics: SocketAddr,
+    pub admin: SocketAddr,
+    /// The serving certificate and key the webhook reads (replace them to rotate).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub dir: TempDir,
+}
+
+fn address_after(line: &str, key: &str) -> Option<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key))
+        .and_then(|a| a.parse().ok())
+}
+
+impl Webhook {
+    /// Starts `zastava-webhook serve` serving `serving`'s certificate, asking the backend at
+    /// `backend_url` (trusting `backend_pki`'s CA, presenting its client certificate), with
+    /// extra `--set`/flags.
+    pub fn start(serving: &Pki, backend_url: &str, backend_pki: &Pki, extra: &[&str]) -> Webhook {
+        let dir = TempDir::new("zastava-webhook");
+        let cert_file = dir.path().join("tls.crt");
+        let key_file = dir.path().join("tls.key");
+        std::fs::copy(&serving.server_cert, &cert_file).unwrap();
+        std::fs::copy(&serving.server_key, &key_file).unwrap();
+        let config = dir.path().join("webhook.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[server]
+addr = "127.0.0.1:0"
+cert_file = "{cert}"
+key_file = "{key}"
+reload_interval = "100ms"
+
+[backend]
+url = "{backend_url}"
+ca_file = "{ca}"
+client_cert_file = "{client_cert}"
+client_key_file = "{client_key}"
+
+[metrics]
+addr = "127.0.0.1:0"
+
+[admin]
+addr = "127.0.0.1:0"
+"#,
+                cert = cert_file.display(),
+                key = key_file.display(),
+                ca = backend_pki.ca.display(),
+                client_cert = backend_pki.client_cert.display(),
+                client_key = backend_pki.client_key.display(),
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(WEBHOOK)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start zastava-webhook");
+        let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let reader_shared = Arc::clone(&shared);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (lock, cond) = &*reader_shared;
+                let mut s = lock.lock().unwrap();
+                if line.contains("webhook ready") {
+                    if let (Some(https), Some(admin)) = (
+                        address_after(&line, "https="),
+                        address_after(&line, "admin="),
+                    ) {
+                        s.ready = Some((https, address_after(&line, "metrics="), admin));
+                    }
+                }
+                s.stderr.push_str(&line);
+                s.stderr.push('\n');
+                cond.notify_all();
+            }
+            let (lock, cond) = &*reader_shared;
+            lock.lock().unwrap().exited = true;
+            cond.notify_all();
+        });
+        let (lock, cond) = &*shared;
+        let (state, _) = cond
+            .wait_timeout_while(lock.lock().unwrap(), TIMEOUT, |s| {
+                s.ready.is_none() && !s.exited
+            })
+            .unwrap();
+        let Some((https, metrics, admin)) = state.ready else {
+            panic!("zastava-webhook did not become ready:\n{}", state.stderr);
+        };
+        drop(state);
+        Webhook {
+            child,
+            shared,
+            https,
+            metrics: metrics.expect("metrics address in the ready line"),
+            admin,
+            cert_file,
+            key_file,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.https.port())
+    }
+
+    pub fn stderr(&self) -> String {
+        self.shared.0.lock().unwrap().stderr.clone()
+    }
+
+    /// Waits until the log holds `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let (lock, cond) = &*self.shared;
+        let (state, _) = cond
+            .wait_timeout_while(lock.lock().unwrap(), TIMEOUT, |s| {
+                !s.stderr.contains(needle) && !s.exited
+            })
+            .unwrap();
+        assert!(
+            state.stderr.contains(needle),
+            "the webhook never logged {needle:?}:\n{}",
+            state.stderr
+        );
+    }
+
+    /// `/metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.metrics))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTPS client that trusts only `ca`.
+pub fn client(ca: &std::path::Path) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub const DIGEST_A: &str =
+    "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+pub const DIGEST_B: &str =
+    "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+/// A digest no other test uses.
+pub fn fresh_digest() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) + u64::from(std::process::id()) * 1_000_000;
+    format!("sha256:{n:064x}")
+}
+
+/// An AdmissionReview for a Pod in `namespace` with these containers
+/// (`(list, name, image)`, list being `containers`, `initContainers` or
+/// `ephemeralContainers`).
+pub fn pod_review(uid: &str, namespace: &str, containers: &[(&str, &str, &str)]) -> Value {
+    let mut spec = serde_json::Map::new();
+    for (list, name, image) in containers {
+        spec.entry(*list)
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": name, "image": image}));
+    }
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "web-0",
+                    "namespace": namespace,
+                    "labels": {"stellaops.workload/id": "web", "stellaops.workload/tenant": "acme"},
+                },
+                "spec": spec,
+            },
+        }
+    })
+}
