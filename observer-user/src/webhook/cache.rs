@@ -6,7 +6,7 @@
 //! client went away) does not cancel it: the answer still lands in the cache.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     future::Future,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -63,14 +63,63 @@ impl Source {
 
 struct Entry {
     judgement: Judgement,
-    expires: Instant,
+    /// Its key in `Inner::by_expiry`.
+    expiry: (Instant, u64),
 }
 
 #[derive(Default)]
 struct Inner {
     entries: HashMap<String, Entry>,
+    /// The cached digests in order of expiry (ties broken by insertion), so that making room
+    /// costs a few steps whatever the size of the cache.
+    by_expiry: BTreeMap<(Instant, u64), String>,
+    inserted: u64,
     /// Digests being fetched: their answer arrives on the channel.
     inflight: HashMap<String, watch::Receiver<Option<Answer>>>,
+}
+
+impl Inner {
+    fn remove(&mut self, digest: &str) {
+        if let Some(entry) = self.entries.remove(digest) {
+            self.by_expiry.remove(&entry.expiry);
+        }
+    }
+
+    /// Stores `judgement` until `expires`; when `max_entries` are cached already, the expired
+    /// ones go, then the one closest to expiry.
+    fn insert(
+        &mut self,
+        now: Instant,
+        digest: &str,
+        judgement: Judgement,
+        expires: Instant,
+        max_entries: usize,
+    ) {
+        self.remove(digest);
+        // The first in expiry order is expired if any is, else the closest to expiry.
+        while self.entries.len() >= max_entries.max(1) {
+            let Some((_, first)) = self.by_expiry.pop_first() else {
+                break;
+            };
+            self.entries.remove(&first);
+        }
+        // Other expired entries go too, a few per insert, so memory follows the live set.
+        for _ in 0..4 {
+            match self.by_expiry.first_key_value() {
+                Some((expiry, _)) if expiry.0 <= now => {
+                    if let Some((_, expired)) = self.by_expiry.pop_first() {
+                        self.entries.remove(&expired);
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.inserted += 1;
+        let expiry = (expires, self.inserted);
+        self.by_expiry.insert(expiry, digest.to_owned());
+        self.entries
+            .insert(digest.to_owned(), Entry { judgement, expiry });
+    }
 }
 
 /// Counts of what lookups found.
@@ -117,6 +166,7 @@ impl VerdictCache {
         let mut inner = self.inner();
         let n = inner.entries.len();
         inner.entries.clear();
+        inner.by_expiry.clear();
         n
     }
 
@@ -152,14 +202,14 @@ impl VerdictCache {
                     continue;
                 }
                 if let Some(entry) = inner.entries.get(digest) {
-                    if entry.expires > now {
+                    if entry.expiry.0 > now {
                         answers
                             .insert(digest.clone(), (Ok(entry.judgement.clone()), Source::Cache));
                         self.count(|s| s.hits += 1);
                         metrics::counter!("zastava_admission_cache_hits_total").increment(1);
                         continue;
                     }
-                    inner.entries.remove(digest);
+                    inner.remove(digest);
                 }
                 self.count(|s| s.misses += 1);
                 metrics::counter!("zastava_admission_cache_misses_total").increment(1);
@@ -219,26 +269,12 @@ impl VerdictCache {
             return;
         }
         let now = Instant::now();
-        if inner.entries.len() >= self.config.max_entries && !inner.entries.contains_key(digest) {
-            inner.entries.retain(|_, e| e.expires > now);
-            if inner.entries.len() >= self.config.max_entries {
-                // The one closest to expiry makes room.
-                if let Some(oldest) = inner
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.expires)
-                    .map(|(d, _)| d.clone())
-                {
-                    inner.entries.remove(&oldest);
-                }
-            }
-        }
-        inner.entries.insert(
-            digest.to_owned(),
-            Entry {
-                judgement: judgement.clone(),
-                expires: now + ttl,
-            },
+        inner.insert(
+            now,
+            digest,
+            judgement.clone(),
+            now + ttl,
+            self.config.max_entries,
         );
     }
 }
@@ -352,5 +388,50 @@ mod tests {
             .clone();
         assert!(answer.is_err(), "sha256:1 should have been evicted");
         assert_eq!(cache.clear(), 2);
+    }
+
+    fn digests(inner: &Inner) -> Vec<String> {
+        let mut all: Vec<String> = inner.entries.keys().cloned().collect();
+        all.sort();
+        // The expiry index names exactly the cached digests.
+        let mut indexed: Vec<String> = inner.by_expiry.values().cloned().collect();
+        indexed.sort();
+        assert_eq!(all, indexed);
+        all
+    }
+
+    #[test]
+    fn eviction_follows_expiry_not_insertion_and_the_index_stays_exact() {
+        let now = Instant::now();
+        let at = |s: u64| now + Duration::from_secs(s);
+        let mut inner = Inner::default();
+        inner.insert(now, "a", allow(0), at(300), 3);
+        inner.insert(now, "b", allow(0), at(100), 3);
+        inner.insert(now, "c", allow(0), at(200), 3);
+        // Storing a digest again replaces its place in the order.
+        inner.insert(now, "b", allow(0), at(400), 3);
+        assert_eq!(digests(&inner), ["a", "b", "c"]);
+        inner.insert(now, "d", allow(0), at(500), 3);
+        assert_eq!(digests(&inner), ["a", "b", "d"], "c expired first");
+        inner.insert(now, "e", allow(0), at(50), 3);
+        assert_eq!(digests(&inner), ["b", "d", "e"], "then a");
+        inner.remove("d");
+        assert_eq!(digests(&inner), ["b", "e"]);
+    }
+
+    #[test]
+    fn expired_verdicts_are_swept_as_new_ones_arrive() {
+        let t0 = Instant::now();
+        let mut inner = Inner::default();
+        for i in 0..6 {
+            let digest = format!("old{i}");
+            inner.insert(t0, &digest, allow(0), t0 + Duration::from_secs(1), 100);
+        }
+        let later = t0 + Duration::from_secs(2);
+        let expires = later + Duration::from_secs(60);
+        inner.insert(later, "new1", allow(0), expires, 100);
+        assert_eq!(digests(&inner), ["new1", "old4", "old5"]);
+        inner.insert(later, "new2", allow(0), expires, 100);
+        assert_eq!(digests(&inner), ["new1", "new2"]);
     }
 }
