@@ -1,6 +1,7 @@
 //! `zastava-bench`: syscall storms under no tracer, under zastava-observer and under its
 //! peers, interleaved so that drift of the machine falls on every condition alike; then the
-//! pipeline's throughput on one core. Prints a Markdown report.
+//! pipeline's throughput on one core and the admission webhook's decision latency. Prints a
+//! Markdown report.
 
 use std::{
     collections::BTreeMap,
@@ -16,6 +17,7 @@ use clap::Parser;
 use serde_json::Value;
 
 use zastava_bench::{
+    programs,
     report::{median, percentile},
     storm::{self, Storm},
     tracer::{Condition, Seen, Tracer},
@@ -33,7 +35,7 @@ struct Cli {
     /// Operations per storm: open, exec, connect.
     #[arg(long, value_delimiter = ',')]
     ops: Option<Vec<u64>>,
-    /// Where zastava-observer, zastava-storm and zastava-pipeline-bench are (default: beside
+    /// Where zastava-observer, zastava-webhook and the bench programs are (default: beside
     /// this program).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -71,21 +73,15 @@ fn real_main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads eBPF programs and must run as root");
     }
-    let bin_dir = match &cli.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no directory for this program")?
-            .to_owned(),
-    };
-    let observer = bin_dir.join("zastava-observer");
-    let storm_bin = bin_dir.join("zastava-storm");
-    let pipeline_bin = bin_dir.join("zastava-pipeline-bench");
-    for binary in [&observer, &storm_bin, &pipeline_bin] {
-        if !binary.exists() {
-            bail!("{} is missing; build the workspace first", binary.display());
-        }
-    }
+    let [observer, storm_bin, pipeline_bin, webhook_bin] = programs(
+        cli.bin_dir.as_deref(),
+        [
+            "zastava-observer",
+            "zastava-storm",
+            "zastava-pipeline-bench",
+            "zastava-webhook-bench",
+        ],
+    )?;
     let reps = cli.reps.unwrap_or(if cli.smoke { 1 } else { 5 });
     if cli.ops.as_ref().is_some_and(|ops| ops.len() != 3) {
         bail!("--ops takes three counts: open,exec,connect");
@@ -149,7 +145,8 @@ fn real_main() -> Result<()> {
     }
 
     let pipeline = pipeline_figures(&pipeline_bin, cli.smoke)?;
-    let report = render(&cli, reps, &ops, &cells, &pipeline, &observer)?;
+    let webhook = webhook_figures(&webhook_bin, cli.smoke)?;
+    let report = render(&cli, reps, &ops, &cells, &pipeline, &webhook, &observer)?;
     print!("{report}");
     if let Some(path) = &cli.markdown {
         fs::write(path, &report).with_context(|| format!("write {}", path.display()))?;
@@ -193,22 +190,49 @@ fn pipeline_figures(binary: &Path, smoke: bool) -> Result<Vec<Value>> {
         .iter()
         .map(|paths| {
             eprintln!("zastava-bench: pipeline throughput, {paths} paths");
-            let out = Command::new(binary)
-                .args([
-                    "--json", "--events", events, "--reps", reps, "--paths", paths,
-                ])
-                .output()
-                .with_context(|| format!("cannot start {}", binary.display()))?;
-            if !out.status.success() {
-                bail!(
-                    "{} failed: {}",
-                    binary.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            Ok(serde_json::from_slice(&out.stdout)?)
+            json_of(Command::new(binary).args([
+                "--json", "--events", events, "--reps", reps, "--paths", paths,
+            ]))
         })
         .collect()
+}
+
+/// `zastava-webhook-bench`: 200 concurrent admission requests, warm cache and 50 ms backend.
+fn webhook_figures(binary: &Path, smoke: bool) -> Result<Value> {
+    eprintln!("zastava-bench: webhook decision latency");
+    let (requests, concurrency) = if smoke {
+        ("400", "50")
+    } else {
+        ("20000", "200")
+    };
+    json_of(
+        Command::new(binary)
+            .args([
+                "--json",
+                "--requests",
+                requests,
+                "--concurrency",
+                concurrency,
+            ])
+            // zastava-webhook is beside it.
+            .arg("--bin-dir")
+            .arg(binary.parent().unwrap_or(Path::new("."))),
+    )
+}
+
+/// Runs a bench program that prints one JSON object.
+fn json_of(command: &mut Command) -> Result<Value> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let out = command
+        .output()
+        .with_context(|| format!("cannot start {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{program} printed no JSON"))
 }
 
 fn machine() -> String {
@@ -276,6 +300,7 @@ fn render(
     ops: &[u64],
     cells: &BTreeMap<(usize, usize), Cell>,
     pipeline: &[Value],
+    webhook: &Value,
     observer: &Path,
 ) -> Result<String> {
     let mut out = String::new();
@@ -401,5 +426,44 @@ fn render(
             run["ndjsonBytes"].as_f64().unwrap_or(0.0) / events
         )?;
     }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "zastava-webhook, {} AdmissionReviews per scenario from {} concurrent clients over HTTPS, ms:",
+        webhook["requests"], webhook["concurrency"]
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| scenario | client p50 | client p99 | client max | requests/s | webhook's own p50 / p99 (bucket bound) | webhook CPU ms/request |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
+    for s in webhook["scenarios"].as_array().into_iter().flatten() {
+        let ms = |key: &str| s[key].as_f64().unwrap_or(f64::NAN);
+        let own = if s["serverDecisions"].is_u64() {
+            format!(
+                "≤ {} / ≤ {}",
+                s["serverP50AtMostMs"], s["serverP99AtMostMs"]
+            )
+        } else {
+            "—".to_owned()
+        };
+        writeln!(
+            out,
+            "| {} | {:.2} | {:.2} | {:.2} | {:.0} | {own} | {:.3} |",
+            s["name"].as_str().unwrap_or("?"),
+            ms("p50Ms"),
+            ms("p99Ms"),
+            ms("maxMs"),
+            ms("perSecond"),
+            ms("webhookCpuMsPerRequest"),
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Backend calls during the warm-cache scenario: {}.",
+        webhook["backendCallsDuringWarmScenario"]
+    )?;
     Ok(out)
 }

@@ -306,7 +306,7 @@ impl Tracer {
 }
 
 /// CPU seconds a live process has used, from /proc/<pid>/stat.
-fn process_cpu_seconds(pid: libc::pid_t) -> Option<f64> {
+pub fn process_cpu_seconds(pid: libc::pid_t) -> Option<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
