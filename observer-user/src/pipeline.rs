@@ -593,10 +593,7 @@ impl Pipeline {
             oldest_ns: i64::try_from(oldest_ns).unwrap_or(i64::MAX),
             body,
         }));
-        for line in self.line.split_inclusive(|&b| b == b'\n') {
-            self.sink
-                .write_raw(line.strip_suffix(b"\n").unwrap_or(line))?;
-        }
+        self.sink.write_lines(&self.line)?;
         self.sink.flush()
     }
 

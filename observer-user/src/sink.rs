@@ -103,18 +103,45 @@ impl NdjsonSink {
         self.push_line()
     }
 
-    /// Writes one already serialized record (without its newline) as a line.
-    pub fn write_raw(&mut self, json: &[u8]) -> io::Result<()> {
-        self.line.clear();
-        self.line.extend_from_slice(json);
-        self.push_line()
+    /// Writes records already serialized one per line, each ending in a newline. A file
+    /// rotates between lines, never inside one.
+    pub fn write_lines(&mut self, lines: &[u8]) -> io::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        debug_assert_eq!(lines.last(), Some(&b'\n'));
+        let fits = match &self.target {
+            Target::File {
+                size, max_bytes, ..
+            } => size.saturating_add(lines.len() as u64) <= *max_bytes,
+            Target::Stdout(_) | Target::Writer(_) => true,
+        };
+        if fits {
+            self.emit(lines)?;
+            self.written += line_count(lines);
+            return Ok(());
+        }
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            self.emit(line)?;
+            self.written += 1;
+        }
+        Ok(())
     }
 
     fn push_line(&mut self) -> io::Result<()> {
         self.line.push(b'\n');
+        let line = std::mem::take(&mut self.line);
+        let result = self.emit(&line);
+        self.line = line;
+        self.written += 1;
+        result
+    }
+
+    /// Writes whole lines, rotating the file first when they would take it past its size.
+    fn emit(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.target {
-            Target::Stdout(out) => out.write_all(&self.line)?,
-            Target::Writer(out) => out.write_all(&self.line)?,
+            Target::Stdout(out) => out.write_all(bytes),
+            Target::Writer(out) => out.write_all(bytes),
             Target::File {
                 out,
                 path,
@@ -122,7 +149,7 @@ impl NdjsonSink {
                 max_bytes,
                 keep,
             } => {
-                let len = self.line.len() as u64;
+                let len = bytes.len() as u64;
                 if *size > 0 && *size + len > *max_bytes {
                     out.flush()?;
                     rotate(path, *keep)?;
@@ -130,12 +157,11 @@ impl NdjsonSink {
                     *size = 0;
                     self.rotations += 1;
                 }
-                out.write_all(&self.line)?;
+                out.write_all(bytes)?;
                 *size += len;
+                Ok(())
             }
         }
-        self.written += 1;
-        Ok(())
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -153,6 +179,10 @@ impl NdjsonSink {
     pub fn rotations(&self) -> u64 {
         self.rotations
     }
+}
+
+fn line_count(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 /// `dir/name.ndjson` → `dir/name.<n>.ndjson`; other names get `.<n>` appended.
@@ -259,6 +289,34 @@ mod tests {
             read(&rotated_name(&path, 1)),
             "{\"n\":10006}\n{\"n\":10007}\n"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_block_of_lines_rotates_between_lines() {
+        let dir = std::env::temp_dir().join(format!("zastava-block-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("zastava.runtime.ndjson");
+        let mut sink = NdjsonSink::open(&Output::parse(path.to_str().unwrap(), 30, 5)).unwrap();
+        // Fits whole: written in one piece.
+        sink.write_lines(b"{\"n\":10000}\n{\"n\":10001}\n").unwrap();
+        // Would take the file past 30 bytes: split at line boundaries across rotations.
+        sink.write_lines(b"{\"n\":10002}\n{\"n\":10003}\n{\"n\":10004}\n")
+            .unwrap();
+        sink.write_lines(b"").unwrap();
+        sink.flush().unwrap();
+        let read = |p: &Path| fs::read_to_string(p).unwrap();
+        assert_eq!(read(&path), "{\"n\":10004}\n");
+        assert_eq!(
+            read(&rotated_name(&path, 1)),
+            "{\"n\":10002}\n{\"n\":10003}\n"
+        );
+        assert_eq!(
+            read(&rotated_name(&path, 2)),
+            "{\"n\":10000}\n{\"n\":10001}\n"
+        );
+        assert_eq!(sink.written(), 5);
+        assert_eq!(sink.rotations(), 2);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
