@@ -176,6 +176,52 @@ fn open_by_absolute_path_reports_path_flags_and_fd() {
 }
 
 #[test]
+fn long_paths_are_reported_whole_and_overlong_ones_truncated_and_flagged() {
+    let dir = TempDir::new("zastava-long");
+    // 64 nested directories of 20 characters: a path of some 1,400 bytes, too long for the
+    // small record, short enough for the large one.
+    let mut deep = dir.path().to_path_buf();
+    for i in 0..64 {
+        deep.push(format!("d{i:02}-{}", "x".repeat(16)));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    let long = deep.join(unique("long"));
+    let long_str = long.to_str().unwrap().to_owned();
+    assert!(
+        long_str.len() > 1_000 && long_str.len() < 4_000,
+        "{}",
+        long_str.len()
+    );
+    // Longer than the kernel accepts (PATH_MAX, 4096) and than the record holds.
+    let overlong = format!("{}/{}", dir.path().display(), "y".repeat(5_000));
+    let overlong_c = std::ffi::CString::new(overlong.as_str()).unwrap();
+
+    let observer = host_observer(&[]);
+    let file = File::create(&long).unwrap();
+    // SAFETY: a NUL-terminated path; the call fails and opens nothing.
+    let rc = unsafe { libc::open(overlong_c.as_ptr(), libc::O_RDONLY) };
+    assert_eq!(rc, -1);
+    let long_open = observer.wait_for("open of a long path", is_open_of(&long_str));
+    let prefix = &overlong[..200];
+    let overlong_open = observer.wait_for("open of an overlong path", |e| {
+        e["edgeType"] == "fs"
+            && pid_of(e) == my_pid()
+            && e["path"].as_str().is_some_and(|p| p.starts_with(prefix))
+    });
+    observer.stop();
+
+    assert_eq!(long_open["result"], file.as_raw_fd());
+    assert!(long_open.get("pathTruncated").is_none(), "{long_open}");
+    assert_eq!(overlong_open["pathTruncated"], true, "{overlong_open}");
+    assert_eq!(overlong_open["result"], -libc::ENAMETOOLONG);
+    // What fits the record (its capacity less the terminator) is kept, exactly.
+    assert_eq!(
+        overlong_open["path"].as_str().unwrap(),
+        &overlong[..observer_common::PATH_CAPACITY - 1]
+    );
+}
+
+#[test]
 fn relative_opens_are_made_absolute() {
     let dir = TempDir::new("zastava-rel");
     let by_dirfd = unique("dirfd");
@@ -384,6 +430,52 @@ fn a_full_ring_buffer_counts_every_lost_event() {
             .contains("events lost in the kernel (ring_full"),
         "{}",
         stopped.stderr
+    );
+}
+
+#[test]
+fn repeats_are_counted_even_while_the_ring_buffer_is_full() {
+    let dir = TempDir::new("zastava-repeats-full");
+    let repeated = dir.path().join(unique("repeated"));
+    fs::write(&repeated, "x").unwrap();
+    let repeated_str = repeated.to_str().unwrap().to_owned();
+    const ROUNDS: u64 = 5_000;
+
+    // A one-page ring; repeats stay held back for the whole test.
+    let observer = host_observer(&[
+        "--ring-buffer-bytes",
+        "4096",
+        "--set",
+        "observer.kernel_dedup_window=\"60s\"",
+    ]);
+    drop(File::open(&repeated).unwrap());
+    observer.wait_for(
+        "the first open of the repeated path",
+        is_open_of(&repeated_str),
+    );
+    // Each round: the repeated open, then an open of a path never seen (it fails, and is
+    // still an edge of its own). The new paths overflow the ring.
+    for i in 0..ROUNDS {
+        drop(File::open(&repeated).unwrap());
+        assert!(File::open(dir.path().join(format!("missing-{i}"))).is_err());
+    }
+    let stopped = observer.stop();
+
+    let ring_full = stopped.summary["kernel"]["ring_full"]["open"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        ring_full > 0,
+        "the new paths must overflow a one-page ring: {}",
+        stopped.summary
+    );
+    // Every repeat was judged before a reservation was tried, so none was lost to the full
+    // ring: all are reported, with counts.
+    assert_eq!(
+        common::occurrences(&stopped.events, is_open_of(&repeated_str)),
+        ROUNDS + 1,
+        "{}",
+        stopped.summary
     );
 }
 

@@ -1,5 +1,6 @@
 //! `connect`: the socket address is recorded at entry, the result at exit; paired by thread
-//! id. The raw `sockaddr` bytes are copied at exit into the record; userspace parses them.
+//! id. The raw `sockaddr` bytes are read at exit onto the stack, where the dedup map judges
+//! them, and copied into a record only if the connect is reported; userspace parses them.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_user},
@@ -15,7 +16,7 @@ use observer_common::{
 use crate::{
     dedup,
     maps::{EVENTS, PENDING_CONNECT},
-    record::{count, current_task, discard, filtered, submit, write_header},
+    record::{count, current_task, filtered, submit, write_header},
 };
 
 const KIND: EventKind = EventKind::Connect;
@@ -64,51 +65,53 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     }
     let result = unsafe { ctx.read_at::<i64>(SYSCALL_RET_OFFSET) }.unwrap_or(i64::MIN);
 
-    let Some(mut entry) = EVENTS.reserve_bytes(size_of::<ConnectRecord>(), 0) else {
-        count(Counter::RingFull, KIND);
-        return 0;
-    };
-    let record = entry.as_mut_ptr().cast::<ConnectRecord>();
     let mut len = pending.addrlen as usize;
     if len > SOCKADDR_CAPACITY {
         len = SOCKADDR_CAPACITY;
     }
     let mut record_flags = 0;
-    unsafe {
-        let dst = (*record).sockaddr.as_mut_ptr();
-        if bpf_probe_read_user(dst.cast(), len as u32, pending.sockaddr as *const _) != 0 {
-            count(Counter::ReadFailed, KIND);
-            record_flags |= flags::ADDR_MISSING;
-            len = 0;
-        }
+    let mut sockaddr = [0u8; SOCKADDR_CAPACITY];
+    if unsafe {
+        bpf_probe_read_user(
+            sockaddr.as_mut_ptr().cast(),
+            len as u32,
+            pending.sockaddr as *const _,
+        )
+    } != 0
+    {
+        count(Counter::ReadFailed, KIND);
+        record_flags |= flags::ADDR_MISSING;
+        len = 0;
     }
     // The same address with the same result is the same edge, except a unix socket named
-    // by a relative path (it depends on the caller's directory).
+    // by a relative path (it depends on the caller's directory). Repeats are judged before
+    // any ring buffer space is taken, so they are counted even while the ring is full.
     let mut repeats = Repeats::default();
     if len >= 3 {
-        let sockaddr = unsafe { (*record).sockaddr.as_ptr() };
-        let (family, first) = unsafe { (*sockaddr, *sockaddr.add(2)) };
-        let relative_unix = family == 1 && first != b'/' && first != 0;
+        let relative_unix = sockaddr[0] == 1 && sockaddr[2] != b'/' && sockaddr[2] != 0;
         if !relative_unix {
             let mut hash = dedup::seed(KIND);
             hash = dedup::hash_u64(hash, result as u64);
-            hash = unsafe { dedup::hash_bytes::<SOCKADDR_CAPACITY>(hash, sockaddr, len) };
+            hash = unsafe { dedup::hash_bytes::<SOCKADDR_CAPACITY>(hash, sockaddr.as_ptr(), len) };
             let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_boot_ns()) };
             match dedup::report(KIND, cgroup, hash, now) {
                 Some(held) => repeats = held,
-                None => {
-                    discard(entry);
-                    return 0;
-                }
+                None => return 0,
             }
         }
     }
+    let Some(mut entry) = EVENTS.reserve_bytes(size_of::<ConnectRecord>(), 0) else {
+        count(Counter::RingFull, KIND);
+        return 0;
+    };
+    let record = entry.as_mut_ptr().cast::<ConnectRecord>();
     unsafe {
         write_header(&raw mut (*record).header, KIND, record_flags, task);
         (*record).result = result;
         (*record).repeats = repeats;
         (*record).fd = pending.fd;
         (*record).addrlen = pending.addrlen;
+        (*record).sockaddr = sockaddr;
         (*record).sockaddr_len = len as u32;
         (*record)._pad = 0;
     }

@@ -1,7 +1,8 @@
 //! In-kernel dedup of repeated edges. An edge (a path opened the same way, an address
 //! connected to with the same result) reported by a cgroup less than the dedup window ago
-//! is not sent again: the probe counts it in the per-CPU `DEDUP` state and discards its
-//! ring buffer record, so repeats never cross the ring buffer. The count of held-back
+//! is not sent again: the probe counts it in the per-CPU `DEDUP` state before it reserves
+//! any ring buffer space, so repeats never cross the ring buffer and are counted even while
+//! the ring is full. The count of held-back
 //! repeats only grows; the next report of the edge carries it, and the daemon also reads
 //! it from the map for edges that went quiet, reporting in both cases only what it has not
 //! reported before. Nothing is lost: it is reported in fewer records.

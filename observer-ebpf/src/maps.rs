@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     DedupKey, DedupState, PendingConnect, PendingExec, PendingOpen, TracepointOffsets,
-    COUNTER_SLOTS,
+    COUNTER_SLOTS, OPEN_SMALL_TAIL,
 };
 
 /// All records. The loader sets the real size (`--ring-buffer-bytes`).
@@ -36,6 +36,11 @@ pub static PENDING_EXEC: HashMap<u32, PendingExec> =
 /// Where argv is assembled before it is inserted into `PENDING_EXEC` (too big for the stack).
 #[map]
 pub static EXEC_SCRATCH: PerCpuArray<PendingExec> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where an open's path is read and judged by the dedup map before any ring buffer space is
+/// taken for it: most repeats then cost no reservation at all.
+#[map]
+pub static OPEN_SCRATCH: PerCpuArray<[u8; OPEN_SMALL_TAIL]> = PerCpuArray::with_max_entries(1, 0);
 
 /// The daemon's own process id; its activity is never reported.
 #[unsafe(no_mangle)]

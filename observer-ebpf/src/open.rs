@@ -1,11 +1,12 @@
 //! `openat` and `openat2`: the path, flags and mode are taken at syscall entry, the result at
-//! exit; the two are paired by thread id. The path is read at exit straight into the ring
-//! buffer record.
+//! exit; the two are paired by thread id. The path is read at exit into a per-CPU scratch
+//! buffer, where the dedup map judges it; only an open that is reported takes ring buffer
+//! space. A path too long for the scratch buffer is read straight into a large record.
 
 use aya_ebpf::{
     helpers::generated::{
-        bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_user,
-        bpf_probe_read_user_str,
+        bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_probe_read_user_str,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -18,8 +19,8 @@ use observer_common::{
 
 use crate::{
     dedup,
-    maps::{EVENTS, PENDING_OPEN},
-    record::{count, current_task, discard, filtered, submit, write_header, Task},
+    maps::{EVENTS, OPEN_SCRATCH, PENDING_OPEN},
+    record::{count, current_task, filtered, submit, write_header, Task},
 };
 
 const KIND: EventKind = EventKind::Open;
@@ -117,67 +118,143 @@ fn exit(ctx: &TracePointContext) {
     let result = unsafe { ctx.read_at::<i64>(SYSCALL_RET_OFFSET) }.unwrap_or(i64::MIN);
 
     // Most paths fit the small record; a path that fills it is read again into a large one.
-    match emit::<OPEN_SMALL_TAIL>(&pending, result, task, false) {
-        Emitted::Done => {}
-        Emitted::TooLong => {
-            let _ = emit::<OPEN_LARGE_TAIL>(&pending, result, task, true);
-        }
+    if let Small::TooLong = emit_small(&pending, result, task) {
+        emit_large(&pending, result, task);
     }
 }
 
-enum Emitted {
+enum Small {
     Done,
     TooLong,
 }
 
+/// Reads the path into the scratch buffer; reports the open (or holds it back as a repeat)
+/// if the path fits a small record.
 #[inline(always)]
-fn emit<const TAIL: usize>(pending: &PendingOpen, result: i64, task: Task, last: bool) -> Emitted {
-    let Some(mut entry) = EVENTS.reserve_bytes(size_of::<OpenRecord>() + TAIL, 0) else {
+fn emit_small(pending: &PendingOpen, result: i64, task: Task) -> Small {
+    let Some(scratch) = OPEN_SCRATCH.get_ptr_mut(0) else {
+        return Small::TooLong;
+    };
+    let path = scratch.cast::<u8>();
+    let read = unsafe {
+        bpf_probe_read_user_str(
+            path.cast(),
+            OPEN_SMALL_TAIL as u32,
+            pending.filename as *const _,
+        )
+    };
+    let mut record_flags = pending.record_flags;
+    let path_len = if read <= 0 {
+        count(Counter::ReadFailed, KIND);
+        record_flags |= flags::PATH_MISSING;
+        unsafe { *path = 0 };
+        0
+    } else if read as usize >= OPEN_SMALL_TAIL {
+        // The path filled the buffer: it may continue beyond it.
+        return Small::TooLong;
+    } else {
+        read as usize - 1
+    };
+
+    // Absolute paths are deduplicated: the same file opened the same way with the same
+    // outcome. (A relative path depends on the caller's directory.)
+    let mut repeats = Repeats::default();
+    if path_len > 0 && unsafe { *path } == b'/' {
+        let mut hash = dedup::seed(KIND);
+        hash = dedup::hash_u64(hash, u64::from(pending.flags));
+        hash = dedup::hash_u64(hash, u64::from(pending.record_flags));
+        hash = dedup::hash_u64(hash, result.min(0) as u64);
+        hash = unsafe { dedup::hash_bytes::<OPEN_SMALL_TAIL>(hash, path, path_len) };
+        let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_boot_ns()) };
+        match dedup::report(KIND, cgroup, hash, now) {
+            Some(held) => repeats = held,
+            None => return Small::Done,
+        }
+    }
+
+    let Some(mut entry) = EVENTS.reserve_bytes(size_of::<OpenRecord>() + OPEN_SMALL_TAIL, 0) else {
         count(Counter::RingFull, KIND);
-        return Emitted::Done;
+        return Small::Done;
+    };
+    let base = entry.as_mut_ptr();
+    let record = base.cast::<OpenRecord>();
+    unsafe {
+        let tail = base.add(size_of::<OpenRecord>());
+        // The whole buffer: a constant size, and the bytes after the terminator are never read.
+        if bpf_probe_read_kernel(tail.cast(), OPEN_SMALL_TAIL as u32, path.cast()) != 0 {
+            *tail = 0;
+        }
+        fill(
+            record,
+            pending,
+            result,
+            record_flags,
+            path_len,
+            repeats,
+            task,
+        );
+    }
+    submit(entry);
+    count(Counter::Submitted, KIND);
+    Small::Done
+}
+
+/// A path too long for a small record: read straight into a large one, truncated if it
+/// fills even that. Not deduplicated.
+#[inline(always)]
+fn emit_large(pending: &PendingOpen, result: i64, task: Task) {
+    let Some(mut entry) = EVENTS.reserve_bytes(size_of::<OpenRecord>() + OPEN_LARGE_TAIL, 0) else {
+        count(Counter::RingFull, KIND);
+        return;
     };
     let base = entry.as_mut_ptr();
     let record = base.cast::<OpenRecord>();
     let tail = unsafe { base.add(size_of::<OpenRecord>()) };
-
-    let read =
-        unsafe { bpf_probe_read_user_str(tail.cast(), TAIL as u32, pending.filename as *const _) };
+    let read = unsafe {
+        bpf_probe_read_user_str(
+            tail.cast(),
+            OPEN_LARGE_TAIL as u32,
+            pending.filename as *const _,
+        )
+    };
     let mut record_flags = pending.record_flags;
     let path_len = if read <= 0 {
         count(Counter::ReadFailed, KIND);
         record_flags |= flags::PATH_MISSING;
         0
-    } else if read as usize >= TAIL {
-        // The path filled the buffer: it may continue beyond it.
-        if !last {
-            discard(entry);
-            return Emitted::TooLong;
-        }
+    } else if read as usize >= OPEN_LARGE_TAIL {
         record_flags |= flags::PATH_TRUNCATED;
-        TAIL - 1
+        OPEN_LARGE_TAIL - 1
     } else {
         read as usize - 1
     };
-
-    // Absolute paths that fit the small record are deduplicated: the same file opened the
-    // same way with the same outcome. (A relative path depends on the caller's directory.)
-    let mut repeats = Repeats::default();
-    if TAIL == OPEN_SMALL_TAIL && path_len > 0 && unsafe { *tail } == b'/' {
-        let mut hash = dedup::seed(KIND);
-        hash = dedup::hash_u64(hash, u64::from(pending.flags));
-        hash = dedup::hash_u64(hash, u64::from(pending.record_flags));
-        hash = dedup::hash_u64(hash, result.min(0) as u64);
-        hash = unsafe { dedup::hash_bytes::<OPEN_SMALL_TAIL>(hash, tail, path_len) };
-        let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_boot_ns()) };
-        match dedup::report(KIND, cgroup, hash, now) {
-            Some(held) => repeats = held,
-            None => {
-                discard(entry);
-                return Emitted::Done;
-            }
-        }
+    unsafe {
+        fill(
+            record,
+            pending,
+            result,
+            record_flags,
+            path_len,
+            Repeats::default(),
+            task,
+        );
     }
+    submit(entry);
+    count(Counter::Submitted, KIND);
+}
 
+/// # Safety
+/// `record` must point to a reserved ring buffer record.
+#[inline(always)]
+unsafe fn fill(
+    record: *mut OpenRecord,
+    pending: &PendingOpen,
+    result: i64,
+    record_flags: u32,
+    path_len: usize,
+    repeats: Repeats,
+    task: Task,
+) {
     unsafe {
         write_header(&raw mut (*record).header, KIND, record_flags, task);
         (*record).result = result;
@@ -187,7 +264,4 @@ fn emit<const TAIL: usize>(pending: &PendingOpen, result: i64, task: Task, last:
         (*record).path_len = path_len as u32;
         (*record).repeats = repeats;
     }
-    submit(entry);
-    count(Counter::Submitted, KIND);
-    Emitted::Done
 }

@@ -134,9 +134,3 @@ pub fn submit(entry: RingBufBytes<'_>) {
     };
     entry.submit(flags);
 }
-
-/// Gives a reserved record back. There is nothing to read, so nobody is woken.
-#[inline(always)]
-pub fn discard(entry: RingBufBytes<'_>) {
-    entry.discard(u64::from(BPF_RB_NO_WAKEUP));
-}
