@@ -21,6 +21,8 @@ pub mod dedup;
 pub mod delivery;
 pub mod doctor;
 pub mod event;
+#[cfg(test)]
+mod fake_cri;
 pub mod host;
 pub mod paths;
 pub mod pipeline;
