@@ -128,6 +128,30 @@ enum Small {
     TooLong,
 }
 
+/// What reading a path into a buffer of `CAP` bytes gave.
+enum PathRead {
+    /// Not readable: reported without a path.
+    Missing,
+    /// This many bytes, without the terminator.
+    Fits(usize),
+    /// It filled the buffer: it may continue beyond it.
+    Full,
+}
+
+/// Reads the user-space path at `filename` into `dst` (at least `CAP` writable bytes).
+#[inline(always)]
+unsafe fn read_path<const CAP: usize>(dst: *mut u8, filename: u64) -> PathRead {
+    let read = unsafe { bpf_probe_read_user_str(dst.cast(), CAP as u32, filename as *const _) };
+    if read <= 0 {
+        count(Counter::ReadFailed, KIND);
+        PathRead::Missing
+    } else if read as usize >= CAP {
+        PathRead::Full
+    } else {
+        PathRead::Fits(read as usize - 1)
+    }
+}
+
 /// Reads the path into the scratch buffer; reports the open (or holds it back as a repeat)
 /// if the path fits a small record.
 #[inline(always)]
@@ -136,24 +160,15 @@ fn emit_small(pending: &PendingOpen, result: i64, task: Task) -> Small {
         return Small::TooLong;
     };
     let path = scratch.cast::<u8>();
-    let read = unsafe {
-        bpf_probe_read_user_str(
-            path.cast(),
-            OPEN_SMALL_TAIL as u32,
-            pending.filename as *const _,
-        )
-    };
     let mut record_flags = pending.record_flags;
-    let path_len = if read <= 0 {
-        count(Counter::ReadFailed, KIND);
-        record_flags |= flags::PATH_MISSING;
-        unsafe { *path = 0 };
-        0
-    } else if read as usize >= OPEN_SMALL_TAIL {
-        // The path filled the buffer: it may continue beyond it.
-        return Small::TooLong;
-    } else {
-        read as usize - 1
+    let path_len = match unsafe { read_path::<OPEN_SMALL_TAIL>(path, pending.filename) } {
+        PathRead::Missing => {
+            record_flags |= flags::PATH_MISSING;
+            unsafe { *path = 0 };
+            0
+        }
+        PathRead::Fits(len) => len,
+        PathRead::Full => return Small::TooLong,
     };
 
     // Absolute paths are deduplicated: the same file opened the same way with the same
@@ -172,30 +187,13 @@ fn emit_small(pending: &PendingOpen, result: i64, task: Task) -> Small {
         }
     }
 
-    let Some(mut entry) = EVENTS.reserve_bytes(size_of::<OpenRecord>() + OPEN_SMALL_TAIL, 0) else {
-        count(Counter::RingFull, KIND);
-        return Small::Done;
-    };
-    let base = entry.as_mut_ptr();
-    let record = base.cast::<OpenRecord>();
-    unsafe {
-        let tail = base.add(size_of::<OpenRecord>());
+    emit::<OPEN_SMALL_TAIL>(task, |record, tail| unsafe {
         // The whole buffer: a constant size, and the bytes after the terminator are never read.
         if bpf_probe_read_kernel(tail.cast(), OPEN_SMALL_TAIL as u32, path.cast()) != 0 {
             *tail = 0;
         }
-        fill(
-            record,
-            pending,
-            result,
-            record_flags,
-            path_len,
-            repeats,
-            task,
-        );
-    }
-    submit(entry);
-    count(Counter::Submitted, KIND);
+        fill(record, pending, result, record_flags, path_len, repeats)
+    });
     Small::Done
 }
 
@@ -203,32 +201,19 @@ fn emit_small(pending: &PendingOpen, result: i64, task: Task) -> Small {
 /// fills even that. Not deduplicated.
 #[inline(always)]
 fn emit_large(pending: &PendingOpen, result: i64, task: Task) {
-    let Some(mut entry) = EVENTS.reserve_bytes(size_of::<OpenRecord>() + OPEN_LARGE_TAIL, 0) else {
-        count(Counter::RingFull, KIND);
-        return;
-    };
-    let base = entry.as_mut_ptr();
-    let record = base.cast::<OpenRecord>();
-    let tail = unsafe { base.add(size_of::<OpenRecord>()) };
-    let read = unsafe {
-        bpf_probe_read_user_str(
-            tail.cast(),
-            OPEN_LARGE_TAIL as u32,
-            pending.filename as *const _,
-        )
-    };
-    let mut record_flags = pending.record_flags;
-    let path_len = if read <= 0 {
-        count(Counter::ReadFailed, KIND);
-        record_flags |= flags::PATH_MISSING;
-        0
-    } else if read as usize >= OPEN_LARGE_TAIL {
-        record_flags |= flags::PATH_TRUNCATED;
-        OPEN_LARGE_TAIL - 1
-    } else {
-        read as usize - 1
-    };
-    unsafe {
+    emit::<OPEN_LARGE_TAIL>(task, |record, tail| unsafe {
+        let mut record_flags = pending.record_flags;
+        let path_len = match read_path::<OPEN_LARGE_TAIL>(tail, pending.filename) {
+            PathRead::Missing => {
+                record_flags |= flags::PATH_MISSING;
+                0
+            }
+            PathRead::Fits(len) => len,
+            PathRead::Full => {
+                record_flags |= flags::PATH_TRUNCATED;
+                OPEN_LARGE_TAIL - 1
+            }
+        };
         fill(
             record,
             pending,
@@ -236,13 +221,30 @@ fn emit_large(pending: &PendingOpen, result: i64, task: Task) {
             record_flags,
             path_len,
             Repeats::default(),
-            task,
-        );
+        )
+    });
+}
+
+/// Reserves an open record with a `TAIL`-byte path, has `write` fill it (record, tail) and
+/// the header, and commits it.
+#[inline(always)]
+fn emit<const TAIL: usize>(task: Task, write: impl FnOnce(*mut OpenRecord, *mut u8) -> u32) {
+    let Some(mut entry) = EVENTS.reserve_bytes(size_of::<OpenRecord>() + TAIL, 0) else {
+        count(Counter::RingFull, KIND);
+        return;
+    };
+    let base = entry.as_mut_ptr();
+    let record = base.cast::<OpenRecord>();
+    unsafe {
+        let record_flags = write(record, base.add(size_of::<OpenRecord>()));
+        write_header(&raw mut (*record).header, KIND, record_flags, task);
     }
     submit(entry);
     count(Counter::Submitted, KIND);
 }
 
+/// Fills an open record's fields after the header; returns the header's flags.
+///
 /// # Safety
 /// `record` must point to a reserved ring buffer record.
 #[inline(always)]
@@ -253,10 +255,8 @@ unsafe fn fill(
     record_flags: u32,
     path_len: usize,
     repeats: Repeats,
-    task: Task,
-) {
+) -> u32 {
     unsafe {
-        write_header(&raw mut (*record).header, KIND, record_flags, task);
         (*record).result = result;
         (*record).dfd = pending.dfd;
         (*record).flags = pending.flags;
@@ -264,4 +264,5 @@ unsafe fn fill(
         (*record).path_len = path_len as u32;
         (*record).repeats = repeats;
     }
+    record_flags
 }
