@@ -310,6 +310,49 @@ impl Sources {
     pub fn set(&mut self, key: &str, value: impl Into<toml::Value>) {
         self.overrides.push((key.to_owned(), value.into()));
     }
+
+    pub fn set_path(&mut self, key: &str, path: &Path) {
+        self.set(key, path.to_string_lossy().into_owned());
+    }
+}
+
+/// The flags that set `backend.*`, the same for every program that calls the backend.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct BackendArgs {
+    /// [backend.url] Scanner backend base URL.
+    #[arg(long = "backend", value_name = "URL")]
+    pub url: Option<String>,
+    /// [backend.token_file] File holding the bearer token (re-read when it changes).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// [backend.ca_file] PEM CA bundle to trust for the backend.
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// [backend.client_cert_file] PEM client certificate, for mutual TLS.
+    #[arg(long, value_name = "PATH")]
+    pub client_cert: Option<PathBuf>,
+    /// [backend.client_key_file] PEM client key, for mutual TLS.
+    #[arg(long, value_name = "PATH")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl BackendArgs {
+    /// Adds the flags that were given to `sources`.
+    pub fn apply(&self, sources: &mut Sources) {
+        if let Some(url) = &self.url {
+            sources.set("backend.url", url.clone());
+        }
+        for (key, path) in [
+            ("backend.token_file", &self.token_file),
+            ("backend.ca_file", &self.ca_file),
+            ("backend.client_cert_file", &self.client_cert),
+            ("backend.client_key_file", &self.client_key),
+        ] {
+            if let Some(path) = path {
+                sources.set_path(key, path);
+            }
+        }
+    }
 }
 
 /// Sets `key` (dotted) in a table, creating tables on the way.

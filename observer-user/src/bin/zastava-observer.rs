@@ -4,7 +4,7 @@ use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode, time::Duration}
 
 use clap::{Parser, Subcommand};
 use zastava::{
-    config::{parse_assignment, parse_bytes, parse_duration, Config, Sources},
+    config::{parse_assignment, parse_bytes, parse_duration, BackendArgs, Config, Sources},
     daemon::{self, RunOptions},
     doctor::{self, Status},
 };
@@ -105,21 +105,8 @@ struct RunArgs {
     /// [cri.timeout] Deadline for each call to the container runtime.
     #[arg(long, value_name = "DURATION")]
     cri_timeout: Option<String>,
-    /// [backend.url] Scanner backend base URL.
-    #[arg(long, value_name = "URL")]
-    backend: Option<String>,
-    /// [backend.token_file] File holding the bearer token (re-read when it changes).
-    #[arg(long, value_name = "PATH")]
-    token_file: Option<PathBuf>,
-    /// [backend.ca_file] PEM CA bundle to trust for the backend.
-    #[arg(long, value_name = "PATH")]
-    ca_file: Option<PathBuf>,
-    /// [backend.client_cert_file] PEM client certificate, for mutual TLS.
-    #[arg(long, value_name = "PATH")]
-    client_cert: Option<PathBuf>,
-    /// [backend.client_key_file] PEM client key, for mutual TLS.
-    #[arg(long, value_name = "PATH")]
-    client_key: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// [spool.dir] Where batches wait for the backend.
     #[arg(long, value_name = "PATH")]
     spool_dir: Option<PathBuf>,
@@ -134,10 +121,6 @@ fn parse_ring_size(value: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-fn path_value(path: PathBuf) -> toml::Value {
-    toml::Value::String(path.to_string_lossy().into_owned())
-}
-
 /// The configuration `run` uses: file, then environment, then these flags.
 fn configuration(args: &RunArgs) -> Result<Config, String> {
     let mut sources = Sources {
@@ -149,7 +132,7 @@ fn configuration(args: &RunArgs) -> Result<Config, String> {
     } else {
         // The command-line profile: a newcomer's first command shows events.
         sources.set("zastava.attach.enabled", true);
-        let backend_given = args.backend.is_some()
+        let backend_given = args.backend.url.is_some()
             || sources
                 .env
                 .iter()
@@ -173,23 +156,19 @@ fn configuration(args: &RunArgs) -> Result<Config, String> {
         ("observer.host_root", &args.host_root),
         ("observer.proc_root", &args.proc_root),
         ("observer.cgroup_root", &args.cgroup_root),
-        ("backend.token_file", &args.token_file),
-        ("backend.ca_file", &args.ca_file),
-        ("backend.client_cert_file", &args.client_cert),
-        ("backend.client_key_file", &args.client_key),
         ("spool.dir", &args.spool_dir),
     ] {
         if let Some(v) = value {
-            s.set(key, path_value(v.clone()));
+            s.set_path(key, v);
         }
     }
+    args.backend.apply(s);
     for (key, value) in [
         ("observer.enrichment_wait", &args.enrichment_wait),
         ("observer.container_retention", &args.container_retention),
         ("cri.endpoint", &args.cri_endpoint),
         ("cri.poll_interval", &args.cri_poll_interval),
         ("cri.timeout", &args.cri_timeout),
-        ("backend.url", &args.backend),
         ("metrics.addr", &args.metrics_addr),
     ] {
         if let Some(v) = value {

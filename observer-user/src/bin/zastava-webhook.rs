@@ -4,7 +4,7 @@ use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode
 
 use clap::{Parser, Subcommand, ValueEnum};
 use zastava::{
-    config::{parse_assignment, Sources},
+    config::{parse_assignment, BackendArgs, Sources},
     webhook::{self, config::WebhookConfig},
 };
 
@@ -74,31 +74,14 @@ struct ServeArgs {
     /// [policy.tag_only] Images not pinned by digest.
     #[arg(long, value_enum)]
     tag_only: Option<TagOnlyArg>,
-    /// [backend.url] Scanner backend base URL.
-    #[arg(long, value_name = "URL")]
-    backend: Option<String>,
-    /// [backend.token_file] File holding the bearer token (re-read when it changes).
-    #[arg(long, value_name = "PATH")]
-    token_file: Option<PathBuf>,
-    /// [backend.ca_file] PEM CA bundle to trust for the backend.
-    #[arg(long, value_name = "PATH")]
-    ca_file: Option<PathBuf>,
-    /// [backend.client_cert_file] PEM client certificate, for mutual TLS.
-    #[arg(long, value_name = "PATH")]
-    client_cert: Option<PathBuf>,
-    /// [backend.client_key_file] PEM client key, for mutual TLS.
-    #[arg(long, value_name = "PATH")]
-    client_key: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// [metrics.addr] Serve /metrics, /healthz and /readyz over plain HTTP here.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
     /// [admin.addr] The loopback admin endpoint.
     #[arg(long, value_name = "ADDR")]
     admin_addr: Option<String>,
-}
-
-fn path_value(path: &std::path::Path) -> toml::Value {
-    toml::Value::String(path.to_string_lossy().into_owned())
 }
 
 fn configuration(args: &ServeArgs) -> Result<WebhookConfig, String> {
@@ -113,19 +96,15 @@ fn configuration(args: &ServeArgs) -> Result<WebhookConfig, String> {
     for (key, value) in [
         ("server.cert_file", &args.cert_file),
         ("server.key_file", &args.key_file),
-        ("backend.token_file", &args.token_file),
-        ("backend.ca_file", &args.ca_file),
-        ("backend.client_cert_file", &args.client_cert),
-        ("backend.client_key_file", &args.client_key),
     ] {
         if let Some(v) = value {
-            s.set(key, path_value(v));
+            s.set_path(key, v);
         }
     }
+    args.backend.apply(s);
     for (key, value) in [
         ("server.addr", &args.addr),
         ("policy.budget", &args.budget),
-        ("backend.url", &args.backend),
         ("metrics.addr", &args.metrics_addr),
         ("admin.addr", &args.admin_addr),
     ] {
