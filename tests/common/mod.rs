@@ -93,8 +93,9 @@ pub fn schema_violations(record: &Value) -> Option<String> {
 #[derive(Default)]
 struct Shared {
     events: Vec<Value>,
-    /// Records that broke the schema, with why.
-    invalid: Vec<String>,
+    /// Text after the last newline when stdout closed: a line cut short. Only a SIGKILL
+    /// may leave one; a clean stop must end every line.
+    torn_tail: Option<String>,
     stderr: String,
     ready: bool,
     exited: bool,
@@ -144,12 +145,22 @@ impl Observer {
         let stdout = child.stdout.take().expect("piped stdout");
         let out_shared = Arc::clone(&shared);
         let out_reader = thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let event: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-                    panic!("observer wrote a line that is not JSON ({e}): {line}")
-                });
+            let mut stdout = BufReader::new(stdout);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match stdout.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
                 let (lock, cond) = &*out_shared;
+                let Some(record) = line.strip_suffix('\n') else {
+                    lock.lock().unwrap().torn_tail = Some(line.clone());
+                    break;
+                };
+                let event: Value = serde_json::from_str(record).unwrap_or_else(|e| {
+                    panic!("observer wrote a line that is not JSON ({e}): {record}")
+                });
                 lock.lock().unwrap().events.push(event);
                 cond.notify_all();
             }
@@ -245,7 +256,9 @@ impl Observer {
             .collect()
     }
 
-    /// Kills the observer with SIGKILL, as a node failure or an OOM kill would.
+    /// Kills the observer with SIGKILL, as a node failure or an OOM kill would. The kill
+    /// may land in the middle of a write, so a last line cut short is dropped here (and
+    /// only here); every whole line is returned.
     pub fn kill(mut self) -> Vec<Value> {
         // SAFETY: kill with a pid this harness started and still owns.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
@@ -293,6 +306,10 @@ impl Observer {
             status.success(),
             "observer exited with {status}:\n{}",
             state.stderr
+        );
+        assert_eq!(
+            state.torn_tail, None,
+            "a clean stop left its last NDJSON line unfinished"
         );
         let summary_path = self.stats.path().join("summary.json");
         let summary = std::fs::read(&summary_path)
