@@ -218,3 +218,62 @@ fn set_overrides_any_key_and_names_it_when_wrong() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_prints_the_effective_settings_and_loads_nothing() {
+    let path = std::env::temp_dir().join(common::unique("zastava-config"));
+    std::fs::write(
+        &path,
+        "[zastava.attach]\nenabled = true\n[spool]\ndir = \"/srv/spool\"\n[metrics]\naddr = \"127.0.0.1:9464\"\n",
+    )
+    .unwrap();
+    let out = Command::new(OBSERVER)
+        .args(["run", "--config", path.to_str().unwrap(), "--check-config"])
+        .env("ZASTAVA__NDJSON__PATH", "/srv/events.ndjson")
+        .output()
+        .expect("run zastava-observer");
+    std::fs::remove_file(&path).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for line in [
+        "zastava.attach.enabled = true",
+        "scanner.runtime.capture.enabled = false",
+        "spool.dir = /srv/spool",
+        "ndjson.path = /srv/events.ndjson",
+        "metrics.addr = 127.0.0.1:9464",
+        "the configuration is valid",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no {line:?} in:\n{stdout}"
+        );
+    }
+    // Nothing was started: no probes, no output file.
+    assert!(!stderr.contains("observer ready"), "{stderr}");
+    assert!(!std::path::Path::new("/srv/events.ndjson").exists());
+
+    let out = Command::new(OBSERVER)
+        .args(["run", "--set", "batch.max_events=0", "--check-config"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("batch.max_events: must be at least 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_configuration_with_nothing_to_observe_exits_2_so_it_is_not_restarted() {
+    require_root();
+    let (code, stderr) = run_with_config(
+        "[zastava.attach]\nenabled = false\n[cri]\nenabled = false\n[ndjson]\npath = \"-\"\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("nothing to observe: zastava.attach.enabled is false and no container runtime is connected"),
+        "{stderr}"
+    );
+}

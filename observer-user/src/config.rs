@@ -440,6 +440,61 @@ impl Config {
         Ok(config)
     }
 
+    /// The settings an operator checks before a rollout, one `key = value` line each.
+    pub fn describe(&self) -> String {
+        let path = |p: &Path| p.display().to_string();
+        let or_none = |v: Option<String>| v.unwrap_or_else(|| "(none)".into());
+        let lines = [
+            (
+                "zastava.attach.enabled",
+                self.zastava.attach.enabled.to_string(),
+            ),
+            (
+                "scanner.runtime.capture.enabled",
+                self.scanner.runtime.capture.enabled.to_string(),
+            ),
+            (
+                "backend.url",
+                or_none(self.backend.url.as_ref().map(|u| u.to_string())),
+            ),
+            ("spool.dir", path(&self.spool.dir)),
+            (
+                "ndjson.path",
+                if self.ndjson.enabled {
+                    self.ndjson.path.clone()
+                } else {
+                    "(off)".into()
+                },
+            ),
+            (
+                "cri.endpoint",
+                if self.cri.enabled {
+                    self.cri
+                        .endpoint
+                        .clone()
+                        .unwrap_or_else(|| "(containerd's, then CRI-O's)".into())
+                } else {
+                    "(off)".into()
+                },
+            ),
+            ("observer.host_root", path(&self.observer.host_root)),
+            ("observer.proc_root", path(&self.observer.proc_root)),
+            (
+                "observer.namespaces",
+                format!("{:?}", self.observer.namespaces),
+            ),
+            (
+                "observer.exclude_namespaces",
+                format!("{:?}", self.observer.exclude_namespaces),
+            ),
+            (
+                "metrics.addr",
+                or_none(self.metrics.addr.map(|a| a.to_string())),
+            ),
+        ];
+        describe_lines(&lines)
+    }
+
     /// Checks what types alone cannot.
     pub fn check(&self) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
@@ -576,6 +631,11 @@ impl BackendConfig {
             bad("backend.timeout", "must be longer than 0".into());
         }
     }
+}
+
+/// `key = value` lines, for `--check-config`.
+pub(crate) fn describe_lines(lines: &[(&str, String)]) -> String {
+    lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
 }
 
 /// RFC 1123 label: what Kubernetes accepts as a namespace name.

@@ -77,7 +77,7 @@ pub enum RunError {
     #[error("no cgroup v2 hierarchy is mounted; mount cgroup2 (or set observer.cgroup_root) to attribute events to containers")]
     NoCgroup2,
     #[error(
-        "nothing to observe: zastava.attach.enabled is false and no container runtime is connected"
+        "nothing to observe: zastava.attach.enabled is false and no container runtime is connected; set zastava.attach.enabled = true to observe the node's processes"
     )]
     NothingToObserve,
     #[error("cannot write events: {0}")]
@@ -102,6 +102,17 @@ pub enum RunError {
         #[source]
         source: io::Error,
     },
+}
+
+impl RunError {
+    /// 2 when the configuration cannot work on this node (restarting will not help; a
+    /// service manager should stop trying), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::NothingToObserve | RunError::FilterWithoutCri(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Connects to the runtime if there is one. A runtime that was asked for (or whose socket

@@ -50,6 +50,10 @@ struct RunArgs {
     /// Set any configuration key, e.g. `--set batch.max_events=500` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Check the configuration (file, environment and flags), print the settings that
+    /// matter and exit: 0 when it is valid, 2 with every problem when it is not.
+    #[arg(long)]
+    check_config: bool,
     /// Stop after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -235,6 +239,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if args.check_config {
+                print!("{}", config.describe());
+                println!("the configuration is valid");
+                return ExitCode::SUCCESS;
+            }
             let options = RunOptions {
                 config,
                 duration: args.duration,
@@ -260,7 +269,7 @@ fn main() -> ExitCode {
                 Err(err) => {
                     eprintln!("zastava-observer: {err}");
                     eprintln!("run `zastava-observer doctor` to check this node");
-                    ExitCode::FAILURE
+                    ExitCode::from(err.exit_code())
                 }
             }
         }

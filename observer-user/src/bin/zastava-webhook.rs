@@ -55,6 +55,10 @@ struct ServeArgs {
     /// Set any configuration key, e.g. `--set policy.budget="1500ms"` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Check the configuration (file, environment and flags), print the settings that
+    /// matter and exit: 0 when it is valid, 2 with every problem when it is not.
+    #[arg(long)]
+    check_config: bool,
     /// [server.addr] Where to serve HTTPS.
     #[arg(long, value_name = "ADDR")]
     addr: Option<String>,
@@ -199,6 +203,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if args.check_config {
+                print!("{}", config.describe());
+                println!("the configuration is valid");
+                return ExitCode::SUCCESS;
+            }
             let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full(

@@ -6,7 +6,8 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use serde::Deserialize;
 
 use crate::config::{
-    bytes, duration, is_dns_label, BackendConfig, ConfigError, ConfigErrors, Sources,
+    bytes, describe_lines, duration, is_dns_label, BackendConfig, ConfigError, ConfigErrors,
+    Sources,
 };
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -159,6 +160,43 @@ impl WebhookConfig {
         let config: WebhookConfig = sources.layered()?;
         config.check()?;
         Ok(config)
+    }
+
+    /// The settings an operator checks before a rollout, one `key = value` line each.
+    pub fn describe(&self) -> String {
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or_else(|| "(none)".into(), |p| p.display().to_string())
+        };
+        let lines = [
+            ("server.addr", self.server.addr.to_string()),
+            ("server.cert_file", path(&self.server.cert_file)),
+            ("server.key_file", path(&self.server.key_file)),
+            ("policy.budget", format!("{:?}", self.policy.budget)),
+            (
+                "policy.fail_open_namespaces",
+                format!("{:?}", self.policy.fail_open_namespaces),
+            ),
+            (
+                "policy.tag_only",
+                format!("{:?}", self.policy.tag_only).to_lowercase(),
+            ),
+            (
+                "backend.url",
+                self.backend
+                    .url
+                    .as_ref()
+                    .map_or_else(|| "(none)".into(), |u| u.to_string()),
+            ),
+            (
+                "metrics.addr",
+                self.metrics
+                    .addr
+                    .map_or_else(|| "(none)".into(), |a| a.to_string()),
+            ),
+            ("admin.addr", self.admin.addr.to_string()),
+        ];
+        describe_lines(&lines)
     }
 
     /// Checks what types alone cannot.
