@@ -480,6 +480,13 @@ impl Config {
             ("observer.host_root", path(&self.observer.host_root)),
             ("observer.proc_root", path(&self.observer.proc_root)),
             (
+                "observer.cgroup_root",
+                self.observer
+                    .cgroup_root
+                    .as_deref()
+                    .map_or_else(|| "(the cgroup2 mount)".into(), path),
+            ),
+            (
                 "observer.namespaces",
                 format!("{:?}", self.observer.namespaces),
             ),

@@ -34,6 +34,11 @@ pub struct Pki {
 
 impl Pki {
     pub fn generate() -> Pki {
+        Pki::generate_for(vec!["127.0.0.1".into(), "localhost".into()])
+    }
+
+    /// As `generate`, with the server certificate for `server_names`.
+    pub fn generate_for(server_names: Vec<String>) -> Pki {
         let dir = TempDir::new("zastava-pki");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -48,8 +53,7 @@ impl Pki {
             let cert = params.signed_by(&key, &ca).unwrap();
             (cert.pem(), key.serialize_pem())
         };
-        let (server_cert, server_key) =
-            issue(vec!["127.0.0.1".into(), "localhost".into()], "scanner");
+        let (server_cert, server_key) = issue(server_names, "scanner");
         let (client_cert, client_key) = issue(vec!["zastava-observer".into()], "zastava-observer");
         let write = |name: &str, pem: &str| {
             let path = dir.path().join(name);

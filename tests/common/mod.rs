@@ -120,9 +120,23 @@ impl Observer {
     /// Starts `zastava-observer run --ndjson -` with extra arguments and waits until its
     /// probes are attached.
     pub fn start(extra: &[&str]) -> Observer {
+        Observer::start_wrapped(&[], extra)
+    }
+
+    /// As `start`, with the observer run by `wrapper` (a command and its arguments, the
+    /// observer's path and arguments following), e.g. to drop capabilities first.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Observer {
         require_root();
         let stats = TempDir::new("zastava-stats");
-        let mut child = Command::new(OBSERVER)
+        let mut command = match wrapper {
+            [] => Command::new(OBSERVER),
+            [program, args @ ..] => {
+                let mut command = Command::new(program);
+                command.args(args).arg(OBSERVER);
+                command
+            }
+        };
+        let mut child = command
             .arg("run")
             .args(["--ndjson", "-", "--stats-json"])
             .arg(stats.path().join("summary.json"))

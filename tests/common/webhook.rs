@@ -186,6 +186,16 @@ impl Drop for Webhook {
 
 /// An HTTPS client that trusts only `ca`.
 pub fn client(ca: &std::path::Path) -> reqwest::Client {
+    client_builder(ca).build().unwrap()
+}
+
+/// As `client`, reaching `host` (a name the certificate must hold) at `addr`, as a cluster's
+/// DNS and Service would.
+pub fn client_for(ca: &std::path::Path, host: &str, addr: SocketAddr) -> reqwest::Client {
+    client_builder(ca).resolve(host, addr).build().unwrap()
+}
+
+fn client_builder(ca: &std::path::Path) -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
@@ -197,8 +207,6 @@ pub fn client(ca: &std::path::Path) -> reqwest::Client {
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 pub const DIGEST_A: &str =

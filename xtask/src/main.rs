@@ -16,8 +16,10 @@ use clap::{Parser, Subcommand};
 /// bpf-linker release that links for the pinned aya-ebpf.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the build and the tests use besides the eBPF toolchain: protoc for the
-/// CRI client, a real container runtime for the attribution tests, and the peers the
-/// benchmark compares with.
+/// CRI client, a real container runtime for the attribution tests, the peers the
+/// benchmark compares with, and systemd-analyze and setpriv for the systemd unit's tests.
+/// (The Kubernetes manifests' tests render them with `kubectl kustomize`, which this
+/// kind of machine has and Debian does not package.)
 const PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "containerd",
@@ -25,6 +27,8 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "libbpf-tools",
     "bpftrace",
+    "systemd",
+    "util-linux",
 ];
 
 #[derive(Parser)]

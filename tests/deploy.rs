@@ -1,0 +1,782 @@
+//! The deployment files under `deploy/`: the Kubernetes manifests as `kubectl kustomize`
+//! renders them for a cluster, the systemd unit and the alerting rules, each checked against
+//! the binaries it runs — the configuration they are given must be one the binaries accept,
+//! and every path, port and name must meet its counterpart.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::{
+    backend::Pki,
+    require_root,
+    webhook::{client_for, fresh_digest, pod_review, WEBHOOK},
+    Observer, TempDir, OBSERVER, TIMEOUT,
+};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `kubectl kustomize deploy/kubernetes/<dir>`: the objects a cluster would receive.
+fn render(dir: &str) -> Vec<Value> {
+    let path = repo().join("deploy/kubernetes").join(dir);
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run kubectl ({e}); it renders the kustomize overlays under test")
+        });
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}:\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<Value> = text
+        .split("\n---\n")
+        .map(|doc| serde_yaml::from_str(doc).expect("kubectl writes YAML"))
+        .collect();
+    for doc in &docs {
+        for field in ["apiVersion", "kind"] {
+            assert!(doc[field].is_string(), "no {field} in {doc}");
+        }
+        assert!(doc["metadata"]["name"].is_string(), "no name in {doc}");
+        let cluster_scoped = ["Namespace", "ValidatingWebhookConfiguration"];
+        if !cluster_scoped.contains(&str_of(&doc["kind"])) {
+            assert_eq!(
+                doc["metadata"]["namespace"], "zastava-system",
+                "{dir}: {} {} is not in zastava-system",
+                doc["kind"], doc["metadata"]["name"]
+            );
+        }
+    }
+    docs
+}
+
+fn object<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
+}
+
+fn only<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "expected one {kind}");
+    found[0]
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v}"))
+}
+
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[], Vec::as_slice)
+}
+
+fn named<'a>(items: &'a Value, name: &str) -> &'a Value {
+    list(items)
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("nothing named {name} in {items}"))
+}
+
+/// The port number of `addr` (`0.0.0.0:9464`).
+fn port_of(addr: &str) -> u64 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{addr} has no port"))
+}
+
+/// A pod's filesystem as its container would see it, laid out in a temporary directory:
+/// each volume mount is a directory holding what the volume would (ConfigMap data, the
+/// files an operator puts in a Secret, an empty host directory). Paths in the pod are
+/// translated to paths in that directory, as the mounts would.
+struct PodFs {
+    dir: TempDir,
+    /// (mount path, volume, directory here), longest mount path first.
+    mounts: Vec<(String, Value, PathBuf)>,
+    /// The CA behind the Secrets' certificates.
+    pki: Pki,
+}
+
+impl PodFs {
+    fn new(docs: &[Value], pod: &Value, container: &Value) -> PodFs {
+        let dir = TempDir::new("zastava-pod");
+        // The serving certificate is for the names its Certificate asks for, as
+        // cert-manager would issue it.
+        let pki = match docs.iter().find(|d| {
+            d["kind"] == "Certificate" && d["spec"]["secretName"] == "zastava-webhook-tls"
+        }) {
+            Some(certificate) => Pki::generate_for(
+                list(&certificate["spec"]["dnsNames"])
+                    .iter()
+                    .map(|n| str_of(n).to_owned())
+                    .collect(),
+            ),
+            None => Pki::generate(),
+        };
+        let mut mounts = Vec::new();
+        for (i, mount) in list(&container["volumeMounts"]).iter().enumerate() {
+            let volume = named(&pod["volumes"], str_of(&mount["name"])).clone();
+            let here = dir.path().join(format!("volume-{i}"));
+            std::fs::create_dir_all(&here).unwrap();
+            mounts.push((str_of(&mount["mountPath"]).to_owned(), volume, here));
+        }
+        mounts.sort_by_key(|(path, _, _)| std::cmp::Reverse(path.len()));
+        let fs = PodFs { dir, mounts, pki };
+        for (_, volume, here) in &fs.mounts {
+            if let Some(name) = volume["configMap"]["name"].as_str() {
+                let map = object(docs, "ConfigMap", name);
+                for (file, text) in map["data"].as_object().expect("ConfigMap data") {
+                    std::fs::write(here.join(file), fs.translate(str_of(text))).unwrap();
+                }
+            } else if let Some(name) = volume["secret"]["secretName"].as_str() {
+                // What the operator (or cert-manager) puts in each Secret the pods mount.
+                let files: &[(&str, &Path)] = match name {
+                    "zastava-webhook-tls" => &[
+                        ("tls.crt", &fs.pki.server_cert),
+                        ("tls.key", &fs.pki.server_key),
+                    ],
+                    "zastava-backend" => &[("ca.crt", &fs.pki.ca)],
+                    other => panic!("a Secret the deployment docs do not describe: {other}"),
+                };
+                for (file, source) in files {
+                    std::fs::copy(source, here.join(file)).unwrap();
+                }
+                if name == "zastava-backend" {
+                    std::fs::write(here.join("token"), "operator-token\n").unwrap();
+                }
+            }
+        }
+        fs
+    }
+
+    /// `text` with every path inside a mount moved to where that mount is here.
+    fn translate(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for (path, _, here) in &self.mounts {
+            text = text.replace(&format!("{path}/"), &format!("{}/", here.display()));
+            text = text.replace(&format!("\"{path}\""), &format!("\"{}\"", here.display()));
+            if text == *path {
+                text = here.display().to_string();
+            }
+        }
+        text
+    }
+
+    /// The volume a path printed by the binary (a translated path) lies in.
+    fn volume_of(&self, printed: &str) -> &Value {
+        self.mounts
+            .iter()
+            .find(|(_, _, here)| Path::new(printed).starts_with(here))
+            .map(|(_, volume, _)| volume)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{printed} is not on any volume of the pod (under {})",
+                    self.dir.path().display()
+                )
+            })
+    }
+
+    /// The host directory behind a printed path, which must be on a hostPath volume.
+    fn host_path_of(&self, printed: &str) -> String {
+        let volume = self.volume_of(printed);
+        let (_, _, here) = self.mounts.iter().find(|(_, v, _)| v == volume).unwrap();
+        let host = volume["hostPath"]["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{printed} is not on a hostPath volume: {volume}"));
+        match Path::new(printed).strip_prefix(here).unwrap() {
+            rest if rest.as_os_str().is_empty() => host.to_owned(),
+            rest => Path::new(host).join(rest).display().to_string(),
+        }
+    }
+}
+
+/// A container's command as the pod would start it (`binary` stands for the command).
+fn container_command(fs: &PodFs, container: &Value, binary: &str) -> Command {
+    let command: Vec<&str> = list(&container["command"]).iter().map(str_of).collect();
+    assert_eq!(
+        command,
+        [Path::new(binary).file_name().unwrap().to_str().unwrap()],
+        "the container runs the binary"
+    );
+    let mut run = Command::new(binary);
+    run.args(
+        list(&container["args"])
+            .iter()
+            .map(|a| fs.translate(str_of(a))),
+    )
+    .env_clear();
+    for var in list(&container["env"]) {
+        run.env(str_of(&var["name"]), fs.translate(str_of(&var["value"])));
+    }
+    run
+}
+
+/// Runs a container's command with `--check-config`; returns the settings it printed.
+fn check_config(fs: &PodFs, container: &Value, binary: &str) -> BTreeMap<String, String> {
+    let mut run = container_command(fs, container, binary);
+    let args: Vec<_> = run.get_args().map(|a| a.to_owned()).collect();
+    let out = run.arg("--check-config").output().expect("run the binary");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{binary} {args:?} --check-config refused the deployment's configuration:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once(" = "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn container_port(container: &Value, name: &str) -> u64 {
+    named(&container["ports"], name)["containerPort"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The observer's DaemonSet in `overlay`: its configuration is valid, and everything it
+/// writes or reads from the host is on the host.
+fn check_observer(overlay: &str) -> BTreeMap<String, String> {
+    let docs = render(overlay);
+    let daemonset = object(&docs, "DaemonSet", "zastava-observer");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let container = named(&pod["containers"], "observer");
+    assert_eq!(pod["hostPID"], true, "/proc must be the host's");
+    assert_eq!(container["securityContext"]["privileged"], true);
+    assert_eq!(
+        pod["serviceAccountName"],
+        object(&docs, "ServiceAccount", "zastava-observer")["metadata"]["name"]
+    );
+    let fs = PodFs::new(&docs, pod, container);
+    let settings = check_config(&fs, container, OBSERVER);
+
+    // The spool and the NDJSON log are on the host: they outlive the pod.
+    assert_eq!(
+        fs.host_path_of(&settings["spool.dir"]),
+        "/var/lib/zastava/spool"
+    );
+    let ndjson = fs.host_path_of(&settings["ndjson.path"]);
+    assert!(
+        ndjson.starts_with("/var/log/stellaops/runtime/") && ndjson.ends_with(".ndjson"),
+        "{ndjson}"
+    );
+    // The host's identity files, cgroup tree and container runtime.
+    // observer.host_root itself need not be a mount (only its etc/ is); what is read
+    // under it is.
+    let host_root = &settings["observer.host_root"];
+    assert_eq!(
+        fs.host_path_of(&fs.translate(&format!("{host_root}/etc/machine-id"))),
+        "/etc/machine-id"
+    );
+    assert_eq!(
+        fs.host_path_of(&settings["observer.cgroup_root"]),
+        "/sys/fs/cgroup"
+    );
+    assert_eq!(
+        fs.host_path_of(&settings["cri.endpoint"]),
+        "/run/containerd/containerd.sock"
+    );
+    assert_eq!(settings["observer.proc_root"], "/proc");
+
+    // Metrics and probes meet on one port.
+    let port = container_port(container, "metrics");
+    assert_eq!(port_of(&settings["metrics.addr"]), port);
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(container[probe]["httpGet"]["path"], path);
+        assert_eq!(container[probe]["httpGet"]["port"], "metrics");
+    }
+    assert_eq!(
+        daemonset["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"],
+        port.to_string()
+    );
+    settings
+}
+
+#[test]
+fn the_observer_daemonset_ships_with_both_feature_flags_off() {
+    let settings = check_observer("base");
+    assert_eq!(settings["zastava.attach.enabled"], "false");
+    assert_eq!(settings["scanner.runtime.capture.enabled"], "false");
+    assert_eq!(settings["backend.url"], "(none)");
+}
+
+#[test]
+fn the_capture_overlays_attach_the_probes_and_ship_to_the_backend() {
+    for overlay in ["overlays/capture", "overlays/complete"] {
+        let settings = check_observer(overlay);
+        assert_eq!(settings["zastava.attach.enabled"], "true", "{overlay}");
+        assert_eq!(
+            settings["scanner.runtime.capture.enabled"], "true",
+            "{overlay}"
+        );
+        assert_eq!(settings["backend.url"], "https://scanner.stellaops.svc/");
+    }
+}
+
+#[test]
+fn the_webhook_is_registered_only_where_its_certificate_authority_is_known() {
+    for (overlay, registered) in [
+        ("base", false),
+        ("overlays/capture", false),
+        ("overlays/cert-manager", true),
+        ("overlays/complete", true),
+    ] {
+        let docs = render(overlay);
+        let registrations = docs
+            .iter()
+            .filter(|d| d["kind"] == "ValidatingWebhookConfiguration")
+            .count();
+        assert_eq!(registrations, usize::from(registered), "{overlay}");
+        if registered {
+            check_registered_webhook(&docs);
+        }
+    }
+}
+
+/// The webhook's Deployment, Service, registration and certificate in `docs` meet, and its
+/// configuration is one the binary accepts.
+fn check_registered_webhook(docs: &[Value]) {
+    let deployment = object(docs, "Deployment", "zastava-webhook");
+    let namespace = str_of(&deployment["metadata"]["namespace"]);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = named(&pod["containers"], "webhook");
+    let fs = PodFs::new(docs, pod, container);
+    let settings = check_config(&fs, container, WEBHOOK);
+
+    // Restricted: no root, no privilege, nothing written to the image.
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+
+    // API server → Service → container port → the address the webhook serves HTTPS on.
+    let https = container_port(container, "https");
+    assert_eq!(port_of(&settings["server.addr"]), https);
+    let service = object(docs, "Service", "zastava-webhook");
+    let service_port = named(&service["spec"]["ports"], "https");
+    assert_eq!(service_port["targetPort"], "https");
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let registration = only(docs, "ValidatingWebhookConfiguration");
+    let webhooks = list(&registration["webhooks"]);
+    assert_eq!(webhooks.len(), 1);
+    let hook = &webhooks[0];
+    let target = &hook["clientConfig"]["service"];
+    assert_eq!(target["name"], service["metadata"]["name"]);
+    assert_eq!(target["namespace"], namespace);
+    assert_eq!(target["port"], service_port["port"]);
+    assert_eq!(target["path"], "/validate");
+    assert_eq!(hook["sideEffects"], "None");
+    assert!(list(&hook["admissionReviewVersions"]).contains(&"v1".into()));
+
+    // Every kind the webhook judges is sent to it.
+    let mut sent = BTreeSet::new();
+    for rule in list(&hook["rules"]) {
+        let ops: Vec<&str> = list(&rule["operations"]).iter().map(str_of).collect();
+        assert!(ops.contains(&"CREATE") && ops.contains(&"UPDATE"), "{rule}");
+        for group in list(&rule["apiGroups"]) {
+            for resource in list(&rule["resources"]) {
+                sent.insert(format!("{}/{}", str_of(group), str_of(resource)));
+            }
+        }
+    }
+    for kind in [
+        "/pods",
+        "/pods/ephemeralcontainers",
+        "apps/deployments",
+        "apps/statefulsets",
+        "apps/daemonsets",
+        "apps/replicasets",
+        "batch/jobs",
+        "batch/cronjobs",
+    ] {
+        assert!(sent.contains(kind), "{kind} is not sent to the webhook");
+    }
+
+    // The webhook decides within its budget, before the API server gives up on it.
+    let budget = humantime::parse_duration(&settings["policy.budget"]).unwrap();
+    let timeout = hook["timeoutSeconds"].as_u64().unwrap();
+    assert!(
+        budget.as_secs_f64() + 1.0 <= timeout as f64,
+        "budget {budget:?} leaves no room under timeoutSeconds {timeout}"
+    );
+    // It never judges its own namespace's pods (so it can always be redeployed) nor the
+    // control plane's.
+    let excluded = list(&hook["namespaceSelector"]["matchExpressions"])
+        .iter()
+        .find(|e| e["key"] == "kubernetes.io/metadata.name" && e["operator"] == "NotIn")
+        .expect("a namespace exclusion");
+    for ns in [namespace, "kube-system"] {
+        assert!(list(&excluded["values"]).contains(&ns.into()), "{ns}");
+    }
+
+    // The certificate: cert-manager writes it to the Secret the pods mount, for the name
+    // the API server calls, and injects its CA into the registration.
+    let tls = fs.volume_of(&settings["server.cert_file"]);
+    assert_eq!(fs.volume_of(&settings["server.key_file"]), tls);
+    let secret = str_of(&tls["secret"]["secretName"]);
+    let certificate = docs
+        .iter()
+        .find(|d| d["kind"] == "Certificate" && d["spec"]["secretName"] == secret)
+        .expect("a Certificate for the serving Secret");
+    let dns_name = format!("{}.{namespace}.svc", str_of(&target["name"]));
+    assert!(list(&certificate["spec"]["dnsNames"]).contains(&dns_name.clone().into()));
+    assert_eq!(
+        registration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        format!("{namespace}/{}", str_of(&certificate["metadata"]["name"]))
+    );
+    let issuer = str_of(&certificate["spec"]["issuerRef"]["name"]);
+    object(docs, "Issuer", issuer);
+
+    // Probes and metrics.
+    assert_eq!(
+        port_of(&settings["metrics.addr"]),
+        container_port(container, "metrics")
+    );
+    let ready = &container["readinessProbe"]["httpGet"];
+    assert_eq!(
+        (&ready["scheme"], &ready["port"], &ready["path"]),
+        (&"HTTPS".into(), &"https".into(), &"/readyz".into())
+    );
+}
+
+/// A child process stopped with SIGTERM when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: signalling a child this test started and has not reaped.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_registered_webhook_serves_the_api_server_as_deployed() {
+    let docs = render("overlays/complete");
+    let deployment = object(&docs, "Deployment", "zastava-webhook");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = named(&pod["containers"], "webhook");
+    let fs = PodFs::new(&docs, pod, container);
+    let mut webhook = container_command(&fs, container, WEBHOOK)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start zastava-webhook");
+    let stderr = webhook.stderr.take().unwrap();
+    let webhook = Running(webhook);
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut seen = String::new();
+    while !seen.contains("webhook ready") {
+        match log.recv_timeout(TIMEOUT) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            Err(_) => panic!("the webhook did not start as deployed:\n{seen}"),
+        }
+    }
+
+    // The API server calls the Service's DNS name; the Service forwards to the container
+    // port, which the pod's network namespace maps to the same port here.
+    let service = object(&docs, "Service", "zastava-webhook");
+    let registration = only(&docs, "ValidatingWebhookConfiguration");
+    let target = &registration["webhooks"][0]["clientConfig"]["service"];
+    let host = format!(
+        "{}.{}.svc",
+        str_of(&target["name"]),
+        str_of(&target["namespace"])
+    );
+    assert_eq!(
+        named(&service["spec"]["ports"], "https")["targetPort"],
+        "https"
+    );
+    let https = container_port(container, "https");
+    let metrics = container_port(container, "metrics");
+    let ca = fs.pki.ca.clone();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let api_server = client_for(&ca, &host, ([127, 0, 0, 1], https as u16).into());
+            // The readiness probe: over HTTPS, with the certificate issued for the name.
+            let ready = api_server
+                .get(format!("https://{host}:{https}/readyz"))
+                .send()
+                .await
+                .expect("TLS to the webhook by its Service name");
+            assert_eq!(ready.status(), 200);
+            let live = reqwest::get(format!("http://127.0.0.1:{metrics}/healthz"))
+                .await
+                .unwrap();
+            assert_eq!(live.status(), 200);
+
+            // An admission review. The backend (https://scanner.stellaops.svc) does not
+            // exist here, so the verdict cannot be had and the namespace fails closed.
+            let image = format!("registry.example/shop/cart@{}", fresh_digest());
+            let review = pod_review("deploy-1", "shop", &[("containers", "cart", &image)]);
+            let path = str_of(&target["path"]);
+            let sent = std::time::Instant::now();
+            let reply = api_server
+                .post(format!("https://{host}:{https}{path}"))
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&review).unwrap())
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let reply: Value = serde_json::from_slice(&reply).unwrap();
+            let response = &reply["response"];
+            assert_eq!(response["uid"], "deploy-1", "{reply}");
+            assert_eq!(response["allowed"], false, "{reply}");
+            let message = str_of(&response["status"]["message"]);
+            assert!(
+                message.contains(&image) && message.contains("fails closed"),
+                "{message}"
+            );
+            // Before the API server would give up, whatever the missing backend does.
+            let timeout = registration["webhooks"][0]["timeoutSeconds"]
+                .as_u64()
+                .unwrap();
+            assert!(
+                sent.elapsed() < std::time::Duration::from_secs(timeout),
+                "answered after {:?}",
+                sent.elapsed()
+            );
+        });
+    drop(webhook);
+}
+
+/// The unit file's `Key=value` lines (last one wins).
+fn unit_settings(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// The unit, with its binary and configuration where this checkout has them.
+fn local_unit() -> (String, PathBuf) {
+    let config = repo().join("deploy/systemd/observer.toml");
+    let text = std::fs::read_to_string(repo().join("deploy/systemd/zastava-observer.service"))
+        .unwrap()
+        .replace("/usr/local/bin/zastava-observer", OBSERVER)
+        .replace("/etc/zastava/observer.toml", config.to_str().unwrap());
+    (text, config)
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_keeps_its_state_where_the_configuration_writes() {
+    let (text, _) = local_unit();
+    let dir = TempDir::new("zastava-unit");
+    let unit = dir.path().join("zastava-observer.service");
+    std::fs::write(&unit, &text).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("run systemd-analyze (Debian package systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("zastava-observer.service"),
+        "systemd-analyze complains about the unit:\n{stderr}"
+    );
+
+    let unit = unit_settings(&text);
+    // ExecStartPre checks what ExecStart will run with.
+    assert_eq!(
+        unit["ExecStartPre"],
+        format!("{} --check-config", unit["ExecStart"])
+    );
+    let args: Vec<&str> = unit["ExecStartPre"].split_whitespace().collect();
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .env_clear()
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let settings: BTreeMap<&str, &str> =
+        stdout.lines().filter_map(|l| l.split_once(" = ")).collect();
+    assert_eq!(settings["zastava.attach.enabled"], "false");
+    assert_eq!(settings["scanner.runtime.capture.enabled"], "false");
+    // ProtectSystem=strict: only the directories systemd creates for the service are
+    // writable, so the spool and the NDJSON log must be in them.
+    assert_eq!(unit["ProtectSystem"], "strict");
+    let state = format!("/var/lib/{}/", unit["StateDirectory"]);
+    let logs = format!("/var/log/{}/", unit["LogsDirectory"]);
+    assert!(settings["spool.dir"].starts_with(&state), "{state}");
+    assert!(settings["ndjson.path"].starts_with(&logs), "{logs}");
+    // A configuration that cannot work exits 2 and is not restarted in a loop.
+    assert_eq!(unit["RestartPreventExitStatus"], "2");
+}
+
+#[test]
+fn the_observer_works_with_only_the_capabilities_the_unit_grants() {
+    require_root();
+    let (text, _) = local_unit();
+    let unit = unit_settings(&text);
+    let caps: Vec<String> = unit["CapabilityBoundingSet"]
+        .split_whitespace()
+        .map(|c| {
+            format!(
+                "+{}",
+                c.strip_prefix("CAP_").expect("CAP_ names").to_lowercase()
+            )
+        })
+        .collect();
+    let bounding = format!("--bounding-set=-all,{}", caps.join(","));
+
+    // A shell of another user, started before the observer: the observer learns it from
+    // /proc, and reading another user's /proc/<pid>/exe takes CAP_SYS_PTRACE.
+    let dir = TempDir::new("zastava-caps");
+    let target = dir.path().join("opened-by-nobody");
+    std::fs::write(&target, "x").unwrap();
+    let mut shell = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/sh",
+            "-c",
+        ])
+        .arg(format!("read line; exec 3< {}", target.display()))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a shell as nobody");
+    let pid = shell.id();
+
+    let observer = Observer::start_wrapped(&["setpriv", &bounding, "--"], &["--no-cri"]);
+    std::io::Write::write_all(shell.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let path = target.to_str().unwrap();
+    let event = observer.wait_for("the open by nobody's shell", |e| e["path"] == path);
+    assert!(shell.wait().unwrap().success());
+    let stopped = observer.stop();
+    let process = &event["process"];
+    assert_eq!(process["pid"], pid);
+    assert_eq!(process["uid"], 65534);
+    assert_eq!(
+        process["exe"],
+        std::fs::canonicalize("/bin/sh").unwrap().to_str().unwrap(),
+        "{event}"
+    );
+    assert_eq!(process["args"][0], "/bin/sh", "{event}");
+    assert!(
+        stopped.stderr.contains("lost events              0"),
+        "{}",
+        stopped.stderr
+    );
+}
+
+/// Names of the metrics the binaries register: the string literals of `observer-user/src`
+/// that look like metric names.
+fn exported_metrics() -> BTreeSet<String> {
+    fn walk(dir: &Path, names: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, names);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for literal in text.split('"').skip(1).step_by(2) {
+                    if metric_names(literal).first().map(String::as_str) == Some(literal) {
+                        names.insert(literal.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let mut names = BTreeSet::new();
+    walk(&repo().join("observer-user/src"), &mut names);
+    names
+}
+
+/// The `zastava_*` and `stella_*` names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let at_word_start =
+            i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        if at_word_start && (expr[i..].starts_with("zastava_") || expr[i..].starts_with("stella_"))
+        {
+            let end = expr[i..]
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .map_or(expr.len(), |n| i + n);
+            names.push(expr[i..end].to_owned());
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn every_alert_rule_names_metrics_the_binaries_export() {
+    let exported = exported_metrics();
+    assert!(
+        exported.contains("zastava_runtime_events_seen_total"),
+        "{exported:?}"
+    );
+    let text =
+        std::fs::read_to_string(repo().join("deploy/prometheus/zastava-rules.yaml")).unwrap();
+    let rules: Value = serde_yaml::from_str(&text).unwrap();
+    let mut alerts = 0;
+    for group in list(&rules["groups"]) {
+        for rule in list(&group["rules"]) {
+            let expr = str_of(&rule["expr"]);
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{expr}");
+            for name in names {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(*b)))
+                    .unwrap_or(&name);
+                assert!(
+                    exported.contains(base),
+                    "alert {} uses {name}, which no binary exports",
+                    rule["alert"]
+                );
+            }
+            assert!(rule["labels"]["severity"].is_string(), "{rule}");
+            assert!(rule["annotations"]["summary"].is_string(), "{rule}");
+            alerts += 1;
+        }
+    }
+    assert!(alerts >= 8, "{alerts} alerts");
+}
