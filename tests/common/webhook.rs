@@ -196,17 +196,21 @@ pub fn client_for(ca: &std::path::Path, host: &str, addr: SocketAddr) -> reqwest
 }
 
 fn client_builder(ca: &std::path::Path) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls_client_config(ca))
+        .timeout(Duration::from_secs(30))
+}
+
+/// A TLS client configuration that trusts only `ca`.
+pub fn tls_client_config(ca: &std::path::Path) -> rustls::ClientConfig {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let tls = rustls::ClientConfig::builder()
+    rustls::ClientConfig::builder()
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(30))
+        .with_no_client_auth()
 }
 
 pub const DIGEST_A: &str =

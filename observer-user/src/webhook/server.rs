@@ -9,8 +9,9 @@ use std::{
 
 use axum::{
     body::Bytes,
-    extract::{DefaultBodyLimit, State},
+    extract::{DefaultBodyLimit, Request, State},
     http::{header, StatusCode, Uri},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
     Router,
@@ -90,12 +91,45 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Refuses a request whose declared length is over the limit from its headers alone,
+/// without reading (or waiting for) its body. Bodies without a declared length are cut at
+/// the limit while they are read (`DefaultBodyLimit`).
+async fn refuse_declared_oversize(
+    State(max_body_bytes): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max_body_bytes as u64 => {
+            metrics::counter!("zastava_admission_invalid_requests_total").increment(1);
+            debug!("refused a {length}-byte request body");
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is {length} bytes; at most {max_body_bytes} are accepted (server.max_body_bytes)\n"
+                ),
+            )
+                .into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
 pub fn https_router(app: Arc<App>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/validate", post(validate))
         .route("/healthz", get(healthz))
         .route("/readyz", get(healthz))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            max_body_bytes,
+            refuse_declared_oversize,
+        ))
         .with_state(app)
 }
 
