@@ -746,37 +746,55 @@ fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
+/// Fails if `expr` names a metric no binary exports (histogram series by their base name).
+fn assert_exported(exported: &BTreeSet<String>, what: &str, expr: &str) {
+    let names = metric_names(expr);
+    assert!(!names.is_empty(), "{what}: {expr}");
+    for name in names {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(*b)))
+            .unwrap_or(&name);
+        assert!(
+            exported.contains(base),
+            "{what} uses {name}, which no binary exports"
+        );
+    }
+}
+
 #[test]
-fn every_alert_rule_names_metrics_the_binaries_export() {
+fn every_alert_and_dashboard_query_names_metrics_the_binaries_export() {
     let exported = exported_metrics();
     assert!(
-        exported.contains("zastava_runtime_events_seen_total"),
+        exported.contains("zastava_runtime_events_seen_total")
+            && exported.contains("zastava_admission_decisions_total"),
         "{exported:?}"
     );
+
     let text =
         std::fs::read_to_string(repo().join("deploy/prometheus/zastava-rules.yaml")).unwrap();
     let rules: Value = serde_yaml::from_str(&text).unwrap();
     let mut alerts = 0;
     for group in list(&rules["groups"]) {
         for rule in list(&group["rules"]) {
-            let expr = str_of(&rule["expr"]);
-            let names = metric_names(expr);
-            assert!(!names.is_empty(), "{expr}");
-            for name in names {
-                let base = ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(*b)))
-                    .unwrap_or(&name);
-                assert!(
-                    exported.contains(base),
-                    "alert {} uses {name}, which no binary exports",
-                    rule["alert"]
-                );
-            }
+            let what = format!("alert {}", rule["alert"]);
+            assert_exported(&exported, &what, str_of(&rule["expr"]));
             assert!(rule["labels"]["severity"].is_string(), "{rule}");
             assert!(rule["annotations"]["summary"].is_string(), "{rule}");
             alerts += 1;
         }
     }
     assert!(alerts >= 8, "{alerts} alerts");
+
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/zastava.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    let mut queries = 0;
+    for panel in list(&dashboard["panels"]) {
+        for target in list(&panel["targets"]) {
+            let what = format!("panel {}", panel["title"]);
+            assert_exported(&exported, &what, str_of(&target["expr"]));
+            queries += 1;
+        }
+    }
+    assert!(queries >= 10, "{queries} queries");
 }
