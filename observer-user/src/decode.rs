@@ -384,6 +384,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::synth::{bytes_of, Task};
     use observer_common::{flags, SOCKADDR_CAPACITY};
+    use std::collections::BTreeSet;
 
     /// The task every test record describes.
     pub(crate) fn task() -> Task {
@@ -546,6 +547,38 @@ pub(crate) mod tests {
                 })
                 .collect();
             let _ = decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn any_byte_of_a_valid_record_changed_to_anything_is_decoded_or_refused_never_a_panic() {
+        // Garbage rarely gets past the kind; corrupting one byte of a well-formed record
+        // reaches every length, count and offset check behind it.
+        let records = [
+            exec_record(b"/bin/echo", &[b"echo", b"hi", b"there"], 1024),
+            open_record(b"/tmp/file", 4, 0),
+            connect_record(&sockaddr_in([127, 0, 0, 1], 80), 0),
+            cgroup_record(EventKind::CgroupMkdir, 9, b"/a/b"),
+        ];
+        for record in &records {
+            let (mut decoded, mut refused) = (0, BTreeSet::new());
+            for at in 0..record.len() {
+                for value in [0u8, 1, 0x7f, 0x80, 0xff] {
+                    let mut bad = record.clone();
+                    bad[at] = value;
+                    match decode(&bad) {
+                        Ok(_) => decoded += 1,
+                        Err(err) => {
+                            refused.insert(err.reason());
+                        }
+                    }
+                }
+            }
+            // Most bytes are payload (a changed path is still a record); the header's kind
+            // and the lengths are checked.
+            assert!(decoded > 0, "{refused:?}");
+            assert!(refused.contains("unknown_kind"), "{refused:?}");
+            assert!(refused.len() >= 2, "only {refused:?} for kind {}", record[0]);
         }
     }
 
