@@ -203,14 +203,37 @@ impl PodFs {
 }
 
 /// A container's command as the pod would start it (`binary` stands for the command).
+/// With `pod`, as the user and group its security context names (root otherwise).
 fn container_command(fs: &PodFs, container: &Value, binary: &str) -> Command {
+    container_command_as(fs, None, container, binary)
+}
+
+fn container_command_as(
+    fs: &PodFs,
+    pod: Option<&Value>,
+    container: &Value,
+    binary: &str,
+) -> Command {
     let command: Vec<&str> = list(&container["command"]).iter().map(str_of).collect();
     assert_eq!(
         command,
         [Path::new(binary).file_name().unwrap().to_str().unwrap()],
         "the container runs the binary"
     );
-    let mut run = Command::new(binary);
+    let mut run = match pod.map(|p| &p["securityContext"]) {
+        Some(security) if security["runAsUser"].is_u64() => {
+            let mut run = Command::new("setpriv");
+            run.arg(format!("--reuid={}", security["runAsUser"]))
+                .arg(format!(
+                    "--regid={}",
+                    security["runAsGroup"].as_u64().unwrap_or(0)
+                ))
+                .args(["--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+                .arg(binary);
+            run
+        }
+        _ => Command::new(binary),
+    };
     run.args(
         list(&container["args"])
             .iter()
@@ -475,7 +498,10 @@ fn the_registered_webhook_serves_the_api_server_as_deployed() {
     let pod = &deployment["spec"]["template"]["spec"];
     let container = named(&pod["containers"], "webhook");
     let fs = PodFs::new(&docs, pod, container);
-    let mut webhook = container_command(&fs, container, WEBHOOK)
+    // As the user the pod runs as, with no capabilities: the certificate and credentials
+    // must be readable by it, as Secret volumes make them (mode 0644).
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    let mut webhook = container_command_as(&fs, Some(pod), container, WEBHOOK)
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -500,6 +526,20 @@ fn the_registered_webhook_serves_the_api_server_as_deployed() {
             Err(_) => panic!("the webhook did not start as deployed:\n{seen}"),
         }
     }
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", webhook.0.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().next().unwrap_or_default().to_owned())
+    };
+    assert_eq!(field("Uid:").as_deref(), Some("65532"), "{status}");
+    assert_eq!(
+        field("CapEff:").as_deref(),
+        Some("0000000000000000"),
+        "{status}"
+    );
 
     // The API server calls the Service's DNS name; the Service forwards to the container
     // port, which the pod's network namespace maps to the same port here.

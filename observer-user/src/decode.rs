@@ -578,7 +578,11 @@ pub(crate) mod tests {
             // and the lengths are checked.
             assert!(decoded > 0, "{refused:?}");
             assert!(refused.contains("unknown_kind"), "{refused:?}");
-            assert!(refused.len() >= 2, "only {refused:?} for kind {}", record[0]);
+            assert!(
+                refused.len() >= 2,
+                "only {refused:?} for kind {}",
+                record[0]
+            );
         }
     }
 
