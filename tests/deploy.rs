@@ -13,6 +13,7 @@ use std::{
 
 use common::{
     backend::Pki,
+    containerd::{Containerd, PodSpec, BUSYBOX},
     require_root,
     webhook::{client_for, fresh_digest, pod_review, WEBHOOK},
     Observer, TempDir, OBSERVER, TIMEOUT,
@@ -110,7 +111,21 @@ struct PodFs {
 }
 
 impl PodFs {
+    /// Every volume a fresh directory.
     fn new(docs: &[Value], pod: &Value, container: &Value) -> PodFs {
+        PodFs::with_host(docs, pod, container, &|_| None, &[])
+    }
+
+    /// As `new`, except that `host` may name the directory a volume is (a hostPath volume
+    /// on this machine), and each of `parents` (a directory of the container holding mounts,
+    /// such as `/host`) is laid out too, holding just those mounts.
+    fn with_host(
+        docs: &[Value],
+        pod: &Value,
+        container: &Value,
+        host: &dyn Fn(&Value) -> Option<PathBuf>,
+        parents: &[&str],
+    ) -> PodFs {
         let dir = TempDir::new("zastava-pod");
         // The serving certificate is for the names its Certificate asks for, as
         // cert-manager would issue it.
@@ -128,9 +143,20 @@ impl PodFs {
         let mut mounts = Vec::new();
         for (i, mount) in list(&container["volumeMounts"]).iter().enumerate() {
             let volume = named(&pod["volumes"], str_of(&mount["name"])).clone();
-            let here = dir.path().join(format!("volume-{i}"));
+            let here = host(&volume).unwrap_or_else(|| dir.path().join(format!("volume-{i}")));
             std::fs::create_dir_all(&here).unwrap();
             mounts.push((str_of(&mount["mountPath"]).to_owned(), volume, here));
+        }
+        for (i, parent) in parents.iter().enumerate() {
+            let here = dir.path().join(format!("parent-{i}"));
+            for (path, _, target) in &mounts {
+                if let Some(rest) = path.strip_prefix(&format!("{parent}/")) {
+                    let link = here.join(rest);
+                    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+                    std::os::unix::fs::symlink(target, link).unwrap();
+                }
+            }
+            mounts.push(((*parent).to_owned(), Value::Null, here));
         }
         mounts.sort_by_key(|(path, _, _)| std::cmp::Reverse(path.len()));
         let fs = PodFs { dir, mounts, pki };
@@ -241,10 +267,20 @@ fn container_command_as(
     )
     .env_clear();
     for var in list(&container["env"]) {
-        run.env(str_of(&var["name"]), fs.translate(str_of(&var["value"])));
+        let value = match &var["valueFrom"] {
+            Value::Null => fs.translate(str_of(&var["value"])),
+            from => match from["fieldRef"]["fieldPath"].as_str() {
+                Some("spec.nodeName") => NODE.to_owned(),
+                _ => panic!("an environment variable the test cannot fill: {var}"),
+            },
+        };
+        run.env(str_of(&var["name"]), value);
     }
     run
 }
+
+/// The name of the node the pods of these tests are scheduled on.
+const NODE: &str = "worker-3.cluster.internal";
 
 /// Runs a container's command with `--check-config`; returns the settings it printed.
 fn check_config(fs: &PodFs, container: &Value, binary: &str) -> BTreeMap<String, String> {
@@ -313,6 +349,7 @@ fn check_observer(overlay: &str) -> BTreeMap<String, String> {
         "/run/containerd/containerd.sock"
     );
     assert_eq!(settings["observer.proc_root"], "/proc");
+    assert_eq!(settings["observer.node_name"], NODE);
 
     // Metrics and probes meet on one port.
     let port = container_port(container, "metrics");
@@ -346,6 +383,140 @@ fn the_capture_overlays_attach_the_probes_and_ship_to_the_backend() {
             "{overlay}"
         );
         assert_eq!(settings["backend.url"], "https://scanner.stellaops.svc/");
+    }
+}
+
+#[test]
+fn the_observer_daemonset_attributes_a_pods_exec_as_deployed() {
+    // The capture overlay's observer, started as its pod would be: the host's /etc,
+    // cgroup tree and tracefs are this machine's, containerd's socket directory is a
+    // private containerd's, and the spool and event log are fresh directories.
+    let mut containerd = Containerd::start();
+    let docs = render("overlays/capture");
+    let daemonset = object(&docs, "DaemonSet", "zastava-observer");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let container = named(&pod["containers"], "observer");
+    let runtime_dir = containerd.socket.parent().unwrap().to_owned();
+    let fs = PodFs::with_host(
+        &docs,
+        pod,
+        container,
+        &|volume| {
+            let host = volume["hostPath"]["path"].as_str()?;
+            match (host, volume["hostPath"]["type"].as_str()) {
+                ("/run/containerd", _) => Some(runtime_dir.clone()),
+                (_, Some("Directory")) => Some(PathBuf::from(host)),
+                _ => None,
+            }
+        },
+        &["/host"],
+    );
+    let settings = check_config(&fs, container, OBSERVER);
+    let events = PathBuf::from(&settings["ndjson.path"]);
+    let mut observer = container_command(&fs, container, OBSERVER)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start zastava-observer");
+    let log = log_lines(observer.stderr.take().unwrap());
+    let observer = Running(observer);
+    let mut seen = String::new();
+    wait_for_line(&log, &mut seen, "observer ready");
+
+    let script = format!("exec sleep {}", 30 + std::process::id() % 7);
+    let sandbox = containerd.run_pod(&PodSpec {
+        name: "cart-7d9f8b6c5-x2x7q",
+        namespace: "shop",
+        // As a Deployment's ReplicaSet labels its pods.
+        labels: &[
+            ("stellaops.workload/tenant", "acme"),
+            ("pod-template-hash", "7d9f8b6c5"),
+        ],
+    });
+    let id = containerd.run_container(&sandbox, "cart", BUSYBOX, &["/bin/sh", "-c", &script]);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let (exec, start) = loop {
+        let records: Vec<Value> = std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let exec = records
+            .iter()
+            .find(|e| {
+                e["edgeType"] == "syscall"
+                    && e["containerId"] == id.as_str()
+                    && e["args"][2] == script.as_str()
+            })
+            .cloned();
+        let start = records
+            .iter()
+            .find(|e| e["eventType"] == "containerStart" && e["containerId"] == id.as_str())
+            .cloned();
+        if let (Some(exec), Some(start)) = (exec, start) {
+            break (exec, start);
+        }
+        while let Ok(line) = log.try_recv() {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod's exec and start never reached {}:\n{seen}",
+            events.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    containerd.stop_pod(&sandbox);
+    drop(observer);
+    for e in [&exec, &start] {
+        assert_eq!(e["namespace"], "shop", "{e}");
+        assert_eq!(e["pod"], "cart-7d9f8b6c5-x2x7q", "{e}");
+        assert_eq!(e["workloadId"], "shop/cart", "{e}");
+        assert_eq!(e["tenant"], "acme", "{e}");
+        assert_eq!(
+            e["imageDigest"],
+            containerd.images.busybox_manifest.as_str(),
+            "{e}"
+        );
+    }
+    // The node as Kubernetes names it; its identity from the host's /etc, through /host/etc.
+    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap();
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap();
+    let pretty = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .unwrap()
+        .trim_matches('"');
+    for e in [&exec, &start] {
+        assert_eq!(e["node"], NODE, "{e}");
+        assert_eq!(e["hostId"], machine_id.trim(), "{e}");
+        assert_eq!(e["osRelease"], pretty, "{e}");
+    }
+}
+
+/// The lines a child writes to `stream`, as they come.
+fn log_lines(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stream)).map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    log
+}
+
+/// Waits for a line containing `needle`, keeping what was read in `seen`.
+fn wait_for_line(log: &std::sync::mpsc::Receiver<String>, seen: &mut String, needle: &str) {
+    while !seen.contains(needle) {
+        match log.recv_timeout(TIMEOUT) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            Err(_) => panic!("never logged {needle:?}:\n{seen}"),
+        }
     }
 }
 
@@ -508,24 +679,9 @@ fn the_registered_webhook_serves_the_api_server_as_deployed() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start zastava-webhook");
-    let stderr = webhook.stderr.take().unwrap();
+    let log = log_lines(webhook.stderr.take().unwrap());
     let webhook = Running(webhook);
-    let (lines, log) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let mut seen = String::new();
-    while !seen.contains("webhook ready") {
-        match log.recv_timeout(TIMEOUT) {
-            Ok(line) => {
-                seen.push_str(&line);
-                seen.push('\n');
-            }
-            Err(_) => panic!("the webhook did not start as deployed:\n{seen}"),
-        }
-    }
+    wait_for_line(&log, &mut String::new(), "webhook ready");
 
     let status = std::fs::read_to_string(format!("/proc/{}/status", webhook.0.id())).unwrap();
     let field = |name: &str| {

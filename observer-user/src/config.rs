@@ -66,6 +66,8 @@ pub struct ObserverConfig {
     #[serde(deserialize_with = "bytes")]
     pub ring_buffer_bytes: u64,
     pub host_root: PathBuf,
+    /// The node's name on events (`node`); the hostname when unset.
+    pub node_name: Option<String>,
     pub proc_root: PathBuf,
     pub cgroup_root: Option<PathBuf>,
     #[serde(deserialize_with = "duration")]
@@ -85,6 +87,7 @@ impl Default for ObserverConfig {
         ObserverConfig {
             ring_buffer_bytes: 16 << 20,
             host_root: "/".into(),
+            node_name: None,
             proc_root: "/proc".into(),
             cgroup_root: None,
             enrichment_wait: Duration::from_millis(250),
@@ -478,6 +481,13 @@ impl Config {
                 },
             ),
             ("observer.host_root", path(&self.observer.host_root)),
+            (
+                "observer.node_name",
+                self.observer
+                    .node_name
+                    .clone()
+                    .unwrap_or_else(|| "(the hostname)".into()),
+            ),
             ("observer.proc_root", path(&self.observer.proc_root)),
             (
                 "observer.cgroup_root",
@@ -523,6 +533,17 @@ impl Config {
                     self.observer.enrichment_wait
                 ),
             );
+        }
+        if let Some(name) = &self.observer.node_name {
+            if name.is_empty()
+                || name.len() > 253
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                bad(
+                    "observer.node_name",
+                    format!("{name:?} is not a node name (1 to 253 characters, no spaces)"),
+                );
+            }
         }
         if self.batch.max_events == 0 {
             bad("batch.max_events", "must be at least 1".into());

@@ -232,7 +232,10 @@ async fn ring_ready(
 pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
     let started = Instant::now();
     let config = &options.config;
-    let host = HostIdentity::read(&config.observer.host_root);
+    let host = HostIdentity::read(
+        &config.observer.host_root,
+        config.observer.node_name.as_deref(),
+    );
     for warning in &host.warnings {
         warn!("{warning}");
     }

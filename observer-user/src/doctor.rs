@@ -119,7 +119,7 @@ pub fn run(host_root: &Path, cri_endpoint: Option<&str>) -> Vec<Check> {
     }
     checks.push(cgroup_v2());
     checks.push(container_runtime(cri_endpoint));
-    let host = HostIdentity::read(host_root);
+    let host = HostIdentity::read(host_root, None);
     checks.push(if host.warnings.is_empty() {
         Check::ok(
             "host identity",

@@ -11,7 +11,7 @@ use std::{
 /// Who this node is, as written on every event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostIdentity {
-    /// `node`: the hostname.
+    /// `node`: the configured node name, else the hostname.
     pub node: String,
     /// `hostId`: `/etc/machine-id`.
     pub host_id: String,
@@ -26,11 +26,16 @@ pub struct HostIdentity {
 }
 
 impl HostIdentity {
-    pub fn read(host_root: &Path) -> Self {
+    /// Reads the identity under `host_root`. `node_name`, when given, is the node's name
+    /// (a Kubernetes node's `spec.nodeName`, which need not be its hostname); otherwise the
+    /// hostname is.
+    pub fn read(host_root: &Path, node_name: Option<&str>) -> Self {
         let mut warnings = Vec::new();
         let under = |p: &str| -> PathBuf { host_root.join(p.trim_start_matches('/')) };
 
-        let node = read_trimmed(&under("/proc/sys/kernel/hostname"))
+        let node = node_name
+            .map(str::to_owned)
+            .or_else(|| read_trimmed(&under("/proc/sys/kernel/hostname")))
             .or_else(|| read_trimmed(&under("/etc/hostname")))
             .unwrap_or_else(|| {
                 warnings.push("hostname unreadable (/proc/sys/kernel/hostname, /etc/hostname); using \"unknown\"".into());
@@ -140,15 +145,20 @@ mod tests {
         .unwrap();
         fs::write(root.join("proc/sys/kernel/hostname"), "node-7\n").unwrap();
         fs::write(root.join("etc/os-release"), "PRETTY_NAME=\"Test OS 1\"\n").unwrap();
-        let id = HostIdentity::read(&root);
+        let id = HostIdentity::read(&root, None);
         assert_eq!(id.node, "node-7");
         assert_eq!(id.host_id, "0123456789abcdef0123456789abcdef");
         assert_eq!(id.workload_id, "host:0123456789abcdef0123456789abcdef");
         assert_eq!(id.os_release, "Test OS 1");
         assert!(id.warnings.is_empty(), "{:?}", id.warnings);
 
+        // A Kubernetes node's name need not be its hostname.
+        let id = HostIdentity::read(&root, Some("ip-10-0-3-7.eu-west-1.compute.internal"));
+        assert_eq!(id.node, "ip-10-0-3-7.eu-west-1.compute.internal");
+        assert_eq!(id.host_id, "0123456789abcdef0123456789abcdef");
+
         fs::remove_file(root.join("etc/machine-id")).unwrap();
-        let id = HostIdentity::read(&root);
+        let id = HostIdentity::read(&root, None);
         assert_eq!(id.host_id, "hostname-node-7");
         assert_eq!(id.warnings.len(), 1, "{:?}", id.warnings);
         fs::remove_dir_all(&root).unwrap();

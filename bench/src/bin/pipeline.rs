@@ -304,7 +304,7 @@ fn full_pipeline(world: &World, path: &std::path::Path) -> Result<(f64, u64)> {
             batcher: Batcher::new(BatchConfig::default()),
         },
         sink,
-        HostIdentity::read(std::path::Path::new("/")),
+        HostIdentity::read(std::path::Path::new("/"), None),
         "bench".into(),
         None,
         CriStatus::default(),

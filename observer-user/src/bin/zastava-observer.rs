@@ -77,6 +77,10 @@ struct RunArgs {
     /// [observer.host_root] Root of the host filesystem (machine-id, os-release), e.g. /host.
     #[arg(long, value_name = "PATH")]
     host_root: Option<PathBuf>,
+    /// [observer.node_name] The node's name on events (default: the hostname); in a
+    /// DaemonSet, the pod's spec.nodeName.
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
     /// [observer.proc_root] The host's /proc.
     #[arg(long, value_name = "PATH")]
     proc_root: Option<PathBuf>,
@@ -170,6 +174,7 @@ fn configuration(args: &RunArgs) -> Result<Config, String> {
     for (key, value) in [
         ("observer.enrichment_wait", &args.enrichment_wait),
         ("observer.container_retention", &args.container_retention),
+        ("observer.node_name", &args.node_name),
         ("cri.endpoint", &args.cri_endpoint),
         ("cri.poll_interval", &args.cri_poll_interval),
         ("cri.timeout", &args.cri_timeout),
