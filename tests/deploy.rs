@@ -308,7 +308,7 @@ fn container_port(container: &Value, name: &str) -> u64 {
 
 /// The observer's DaemonSet in `overlay`: its configuration is valid, and everything it
 /// writes or reads from the host is on the host.
-fn check_observer(overlay: &str) -> BTreeMap<String, String> {
+fn check_observer(overlay: &str, runtime_socket: &str) -> BTreeMap<String, String> {
     let docs = render(overlay);
     let daemonset = object(&docs, "DaemonSet", "zastava-observer");
     let pod = &daemonset["spec"]["template"]["spec"];
@@ -344,10 +344,7 @@ fn check_observer(overlay: &str) -> BTreeMap<String, String> {
         fs.host_path_of(&settings["observer.cgroup_root"]),
         "/sys/fs/cgroup"
     );
-    assert_eq!(
-        fs.host_path_of(&settings["cri.endpoint"]),
-        "/run/containerd/containerd.sock"
-    );
+    assert_eq!(fs.host_path_of(&settings["cri.endpoint"]), runtime_socket);
     assert_eq!(settings["observer.proc_root"], "/proc");
     assert_eq!(settings["observer.node_name"], NODE);
 
@@ -367,16 +364,33 @@ fn check_observer(overlay: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn the_observer_daemonset_ships_with_both_feature_flags_off() {
-    let settings = check_observer("base");
+    let settings = check_observer("base", CONTAINERD);
     assert_eq!(settings["zastava.attach.enabled"], "false");
     assert_eq!(settings["scanner.runtime.capture.enabled"], "false");
     assert_eq!(settings["backend.url"], "(none)");
 }
 
+const CONTAINERD: &str = "/run/containerd/containerd.sock";
+
+#[test]
+fn the_cri_o_overlay_talks_to_cri_o_and_mounts_no_containerd() {
+    let settings = check_observer("overlays/cri-o", "/run/crio/crio.sock");
+    assert_eq!(settings["zastava.attach.enabled"], "false");
+    let docs = render("overlays/cri-o");
+    let daemonset = object(&docs, "DaemonSet", "zastava-observer");
+    let volumes = &daemonset["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        !list(volumes)
+            .iter()
+            .any(|v| v["hostPath"]["path"] == "/run/containerd"),
+        "{volumes}"
+    );
+}
+
 #[test]
 fn the_capture_overlays_attach_the_probes_and_ship_to_the_backend() {
     for overlay in ["overlays/capture", "overlays/complete"] {
-        let settings = check_observer(overlay);
+        let settings = check_observer(overlay, CONTAINERD);
         assert_eq!(settings["zastava.attach.enabled"], "true", "{overlay}");
         assert_eq!(
             settings["scanner.runtime.capture.enabled"], "true",
@@ -527,6 +541,7 @@ fn the_webhook_is_registered_only_where_its_certificate_authority_is_known() {
         ("overlays/capture", false),
         ("overlays/cert-manager", true),
         ("overlays/complete", true),
+        ("overlays/cri-o", true),
     ] {
         let docs = render(overlay);
         let registrations = docs
