@@ -10,8 +10,8 @@
 //! marked `"late": true`, and counted.
 
 use std::{
-    collections::{hash_map::Entry, BTreeMap, HashMap, VecDeque},
-    hash::{Hash, Hasher},
+    collections::{BTreeMap, HashMap, VecDeque},
+    hash::{BuildHasher as _, Hash, Hasher},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -165,11 +165,13 @@ fn outcome(result: i64) -> i64 {
     result.min(0)
 }
 
-fn edge_fingerprint(item: &Item) -> Option<u64> {
+/// A hash of what makes two edges the same (`same_edge` decides; equal edges have equal
+/// fingerprints). Seeded per batcher, so crafted paths cannot be made to collide at will.
+fn edge_fingerprint(seed: &foldhash::fast::RandomState, item: &Item) -> Option<u64> {
     let Record::Edge { event, attribution } = &item.record else {
         return None;
     };
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = seed.build_hasher();
     item.workload.hash(&mut h);
     attribution.container_id.hash(&mut h);
     match &event.detail {
@@ -248,6 +250,7 @@ pub struct Batcher {
     /// Per workload, the newest timestamp shipped.
     shipped_upto: HashMap<Arc<str>, i128>,
     stats: BatchStats,
+    fingerprint_seed: foldhash::fast::RandomState,
 }
 
 fn window_ns(d: Duration) -> i128 {
@@ -295,6 +298,7 @@ impl Batcher {
             ready_since: None,
             shipped_upto: HashMap::new(),
             stats: BatchStats::default(),
+            fingerprint_seed: foldhash::fast::RandomState::default(),
         }
     }
 
@@ -453,30 +457,42 @@ impl Batcher {
 
     /// Merges repeated identical edges of a sorted batch into their first occurrence.
     fn merge(&mut self, batch: Vec<Item>) -> Vec<Item> {
+        let seed = self.fingerprint_seed.clone();
+        self.merge_by(batch, |item| edge_fingerprint(&seed, item))
+    }
+
+    /// Merges repeats, with `fingerprint` narrowing the candidates (`same_edge` decides).
+    fn merge_by(
+        &mut self,
+        batch: Vec<Item>,
+        fingerprint: impl Fn(&Item) -> Option<u64>,
+    ) -> Vec<Item> {
+        const NONE: usize = usize::MAX;
         let mut out: Vec<Item> = Vec::with_capacity(batch.len());
-        let mut seen: HashMap<u64, Vec<usize>> = HashMap::new();
+        // Fingerprint → the newest record of `out` with it; `older[i]` is the record with
+        // the same fingerprint before `out[i]` (a different edge: a hash collision).
+        let mut newest: HashMap<u64, usize, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(batch.len(), self.fingerprint_seed.clone());
+        let mut older: Vec<usize> = Vec::with_capacity(batch.len());
         for item in batch {
-            let Some(fingerprint) = edge_fingerprint(&item) else {
+            let Some(fingerprint) = fingerprint(&item) else {
                 out.push(item);
+                older.push(NONE);
                 continue;
             };
-            match seen.entry(fingerprint) {
-                Entry::Occupied(mut slots) => {
-                    if let Some(&at) = slots.get().iter().find(|&&i| same_edge(&out[i], &item)) {
-                        let first = &mut out[at];
-                        first.count += item.count;
-                        first.last_ns = first.last_ns.max(item.last_ns);
-                        first.late |= item.late;
-                        self.stats.merged += item.count;
-                    } else {
-                        slots.get_mut().push(out.len());
-                        out.push(item);
-                    }
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(vec![out.len()]);
-                    out.push(item);
-                }
+            let mut candidate = newest.get(&fingerprint).copied().unwrap_or(NONE);
+            while candidate != NONE && !same_edge(&out[candidate], &item) {
+                candidate = older[candidate];
+            }
+            if candidate == NONE {
+                older.push(newest.insert(fingerprint, out.len()).unwrap_or(NONE));
+                out.push(item);
+            } else {
+                let first = &mut out[candidate];
+                first.count += item.count;
+                first.last_ns = first.last_ns.max(item.last_ns);
+                first.late |= item.late;
+                self.stats.merged += item.count;
             }
         }
         out
@@ -597,6 +613,24 @@ mod tests {
         assert_eq!(batch.items[0].last_ns, 10 * S + 4);
         assert_eq!(batch.edge_occurrences(), 6);
         assert_eq!(b.stats().merged, 4);
+    }
+
+    #[test]
+    fn edges_whose_fingerprints_collide_stay_apart_and_their_repeats_still_merge() {
+        let h = host();
+        let mut b = Batcher::new(config());
+        let batch: Vec<Item> = ["/a", "/b", "/a", "/c", "/b", "/a"]
+            .iter()
+            .enumerate()
+            .map(|(i, path)| Item::new(10 * S + i as i128, &h, open(i as u64, path, 3)))
+            .collect();
+        // Every edge gets the same fingerprint: only same_edge tells them apart.
+        let merged = b.merge_by(batch, |_| Some(7));
+        assert_eq!(
+            paths(&Batch { items: merged }),
+            [("/a".into(), 3), ("/b".into(), 2), ("/c".into(), 1)]
+        );
+        assert_eq!(b.stats().merged, 3);
     }
 
     #[test]
