@@ -229,11 +229,12 @@ impl PodFs {
 }
 
 /// A container's command as the pod would start it (`binary` stands for the command).
-/// With `pod`, as the user and group its security context names (root otherwise).
 fn container_command(fs: &PodFs, container: &Value, binary: &str) -> Command {
     container_command_as(fs, None, container, binary)
 }
 
+/// As `container_command`; with `pod`, run as the user and group its security context
+/// names, with no capabilities (as root otherwise).
 fn container_command_as(
     fs: &PodFs,
     pod: Option<&Value>,
