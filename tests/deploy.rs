@@ -176,15 +176,28 @@ impl PodFs {
                     "zastava-backend" => &[("ca.crt", &fs.pki.ca)],
                     other => panic!("a Secret the deployment docs do not describe: {other}"),
                 };
-                for (file, source) in files {
-                    std::fs::copy(source, here.join(file)).unwrap();
-                }
+                let mut contents: Vec<(&str, Vec<u8>)> = files
+                    .iter()
+                    .map(|(file, source)| (*file, std::fs::read(source).unwrap()))
+                    .collect();
                 if name == "zastava-backend" {
-                    std::fs::write(here.join("token"), "operator-token\n").unwrap();
+                    contents.push(("token", b"operator-token\n".to_vec()));
                 }
+                write_secret_volume(here, &contents);
             }
         }
         fs
+    }
+
+    /// Replaces the files of the Secret volume `secret` as the kubelet does when the Secret
+    /// changes.
+    fn renew_secret(&self, secret: &str, files: &[(&str, Vec<u8>)]) {
+        let (_, _, here) = self
+            .mounts
+            .iter()
+            .find(|(_, v, _)| v["secret"]["secretName"] == secret)
+            .unwrap_or_else(|| panic!("no volume of Secret {secret}"));
+        write_secret_volume(here, files);
     }
 
     /// `text` with every path inside a mount moved to where that mount is here.
@@ -224,6 +237,27 @@ impl PodFs {
         match Path::new(printed).strip_prefix(here).unwrap() {
             rest if rest.as_os_str().is_empty() => host.to_owned(),
             rest => Path::new(host).join(rest).display().to_string(),
+        }
+    }
+}
+
+/// Writes `files` into a Secret volume's directory the way the kubelet does, so that a
+/// change is atomic: the data goes into a new hidden directory, `..data` is switched to it
+/// by a rename, and each file is a symbolic link through `..data`.
+fn write_secret_volume(dir: &Path, files: &[(&str, Vec<u8>)]) {
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let data = format!("..2026_11_22_00_00_00.{generation:09}");
+    std::fs::create_dir(dir.join(&data)).unwrap();
+    for (file, bytes) in files {
+        std::fs::write(dir.join(&data).join(file), bytes).unwrap();
+    }
+    std::os::unix::fs::symlink(&data, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    for (file, _) in files {
+        let link = dir.join(file);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{file}"), link).unwrap();
         }
     }
 }
@@ -781,6 +815,59 @@ fn the_registered_webhook_serves_the_api_server_as_deployed() {
                 sent.elapsed() < std::time::Duration::from_secs(timeout),
                 "answered after {:?}",
                 sent.elapsed()
+            );
+
+            // cert-manager renews the certificate (here from a new CA, so that which one
+            // is served can be told apart) and the kubelet swaps the Secret volume's
+            // files: the webhook serves the new one without a restart.
+            let certificate = docs
+                .iter()
+                .find(|d| {
+                    d["kind"] == "Certificate" && d["spec"]["secretName"] == "zastava-webhook-tls"
+                })
+                .unwrap();
+            let renewed = Pki::generate_for(
+                list(&certificate["spec"]["dnsNames"])
+                    .iter()
+                    .map(|n| str_of(n).to_owned())
+                    .collect(),
+            );
+            fs.renew_secret(
+                "zastava-webhook-tls",
+                &[
+                    ("tls.crt", std::fs::read(&renewed.server_cert).unwrap()),
+                    ("tls.key", std::fs::read(&renewed.server_key).unwrap()),
+                ],
+            );
+            let addr = ([127, 0, 0, 1], https as u16).into();
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            loop {
+                // A new client each time: a kept-alive connection keeps its handshake.
+                let trusting_new = client_for(&renewed.ca, &host, addr);
+                match trusting_new
+                    .get(format!("https://{host}:{https}/readyz"))
+                    .send()
+                    .await
+                {
+                    Ok(reply) => {
+                        assert_eq!(reply.status(), 200);
+                        break;
+                    }
+                    Err(err) => assert!(
+                        std::time::Instant::now() < deadline,
+                        "the renewed certificate was never served: {err}"
+                    ),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            let trusting_old = client_for(&ca, &host, addr);
+            assert!(
+                trusting_old
+                    .get(format!("https://{host}:{https}/readyz"))
+                    .send()
+                    .await
+                    .is_err(),
+                "the old certificate is still served"
             );
         });
     drop(webhook);
