@@ -1000,6 +1000,33 @@ fn the_observer_works_with_only_the_capabilities_the_unit_grants() {
     );
 }
 
+#[test]
+fn the_alert_rules_load_in_prometheus_and_fire_as_their_unit_tests_expect() {
+    let promtool = repo().join("target/tools/promtool");
+    let rules = repo().join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "zastava-rules.yaml"],
+        ["test", "rules", "zastava-rules.test.yaml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&rules)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}); `cargo xtask setup` fetches it",
+                    promtool.display()
+                )
+            });
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// Names of the metrics the binaries register: the string literals of `observer-user/src`
 /// that look like metric names.
 fn exported_metrics() -> BTreeSet<String> {

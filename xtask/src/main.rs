@@ -6,6 +6,7 @@
 use std::{
     env,
     ffi::OsStr,
+    fs,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
@@ -193,6 +194,57 @@ fn apt_install(packages: &[String]) -> Result<()> {
     )
 }
 
+/// Where `cargo xtask setup` puts `promtool`, which the deployment tests run on the alerting
+/// rules.
+fn promtool_path() -> PathBuf {
+    root().join("target/tools/promtool")
+}
+
+/// Takes `promtool` out of Debian's `prometheus` package without installing the package
+/// (which would set up and start a Prometheus server).
+fn fetch_promtool() -> Result<()> {
+    let tool = promtool_path();
+    if output(Command::new(&tool).arg("--version")).is_ok() {
+        return Ok(());
+    }
+    step("fetching promtool from Debian's prometheus package");
+    let dir = root().join("target/tools/prometheus-deb");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let download = || {
+        run_cmd(
+            Command::new("apt-get")
+                .args([
+                    "-o",
+                    "APT::Sandbox::User=root",
+                    "download",
+                    "-qq",
+                    "prometheus",
+                ])
+                .current_dir(&dir),
+        )
+    };
+    if download().is_err() {
+        run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+        download()?;
+    }
+    let deb = fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download prometheus left no .deb")?;
+    run_cmd(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(dir.join("x")),
+    )?;
+    fs::copy(dir.join("x/usr/bin/promtool"), &tool)
+        .context("the prometheus package has no usr/bin/promtool")?;
+    fs::remove_dir_all(&dir)?;
+    output(Command::new(&tool).arg("--version"))?;
+    Ok(())
+}
+
 /// LLVM major that an installed bpf-linker is linked against, from its shared libraries.
 fn bpf_linker_llvm_major(linker: &Path) -> Option<u32> {
     let libs = output(Command::new("ldd").arg(linker)).ok()?;
@@ -235,6 +287,7 @@ fn setup() -> Result<()> {
     ];
     packages.extend(PACKAGES.iter().map(|p| (*p).to_owned()));
     apt_install(&packages)?;
+    fetch_promtool()?;
 
     let linker = cargo_bin().join("bpf-linker");
     let installed = output(Command::new(&linker).arg("--version")).ok();
