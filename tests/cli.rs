@@ -205,17 +205,20 @@ fn every_problem_of_a_config_is_reported_at_once() {
     }
 }
 
-#[test]
-fn set_overrides_any_key_and_names_it_when_wrong() {
-    let out = Command::new(OBSERVER)
-        .args(["run", "--set", "batch.max_age=forever", "--duration", "1"])
-        .output()
-        .unwrap();
+/// Runs the observer with `args`; it must refuse its configuration (exit 2) saying
+/// `problem`.
+fn assert_refused(args: &[&str], problem: &str) {
+    let out = Command::new(OBSERVER).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("batch.max_age: `forever` is not a duration"),
-        "{stderr}"
+    assert!(stderr.contains(problem), "no {problem:?} in:\n{stderr}");
+}
+
+#[test]
+fn set_overrides_any_key_and_names_it_when_wrong() {
+    assert_refused(
+        &["run", "--set", "batch.max_age=forever", "--duration", "1"],
+        "batch.max_age: `forever` is not a duration",
     );
 }
 
@@ -253,15 +256,9 @@ fn check_config_prints_the_effective_settings_and_loads_nothing() {
     assert!(!stderr.contains("observer ready"), "{stderr}");
     assert!(!std::path::Path::new("/srv/events.ndjson").exists());
 
-    let out = Command::new(OBSERVER)
-        .args(["run", "--set", "batch.max_events=0", "--check-config"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("batch.max_events: must be at least 1"),
-        "{stderr}"
+    assert_refused(
+        &["run", "--set", "batch.max_events=0", "--check-config"],
+        "batch.max_events: must be at least 1",
     );
 }
 

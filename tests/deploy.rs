@@ -15,7 +15,7 @@ use common::{
     backend::Pki,
     containerd::{Containerd, PodSpec, BUSYBOX},
     require_root,
-    webhook::{client_for, fresh_digest, pod_review, WEBHOOK},
+    webhook::{client_for, fresh_digest, pod_review, post_review, WEBHOOK},
     Observer, TempDir, OBSERVER, TIMEOUT,
 };
 use serde_json::Value;
@@ -462,16 +462,10 @@ fn the_observer_daemonset_attributes_a_pods_exec_as_deployed() {
     );
     let settings = check_config(&fs, container, OBSERVER);
     let events = PathBuf::from(&settings["ndjson.path"]);
-    let mut observer = container_command(&fs, container, OBSERVER)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start zastava-observer");
-    let log = log_lines(observer.stderr.take().unwrap());
-    let observer = Running(observer);
-    let mut seen = String::new();
-    wait_for_line(&log, &mut seen, "observer ready");
+    let (observer, log, mut seen) = Running::start(
+        container_command(&fs, container, OBSERVER),
+        "observer ready",
+    );
 
     let script = format!("exec sleep {}", 30 + std::process::id() % 7);
     let sandbox = containerd.run_pod(&PodSpec {
@@ -704,6 +698,27 @@ fn check_registered_webhook(docs: &[Value]) {
 /// A child process stopped with SIGTERM when dropped.
 struct Running(std::process::Child);
 
+impl Running {
+    /// Starts `command` and waits until its log (stderr) has a line containing `ready`.
+    /// Returns the process, the rest of its log as it comes, and what it logged so far.
+    fn start(
+        mut command: Command,
+        ready: &str,
+    ) -> (Running, std::sync::mpsc::Receiver<String>, String) {
+        let mut child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {:?}: {e}", command.get_program()));
+        let log = log_lines(child.stderr.take().unwrap());
+        let running = Running(child);
+        let mut seen = String::new();
+        wait_for_line(&log, &mut seen, ready);
+        (running, log, seen)
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         // SAFETY: signalling a child this test started and has not reaped.
@@ -722,16 +737,10 @@ fn the_registered_webhook_serves_the_api_server_as_deployed() {
     // As the user the pod runs as, with no capabilities: the certificate and credentials
     // must be readable by it, as Secret volumes make them (mode 0644).
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
-    let mut webhook = container_command_as(&fs, Some(pod), container, WEBHOOK)
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start zastava-webhook");
-    let log = log_lines(webhook.stderr.take().unwrap());
-    let webhook = Running(webhook);
-    wait_for_line(&log, &mut String::new(), "webhook ready");
+    let (webhook, _log, _) = Running::start(
+        container_command_as(&fs, Some(pod), container, WEBHOOK),
+        "webhook ready",
+    );
 
     let status = std::fs::read_to_string(format!("/proc/{}/status", webhook.0.id())).unwrap();
     let field = |name: &str| {
@@ -788,17 +797,12 @@ fn the_registered_webhook_serves_the_api_server_as_deployed() {
             let review = pod_review("deploy-1", "shop", &[("containers", "cart", &image)]);
             let path = str_of(&target["path"]);
             let sent = std::time::Instant::now();
-            let reply = api_server
-                .post(format!("https://{host}:{https}{path}"))
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&review).unwrap())
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            let reply: Value = serde_json::from_slice(&reply).unwrap();
+            let reply = post_review(
+                &api_server,
+                &format!("https://{host}:{https}{path}"),
+                &review,
+            )
+            .await;
             let response = &reply["response"];
             assert_eq!(response["uid"], "deploy-1", "{reply}");
             assert_eq!(response["allowed"], false, "{reply}");

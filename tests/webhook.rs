@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use common::{
     backend::{Pki, Receiver, Reply},
     webhook::{
-        client, fresh_digest, pod_review, tls_client_config, Webhook, DIGEST_A, DIGEST_B, WEBHOOK,
+        client, fresh_digest, pod_review, post_review, tls_client_config, Webhook, DIGEST_A,
+        DIGEST_B, WEBHOOK,
     },
 };
 
@@ -428,16 +429,7 @@ fn nothing_listening_at_the_backend_denies_at_once() {
         let image = format!("registry.example/app@{}", fresh_digest());
         let review = pod_review("u-down", "shop", &[("containers", "app", &image)]);
         let started = Instant::now();
-        let reply = client
-            .post(webhook.url("/validate"))
-            .body(serde_json::to_vec(&review).unwrap())
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let reply: Value = serde_json::from_slice(&reply).unwrap();
+        let reply = post_review(&client, &webhook.url("/validate"), &review).await;
         assert!(started.elapsed() < Duration::from_secs(2));
         assert_eq!(response(&reply)["allowed"], false);
         let text = message(&reply);

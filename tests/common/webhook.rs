@@ -213,6 +213,26 @@ pub fn tls_client_config(ca: &std::path::Path) -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
+/// POSTs an AdmissionReview to `url` as the API server does; returns the reply.
+pub async fn post_review(client: &reqwest::Client, url: &str, review: &Value) -> Value {
+    let reply = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(review).unwrap())
+        .send()
+        .await
+        .expect("the webhook answers")
+        .bytes()
+        .await
+        .unwrap();
+    serde_json::from_slice(&reply).unwrap_or_else(|e| {
+        panic!(
+            "the reply is not JSON ({e}): {}",
+            String::from_utf8_lossy(&reply)
+        )
+    })
+}
+
 pub const DIGEST_A: &str =
     "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 pub const DIGEST_B: &str =
