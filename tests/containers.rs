@@ -453,7 +453,9 @@ fn the_observer_reconnects_after_containerd_restarts_and_keeps_enriching() {
     assert_eq!(stopped.summary["cri"]["connected"], true);
 }
 
-fn run_observer_expecting_failure(args: &[&str], within: Duration) -> String {
+/// Runs the observer, which must exit with `code` (1: a failure that a restart may cure;
+/// 2: a configuration that cannot work here) within `within`; returns its log.
+fn run_observer_expecting_failure(args: &[&str], code: i32, within: Duration) -> String {
     require_root();
     let started = Instant::now();
     let out = Command::new(OBSERVER)
@@ -462,8 +464,9 @@ fn run_observer_expecting_failure(args: &[&str], within: Duration) -> String {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
+    assert_eq!(
+        out.status.code(),
+        Some(code),
         "the observer should have refused to start:\n{stderr}"
     );
     assert!(
@@ -480,6 +483,7 @@ fn a_missing_cri_socket_is_a_clear_error_at_start() {
     let socket = dir.path().join("containerd.sock");
     let stderr = run_observer_expecting_failure(
         &["--cri-endpoint", socket.to_str().unwrap()],
+        1,
         Duration::from_secs(10),
     );
     assert!(stderr.contains(socket.to_str().unwrap()), "{stderr}");
@@ -509,6 +513,7 @@ fn an_unresponsive_cri_socket_fails_within_the_timeout_instead_of_hanging() {
             "--cri-timeout",
             "1",
         ],
+        1,
         Duration::from_secs(15),
     );
     assert!(
@@ -522,6 +527,7 @@ fn an_unresponsive_cri_socket_fails_within_the_timeout_instead_of_hanging() {
 fn a_namespace_filter_without_a_runtime_is_refused() {
     let stderr = run_observer_expecting_failure(
         &["--no-cri", "--exclude-namespace", "x"],
+        2,
         Duration::from_secs(10),
     );
     assert!(
