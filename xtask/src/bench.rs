@@ -1,0 +1,50 @@
+//! `cargo xtask bench`: the benchmark (docs/PERFORMANCE.md), or its smoke run.
+
+use std::{ffi::OsStr, process::Command};
+
+use anyhow::Result;
+
+use crate::{
+    cmd::{cargo, root, run_cmd, step},
+    ebpf::build_ebpf,
+    setup::setup,
+};
+
+pub fn bench(smoke: bool, args: &[String]) -> Result<()> {
+    setup()?;
+    build_ebpf(true)?;
+    let root = root();
+    let profile = if smoke { "debug" } else { "release" };
+    step(&format!(
+        "building the observer and the benchmarks ({profile})"
+    ));
+    let mut build = cargo();
+    build.current_dir(&root).args([
+        "build",
+        "--locked",
+        "-p",
+        "observer-user",
+        "-p",
+        "zastava-bench",
+    ]);
+    if !smoke {
+        build.arg("--release");
+    }
+    run_cmd(&mut build)?;
+    let bin_dir = root.join("target").join(profile);
+    step(if smoke {
+        "benchmark smoke run"
+    } else {
+        "benchmarking (about 15 minutes)"
+    });
+    let mut cmd = Command::new(bin_dir.join("zastava-bench"));
+    cmd.current_dir(&root)
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--work-dir")
+        .arg(root.join("target/bench"));
+    if smoke {
+        cmd.arg("--smoke");
+    }
+    run_cmd(cmd.args(args.iter().map(OsStr::new)))
+}

@@ -1,0 +1,91 @@
+//! `cargo xtask test`: setup, build, format and lint checks, every test (as root: they
+//! load the probes), then a smoke run of the benchmark.
+
+use anyhow::{bail, Result};
+
+use crate::{
+    bench::bench,
+    cmd::{cargo, nightly_cargo, output, root, run_cmd, step},
+    ebpf::{build_ebpf, ebpf_dir},
+    setup::setup,
+};
+
+pub fn test(cargo_test_args: &[String]) -> Result<()> {
+    setup()?;
+    build_ebpf(true)?;
+    let root = root();
+
+    step("checking formatting");
+    run_cmd(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
+    run_cmd(
+        nightly_cargo()
+            .current_dir(ebpf_dir())
+            .args(["fmt", "--check"]),
+    )?;
+
+    step("linting");
+    run_cmd(cargo().current_dir(&root).args([
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_cmd(nightly_cargo().current_dir(ebpf_dir()).args([
+        "clippy",
+        "--locked",
+        "-Z",
+        "build-std=core",
+        "--target",
+        "bpfel-unknown-none",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
+    check_webhook_needs_no_ebpf()?;
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the tests load eBPF programs and must run as root");
+    }
+    step("running tests");
+    run_cmd(
+        cargo()
+            .current_dir(&root)
+            .args(["test", "--locked", "--workspace"])
+            .args(cargo_test_args),
+    )?;
+    if cargo_test_args.is_empty() {
+        // Benchmarks are not tests; this only checks that the bench still runs.
+        bench(true, &[])?;
+    }
+    Ok(())
+}
+
+/// The webhook is built without the eBPF toolchain (and its image without the probes):
+/// nothing it links may load eBPF.
+fn check_webhook_needs_no_ebpf() -> Result<()> {
+    step("checking that zastava-webhook links no eBPF loader");
+    let tree = output(cargo().current_dir(root()).args([
+        "tree",
+        "--locked",
+        "-p",
+        "zastava-webhook",
+        "-e",
+        "normal,build",
+        "--prefix",
+        "none",
+    ]))?;
+    let ebpf: Vec<&str> = tree
+        .lines()
+        .filter(|l| l.starts_with("aya") || l.starts_with("observer-user"))
+        .collect();
+    if !ebpf.is_empty() {
+        bail!("zastava-webhook depends on {ebpf:?}; it must build without the eBPF object");
+    }
+    Ok(())
+}
