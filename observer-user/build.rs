@@ -1,5 +1,4 @@
-//! Embeds the eBPF object built by `cargo xtask build-ebpf` and generates the CRI client
-//! (and, for tests, the server side).
+//! Embeds the eBPF object built by `cargo xtask build-ebpf` and generates the CRI client.
 
 use std::{env, fs, path::PathBuf};
 
@@ -34,19 +33,7 @@ fn generate_cri() {
     println!("cargo:rerun-if-changed={}", file.display());
     let generated = tonic_prost_build::configure()
         .build_server(false)
-        .compile_protos(&[&file], &[&proto_dir])
-        .and_then(|()| {
-            // The server side too, for tests that play a runtime whose replies a real one
-            // cannot be made to give; compiled only into the tests.
-            let fake =
-                PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("cri-server");
-            fs::create_dir_all(&fake)?;
-            tonic_prost_build::configure()
-                .build_client(false)
-                .build_server(true)
-                .out_dir(fake)
-                .compile_protos(&[&file], &[&proto_dir])
-        });
+        .compile_protos(&[&file], &[&proto_dir]);
     if let Err(err) = generated {
         eprintln!(
             "error: generating the CRI client failed: {err}\n\

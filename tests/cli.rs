@@ -4,10 +4,10 @@ mod common;
 
 use std::process::Command;
 
-use common::{require_root, OBSERVER};
+use common::{observer_bin, require_root};
 
 fn observer(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(OBSERVER)
+    let out = Command::new(observer_bin())
         .args(args)
         .output()
         .expect("run zastava-observer");
@@ -37,7 +37,7 @@ fn doctor_passes_on_this_machine_and_loads_the_probes() {
             .unwrap_or_else(|| panic!("no `{check}` check in:\n{stdout}"));
         assert!(line.starts_with("[ok  ]"), "{line}");
     }
-    let programs = zastava::probes::ATTACHMENTS.len();
+    let programs = zastava::kernel::probes::ATTACHMENTS.len();
     assert!(
         stdout.contains(&format!("all {programs} programs verified")),
         "{stdout}"
@@ -135,7 +135,7 @@ fn run_stops_by_itself_after_duration_and_accounts_for_what_it_saw() {
 #[test]
 fn sigint_stops_the_observer_cleanly_with_a_summary() {
     require_root();
-    let mut child = Command::new(OBSERVER)
+    let mut child = Command::new(observer_bin())
         .args(["run", "--ndjson", "/dev/null"])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -161,7 +161,7 @@ fn sigint_stops_the_observer_cleanly_with_a_summary() {
 fn run_with_config(toml: &str) -> (Option<i32>, String) {
     let path = std::env::temp_dir().join(common::unique("zastava-config"));
     std::fs::write(&path, toml).unwrap();
-    let out = Command::new(OBSERVER)
+    let out = Command::new(observer_bin())
         .args(["run", "--config", path.to_str().unwrap(), "--duration", "1"])
         .output()
         .expect("run zastava-observer");
@@ -208,7 +208,7 @@ fn every_problem_of_a_config_is_reported_at_once() {
 /// Runs the observer with `args`; it must refuse its configuration (exit 2) saying
 /// `problem`.
 fn assert_refused(args: &[&str], problem: &str) {
-    let out = Command::new(OBSERVER).args(args).output().unwrap();
+    let out = Command::new(observer_bin()).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(problem), "no {problem:?} in:\n{stderr}");
@@ -230,7 +230,7 @@ fn check_config_prints_the_effective_settings_and_loads_nothing() {
         "[zastava.attach]\nenabled = true\n[spool]\ndir = \"/srv/spool\"\n[metrics]\naddr = \"127.0.0.1:9464\"\n",
     )
     .unwrap();
-    let out = Command::new(OBSERVER)
+    let out = Command::new(observer_bin())
         .args(["run", "--config", path.to_str().unwrap(), "--check-config"])
         .env("ZASTAVA__NDJSON__PATH", "/srv/events.ndjson")
         .output()

@@ -14,7 +14,7 @@ use std::{
 
 use common::{
     containerd::{Containerd, PodSpec, BUSYBOX, UNDIGESTED},
-    pid_of, require_root, unique, Observer, TempDir, OBSERVER,
+    observer_bin, pid_of, require_root, unique, Observer, TempDir,
 };
 use serde_json::Value;
 
@@ -114,7 +114,7 @@ fn a_labelled_pod_s_exec_open_and_connect_carry_its_identity_and_manifest_digest
     assert_eq!(exec["path"], "/bin/sh");
     assert_eq!(
         exec["code_id"],
-        zastava::buildid::read_build_id(Path::new("/bin/busybox"))
+        zastava::process::buildid::read_build_id(Path::new("/bin/busybox"))
             .unwrap()
             .as_str(),
         "the build-id of the container's /bin/sh, which is busybox"
@@ -129,7 +129,7 @@ fn a_labelled_pod_s_exec_open_and_connect_carry_its_identity_and_manifest_digest
     assert_eq!(connect["result"], 0);
     assert_eq!(start["initPid"], init_pid);
     assert_eq!(start["entrypoint"], "/bin/busybox");
-    let busybox_id = zastava::buildid::read_build_id(Path::new("/bin/busybox")).unwrap();
+    let busybox_id = zastava::process::buildid::read_build_id(Path::new("/bin/busybox")).unwrap();
     assert_eq!(start["code_id"], busybox_id.as_str());
     assert!(stop.get("exitCode").is_some(), "{stop}");
     // Nothing of this container was reported without its identity.
@@ -458,7 +458,7 @@ fn the_observer_reconnects_after_containerd_restarts_and_keeps_enriching() {
 fn run_observer_expecting_failure(args: &[&str], code: i32, within: Duration) -> String {
     require_root();
     let started = Instant::now();
-    let out = Command::new(OBSERVER)
+    let out = Command::new(observer_bin())
         .arg("run")
         .args(args)
         .output()
@@ -539,7 +539,7 @@ fn a_namespace_filter_without_a_runtime_is_refused() {
 #[test]
 fn doctor_checks_the_container_runtime() {
     let containerd = Containerd::start();
-    let out = Command::new(OBSERVER)
+    let out = Command::new(observer_bin())
         .args([
             "doctor",
             "--cri-endpoint",

@@ -14,9 +14,9 @@ use std::{
 use common::{
     backend::Pki,
     containerd::{Containerd, PodSpec, BUSYBOX},
-    require_root,
-    webhook::{client_for, fresh_digest, pod_review, post_review, WEBHOOK},
-    Observer, TempDir, OBSERVER, TIMEOUT,
+    observer_bin, require_root,
+    webhook::{client_for, fresh_digest, pod_review, post_review},
+    webhook_bin, Observer, TempDir, TIMEOUT,
 };
 use serde_json::Value;
 
@@ -355,7 +355,7 @@ fn check_observer(overlay: &str, runtime_socket: &str) -> BTreeMap<String, Strin
         object(&docs, "ServiceAccount", "zastava-observer")["metadata"]["name"]
     );
     let fs = PodFs::new(&docs, pod, container);
-    let settings = check_config(&fs, container, OBSERVER);
+    let settings = check_config(&fs, container, observer_bin());
 
     // The spool and the NDJSON log are on the host: they outlive the pod.
     assert_eq!(
@@ -460,10 +460,10 @@ fn the_observer_daemonset_attributes_a_pods_exec_as_deployed() {
         },
         &["/host"],
     );
-    let settings = check_config(&fs, container, OBSERVER);
+    let settings = check_config(&fs, container, observer_bin());
     let events = PathBuf::from(&settings["ndjson.path"]);
     let (observer, log, mut seen) = Running::start(
-        container_command(&fs, container, OBSERVER),
+        container_command(&fs, container, observer_bin()),
         "observer ready",
     );
 
@@ -592,7 +592,7 @@ fn check_registered_webhook(docs: &[Value]) {
     let pod = &deployment["spec"]["template"]["spec"];
     let container = named(&pod["containers"], "webhook");
     let fs = PodFs::new(docs, pod, container);
-    let settings = check_config(&fs, container, WEBHOOK);
+    let settings = check_config(&fs, container, webhook_bin());
 
     // Restricted: no root, no privilege, nothing written to the image.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -738,7 +738,7 @@ fn the_registered_webhook_serves_the_api_server_as_deployed() {
     // must be readable by it, as Secret volumes make them (mode 0644).
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
     let (webhook, _log, _) = Running::start(
-        container_command_as(&fs, Some(pod), container, WEBHOOK),
+        container_command_as(&fs, Some(pod), container, webhook_bin()),
         "webhook ready",
     );
 
@@ -891,7 +891,7 @@ fn local_unit() -> (String, PathBuf) {
     let config = repo().join("deploy/systemd/observer.toml");
     let text = std::fs::read_to_string(repo().join("deploy/systemd/zastava-observer.service"))
         .unwrap()
-        .replace("/usr/local/bin/zastava-observer", OBSERVER)
+        .replace("/usr/local/bin/zastava-observer", observer_bin())
         .replace("/etc/zastava/observer.toml", config.to_str().unwrap());
     (text, config)
 }
@@ -1031,29 +1031,46 @@ fn the_alert_rules_load_in_prometheus_and_fire_as_their_unit_tests_expect() {
     }
 }
 
-/// Names of the metrics the binaries register: the string literals of `observer-user/src`,
-/// outside its unit tests, that look like metric names.
+/// Names of the metrics the binaries export: the one table both record by.
 fn exported_metrics() -> BTreeSet<String> {
-    fn walk(dir: &Path, names: &mut BTreeSet<String>) {
+    zastava_platform::metrics::OBSERVER
+        .iter()
+        .chain(zastava_platform::metrics::WEBHOOK)
+        .map(|m| m.name.to_owned())
+        .collect()
+}
+
+/// Metric names are written in one place only: a string literal that looks like a metric
+/// name anywhere else in the binaries' sources (outside unit tests) would be a metric the
+/// table does not know.
+#[test]
+fn metric_names_are_written_only_in_the_metrics_table() {
+    fn walk(dir: &Path, found: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                walk(&path, names);
-            } else if path.extension().is_some_and(|e| e == "rs") {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && !path.ends_with("platform/src/metrics.rs")
+                && !path.ends_with("tests.rs")
+            {
                 let text = std::fs::read_to_string(&path).unwrap();
-                // Not the unit tests: a name only a test mentions is not exported.
                 let code = text.split("#[cfg(test)]").next().unwrap_or_default();
                 for literal in code.split('"').skip(1).step_by(2) {
                     if metric_names(literal).first().map(String::as_str) == Some(literal) {
-                        names.insert(literal.to_owned());
+                        found.push(format!("{}: \"{literal}\"", path.display()));
                     }
                 }
             }
         }
     }
-    let mut names = BTreeSet::new();
-    walk(&repo().join("observer-user/src"), &mut names);
-    names
+    let mut found = Vec::new();
+    walk(&repo().join("observer-user"), &mut found);
+    assert!(
+        found.is_empty(),
+        "metric names outside observer-user/platform/src/metrics.rs:\n{}",
+        found.join("\n")
+    );
 }
 
 /// The `zastava_*` and `stella_*` names in a PromQL expression.

@@ -87,7 +87,8 @@ fn exec_of_a_unique_binary_reports_its_exact_path_and_argv() {
     assert_eq!(exec["process"]["args"], expected_args);
     assert_eq!(exec["process"]["ppid"], my_pid());
     assert_eq!(exec["process"]["uid"], 0);
-    let true_id = zastava::buildid::read_build_id(std::path::Path::new("/bin/true")).unwrap();
+    let true_id =
+        zastava::process::buildid::read_build_id(std::path::Path::new("/bin/true")).unwrap();
     assert_eq!(
         exec["code_id"],
         true_id.as_str(),

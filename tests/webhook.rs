@@ -12,8 +12,9 @@ use common::{
     backend::{Pki, Receiver, Reply},
     webhook::{
         client, fresh_digest, pod_review, post_review, tls_client_config, Webhook, DIGEST_A,
-        DIGEST_B, WEBHOOK,
+        DIGEST_B,
     },
+    webhook_bin,
 };
 
 /// Runs the client side of a test (the servers run on runtimes of their own).
@@ -659,7 +660,7 @@ fn invalidate_op_token_drops_credentials_and_verdicts() {
             Some("Bearer first-token")
         );
 
-        let out = std::process::Command::new(WEBHOOK)
+        let out = std::process::Command::new(webhook_bin())
             .args([
                 "invalidate-op-token",
                 "--audience",
@@ -688,7 +689,7 @@ fn invalidate_op_token_drops_credentials_and_verdicts() {
         assert_eq!(s.backend.policy_requests().len(), 2);
 
         // Unknown audiences are refused by the CLI.
-        let out = std::process::Command::new(WEBHOOK)
+        let out = std::process::Command::new(webhook_bin())
             .args(["invalidate-op-token", "--audience", "registry"])
             .output()
             .unwrap();
@@ -698,7 +699,7 @@ fn invalidate_op_token_drops_credentials_and_verdicts() {
 
 #[test]
 fn configuration_errors_name_the_key_and_exit_2() {
-    let out = std::process::Command::new(WEBHOOK)
+    let out = std::process::Command::new(webhook_bin())
         .args([
             "serve",
             "--set",

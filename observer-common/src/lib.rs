@@ -320,8 +320,8 @@ pub struct PendingExec {
     pub buf: [u8; 2 * ARGS_CAPACITY],
 }
 
-#[cfg(feature = "user")]
-mod user {
+#[cfg(feature = "aya")]
+mod pod {
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have
     // no implicit padding (checked by the layout tests), so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::TracepointOffsets {}

@@ -1,40 +1,25 @@
-//! Zastava runtime observer: userspace side.
+//! Zastava runtime observer: the userspace side of `zastava-observer`.
 //!
-//! Data flows one way through one module per stage:
-//! [`probes`] (load/attach) → [`daemon`] (ring buffer reading) → [`pipeline`]:
-//! [`decode`] → [`tracker`] (with [`proctable`], [`paths`]) → [`attribution`] (with
-//! [`cgroups`] and, through [`watcher`] and [`cri`], the container runtime) → [`event`] →
-//! [`sink`]; [`summary`] accounts for every record at shutdown, [`doctor`] checks the node.
+//! One folder per stage; data flows one way, and each stage imports only the stages before
+//! it and the record model:
+//!
+//! [`kernel`] (load probes, read and decode the ring buffer) → [`process`] (process table,
+//! edge events) → [`workload`] (cgroup → container → pod, through the container runtime) →
+//! [`pipeline`] (the stages wired in one task; batching and sorting) → [`output`] (spool,
+//! shipper, NDJSON, the event account). [`record`] is the model all of them share;
+//! [`ops`] is what operators see (metrics endpoint, summary, doctor); [`daemon`] starts,
+//! runs and stops it all, from a [`config`].
+//!
+//! The admission webhook is a crate of its own (`zastava-webhook`), sharing the identity
+//! contract (`observer-common`) and the backend client (`zastava-platform`) but not the
+//! probes.
 
-pub mod attribution;
-pub mod backend;
-pub mod batch;
-pub mod buildid;
-pub mod cgroups;
-pub mod clock;
 pub mod config;
-pub mod containers;
-pub mod cri;
 pub mod daemon;
-pub mod decode;
-pub mod dedup;
-pub mod delivery;
-pub mod doctor;
-pub mod event;
-#[cfg(test)]
-mod fake_cri;
-pub mod host;
-pub mod paths;
+pub mod kernel;
+pub mod ops;
+pub mod output;
 pub mod pipeline;
-pub mod probes;
-pub mod proctable;
-pub mod server;
-pub mod shipper;
-pub mod sink;
-pub mod spool;
-pub mod summary;
-pub mod synth;
-pub mod tracefs;
-pub mod tracker;
-pub mod watcher;
-pub mod webhook;
+pub mod process;
+pub mod record;
+pub mod workload;

@@ -7,7 +7,6 @@ use std::{
     collections::VecDeque,
     convert::Infallible,
     io::Read as _,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -16,60 +15,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{body::Incoming, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
-use super::TempDir;
-
-/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM files.
-pub struct Pki {
-    _dir: TempDir,
-    pub ca: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-}
-
-impl Pki {
-    pub fn generate() -> Pki {
-        Pki::generate_for(vec!["127.0.0.1".into(), "localhost".into()])
-    }
-
-    /// As `generate`, with the server certificate for `server_names`.
-    pub fn generate_for(server_names: Vec<String>) -> Pki {
-        let dir = TempDir::new("zastava-pki");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "zastava test CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let issue = |names: Vec<String>, cn: &str| {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(names).unwrap();
-            params.distinguished_name.push(DnType::CommonName, cn);
-            let cert = params.signed_by(&key, &ca).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = issue(server_names, "scanner");
-        let (client_cert, client_key) = issue(vec!["zastava-observer".into()], "zastava-observer");
-        let write = |name: &str, pem: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, pem).unwrap();
-            path
-        };
-        Pki {
-            ca: write("ca.pem", &ca.pem()),
-            server_cert: write("server.pem", &server_cert),
-            server_key: write("server-key.pem", &server_key),
-            client_cert: write("client.pem", &client_cert),
-            client_key: write("client-key.pem", &client_key),
-            _dir: dir,
-        }
-    }
-}
+pub use zastava_testing::pki::Pki;
 
 /// How the receiver answers.
 #[derive(Clone, Debug)]

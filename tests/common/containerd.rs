@@ -12,7 +12,7 @@ use std::{
 };
 
 use sha2::{Digest as _, Sha256};
-use zastava::cri::{proto, CriClient};
+use zastava_testing::cri::{self as cri, proto};
 
 use super::{unique, TempDir};
 
@@ -30,13 +30,17 @@ pub struct Images {
     pub undigested_config: String,
 }
 
+/// The CRI runtime service of the test's containerd (the test side's own client, not the
+/// observer's).
+type RuntimeClient = proto::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
 pub struct Containerd {
     dir: TempDir,
     child: Option<Child>,
     pub socket: PathBuf,
     pub images: Images,
     runtime: tokio::runtime::Runtime,
-    cri: Option<CriClient>,
+    cri: Option<RuntimeClient>,
     pods: Vec<String>,
     cgroup_dirs: Vec<String>,
 }
@@ -259,11 +263,16 @@ impl Containerd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let connected = self
-                .runtime
-                .block_on(CriClient::connect(&self.socket, Duration::from_secs(2)));
+            let connected = self.runtime.block_on(async {
+                let (mut runtime, _) = cri::connect(&self.socket, Duration::from_secs(2)).await?;
+                runtime
+                    .version(proto::VersionRequest::default())
+                    .await
+                    .map_err(|status| status.to_string())?;
+                Ok::<_, Box<dyn std::error::Error>>(runtime)
+            });
             match connected {
-                Ok((client, _)) => {
+                Ok(client) => {
                     self.cri = Some(client);
                     return;
                 }
@@ -299,8 +308,23 @@ impl Containerd {
         self.spawn();
     }
 
-    pub fn cri(&self) -> &CriClient {
-        self.cri.as_ref().expect("containerd is running")
+    fn cri(&self) -> RuntimeClient {
+        self.cri.clone().expect("containerd is running")
+    }
+
+    /// A container's status (verbose), or `None` if the runtime does not know it.
+    fn container_status(&self, id: &str) -> Option<proto::ContainerStatusResponse> {
+        let mut runtime = self.cri();
+        match self
+            .runtime
+            .block_on(runtime.container_status(proto::ContainerStatusRequest {
+                container_id: id.to_owned(),
+                verbose: true,
+            })) {
+            Ok(reply) => Some(reply.into_inner()),
+            Err(status) if status.code() == tonic::Code::NotFound => None,
+            Err(status) => panic!("ContainerStatus {id}: {status}\n{}", self.log()),
+        }
     }
 
     /// Runs a future on the runtime the CRI client's connection lives on.
@@ -346,7 +370,7 @@ impl Containerd {
             }),
             ..Default::default()
         };
-        let mut runtime = self.cri().runtime_service();
+        let mut runtime = self.cri();
         let reply = self.call(runtime.run_pod_sandbox(proto::RunPodSandboxRequest {
             config: Some(config.clone()),
             runtime_handler: String::new(),
@@ -365,7 +389,7 @@ impl Containerd {
     /// Creates and starts a container running `command` from `image`.
     pub fn run_container(&self, pod: &Pod, name: &str, image: &str, command: &[&str]) -> String {
         let id = self.create_container(pod, name, image, command);
-        let mut runtime = self.cri().runtime_service();
+        let mut runtime = self.cri();
         self.call(runtime.start_container(proto::StartContainerRequest {
             container_id: id.clone(),
         }));
@@ -373,7 +397,7 @@ impl Containerd {
     }
 
     pub fn create_container(&self, pod: &Pod, name: &str, image: &str, command: &[&str]) -> String {
-        let mut runtime = self.cri().runtime_service();
+        let mut runtime = self.cri();
         let mut labels = std::collections::HashMap::new();
         labels.insert("io.kubernetes.container.name".to_owned(), name.to_owned());
         labels.insert("io.kubernetes.pod.name".to_owned(), pod.name.clone());
@@ -408,7 +432,7 @@ impl Containerd {
     }
 
     pub fn start_container(&self, id: &str) {
-        let mut runtime = self.cri().runtime_service();
+        let mut runtime = self.cri();
         self.call(runtime.start_container(proto::StartContainerRequest {
             container_id: id.into(),
         }));
@@ -416,7 +440,7 @@ impl Containerd {
 
     /// Runs a command in a running container, as `kubectl exec` does.
     pub fn exec_sync(&self, container: &str, cmd: &[&str]) -> (i32, String) {
-        let mut runtime = self.cri().runtime_service();
+        let mut runtime = self.cri();
         let reply = self.call(runtime.exec_sync(proto::ExecSyncRequest {
             container_id: container.into(),
             cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
@@ -433,9 +457,7 @@ impl Containerd {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let status = self
-                .runtime
-                .block_on(self.cri().container_status(id))
-                .unwrap()
+                .container_status(id)
                 .and_then(|r| r.status)
                 .expect("container exists");
             if status.state == proto::ContainerState::ContainerExited as i32 {
@@ -448,17 +470,13 @@ impl Containerd {
 
     /// The pid of a container's first process.
     pub fn init_pid(&self, id: &str) -> u32 {
-        let reply = self
-            .runtime
-            .block_on(self.cri().container_status(id))
-            .unwrap()
-            .unwrap();
+        let reply = self.container_status(id).expect("container exists");
         let info: serde_json::Value = serde_json::from_str(&reply.info["info"]).unwrap();
         info["pid"].as_u64().unwrap() as u32
     }
 
     pub fn stop_pod(&self, pod: &Pod) {
-        let mut runtime = self.cri().runtime_service();
+        let mut runtime = self.cri();
         self.call(runtime.stop_pod_sandbox(proto::StopPodSandboxRequest {
             pod_sandbox_id: pod.sandbox_id.clone(),
         }));
@@ -505,8 +523,7 @@ impl Drop for Containerd {
         if self.cri.is_none() && self.child.is_none() {
             self.spawn();
         }
-        if let Some(cri) = self.cri.clone() {
-            let mut runtime = cri.runtime_service();
+        if let Some(mut runtime) = self.cri.clone() {
             for id in std::mem::take(&mut self.pods) {
                 let _ =
                     self.runtime

@@ -23,7 +23,52 @@ pub mod webhook;
 
 use serde_json::Value;
 
-pub const OBSERVER: &str = env!("CARGO_BIN_EXE_zastava-observer");
+/// The `zastava-observer` binary under test.
+pub fn observer_bin() -> &'static str {
+    binary(
+        option_env!("CARGO_BIN_EXE_zastava-observer"),
+        "zastava-observer",
+    )
+}
+
+/// The `zastava-webhook` binary under test.
+pub fn webhook_bin() -> &'static str {
+    binary(
+        option_env!("CARGO_BIN_EXE_zastava-webhook"),
+        "zastava-webhook",
+    )
+}
+
+/// A binary of the workspace: the path cargo gave this test (a binary of its own package),
+/// else the one beside the test executable's directory (`target/<profile>/`), which
+/// `cargo test --workspace` builds too.
+fn binary(given: Option<&'static str>, name: &str) -> &'static str {
+    use std::{collections::HashMap, sync::OnceLock};
+    static FOUND: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
+    if let Some(path) = given {
+        return path;
+    }
+    let mut found = FOUND.get_or_init(Mutex::default).lock().unwrap();
+    found.entry(name.to_owned()).or_insert_with(|| {
+        let exe = std::env::current_exe().expect("the test's own path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("tests run from target/<profile>/deps");
+        let path = dir.join(name);
+        assert!(
+            path.is_file(),
+            "{} is not built: run `cargo build -p {} --bins` or `cargo xtask test`",
+            path.display(),
+            if name == "zastava-webhook" {
+                "zastava-webhook"
+            } else {
+                "observer-user"
+            }
+        );
+        Box::leak(path.display().to_string().into_boxed_str())
+    })
+}
 /// Long enough for a loaded CI machine; tests wait for their own events, never for time.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -129,10 +174,10 @@ impl Observer {
         require_root();
         let stats = TempDir::new("zastava-stats");
         let mut command = match wrapper {
-            [] => Command::new(OBSERVER),
+            [] => Command::new(observer_bin()),
             [program, args @ ..] => {
                 let mut command = Command::new(program);
-                command.args(args).arg(OBSERVER);
+                command.args(args).arg(observer_bin());
                 command
             }
         };

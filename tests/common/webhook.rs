@@ -14,9 +14,7 @@ use std::{
 use rustls::pki_types::pem::PemObject as _;
 use serde_json::{json, Value};
 
-use super::{backend::Pki, TempDir, TIMEOUT};
-
-pub const WEBHOOK: &str = env!("CARGO_BIN_EXE_zastava-webhook");
+use super::{backend::Pki, webhook_bin, TempDir, TIMEOUT};
 
 #[derive(Default)]
 struct Shared {
@@ -85,7 +83,7 @@ addr = "127.0.0.1:0"
             ),
         )
         .unwrap();
-        let mut child = Command::new(WEBHOOK)
+        let mut child = Command::new(webhook_bin())
             .arg("serve")
             .arg("--config")
             .arg(&config)

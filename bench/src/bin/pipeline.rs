@@ -21,21 +21,20 @@ use serde_json::json;
 
 use observer_common::identity::{DigestKind, PodRef};
 use zastava::{
-    attribution::{AttributionConfig, Attributor, NamespaceFilter},
-    batch::{BatchConfig, Batcher},
-    cgroups::CgroupMap,
-    clock::BootClock,
-    containers::{ContainerInfo, ContainerState, ImageInfo, PodInfo},
-    decode::decode,
-    delivery::Delivery,
-    host::HostIdentity,
-    pipeline::{CriStatus, Pipeline, Shipping, Stages},
-    proctable::ProcessTable,
-    sink::{NdjsonSink, Output},
-    synth::{sockaddr_in, Task},
-    tracker::Tracker,
-    watcher::Update,
+    kernel::{decode, BootClock},
+    output::{
+        ndjson::{NdjsonSink, Output},
+        Delivery,
+    },
+    pipeline::{
+        batch::{BatchConfig, Batcher},
+        CriStatus, Pipeline, Shipping, Stages,
+    },
+    process::{ProcessTable, Tracker},
+    record::{ContainerInfo, ContainerState, HostIdentity, ImageInfo, PodInfo},
+    workload::{watcher::Update, AttributionConfig, Attributor, CgroupMap, NamespaceFilter},
 };
+use zastava_testing::records::{sockaddr_in, Task};
 
 #[derive(Parser)]
 #[command(about = "Events per second through the observer's pipeline on one core")]
@@ -334,7 +333,7 @@ fn full_pipeline(world: &World, path: &std::path::Path) -> Result<(f64, u64)> {
     pipeline.finish()?;
     let seconds = start.elapsed().as_secs_f64();
 
-    let written = pipeline.written();
+    let written = pipeline.stats().written;
     let shipped = delivery.lock().ledger.shipped;
     anyhow::ensure!(
         written.edge_occurrences == world.edges as u64 && shipped == world.edges as u64,

@@ -27,11 +27,11 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use axum::{body::Bytes, extract::State, routing, Router};
 use clap::Parser;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls_pki_types::{pem::PemObject as _, CertificateDer};
 use serde_json::{json, Value};
 
 use zastava_bench::{programs, report::percentile, tracer::process_cpu_seconds};
+use zastava_testing::pki::Pki;
 
 #[derive(Parser, Clone)]
 #[command(about = "zastava-webhook decision latency at high concurrency")]
@@ -105,15 +105,15 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: &Cli, binary: &Path, dir: &Path) -> Result<Value> {
-    let ca = write_pki(dir)?;
+    let pki = Pki::generate_for(vec!["127.0.0.1".into()]);
     let calls = Arc::new(AtomicU64::new(0));
     let backend = start_backend(
         Duration::from_millis(cli.backend_delay_ms),
         Arc::clone(&calls),
     )
     .await?;
-    let mut webhook = Webhook::start(binary, dir, backend)?;
-    let client = https_client(&ca)?;
+    let mut webhook = Webhook::start(binary, dir, &pki, backend)?;
+    let client = https_client(&pki.ca)?;
     let base = format!("https://127.0.0.1:{}", webhook.https.port());
 
     let warm: Vec<String> = (0..WARM_DIGESTS).map(|i| digest(1, i)).collect();
@@ -356,22 +356,6 @@ async fn post(client: &reqwest::Client, base: &str, body: &[u8]) -> Result<Value
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-/// A CA and a certificate for 127.0.0.1 signed by it; returns the CA's path.
-fn write_pki(dir: &Path) -> Result<PathBuf> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "zastava bench CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
-    let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &ca)?;
-    std::fs::write(dir.join("ca.pem"), ca.pem())?;
-    std::fs::write(dir.join("tls.crt"), cert.pem())?;
-    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
-    Ok(dir.join("ca.pem"))
-}
-
 fn https_client(ca: &Path) -> Result<reqwest::Client> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca)? {
@@ -422,7 +406,7 @@ struct Webhook {
 }
 
 impl Webhook {
-    fn start(binary: &Path, dir: &Path, backend: SocketAddr) -> Result<Webhook> {
+    fn start(binary: &Path, dir: &Path, pki: &Pki, backend: SocketAddr) -> Result<Webhook> {
         let config = dir.join("webhook.toml");
         std::fs::write(
             &config,
@@ -430,15 +414,15 @@ impl Webhook {
                 "[server]\naddr = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
                  [backend]\nurl = \"http://127.0.0.1:{}/\"\n\
                  [metrics]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n",
-                dir.join("tls.crt").display(),
-                dir.join("tls.key").display(),
+                pki.server_cert.display(),
+                pki.server_key.display(),
                 backend.port()
             ),
         )?;
         let mut child = Command::new(binary)
             .args(["serve", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "warn,zastava::webhook=info")
+            .env("RUST_LOG", "warn,zastava_webhook=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,12 +1,17 @@
 //! `zastava-observer`: the node daemon.
 
-use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use zastava::{
-    config::{parse_assignment, parse_bytes, parse_duration, BackendArgs, Config, Sources},
+    config::Config,
     daemon::{self, RunOptions},
-    doctor::{self, Status},
+    kernel::validate_ring_size,
+    ops::doctor::{self, Status},
+};
+use zastava_platform::{
+    backend::BackendArgs,
+    config::{parse_assignment, parse_bytes, parse_duration, Sources},
 };
 
 #[derive(Parser)]
@@ -125,19 +130,14 @@ struct RunArgs {
 
 fn parse_ring_size(value: &str) -> Result<u64, String> {
     let bytes = parse_bytes(value)?;
-    zastava::probes::validate_ring_size(bytes).map_err(|e| e.to_string())?;
+    validate_ring_size(bytes).map_err(|e| e.to_string())?;
     Ok(bytes)
 }
 
 /// The configuration `run` uses: file, then environment, then these flags.
 fn configuration(args: &RunArgs) -> Result<Config, String> {
-    let mut sources = Sources {
-        env: std::env::vars().collect(),
-        ..Default::default()
-    };
-    if let Some(path) = &args.config {
-        sources = sources.with_file(path).map_err(|e| e.to_string())?;
-    } else {
+    let mut sources = Sources::from_process(args.config.as_deref()).map_err(|e| e.to_string())?;
+    if args.config.is_none() {
         // The command-line profile: a newcomer's first command shows events.
         sources.set("zastava.attach.enabled", true);
         let backend_given = args.backend.url.is_some()
@@ -151,27 +151,21 @@ fn configuration(args: &RunArgs) -> Result<Config, String> {
     if args.no_attach {
         s.set("zastava.attach.enabled", false);
     }
-    if let Some(v) = &args.ndjson {
-        s.set("ndjson.path", v.clone());
-    }
     if let Some(v) = args.ring_buffer_bytes {
         s.set(
             "observer.ring_buffer_bytes",
             i64::try_from(v).unwrap_or(i64::MAX),
         );
     }
-    for (key, value) in [
+    s.set_given_paths([
         ("observer.host_root", &args.host_root),
         ("observer.proc_root", &args.proc_root),
         ("observer.cgroup_root", &args.cgroup_root),
         ("spool.dir", &args.spool_dir),
-    ] {
-        if let Some(v) = value {
-            s.set_path(key, v);
-        }
-    }
+    ]);
     args.backend.apply(s);
-    for (key, value) in [
+    s.set_given([
+        ("ndjson.path", &args.ndjson),
         ("observer.enrichment_wait", &args.enrichment_wait),
         ("observer.container_retention", &args.container_retention),
         ("observer.node_name", &args.node_name),
@@ -179,20 +173,9 @@ fn configuration(args: &RunArgs) -> Result<Config, String> {
         ("cri.poll_interval", &args.cri_poll_interval),
         ("cri.timeout", &args.cri_timeout),
         ("metrics.addr", &args.metrics_addr),
-    ] {
-        if let Some(v) = value {
-            s.set(key, v.clone());
-        }
-    }
-    if !args.namespaces.is_empty() {
-        s.set("observer.namespaces", args.namespaces.clone());
-    }
-    if !args.exclude_namespaces.is_empty() {
-        s.set(
-            "observer.exclude_namespaces",
-            args.exclude_namespaces.clone(),
-        );
-    }
+    ]);
+    s.set_list("observer.namespaces", &args.namespaces);
+    s.set_list("observer.exclude_namespaces", &args.exclude_namespaces);
     if args.no_cri {
         s.set("cri.enabled", false);
     }
@@ -204,14 +187,7 @@ fn configuration(args: &RunArgs) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    zastava_platform::logging::init();
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor {

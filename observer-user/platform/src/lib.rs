@@ -1,0 +1,10 @@
+//! What both Zastava binaries share besides the identity contract (in `observer-common`):
+//! how a binary is configured ([`config`]), how it reaches the Scanner backend
+//! ([`backend`]), and the names of every metric it exports ([`metrics`]).
+//!
+//! Nothing here loads eBPF programs: the webhook depends on this crate, not on the observer.
+
+pub mod backend;
+pub mod config;
+pub mod logging;
+pub mod metrics;

@@ -1,0 +1,129 @@
+//! `zastava-observer run`: start ([`startup`]: connect to the container runtime, load and
+//! attach the probes, open the outputs), run the pipeline until a signal or the deadline
+//! ([`event_loop`]), then stop without losing what is in flight and account for every
+//! record ([`shutdown`]).
+
+mod event_loop;
+mod shutdown;
+mod startup;
+
+use std::{
+    io,
+    path::PathBuf,
+    sync::{atomic::AtomicBool, Arc},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch, task::JoinHandle};
+use zastava_platform::backend::BackendError;
+
+use crate::{
+    config::Config,
+    kernel::{probes::ProbeError, tracefs::TracefsError, KernelCounters, Probes},
+    ops::Summary,
+    output::{spool::SpoolError, Delivery},
+    pipeline::Pipeline,
+    workload::{cri::CriError, watcher::Update},
+};
+
+/// A started daemon: everything the event loop and the shutdown work on.
+struct Running {
+    pipeline: Pipeline,
+    /// Absent with `zastava.attach.enabled = false`.
+    probes: Option<Probes>,
+    ring: Option<AsyncFd<RingBuf<MapData>>>,
+    /// Updates from the runtime watcher; `None` once the watcher is gone (or without one).
+    updates: Option<mpsc::Receiver<Update>>,
+    delivery: Arc<Delivery>,
+    /// The shipper task, and how to tell it to stop by a deadline.
+    shipper: Option<(JoinHandle<()>, watch::Sender<Option<Instant>>)>,
+    ready: Arc<AtomicBool>,
+    /// In-kernel dedup window in nanoseconds (0: off, or no probes).
+    dedup_window_ns: u64,
+    shutdown_grace: Duration,
+    /// The kernel counters as last reported (losses are warned about as they grow).
+    reported: KernelCounters,
+    /// SIGINT and SIGTERM, installed before the daemon says it is ready.
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
+
+/// What `run` needs besides the configuration.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: Config,
+    pub duration: Option<Duration>,
+    pub stats_json: Option<PathBuf>,
+    /// Report the daemon's own activity (diagnostics only).
+    pub observe_self: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("{0}\n  set cri.endpoint (--cri-endpoint PATH) for another socket, or cri.enabled = false (--no-cri) to run without a container runtime")]
+    Cri(#[source] CriError),
+    #[error(
+        "--namespace and --exclude-namespace need a container runtime to learn pods from, but {0}"
+    )]
+    FilterWithoutCri(&'static str),
+    #[error("no cgroup v2 hierarchy is mounted; mount cgroup2 (or set observer.cgroup_root) to attribute events to containers")]
+    NoCgroup2,
+    #[error(
+        "nothing to observe: zastava.attach.enabled is false and no container runtime is connected; set zastava.attach.enabled = true to observe the node's processes"
+    )]
+    NothingToObserve,
+    #[error("cannot write events: {0}")]
+    Output(#[source] io::Error),
+    #[error("cannot watch the ring buffer: {0}")]
+    Poll(#[source] io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signal(#[source] io::Error),
+    #[error(transparent)]
+    Backend(BackendError),
+    #[error(transparent)]
+    Spool(SpoolError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write the summary to {path}: {source}")]
+    StatsJson {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RunError {
+    /// 2 when the configuration cannot work on this node (restarting will not help; a
+    /// service manager should stop trying), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::NothingToObserve | RunError::FilterWithoutCri(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
+    let started = std::time::Instant::now();
+    let mut daemon = startup::start(&options).await?;
+    daemon.run_until_stopped(options.duration).await?;
+    let summary = daemon.shut_down(started).await?;
+    if let Some(path) = &options.stats_json {
+        let json = serde_json::to_vec_pretty(&summary).map_err(io::Error::other);
+        json.and_then(|bytes| std::fs::write(path, bytes))
+            .map_err(|source| RunError::StatsJson {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    Ok(summary)
+}

@@ -1,0 +1,14 @@
+//! The kernel stage: finds the tracepoints ([`tracefs`]), loads and attaches the probes and
+//! reads their counters ([`probes`], [`counters`]), and turns ring buffer records into typed
+//! events ([`decode`]) with boot-time stamps ([`clock`]). Hands on `KernelEvent`s.
+
+pub mod clock;
+pub mod counters;
+pub mod decode;
+pub mod probes;
+pub mod tracefs;
+
+pub use clock::BootClock;
+pub use counters::KernelCounters;
+pub use decode::{decode, DecodeError, KernelEvent};
+pub use probes::{validate_ring_size, Probes};

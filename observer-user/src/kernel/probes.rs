@@ -1,0 +1,311 @@
+//! Loading the eBPF object, attaching every program, and reading the kernel-side counters.
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{trace_point::TracePointLink, ProgramError, TracePoint},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use observer_common::{DedupKey, DedupState, TracepointOffsets, COUNTER_SLOTS};
+
+use super::KernelCounters;
+
+/// The probes, built by `cargo xtask build-ebpf` and embedded at compile time.
+pub static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zastava-probes.o"));
+
+/// Smallest and largest ring buffer the loader accepts.
+pub const MIN_RING_BYTES: u32 = 4096;
+pub const MAX_RING_BYTES: u32 = 1 << 30;
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+
+/// Which program attaches where. Program names are the function names in `observer-ebpf`.
+#[derive(Clone, Copy, Debug)]
+pub struct Attachment {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub tracepoint: &'static str,
+}
+
+const fn at(program: &'static str, category: &'static str) -> Attachment {
+    Attachment {
+        program,
+        category,
+        tracepoint: program,
+    }
+}
+
+/// Every program and its tracepoint. Entry/exit pairs are listed exit first, so that when
+/// attaching stops half way no entry is left recording state that nothing consumes.
+pub const ATTACHMENTS: [Attachment; 15] = [
+    at("cgroup_mkdir", "cgroup"),
+    at("cgroup_rmdir", "cgroup"),
+    at("sched_process_exit", "sched"),
+    at("task_newtask", "task"),
+    at("sched_process_exec", "sched"),
+    at("sys_exit_execve", "syscalls"),
+    at("sys_exit_execveat", "syscalls"),
+    at("sys_enter_execve", "syscalls"),
+    at("sys_enter_execveat", "syscalls"),
+    at("sys_exit_openat", "syscalls"),
+    at("sys_exit_openat2", "syscalls"),
+    at("sys_enter_openat", "syscalls"),
+    at("sys_enter_openat2", "syscalls"),
+    at("sys_exit_connect", "syscalls"),
+    at("sys_enter_connect", "syscalls"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "ring buffer size {0} is invalid: it must be a power of two between {MIN_RING_BYTES} and {MAX_RING_BYTES} bytes"
+    )]
+    RingSize(u64),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] Box<EbpfError>),
+    #[error("the eBPF object has no program `{0}`")]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map `{0}`")]
+    MissingMap(&'static str),
+    #[error("the kernel rejected program `{program}`: {source}{}", verifier_hint(.source))]
+    ProgramLoad {
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("attaching `{program}` to {category}:{tracepoint} failed: {source}")]
+    Attach {
+        program: &'static str,
+        category: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+fn verifier_hint(err: &ProgramError) -> String {
+    match err {
+        ProgramError::LoadError { verifier_log, .. } => format!("\nverifier log:\n{verifier_log}"),
+        _ => String::new(),
+    }
+}
+
+/// Settings fixed at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeConfig {
+    pub ring_buffer_bytes: u32,
+    /// The process whose activity the probes ignore (the daemon).
+    pub self_tgid: u32,
+    pub offsets: TracepointOffsets,
+    /// An `observer_common::filter` mode.
+    pub filter_mode: u32,
+    /// In-kernel dedup window in nanoseconds (0: off).
+    pub dedup_window_ns: u64,
+}
+
+/// Checks a ring buffer size: the kernel wants a power-of-two multiple of the page size.
+pub fn validate_ring_size(bytes: u64) -> Result<u32, ProbeError> {
+    let page = page_size();
+    if !(u64::from(MIN_RING_BYTES)..=u64::from(MAX_RING_BYTES)).contains(&bytes)
+        || !bytes.is_power_of_two()
+        || bytes < page
+    {
+        return Err(ProbeError::RingSize(bytes));
+    }
+    u32::try_from(bytes).map_err(|_| ProbeError::RingSize(bytes))
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
+/// How much unread data wakes the daemon: an eighth of the ring, at most 256 KiB. Between
+/// wakeups the daemon drains on its timer (see `daemon::ATTRIBUTION_TICK`), so a ring that
+/// fills faster than that still wakes it long before it is full.
+pub fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
+    (u64::from(ring_buffer_bytes) / 8).min(256 * 1024)
+}
+
+/// Loaded (and, after [`Probes::attach`], attached) probes.
+pub struct Probes {
+    ebpf: Ebpf,
+    links: Vec<TracePointLink>,
+}
+
+impl Probes {
+    /// Loads the object and verifies every program, without attaching anything.
+    pub fn load(object: &[u8], config: &ProbeConfig) -> Result<Self, ProbeError> {
+        validate_ring_size(u64::from(config.ring_buffer_bytes))?;
+        let wakeup_bytes = wakeup_bytes(config.ring_buffer_bytes);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("SELF_TGID", &config.self_tgid, true)
+            .override_global("OFFSETS", &config.offsets, true)
+            .override_global("FILTER_MODE", &config.filter_mode, true)
+            .override_global("DEDUP_WINDOW_NS", &config.dedup_window_ns, true)
+            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .load(object)
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        for attachment in &ATTACHMENTS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(attachment.program)
+                .ok_or(ProbeError::MissingProgram(attachment.program))?
+                .try_into()
+                .map_err(|source| ProbeError::ProgramLoad {
+                    program: attachment.program,
+                    source: Box::new(source),
+                })?;
+            program.load().map_err(|source| ProbeError::ProgramLoad {
+                program: attachment.program,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(Probes {
+            ebpf,
+            links: Vec::new(),
+        })
+    }
+
+    /// Attaches every program. On error, what was attached stays attached until
+    /// [`Probes::detach`] or drop.
+    pub fn attach(&mut self) -> Result<(), ProbeError> {
+        for attachment in &ATTACHMENTS {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(attachment.program)
+                .ok_or(ProbeError::MissingProgram(attachment.program))?
+                .try_into()
+                .map_err(|source| ProbeError::ProgramLoad {
+                    program: attachment.program,
+                    source: Box::new(source),
+                })?;
+            let attach_error = |source| ProbeError::Attach {
+                program: attachment.program,
+                category: attachment.category,
+                tracepoint: attachment.tracepoint,
+                source: Box::new(source),
+            };
+            let id = program
+                .attach(attachment.category, attachment.tracepoint)
+                .map_err(attach_error)?;
+            let link = program.take_link(id).map_err(attach_error)?;
+            self.links.push(link);
+        }
+        Ok(())
+    }
+
+    /// Number of attached programs.
+    pub fn attached(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Detaches every program; the ring buffer keeps what was already submitted.
+    pub fn detach(&mut self) {
+        self.links.clear();
+    }
+
+    /// Takes the ring buffer out of the object (once).
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source,
+        })
+    }
+
+    /// Marks a cgroup for the namespace filter: events of tasks in it or below it are
+    /// dropped (exclude mode) or kept (include mode) in the kernel.
+    pub fn mark_cgroup(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut("CGROUP_FILTER")
+            .ok_or(ProbeError::MissingMap("CGROUP_FILTER"))?;
+        let map_error = |source| ProbeError::Map {
+            name: "CGROUP_FILTER",
+            source,
+        };
+        let mut filter: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(map).map_err(map_error)?;
+        filter.insert(cgroup_id, 1, 0).map_err(map_error)
+    }
+
+    /// The in-kernel dedup map: every edge's state on every CPU that has one.
+    pub fn dedup_entries(&self) -> Result<Vec<(DedupKey, u32, DedupState)>, ProbeError> {
+        let map = self
+            .ebpf
+            .map("DEDUP")
+            .ok_or(ProbeError::MissingMap("DEDUP"))?;
+        let map_error = |source| ProbeError::Map {
+            name: "DEDUP",
+            source,
+        };
+        let dedup: PerCpuHashMap<_, DedupKey, DedupState> =
+            PerCpuHashMap::try_from(map).map_err(map_error)?;
+        let mut entries = Vec::new();
+        for entry in dedup.iter() {
+            // An entry evicted while iterating is gone; what it held is reconciled later.
+            let Ok((key, per_cpu)) = entry else { continue };
+            for (cpu, state) in per_cpu.iter().enumerate() {
+                if state.suppressed > 0 || state.last_report_ns > 0 {
+                    entries.push((key, u32::try_from(cpu).unwrap_or(u32::MAX), *state));
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(ProbeError::MissingMap("COUNTERS"))?;
+        let map_error = |source| ProbeError::Map {
+            name: "COUNTERS",
+            source,
+        };
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_error)?;
+        let mut totals = KernelCounters::default();
+        for index in 0..COUNTER_SLOTS {
+            let per_cpu = array.get(&index, 0).map_err(map_error)?;
+            totals.set(index, per_cpu.iter().sum());
+        }
+        Ok(totals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_in_the_object_is_attached_exactly_once() {
+        let object = aya_obj::Object::parse(PROBES_OBJECT).expect("parse the embedded object");
+        let mut in_object: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        let mut in_table: Vec<&str> = ATTACHMENTS.iter().map(|a| a.program).collect();
+        in_object.sort_unstable();
+        in_table.sort_unstable();
+        assert_eq!(in_object, in_table);
+        let mut deduped = in_table.clone();
+        deduped.dedup();
+        assert_eq!(deduped, in_table, "a program is listed twice");
+    }
+
+    #[test]
+    fn ring_sizes_must_be_powers_of_two_of_at_least_a_page() {
+        assert!(validate_ring_size(4096).is_ok());
+        assert!(validate_ring_size(u64::from(DEFAULT_RING_BYTES)).is_ok());
+        assert!(validate_ring_size(2048).is_err());
+        assert!(validate_ring_size(4096 * 3).is_err());
+        assert!(validate_ring_size(u64::from(MAX_RING_BYTES) * 2).is_err());
+    }
+}

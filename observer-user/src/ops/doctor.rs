@@ -1,0 +1,354 @@
+//! `zastava-observer doctor`: can the observer run here, and if not, what to do about it.
+
+use std::{fmt, fs, path::Path};
+
+use crate::{
+    kernel::{
+        probes::{ProbeConfig, Probes, ATTACHMENTS, DEFAULT_RING_BYTES, PROBES_OBJECT},
+        tracefs::{self, Tracefs},
+    },
+    record::HostIdentity,
+    workload::cri,
+};
+
+/// Oldest kernel with everything the probes use (BPF ring buffer: 5.8).
+const MIN_KERNEL: (u32, u32) = (5, 8);
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_PTRACE: u32 = 19;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Works, with a limitation.
+    Warn,
+    /// The observer cannot run.
+    Fail,
+}
+
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+    /// What to do, for Warn and Fail.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Self {
+        Check {
+            name,
+            status: Status::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn bad(
+        name: &'static str,
+        status: Status,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Check {
+            name,
+            status,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mark = match self.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        };
+        write!(f, "[{mark}] {:<22} {}", self.name, self.detail)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "\n       fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs every check. The observer can run when none failed. `cri_endpoint` is checked as
+/// `run` would use it (`None`: the default sockets; `Some("")`: no runtime wanted).
+pub fn run(host_root: &Path, cri_endpoint: Option<&str>) -> Vec<Check> {
+    let mut checks = vec![kernel_version(), btf()];
+    let privileged = privileges();
+    let privileged_ok = privileged.status != Status::Fail;
+    checks.push(privileged);
+
+    // `run` mounts tracefs when it is missing; so does the check, so that the answer is
+    // the one `run` would get.
+    match Tracefs::find_or_mount() {
+        Ok((tracefs, mounted)) => {
+            let how = if mounted {
+                " (was not mounted; mounted it)"
+            } else {
+                ""
+            };
+            checks.push(Check::ok(
+                "tracefs",
+                format!("mounted at {}{how}", tracefs.root().display()),
+            ));
+            checks.extend(tracepoints(&tracefs));
+            match tracefs::probe_offsets(&tracefs) {
+                Ok(offsets) => {
+                    checks.push(Check::ok("tracepoint layouts", "every field the probes read is where they read it"));
+                    if privileged_ok {
+                        checks.push(load_probes(offsets));
+                    }
+                }
+                Err(err) => checks.push(Check::bad(
+                    "tracepoint layouts",
+                    Status::Fail,
+                    err.to_string(),
+                    "this kernel's tracepoint layout is not supported; please report it with the output of this command",
+                )),
+            }
+        }
+        Err(err) => checks.push(Check::bad(
+            "tracefs",
+            Status::Fail,
+            err.to_string(),
+            "mount -t tracefs tracefs /sys/kernel/tracing (mounting it failed)",
+        )),
+    }
+    checks.push(cgroup_v2());
+    checks.push(container_runtime(cri_endpoint));
+    let host = HostIdentity::read(host_root, None);
+    checks.push(if host.warnings.is_empty() {
+        Check::ok(
+            "host identity",
+            format!(
+                "node={} hostId={} osRelease={}",
+                host.node, host.host_id, host.os_release
+            ),
+        )
+    } else {
+        Check::bad(
+            "host identity",
+            Status::Warn,
+            host.warnings.join("; "),
+            "see the message",
+        )
+    });
+    checks
+}
+
+fn kernel_version() -> Check {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    match parse_kernel_version(release) {
+        Some(v) if v >= MIN_KERNEL => Check::ok("kernel", format!("Linux {release}")),
+        Some(_) => Check::bad(
+            "kernel",
+            Status::Fail,
+            format!(
+                "Linux {release} is older than {}.{}",
+                MIN_KERNEL.0, MIN_KERNEL.1
+            ),
+            "the BPF ring buffer needs Linux 5.8 or newer",
+        ),
+        None => Check::bad(
+            "kernel",
+            Status::Warn,
+            format!("cannot parse kernel release {release:?}"),
+            "check `uname -r`",
+        ),
+    }
+}
+
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+fn btf() -> Check {
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Check::ok("kernel BTF", "/sys/kernel/btf/vmlinux present")
+    } else {
+        Check::bad(
+            "kernel BTF",
+            Status::Warn,
+            "/sys/kernel/btf/vmlinux missing",
+            "the tracepoint probes work without BTF; a kernel built with CONFIG_DEBUG_INFO_BTF=y is needed for future LSM/fentry probes",
+        )
+    }
+}
+
+/// Effective capabilities of this process.
+fn effective_caps() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn privileges() -> Check {
+    let caps = effective_caps().unwrap_or(0);
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    let bpf = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    if !bpf {
+        return Check::bad(
+            "privileges",
+            Status::Fail,
+            format!("effective capabilities {caps:#x} lack CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN)"),
+            "run as root, or grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH",
+        );
+    }
+    if !has(CAP_SYS_PTRACE) {
+        return Check::bad(
+            "privileges",
+            Status::Warn,
+            "can load probes, but lacks CAP_SYS_PTRACE",
+            "grant CAP_SYS_PTRACE so exe, cwd and fd links of other users' processes resolve",
+        );
+    }
+    Check::ok("privileges", format!("effective capabilities {caps:#x}"))
+}
+
+fn tracepoints(tracefs: &Tracefs) -> Vec<Check> {
+    let missing: Vec<String> = ATTACHMENTS
+        .iter()
+        .filter(|a| {
+            !tracefs
+                .root()
+                .join("events")
+                .join(a.category)
+                .join(a.tracepoint)
+                .join("format")
+                .exists()
+        })
+        .map(|a| format!("{}:{}", a.category, a.tracepoint))
+        .collect();
+    if missing.is_empty() {
+        vec![Check::ok(
+            "tracepoints",
+            format!("all {} present", ATTACHMENTS.len()),
+        )]
+    } else {
+        vec![Check::bad(
+            "tracepoints",
+            Status::Fail,
+            format!("missing: {}", missing.join(", ")),
+            "syscall tracepoints need CONFIG_FTRACE_SYSCALLS=y; sched and task tracepoints are always built in",
+        )]
+    }
+}
+
+fn load_probes(offsets: observer_common::TracepointOffsets) -> Check {
+    let config = ProbeConfig {
+        ring_buffer_bytes: DEFAULT_RING_BYTES,
+        self_tgid: std::process::id(),
+        offsets,
+        filter_mode: observer_common::filter::OFF,
+        dedup_window_ns: 0,
+    };
+    match Probes::load(PROBES_OBJECT, &config) {
+        Ok(_) => Check::ok(
+            "BPF load",
+            format!("ring buffer created and all {} programs verified", ATTACHMENTS.len()),
+        ),
+        Err(err) => Check::bad(
+            "BPF load",
+            Status::Fail,
+            err.to_string(),
+            "see the error; check that the kernel has CONFIG_BPF_SYSCALL=y and that no LSM policy blocks bpf()",
+        ),
+    }
+}
+
+fn cgroup_v2() -> Check {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    match mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+        .and_then(|l| l.split_whitespace().nth(1))
+    {
+        Some(at) => Check::ok("cgroup v2", format!("mounted at {at}")),
+        None => Check::bad(
+            "cgroup v2",
+            Status::Warn,
+            "no cgroup2 mount",
+            "events carry cgroup ids of the v2 hierarchy; mount cgroup2 to attribute them to containers",
+        ),
+    }
+}
+
+fn container_runtime(endpoint: Option<&str>) -> Check {
+    const NAME: &str = "container runtime";
+    if endpoint == Some("") {
+        return Check::ok(
+            NAME,
+            "not used (--no-cri): events are attributed to the node",
+        );
+    }
+    let Some(socket) = cri::resolve_endpoint(endpoint) else {
+        return Check::bad(
+            NAME,
+            Status::Warn,
+            format!("no CRI socket found (tried {})", cri::DEFAULT_ENDPOINTS.join(", ")),
+            "pass --cri-endpoint PATH to attribute events to pods; without it events are attributed to the node",
+        );
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            return Check::bad(
+                NAME,
+                Status::Fail,
+                format!("cannot start a runtime: {err}"),
+                "see the error",
+            )
+        }
+    };
+    match runtime.block_on(cri::CriClient::connect(
+        &socket,
+        std::time::Duration::from_secs(2),
+    )) {
+        Ok((_, v)) => Check::ok(
+            NAME,
+            format!(
+                "{} {} (CRI {}) at {}",
+                v.name,
+                v.version,
+                v.api_version,
+                socket.display()
+            ),
+        ),
+        Err(err) => Check::bad(
+            NAME,
+            Status::Fail,
+            err.to_string(),
+            "start the runtime, fix --cri-endpoint, or pass --no-cri to run without one",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("5.8.0"), Some((5, 8)));
+        assert_eq!(parse_kernel_version("4.19"), Some((4, 19)));
+        assert_eq!(parse_kernel_version("garbage"), None);
+        assert!((5, 4) < MIN_KERNEL && (6, 1) > MIN_KERNEL);
+    }
+}

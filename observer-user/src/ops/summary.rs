@@ -1,0 +1,224 @@
+//! The account given at shutdown: what was received, written and lost, and where.
+
+use std::{collections::BTreeMap, fmt};
+
+use observer_common::{Counter, EventKind};
+use serde::Serialize;
+
+use crate::{
+    kernel::KernelCounters,
+    output::Snapshot,
+    pipeline::{CriStatus, PipelineStats},
+    record::{EdgeType, Enrichment},
+};
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub duration_seconds: f64,
+    /// Records received from the kernel, by kind.
+    pub received: BTreeMap<&'static str, u64>,
+    /// Edge events written, by edge type.
+    pub written: BTreeMap<&'static str, u64>,
+    /// Other records written, by event type.
+    pub records: BTreeMap<&'static str, u64>,
+    /// Edge events written, by enrichment.
+    pub enrichment: BTreeMap<&'static str, u64>,
+    /// Kernel counters by name, then by kind.
+    pub kernel: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// Records rejected by the decoder, by reason.
+    pub decode_errors: BTreeMap<&'static str, u64>,
+    pub unresolved_paths: u64,
+    pub processes: ProcessSummary,
+    pub attribution: AttributionSummary,
+    pub cri: CriSummary,
+    /// Events lost anywhere: ring full + pairing map full + rejected records.
+    pub lost: u64,
+    /// The event account: seen = shipped + dropped + in flight.
+    pub delivery: Snapshot,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessSummary {
+    pub seeded: u64,
+    pub loaded_late: u64,
+    pub unknown: u64,
+    pub swept: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttributionSummary {
+    pub unknown_cgroups: u64,
+    pub filtered_in_userspace: u64,
+    pub containers_without_digest: u64,
+    pub patched_events: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CriSummary {
+    pub endpoint: Option<String>,
+    pub runtime: Option<String>,
+    pub connected: bool,
+    pub disconnects: u64,
+}
+
+impl From<&CriStatus> for CriSummary {
+    fn from(s: &CriStatus) -> Self {
+        CriSummary {
+            endpoint: s.endpoint.clone(),
+            runtime: s.runtime.clone(),
+            connected: s.connected,
+            disconnects: s.disconnects,
+        }
+    }
+}
+
+impl Summary {
+    pub fn new(
+        duration_seconds: f64,
+        kernel: &KernelCounters,
+        pipeline: &PipelineStats,
+        delivery: Snapshot,
+    ) -> Self {
+        let track = pipeline.track;
+        let table = pipeline.table;
+        let attribution = pipeline.attribution;
+        let written = pipeline.written;
+        let decode_errors = pipeline.decode_errors.clone();
+        let lost = kernel.total(Counter::RingFull)
+            + kernel.total(Counter::PendingMapFull)
+            + decode_errors.values().sum::<u64>();
+        Summary {
+            duration_seconds,
+            received: EventKind::ALL
+                .iter()
+                .map(|&k| (k.name(), track.received(k)))
+                .collect(),
+            written: EdgeType::ALL
+                .iter()
+                .map(|&e| (e.name(), written.edges[e.index()]))
+                .collect(),
+            records: BTreeMap::from([
+                ("containerStart", written.container_starts),
+                ("containerStop", written.container_stops),
+                ("enrichmentPatch", written.patches),
+            ]),
+            enrichment: Enrichment::ALL
+                .iter()
+                .zip(attribution.by_enrichment)
+                .map(|(e, n)| (e.as_str(), n))
+                .collect(),
+            kernel: Counter::ALL
+                .iter()
+                .map(|&c| {
+                    let by_kind = EventKind::ALL
+                        .iter()
+                        .map(|&k| (k.name(), kernel.get(c, k)))
+                        .collect();
+                    (c.name(), by_kind)
+                })
+                .collect(),
+            decode_errors,
+            unresolved_paths: track.unresolved_paths,
+            processes: ProcessSummary {
+                seeded: table.seeded,
+                loaded_late: table.loaded_late,
+                unknown: table.unknown,
+                swept: table.swept,
+            },
+            attribution: AttributionSummary {
+                unknown_cgroups: attribution.unknown_cgroups,
+                filtered_in_userspace: attribution.filtered_in_userspace,
+                containers_without_digest: attribution.containers_without_digest,
+                patched_events: attribution.patched_events,
+            },
+            cri: (&pipeline.cri).into(),
+            lost,
+            delivery,
+        }
+    }
+}
+
+fn line(
+    f: &mut fmt::Formatter<'_>,
+    label: &str,
+    values: &BTreeMap<&'static str, u64>,
+) -> fmt::Result {
+    write!(f, "  {label:<24}")?;
+    for (name, value) in values {
+        write!(f, " {name}={value}")?;
+    }
+    writeln!(f, " (total {})", values.values().sum::<u64>())
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "zastava-observer summary after {:.1} s",
+            self.duration_seconds
+        )?;
+        line(f, "received", &self.received)?;
+        line(f, "written", &self.written)?;
+        line(f, "records", &self.records)?;
+        line(f, "enrichment", &self.enrichment)?;
+        for (name, by_kind) in &self.kernel {
+            line(f, &format!("kernel {name}"), by_kind)?;
+        }
+        let decode = if self.decode_errors.is_empty() {
+            BTreeMap::from([("none", 0)])
+        } else {
+            self.decode_errors.clone()
+        };
+        line(f, "decode errors", &decode)?;
+        writeln!(f, "  {:<24} {}", "unresolved paths", self.unresolved_paths)?;
+        writeln!(
+            f,
+            "  {:<24} seeded={} loaded_late={} unknown={} swept={}",
+            "processes",
+            self.processes.seeded,
+            self.processes.loaded_late,
+            self.processes.unknown,
+            self.processes.swept
+        )?;
+        writeln!(
+            f,
+            "  {:<24} unknown_cgroups={} filtered_in_userspace={} containers_without_digest={} patched_events={}",
+            "attribution",
+            self.attribution.unknown_cgroups,
+            self.attribution.filtered_in_userspace,
+            self.attribution.containers_without_digest,
+            self.attribution.patched_events
+        )?;
+        writeln!(
+            f,
+            "  {:<24} endpoint={} runtime={} connected={} disconnects={}",
+            "container runtime",
+            self.cri.endpoint.as_deref().unwrap_or("none"),
+            self.cri.runtime.as_deref().unwrap_or("none"),
+            self.cri.connected,
+            self.cri.disconnects
+        )?;
+        writeln!(f, "  {:<24} {}", "lost events", self.lost)?;
+        let d = &self.delivery;
+        let dropped: u64 = d.dropped.values().sum();
+        write!(
+            f,
+            "  {:<24} seen={} shipped={} dropped={} in_flight={} (spool: {} batches) {}",
+            "event account",
+            d.seen,
+            d.shipped,
+            dropped,
+            d.in_flight(),
+            d.spool_batches,
+            if d.balanced() {
+                "balanced"
+            } else {
+                "UNBALANCED"
+            }
+        )
+    }
+}

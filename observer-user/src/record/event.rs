@@ -1,0 +1,157 @@
+//! What an edge event is: one observation of a process (an exec, an open, a connect),
+//! owned so it can wait for attribution or for a batch. It shares the process image with
+//! the process table through an `Arc`.
+
+use std::sync::Arc;
+
+use observer_common::TASK_COMM_LEN;
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EdgeType {
+    /// A process executed a binary.
+    Syscall,
+    /// A file was opened.
+    Fs,
+    /// A socket connected.
+    Net,
+}
+
+impl EdgeType {
+    pub const ALL: [EdgeType; 3] = [EdgeType::Syscall, EdgeType::Fs, EdgeType::Net];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EdgeType::Syscall => "syscall",
+            EdgeType::Fs => "fs",
+            EdgeType::Net => "net",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Position in the batch sort order, which is the order of the names.
+    pub fn sort_rank(self) -> u8 {
+        match self {
+            EdgeType::Fs => 0,
+            EdgeType::Net => 1,
+            EdgeType::Syscall => 2,
+        }
+    }
+}
+
+/// The process an event came from, as it was when the event happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessSnapshot {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: Option<u32>,
+    pub uid: u32,
+    pub gid: u32,
+    /// The task name, NUL-padded as the kernel keeps it.
+    pub comm: [u8; TASK_COMM_LEN],
+    pub image: Arc<Image>,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EdgeDetail {
+    Exec {
+        /// `execve` or `execveat`.
+        syscall: &'static str,
+        /// The executed file, absolute when it could be resolved.
+        path: String,
+        path_resolved: bool,
+    },
+    Open {
+        /// `openat` or `openat2`.
+        syscall: &'static str,
+        path: String,
+        path_resolved: bool,
+        path_truncated: bool,
+        flags: u32,
+        /// A file descriptor, or `-errno`.
+        result: i64,
+    },
+    Connect {
+        address: SocketTarget,
+        /// 0, or `-errno`.
+        result: i64,
+    },
+}
+
+/// Where a socket connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SocketTarget {
+    Inet {
+        address: std::net::IpAddr,
+        port: u16,
+    },
+    /// A filesystem path, or `@name` for an abstract socket; `None` when unnamed.
+    Unix {
+        path: Option<String>,
+    },
+    Unspecified,
+    Other {
+        family: u16,
+    },
+    Unreadable,
+}
+
+/// One observation, before attribution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeEvent {
+    /// Sequence number within this daemon run (the `eventId` suffix).
+    pub seq: u64,
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    pub process: ProcessSnapshot,
+    pub detail: EdgeDetail,
+    /// GNU build-id of the executed binary (exec edges, when it could be read).
+    pub code_id: Option<String>,
+    /// Repeats of this edge the kernel held back, reported with this event.
+    pub repeats: HeldRepeats,
+    /// The event stands only for held-back repeats (of an edge that went quiet), not for
+    /// an occurrence of its own.
+    pub repeats_only: bool,
+    /// The edge's key in the in-kernel dedup map, when it is deduplicated.
+    pub dedup_key: Option<observer_common::DedupKey>,
+}
+
+/// Repeats of an edge the kernel held back, with the boot time of the first and last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldRepeats {
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+impl EdgeEvent {
+    /// Occurrences this event stands for.
+    pub fn occurrences(&self) -> u64 {
+        u64::from(!self.repeats_only) + self.repeats.count
+    }
+
+    pub fn edge_type(&self) -> EdgeType {
+        match self.detail {
+            EdgeDetail::Exec { .. } => EdgeType::Syscall,
+            EdgeDetail::Open { .. } => EdgeType::Fs,
+            EdgeDetail::Connect { .. } => EdgeType::Net,
+        }
+    }
+}
+
+/// What a process runs. Shared between a parent and the children it forks until they exec.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Image {
+    /// Absolute path of the executable, when known.
+    pub exe: Option<String>,
+    pub args: Vec<String>,
+    pub args_truncated: bool,
+}
+
+/// Version of the record schema (`schemas/runtime-events.v1.schema.json`).
+pub const SCHEMA_VERSION: u32 = 1;

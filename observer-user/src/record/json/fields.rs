@@ -1,0 +1,337 @@
+//! The parts of a record's JSON: its head (type, id, time), the workload fields, and its
+//! tail (what happened), each a map of fields the writer joins.
+
+use std::borrow::Cow;
+
+use observer_common::TASK_COMM_LEN;
+use serde::{ser::SerializeMap as _, ser::SerializeSeq as _, Serialize, Serializer};
+
+use crate::record::{
+    ContainerInfo, EdgeDetail, EdgeEvent, Enrichment, HostIdentity, Item, Lifecycle, OpenFlags,
+    PodInfo, ProcessSnapshot, SocketTarget, Timestamp, SCHEMA_VERSION,
+};
+
+/// A run-unique event id: `<run id>-<sequence>`.
+#[derive(Clone, Copy, Debug)]
+pub struct EventId<'a> {
+    pub run_id: &'a str,
+    pub seq: u64,
+}
+
+impl Serialize for EventId<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{}-{}", self.run_id, self.seq))
+    }
+}
+
+pub(super) fn comm_str(comm: &[u8; TASK_COMM_LEN]) -> Cow<'_, str> {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end])
+}
+
+/// The fields that say which workload a record belongs to, shared by every record type.
+pub(super) fn serialize_workload<M: serde::ser::SerializeMap>(
+    map: &mut M,
+    host: &HostIdentity,
+    enrichment: Enrichment,
+    container_id: Option<&str>,
+    container: Option<&ContainerInfo>,
+) -> Result<(), M::Error> {
+    map.serialize_entry("node", &host.node)?;
+    map.serialize_entry("hostId", &host.host_id)?;
+    map.serialize_entry("osRelease", &host.os_release)?;
+    match (container, container_id) {
+        (Some(c), _) => {
+            map.serialize_entry("workloadId", &c.pod.identity.id)?;
+            map.serialize_entry("workloadIdSource", c.pod.identity.id_source.as_str())?;
+        }
+        // A container the runtime has not described (yet): a provisional id.
+        (None, Some(id)) => {
+            map.serialize_entry("workloadId", &format_args!("container:{id}").to_string())?;
+            map.serialize_entry("workloadIdSource", "container")?;
+        }
+        (None, None) => map.serialize_entry("workloadId", &host.workload_id)?,
+    }
+    map.serialize_entry("enrichment", enrichment.as_str())?;
+    if let Some(id) = container_id {
+        map.serialize_entry("containerId", id)?;
+    }
+    if let Some(c) = container {
+        serialize_pod(map, &c.pod)?;
+        map.serialize_entry("containerName", &c.name)?;
+        map.serialize_entry("imageRef", &c.image.reference)?;
+        map.serialize_entry("imageDigest", &c.image.digest)?;
+        map.serialize_entry("imageDigestKind", c.image.digest_kind.as_str())?;
+    }
+    Ok(())
+}
+
+pub(super) fn serialize_pod<M: serde::ser::SerializeMap>(
+    map: &mut M,
+    pod: &PodInfo,
+) -> Result<(), M::Error> {
+    map.serialize_entry("namespace", &pod.pod.namespace)?;
+    map.serialize_entry("pod", &pod.pod.name)?;
+    map.serialize_entry("podUid", &pod.pod.uid)?;
+    let identity = &pod.identity;
+    for (key, value) in [
+        ("tenant", &identity.tenant),
+        ("project", &identity.project),
+        ("component", &identity.component),
+        ("channel", &identity.channel),
+    ] {
+        if let Some(value) = value {
+            map.serialize_entry(key, value)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) struct ProcessJson<'a>(pub(super) &'a ProcessSnapshot);
+
+impl Serialize for ProcessJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let p = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("pid", &p.pid)?;
+        map.serialize_entry("tid", &p.tid)?;
+        map.serialize_entry("ppid", &p.ppid)?;
+        map.serialize_entry("uid", &p.uid)?;
+        map.serialize_entry("gid", &p.gid)?;
+        map.serialize_entry("comm", &comm_str(&p.comm))?;
+        map.serialize_entry("exe", &p.image.exe)?;
+        map.serialize_entry("args", &p.image.args)?;
+        if p.image.args_truncated {
+            map.serialize_entry("argsTruncated", &true)?;
+        }
+        map.end()
+    }
+}
+
+pub(super) fn serialize_detail<M: serde::ser::SerializeMap>(
+    map: &mut M,
+    e: &EdgeEvent,
+) -> Result<(), M::Error> {
+    match &e.detail {
+        EdgeDetail::Exec {
+            syscall,
+            path,
+            path_resolved,
+        } => {
+            map.serialize_entry("syscall", syscall)?;
+            map.serialize_entry("path", path)?;
+            if !path_resolved {
+                map.serialize_entry("pathResolved", &false)?;
+            }
+            map.serialize_entry("args", &e.process.image.args)?;
+            if e.process.image.args_truncated {
+                map.serialize_entry("argsTruncated", &true)?;
+            }
+            if let Some(code_id) = &e.code_id {
+                map.serialize_entry("code_id", code_id)?;
+            }
+        }
+        EdgeDetail::Open {
+            syscall,
+            path,
+            path_resolved,
+            path_truncated,
+            flags,
+            result,
+        } => {
+            map.serialize_entry("syscall", syscall)?;
+            map.serialize_entry("path", path)?;
+            if !path_resolved {
+                map.serialize_entry("pathResolved", &false)?;
+            }
+            if *path_truncated {
+                map.serialize_entry("pathTruncated", &true)?;
+            }
+            map.serialize_entry("flags", flags)?;
+            map.serialize_entry("flagNames", &OpenFlags(*flags))?;
+            map.serialize_entry("result", result)?;
+        }
+        EdgeDetail::Connect { address, result } => {
+            map.serialize_entry("syscall", "connect")?;
+            match address {
+                SocketTarget::Inet { address, port } => {
+                    let family = if address.is_ipv4() { "inet" } else { "inet6" };
+                    map.serialize_entry("family", family)?;
+                    map.serialize_entry("address", &address)?;
+                    map.serialize_entry("port", port)?;
+                }
+                SocketTarget::Unix { path } => {
+                    map.serialize_entry("family", "unix")?;
+                    if let Some(path) = path {
+                        map.serialize_entry("path", path)?;
+                    }
+                }
+                SocketTarget::Unspecified => map.serialize_entry("family", "unspec")?,
+                SocketTarget::Other { family } => {
+                    map.serialize_entry("family", &format_args!("af_{family}").to_string())?;
+                }
+                SocketTarget::Unreadable => map.serialize_entry("family", "unknown")?,
+            }
+            map.serialize_entry("result", result)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) struct EdgeHead<'a> {
+    pub(super) item: &'a Item,
+    pub(super) event: &'a EdgeEvent,
+    pub(super) timestamp: Timestamp,
+    pub(super) run_id: &'a str,
+}
+
+impl Serialize for EdgeHead<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("schemaVersion", &SCHEMA_VERSION)?;
+        map.serialize_entry("eventType", "edge")?;
+        map.serialize_entry(
+            "eventId",
+            &EventId {
+                run_id: self.run_id,
+                seq: self.event.seq,
+            },
+        )?;
+        map.serialize_entry("edgeType", &self.event.edge_type())?;
+        map.serialize_entry("timestamp", &self.timestamp)?;
+        if self.item.count > 1 {
+            map.serialize_entry("count", &self.item.count)?;
+            map.serialize_entry("firstSeen", &self.timestamp)?;
+            map.serialize_entry("lastSeen", &Timestamp::from_unix_ns(self.item.last_ns))?;
+        }
+        if self.item.late {
+            map.serialize_entry("late", &true)?;
+        }
+        map.end()
+    }
+}
+
+pub(super) struct EdgeTail<'a>(pub(super) &'a EdgeEvent);
+
+impl Serialize for EdgeTail<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("cgroupId", &self.0.cgroup_id)?;
+        map.serialize_entry("process", &ProcessJson(&self.0.process))?;
+        serialize_detail(&mut map, self.0)?;
+        map.end()
+    }
+}
+
+pub(super) struct LifecycleHead {
+    pub(super) lifecycle: Lifecycle,
+    pub(super) timestamp: Timestamp,
+    pub(super) late: bool,
+}
+
+impl Serialize for LifecycleHead {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("schemaVersion", &SCHEMA_VERSION)?;
+        let kind = match self.lifecycle {
+            Lifecycle::Start => "containerStart",
+            Lifecycle::Stop => "containerStop",
+        };
+        map.serialize_entry("eventType", kind)?;
+        map.serialize_entry("timestamp", &self.timestamp)?;
+        if self.late {
+            map.serialize_entry("late", &true)?;
+        }
+        map.end()
+    }
+}
+
+pub(super) struct LifecycleTail<'a> {
+    pub(super) lifecycle: Lifecycle,
+    pub(super) container: &'a ContainerInfo,
+}
+
+impl Serialize for LifecycleTail<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = self.container;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(pid) = c.init_pid {
+            map.serialize_entry("initPid", &pid)?;
+        }
+        if let Some(entrypoint) = &c.entrypoint {
+            map.serialize_entry("entrypoint", entrypoint)?;
+        }
+        if let Some(code_id) = &c.entrypoint_code_id {
+            map.serialize_entry("code_id", code_id)?;
+        }
+        if self.lifecycle == Lifecycle::Stop {
+            if let Some(code) = c.exit_code {
+                map.serialize_entry("exitCode", &code)?;
+            }
+        }
+        map.end()
+    }
+}
+
+pub(super) struct PatchHead<'a> {
+    pub(super) timestamp: Timestamp,
+    pub(super) ids: EventIds<'a>,
+}
+
+impl Serialize for PatchHead<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("schemaVersion", &SCHEMA_VERSION)?;
+        map.serialize_entry("eventType", "enrichmentPatch")?;
+        map.serialize_entry("timestamp", &self.timestamp)?;
+        map.serialize_entry("eventIds", &self.ids)?;
+        map.end()
+    }
+}
+
+pub(super) struct NoFields;
+
+impl Serialize for NoFields {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_map(Some(0))?.end()
+    }
+}
+
+pub(super) struct WorkloadJson<'a> {
+    pub(super) host: &'a HostIdentity,
+    pub(super) enrichment: Enrichment,
+    pub(super) container_id: Option<&'a str>,
+    pub(super) container: Option<&'a ContainerInfo>,
+}
+
+impl Serialize for WorkloadJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        serialize_workload(
+            &mut map,
+            self.host,
+            self.enrichment,
+            self.container_id,
+            self.container,
+        )?;
+        map.end()
+    }
+}
+
+pub(super) struct EventIds<'a> {
+    pub(super) run_id: &'a str,
+    pub(super) seqs: &'a [u64],
+}
+
+impl Serialize for EventIds<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.seqs.len()))?;
+        for &s in self.seqs {
+            seq.serialize_element(&EventId {
+                run_id: self.run_id,
+                seq: s,
+            })?;
+        }
+        seq.end()
+    }
+}

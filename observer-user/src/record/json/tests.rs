@@ -1,0 +1,140 @@
+use super::*;
+use crate::record::{
+    Attribution, ContainerState, EdgeDetail, EdgeEvent, HeldRepeats, Image, ImageInfo, Lifecycle,
+    PodInfo, ProcessSnapshot,
+};
+
+fn container(id: &str, pod: &str) -> Arc<ContainerInfo> {
+    use observer_common::identity::{DigestKind, PodRef};
+    Arc::new(ContainerInfo {
+        id: id.into(),
+        name: "app".into(),
+        pod: Arc::new(PodInfo::new(
+            format!("sandbox-{pod}"),
+            PodRef {
+                name: pod.into(),
+                namespace: "shop".into(),
+                uid: format!("uid-{pod}"),
+                labels: Default::default(),
+            },
+        )),
+        image: ImageInfo {
+            reference: "app:1".into(),
+            digest: Some("sha256:ab".into()),
+            digest_kind: DigestKind::Manifest,
+        },
+        state: ContainerState::Running,
+        started_at_ns: 5,
+        finished_at_ns: 0,
+        exit_code: None,
+        init_pid: Some(7),
+        entrypoint: Some("/app".into()),
+        entrypoint_code_id: None,
+    })
+}
+
+fn edge(seq: u64, attribution: Attribution) -> Record {
+    Record::Edge {
+        event: EdgeEvent {
+            seq,
+            boot_ns: 0,
+            cgroup_id: 9,
+            process: ProcessSnapshot {
+                pid: 3,
+                tid: 3,
+                ppid: Some(1),
+                uid: 0,
+                gid: 0,
+                comm: *b"app\0\0\0\0\0\0\0\0\0\0\0\0\0",
+                image: Arc::new(Image::default()),
+            },
+            detail: EdgeDetail::Open {
+                syscall: "openat",
+                path: format!("/data/{seq}"),
+                path_resolved: true,
+                path_truncated: false,
+                flags: 0,
+                result: 4,
+            },
+            code_id: None,
+            repeats: HeldRepeats::default(),
+            repeats_only: false,
+            dedup_key: None,
+        },
+        attribution,
+    }
+}
+
+#[test]
+fn records_of_alternating_workloads_carry_their_own_workload_fields() {
+    let host = HostIdentity::for_tests();
+    let (a, b) = (container("a1", "web"), container("b2", "db"));
+    let known = |c: &Arc<ContainerInfo>, enrichment| Attribution {
+        enrichment,
+        container_id: Some(Arc::from(c.id.as_str())),
+        container: Some(Arc::clone(c)),
+    };
+    let records = [
+        edge(1, known(&a, Enrichment::Complete)),
+        edge(2, known(&a, Enrichment::Complete)),
+        edge(3, known(&b, Enrichment::Complete)),
+        edge(4, Attribution::host()),
+        edge(
+            5,
+            Attribution {
+                enrichment: Enrichment::Pending,
+                container_id: Some(Arc::from("c3")),
+                container: None,
+            },
+        ),
+        edge(6, known(&a, Enrichment::Partial)),
+        Record::Lifecycle {
+            lifecycle: Lifecycle::Start,
+            container: Arc::clone(&b),
+            enrichment: Enrichment::Complete,
+        },
+        Record::Patch {
+            container: Arc::clone(&a),
+            seqs: vec![5],
+            enrichment: Enrichment::Complete,
+        },
+    ];
+    let mut shared = RecordWriter::new(&host, "r");
+    let mut seen = Vec::new();
+    for record in records {
+        let item = Item::new(1_000, &host, record);
+        let mut out = Vec::new();
+        shared.write(&mut out, &item).unwrap();
+        // The same as a writer that has rendered nothing before.
+        let mut alone = Vec::new();
+        RecordWriter::new(&host, "r")
+            .write(&mut alone, &item)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&alone)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        seen.push((
+            v["eventType"].as_str().unwrap().to_owned(),
+            v["containerId"].as_str().unwrap_or("-").to_owned(),
+            v["workloadId"].as_str().unwrap().to_owned(),
+            v["enrichment"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let expect = [
+        ("edge", "a1", "shop/web", "complete"),
+        ("edge", "a1", "shop/web", "complete"),
+        ("edge", "b2", "shop/db", "complete"),
+        ("edge", "-", "host:abc", "host"),
+        ("edge", "c3", "container:c3", "pending"),
+        ("edge", "a1", "shop/web", "partial"),
+        ("containerStart", "b2", "shop/db", "complete"),
+        ("enrichmentPatch", "a1", "shop/web", "complete"),
+    ];
+    let seen: Vec<(&str, &str, &str, &str)> = seen
+        .iter()
+        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), d.as_str()))
+        .collect();
+    assert_eq!(seen, expect);
+}

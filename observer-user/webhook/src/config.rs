@@ -1,0 +1,372 @@
+//! Configuration of `zastava-webhook`: the same layering as the observer's (TOML file, then
+//! `ZASTAVA__*` environment variables, then flags), its own keys.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use zastava_platform::{
+    backend::BackendConfig,
+    config::{bytes, describe_lines, duration, is_dns_label, ConfigError, ConfigErrors, Sources},
+};
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub server: ServerConfig,
+    pub policy: PolicyConfig,
+    pub cache: CacheConfig,
+    pub backend: BackendConfig,
+    pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTPS: `/validate`, `/healthz`, `/readyz`.
+    pub addr: SocketAddr,
+    /// PEM certificate chain and key; re-read when either file changes.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// How often the certificate files are checked for changes.
+    #[serde(deserialize_with = "duration")]
+    pub reload_interval: Duration,
+    /// Largest request body accepted.
+    #[serde(deserialize_with = "bytes")]
+    pub max_body_bytes: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            cert_file: None,
+            key_file: None,
+            reload_interval: Duration::from_secs(10),
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// What to do with an image that is not pinned by digest.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TagOnly {
+    #[default]
+    Deny,
+    Warn,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The whole decision, backend included, fits in this.
+    #[serde(deserialize_with = "duration")]
+    pub budget: Duration,
+    /// Namespaces admitted (with a warning and an audit annotation) when the backend cannot
+    /// be asked; everywhere else such a request is denied.
+    #[serde(alias = "failOpenNamespaces")]
+    pub fail_open_namespaces: Vec<String>,
+    /// Images named by tag only: `deny` or `warn`...
+    pub tag_only: TagOnly,
+    /// ...or per namespace.
+    pub tag_only_by_namespace: BTreeMap<String, TagOnly>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            budget: Duration::from_secs(2),
+            fail_open_namespaces: Vec::new(),
+            tag_only: TagOnly::Deny,
+            tag_only_by_namespace: BTreeMap::new(),
+        }
+    }
+}
+
+impl PolicyConfig {
+    pub fn tag_only_in(&self, namespace: &str) -> TagOnly {
+        self.tag_only_by_namespace
+            .get(namespace)
+            .copied()
+            .unwrap_or(self.tag_only)
+    }
+
+    pub fn fails_open(&self, namespace: &str) -> bool {
+        self.fail_open_namespaces.iter().any(|ns| ns == namespace)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Verdicts kept (the ones closest to expiry make room).
+    pub max_entries: usize,
+    /// TTL of a verdict whose reply gives none.
+    #[serde(deserialize_with = "duration")]
+    pub default_ttl: Duration,
+    /// Upper bound of any TTL the backend gives.
+    #[serde(deserialize_with = "duration")]
+    pub max_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 10_000,
+            default_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Plain HTTP: `/metrics`, `/healthz`, `/readyz`. Unset: no metrics endpoint.
+    pub addr: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            addr: Some(SocketAddr::from(([0, 0, 0, 0], 9465))),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Loopback only: `POST /invalidate-op-token`.
+    pub addr: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9466)),
+        }
+    }
+}
+
+/// Longest budget: the API server gives a webhook at most 30 s.
+const MAX_BUDGET: Duration = Duration::from_secs(29);
+
+impl WebhookConfig {
+    /// Layers the sources and checks the result.
+    pub fn load(sources: &Sources) -> Result<WebhookConfig, ConfigErrors> {
+        let config: WebhookConfig = sources.layered()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The settings an operator checks before a rollout, one `key = value` line each.
+    pub fn describe(&self) -> String {
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or_else(|| "(none)".into(), |p| p.display().to_string())
+        };
+        let lines = [
+            ("server.addr", self.server.addr.to_string()),
+            ("server.cert_file", path(&self.server.cert_file)),
+            ("server.key_file", path(&self.server.key_file)),
+            ("policy.budget", format!("{:?}", self.policy.budget)),
+            (
+                "policy.fail_open_namespaces",
+                format!("{:?}", self.policy.fail_open_namespaces),
+            ),
+            (
+                "policy.tag_only",
+                format!("{:?}", self.policy.tag_only).to_lowercase(),
+            ),
+            (
+                "backend.url",
+                self.backend
+                    .url
+                    .as_ref()
+                    .map_or_else(|| "(none)".into(), |u| u.to_string()),
+            ),
+            (
+                "metrics.addr",
+                self.metrics
+                    .addr
+                    .map_or_else(|| "(none)".into(), |a| a.to_string()),
+            ),
+            ("admin.addr", self.admin.addr.to_string()),
+        ];
+        describe_lines(&lines)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn check(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut bad = |key: &str, problem: String| {
+            errors.push(ConfigError {
+                key: key.to_owned(),
+                problem,
+            });
+        };
+        for (key, file) in [
+            ("server.cert_file", &self.server.cert_file),
+            ("server.key_file", &self.server.key_file),
+        ] {
+            match file {
+                None => bad(key, "is required: the webhook serves HTTPS only".into()),
+                Some(path) if !path.is_file() => bad(
+                    key,
+                    format!("{} does not exist or is not a file", path.display()),
+                ),
+                Some(_) => {}
+            }
+        }
+        if self.server.reload_interval.is_zero() {
+            bad("server.reload_interval", "must be longer than 0".into());
+        }
+        if self.server.max_body_bytes < 4096 {
+            bad("server.max_body_bytes", "must be at least 4K".into());
+        }
+        if self.policy.budget.is_zero() || self.policy.budget > MAX_BUDGET {
+            bad(
+                "policy.budget",
+                format!(
+                    "must be longer than 0 and at most {MAX_BUDGET:?}, below the API server's webhook timeout (at most 30s)"
+                ),
+            );
+        }
+        for ns in self
+            .policy
+            .fail_open_namespaces
+            .iter()
+            .chain(self.policy.tag_only_by_namespace.keys())
+        {
+            if !is_dns_label(ns) {
+                bad(
+                    "policy",
+                    format!("{ns:?} is not a Kubernetes namespace name"),
+                );
+            }
+        }
+        if self.cache.max_entries == 0 {
+            bad("cache.max_entries", "must be at least 1".into());
+        }
+        if self.cache.default_ttl > self.cache.max_ttl {
+            bad(
+                "cache.default_ttl",
+                "must not be longer than cache.max_ttl".into(),
+            );
+        }
+        if self.backend.url.is_none() {
+            bad(
+                "backend.url",
+                "is required: verdicts come from the Scanner backend".into(),
+            );
+        }
+        self.backend.check(&mut bad);
+        if !self.admin.addr.ip().is_loopback() {
+            bad(
+                "admin.addr",
+                format!(
+                    "{} is not a loopback address; the admin endpoint drops credentials and must not be reachable from the network",
+                    self.admin.addr
+                ),
+            );
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<WebhookConfig, ConfigErrors> {
+        WebhookConfig::load(&Sources {
+            file: Some(("webhook.toml".into(), text.into())),
+            ..Default::default()
+        })
+    }
+
+    fn keys(err: &ConfigErrors) -> Vec<&str> {
+        err.0.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn a_full_file_is_read() {
+        let dir =
+            std::env::temp_dir().join(format!("zastava-webhook-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("tls.crt");
+        let key = dir.join("tls.key");
+        std::fs::write(&cert, "x").unwrap();
+        std::fs::write(&key, "x").unwrap();
+        let config = load(&format!(
+            r#"
+            [server]
+            addr = "127.0.0.1:9443"
+            cert_file = "{}"
+            key_file = "{}"
+            reload_interval = "500ms"
+            [policy]
+            budget = "1500ms"
+            failOpenNamespaces = ["dev"]
+            tag_only = "deny"
+            tag_only_by_namespace = {{ legacy = "warn" }}
+            [cache]
+            default_ttl = "30s"
+            [backend]
+            url = "https://scanner.internal:8443"
+            [admin]
+            addr = "[::1]:9000"
+            "#,
+            cert.display(),
+            key.display()
+        ))
+        .unwrap();
+        assert_eq!(config.server.reload_interval, Duration::from_millis(500));
+        assert_eq!(config.policy.budget, Duration::from_millis(1500));
+        assert!(config.policy.fails_open("dev"));
+        assert!(!config.policy.fails_open("prod"));
+        assert_eq!(config.policy.tag_only_in("legacy"), TagOnly::Warn);
+        assert_eq!(config.policy.tag_only_in("prod"), TagOnly::Deny);
+        assert_eq!(config.cache.default_ttl, Duration::from_secs(30));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_named_by_its_key() {
+        let err = load(
+            r#"
+            [policy]
+            budget = "45s"
+            fail_open_namespaces = ["Not_A_Namespace"]
+            [admin]
+            addr = "0.0.0.0:9466"
+            [backend]
+            url = "http://scanner.example"
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&err),
+            [
+                "server.cert_file",
+                "server.key_file",
+                "policy.budget",
+                "policy",
+                "backend.url",
+                "admin.addr"
+            ],
+            "{err}"
+        );
+        let err = load("[policy]\nbudget = \"soon\"\n").unwrap_err();
+        assert_eq!(keys(&err), ["policy.budget"], "{err}");
+        let err = load("[policy]\ntag_only = \"maybe\"\n").unwrap_err();
+        assert_eq!(keys(&err), ["policy.tag_only"], "{err}");
+    }
+}
