@@ -37,11 +37,26 @@ fn doctor_passes_on_this_machine_and_loads_the_probes() {
             .unwrap_or_else(|| panic!("no `{check}` check in:\n{stdout}"));
         assert!(line.starts_with("[ok  ]"), "{line}");
     }
-    let programs = zastava::kernel::probes::ATTACHMENTS.len();
+    let programs = zastava::kernel::probes::attachments(true).count();
     assert!(
-        stdout.contains(&format!("all {programs} programs verified")),
+        stdout.contains(&format!(
+            "all {programs} programs verified (with the kernel view)"
+        )),
         "{stdout}"
     );
+    // What the kernel view reads, found in this kernel's BTF.
+    let btf = stdout
+        .lines()
+        .find(|l| l.contains("kernel BTF"))
+        .unwrap_or_else(|| panic!("no BTF check in:\n{stdout}"));
+    for member in [
+        "task_struct.fs@",
+        "file.f_path@",
+        "mm_struct.exe_file@",
+        "sock_common.skc_daddr@",
+    ] {
+        assert!(btf.contains(member), "{member} missing from: {btf}");
+    }
     assert!(
         stdout.contains("the observer can run on this node"),
         "{stdout}"

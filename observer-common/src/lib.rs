@@ -21,7 +21,7 @@ pub mod identity;
 pub mod offsets;
 
 pub use counters::{Counter, COUNTER_SLOTS};
-pub use offsets::TracepointOffsets;
+pub use offsets::{KernelOffsets, TracepointOffsets};
 
 /// Length of `task_struct::comm`.
 pub const TASK_COMM_LEN: usize = 16;
@@ -31,6 +31,8 @@ pub const MAX_ARGS: usize = 20;
 pub const ARGS_CAPACITY: usize = 4096;
 /// Longest path the probes capture (Linux `PATH_MAX`).
 pub const PATH_CAPACITY: usize = 4096;
+/// Longest file name component (Linux `NAME_MAX`).
+pub const NAME_MAX: usize = 255;
 /// Tail size of the small open record; most paths fit, so most opens use the small size.
 pub const OPEN_SMALL_TAIL: usize = 256;
 /// Tail size of the large open record, used when a path does not fit the small one.
@@ -111,6 +113,64 @@ pub mod flags {
     pub const OPENAT2: u32 = 1 << 5;
     /// The socket address could not be read from user memory.
     pub const ADDR_MISSING: u32 = 1 << 6;
+    /// Made by a program with the kernel's own view (BTF offsets): paths walked from the
+    /// kernel's objects, argv from the new image, addresses from the socket. Without it, the
+    /// record's strings and addresses come from the caller's memory.
+    pub const KERNEL_VIEW: u32 = 1 << 7;
+}
+
+/// Outcome of a path walked in the kernel, from a dentry up to the task's root across
+/// mounts. A path is a path only when `bits & !DELETED == COMPLETE`; anything else is
+/// reported as unresolved, never as a partial path.
+pub mod walk {
+    /// The walk reached the task's root.
+    pub const COMPLETE: u32 = 1 << 0;
+    /// The step bound was hit before the root.
+    pub const TRUNC_DEPTH: u32 = 1 << 1;
+    /// The path is longer than `PATH_CAPACITY`.
+    pub const TRUNC_BUF: u32 = 1 << 2;
+    /// The top of the mount tree was reached without meeting the task's root: the file is
+    /// outside the task's root (a descriptor from before a chroot, one passed in).
+    pub const OUTSIDE_ROOT: u32 = 1 << 3;
+    /// A dentry that is its own parent but not a mount root: a pipe, socket or anonymous
+    /// inode, or a disconnected dentry.
+    pub const DETACHED: u32 = 1 << 4;
+    /// A kernel read failed, or a name changed while it was read.
+    pub const READ_ERROR: u32 = 1 << 5;
+    /// A name longer than `NAME_MAX`.
+    pub const BAD_NAME: u32 = 1 << 6;
+    /// No walk was made.
+    pub const NONE: u32 = 1 << 7;
+    /// With `COMPLETE`: the file itself was unlinked (the path is the name it had).
+    pub const DELETED: u32 = 1 << 8;
+
+    /// Whether `bits` describe a whole path.
+    pub const fn is_complete(bits: u32) -> bool {
+        bits & !DELETED == COMPLETE
+    }
+}
+
+/// What an open record's kernel path is ([`OpenRecord::base`]).
+pub mod open_base {
+    /// No kernel path: the requested path is all there is.
+    pub const NONE: u32 = 0;
+    /// The opened file itself (a successful open).
+    pub const FILE: u32 = 1;
+    /// The working directory the relative path was resolved from (`AT_FDCWD`).
+    pub const CWD: u32 = 2;
+    /// The directory of the `dfd` the relative path was resolved from.
+    pub const DIRFD: u32 = 3;
+}
+
+/// Where a connect record's address comes from ([`ConnectRecord::source`]).
+pub mod addr_source {
+    /// Not known.
+    pub const NONE: u32 = 0;
+    /// The socket the kernel connected (or is connecting): what it used.
+    pub const KERNEL: u32 = 1;
+    /// The caller's `sockaddr`, read after the call: the kernel keeps no address for a
+    /// connect that failed, and another thread may have changed the buffer since.
+    pub const CALLER: u32 = 2;
 }
 
 /// Common prefix of every record.
@@ -135,21 +195,32 @@ pub struct EventHeader {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
-/// `sched:sched_process_exec`, joined with argv captured at `sys_enter_execve[at]`.
+/// `sched:sched_process_exec`. With the kernel view, argv is the new image's (its
+/// `arg_start..arg_end`), the executable and the working directory are walked from the
+/// kernel's objects; without it, argv was captured at `sys_enter_execve[at]`.
 ///
-/// Tail: `filename_len` bytes of filename, then `args_len` bytes of NUL-terminated args.
+/// Tail: `filename_len` bytes of the file name as the caller passed it, `args_len` bytes of
+/// argv (each entry NUL-terminated; the last one may be cut short when truncated),
+/// `exe_len` bytes of the executable's path, `cwd_len` bytes of the working directory.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecRecord {
     pub header: EventHeader,
     /// Thread id that called exec (differs from `header.tgid` when a non-leader thread execs).
     pub old_tid: u32,
-    /// Number of argv entries in the tail.
-    pub argc: u32,
     /// Bytes of filename in the tail (no NUL).
     pub filename_len: u32,
-    /// Bytes of argv in the tail (each entry NUL-terminated).
+    /// Bytes of argv in the tail.
     pub args_len: u32,
+    pub exe_len: u32,
+    pub cwd_len: u32,
+    /// [`walk`] bits of the executable's path and of the working directory.
+    pub exe_walk: u32,
+    pub cwd_walk: u32,
+    pub _pad: u32,
+    /// Inode number of the executable (0 when unknown), so userspace reads the build-id of
+    /// this very file and no other.
+    pub exe_ino: u64,
 }
 
 /// A new process (not a thread): `task:task_newtask` without `CLONE_THREAD`.
@@ -190,7 +261,12 @@ pub struct Repeats {
     pub _pad: u32,
 }
 
-/// `openat`/`openat2`, enter and exit paired by thread id. Tail: `path_len` path bytes.
+/// `openat`/`openat2` at syscall exit. With the kernel view, `path` is walked from the
+/// kernel's objects: the opened file (success) or the directory a relative path was
+/// resolved from (failure); `requested` is the string the caller passed.
+///
+/// Tail: `requested_len` bytes of the requested path, then `path_len` bytes of kernel path
+/// (no NULs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OpenRecord {
@@ -202,13 +278,20 @@ pub struct OpenRecord {
     /// `O_*` flags (the low 32 bits; `openat2` takes a u64 but defines none above).
     pub flags: u32,
     pub mode: u32,
-    /// Bytes of path in the tail (no NUL).
     pub path_len: u32,
+    pub requested_len: u32,
+    /// [`open_base`]: what `path` is.
+    pub base: u32,
+    /// [`walk`] bits of `path`.
+    pub walk: u32,
+    pub _pad: u32,
     pub repeats: Repeats,
 }
 
-/// `connect`, enter and exit paired by thread id. Holds the raw socket address so that
-/// userspace parses families it knows and reports the number of those it does not.
+/// `connect` at syscall exit. Holds a raw `struct sockaddr` so that userspace parses
+/// families it knows and reports the number of those it does not: with the kernel view,
+/// built from the socket the kernel connected (the address it used); otherwise, or when the
+/// kernel kept none (a failed connect), the caller's, as [`ConnectRecord::source`] says.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectRecord {
@@ -218,9 +301,10 @@ pub struct ConnectRecord {
     pub fd: i32,
     /// `addrlen` passed by the caller.
     pub addrlen: u32,
-    /// Bytes of `sockaddr` captured (`min(addrlen, SOCKADDR_CAPACITY)`).
+    /// Bytes of `sockaddr` captured.
     pub sockaddr_len: u32,
-    pub _pad: u32,
+    /// [`addr_source`].
+    pub source: u32,
     pub repeats: Repeats,
     pub sockaddr: [u8; SOCKADDR_CAPACITY],
 }
@@ -325,6 +409,7 @@ mod pod {
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have
     // no implicit padding (checked by the layout tests), so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::TracepointOffsets {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::DedupKey {}
     unsafe impl aya::Pod for super::DedupState {}
 }
@@ -340,11 +425,11 @@ mod tests {
             size_of::<EventHeader>(),
             4 + 4 + 8 + 8 + 4 * 4 + TASK_COMM_LEN
         );
-        assert_eq!(size_of::<ExecRecord>(), size_of::<EventHeader>() + 16);
+        assert_eq!(size_of::<ExecRecord>(), size_of::<EventHeader>() + 40);
         assert_eq!(size_of::<ForkRecord>(), size_of::<EventHeader>() + 16);
         assert_eq!(size_of::<ExitRecord>(), size_of::<EventHeader>());
         assert_eq!(size_of::<Repeats>(), 40);
-        assert_eq!(size_of::<OpenRecord>(), size_of::<EventHeader>() + 24 + 40);
+        assert_eq!(size_of::<OpenRecord>(), size_of::<EventHeader>() + 40 + 40);
         assert_eq!(
             size_of::<ConnectRecord>(),
             size_of::<EventHeader>() + 24 + 40 + SOCKADDR_CAPACITY
@@ -355,6 +440,7 @@ mod tests {
         assert_eq!(size_of::<PendingOpen>(), 24);
         assert_eq!(size_of::<PendingConnect>(), 16);
         assert_eq!(size_of::<PendingExec>(), 16 + 2 * ARGS_CAPACITY);
+        assert_eq!(size_of::<KernelOffsets>() % 8, 0);
         for size in [
             size_of::<EventHeader>(),
             size_of::<ExecRecord>(),

@@ -40,6 +40,30 @@ pub fn hash_u64(mut hash: u64, value: u64) -> u64 {
     hash
 }
 
+/// Mixes one 64-bit word in: one multiply per word, for keys made of kernel pointers and
+/// numbers (the kernel-view probes), where a byte-at-a-time hash would cost eight.
+#[inline(always)]
+pub fn hash_word(hash: u64, value: u64) -> u64 {
+    let mixed = (hash ^ value).wrapping_mul(FNV_PRIME);
+    mixed ^ (mixed >> 29)
+}
+
+/// [`hash_word`] over exactly `WORDS` words at `data`, continuing from `hash`. Straight-line
+/// code, no branch: the caller zeroes what follows the bytes that matter, so the hash
+/// depends on them alone.
+///
+/// # Safety
+/// `data` must be 8-byte aligned and point to at least `WORDS * 8` readable bytes of map
+/// memory.
+#[inline(always)]
+pub unsafe fn hash_block<const WORDS: usize>(mut hash: u64, data: *const u8) -> u64 {
+    let words = data.cast::<u64>();
+    for i in 0..WORDS {
+        hash = hash_word(hash, unsafe { words.add(i).read() });
+    }
+    hash
+}
+
 #[inline(always)]
 pub fn seed(kind: EventKind) -> u64 {
     hash_u64(FNV_OFFSET, kind as u64)

@@ -1,150 +1,48 @@
-//! Exec: argv is captured at `sys_enter_execve[at]` (the old address space still holds it)
-//! into `PENDING_EXEC` by thread id; `sched:sched_process_exec` then emits one record with
-//! the kernel's filename, the pid change, and that argv.
+//! Exec, at `sched:sched_process_exec`, once the new image is in place: argv is read from
+//! the new image's own memory (`mm->arg_start..arg_end`, which the kernel itself just wrote,
+//! so its pages are present and no other thread can have changed it), the executable is
+//! walked from `mm->exe_file` and the working directory from `fs->pwd`. The tracepoint's
+//! `filename` is the name the caller passed. Which syscall it was comes from the number the
+//! task entered the kernel with.
 
 use aya_ebpf::{
-    helpers::generated::{
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user,
-        bpf_probe_read_user_str,
-    },
+    helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
     EbpfContext as _,
 };
 use core::mem::size_of;
 use observer_common::{
-    flags, offsets::syscall_arg_offset, Counter, EventKind, ExecRecord, PendingExec, ARGS_CAPACITY,
-    EXEC_LARGE_TAIL, EXEC_SMALL_TAIL, MAX_ARGS, PATH_CAPACITY,
+    flags, walk as bits, Counter, EventKind, ExecRecord, ARGS_CAPACITY, PATH_CAPACITY,
 };
 
 use crate::{
-    maps::{EVENTS, EXEC_SCRATCH, OFFSETS, PENDING_EXEC},
-    record::{count, current_task, filtered, submit, write_header, Task},
+    kmem::{rd, rd_path, rd_ptr, syscall_nr, task, task_pwd, task_root, user_regs},
+    maps::{koff, OFFSETS, OUT_BUF},
+    record::{count, current_task, filtered, output, write_header},
+    walk::{copy_out, walk, Walked},
 };
 
 const KIND: EventKind = EventKind::Exec;
-
-#[tracepoint]
-pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
-    // execve(filename, argv, envp)
-    capture_argv(&ctx, syscall_arg_offset(1), 0);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
-    // execveat(dfd, filename, argv, envp, flags)
-    capture_argv(&ctx, syscall_arg_offset(2), flags::EXECVEAT);
-    0
-}
-
-/// A failed exec never reaches `sched_process_exec`: drop what its entry captured.
-#[tracepoint]
-pub fn sys_exit_execve(_ctx: TracePointContext) -> u32 {
-    forget_argv();
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_execveat(_ctx: TracePointContext) -> u32 {
-    forget_argv();
-    0
-}
-
-#[inline(always)]
-fn forget_argv() {
-    if let Some(task) = current_task() {
-        // After a successful exec the entry is already gone; a miss is expected.
-        let _ = PENDING_EXEC.remove(task.tid);
-    }
-}
-
-#[inline(always)]
-fn capture_argv(ctx: &TracePointContext, argv_offset: usize, record_flags: u32) {
-    let Some(task) = current_task() else { return };
-    // Counted when the exec itself is dropped, at sched_process_exec.
-    if filtered(KIND, false) {
-        return;
-    }
-    let Some(scratch) = EXEC_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    let Ok(argv) = (unsafe { ctx.read_at::<u64>(argv_offset) }) else {
-        count(Counter::ReadFailed, KIND);
-        return;
-    };
-    let pending = unsafe { &mut *scratch };
-    pending.argc = 0;
-    pending.args_len = 0;
-    pending.record_flags = record_flags;
-    pending._pad = 0;
-
-    let mut used: usize = 0;
-    let mut complete = false;
-    for i in 0..MAX_ARGS {
-        let mut arg: u64 = 0;
-        let rc = unsafe {
-            bpf_probe_read_user(
-                (&raw mut arg).cast(),
-                size_of::<u64>() as u32,
-                (argv + (i * size_of::<u64>()) as u64) as *const _,
-            )
-        };
-        if rc != 0 {
-            count(Counter::ReadFailed, KIND);
-            pending.record_flags |= if i == 0 {
-                flags::ARGS_MISSING
-            } else {
-                flags::ARGS_TRUNCATED
-            };
-            complete = true;
-            break;
-        }
-        if arg == 0 {
-            complete = true;
-            break;
-        }
-        if used >= ARGS_CAPACITY {
-            break;
-        }
-        // `used < ARGS_CAPACITY` and the read is bounded by ARGS_CAPACITY, so it stays within
-        // the 2 * ARGS_CAPACITY buffer; the mask makes that bound visible to the verifier.
-        let at = used & (ARGS_CAPACITY - 1);
-        let read = unsafe {
-            bpf_probe_read_user_str(
-                pending.buf.as_mut_ptr().add(at).cast(),
-                ARGS_CAPACITY as u32,
-                arg as *const _,
-            )
-        };
-        if read <= 0 {
-            count(Counter::ReadFailed, KIND);
-            pending.record_flags |= flags::ARGS_TRUNCATED;
-            complete = true;
-            break;
-        }
-        used += read as usize;
-        pending.argc += 1;
-    }
-    if !complete {
-        // Stopped at MAX_ARGS or at the byte limit with arguments left over.
-        pending.record_flags |= flags::ARGS_TRUNCATED;
-    }
-    if used > ARGS_CAPACITY {
-        used = ARGS_CAPACITY;
-        pending.record_flags |= flags::ARGS_TRUNCATED;
-    }
-    pending.args_len = used as u32;
-    // Passed by reference: the value is 8 KiB and must not be copied to the stack.
-    let captured: &PendingExec = pending;
-    if PENDING_EXEC.insert(task.tid, captured, 0).is_err() {
-        count(Counter::PendingMapFull, KIND);
-    }
-}
+const HDR: usize = size_of::<ExecRecord>();
+/// x86_64 syscall numbers.
+const NR_EXECVEAT: u64 = 322;
+const CAP: u64 = PATH_CAPACITY as u64;
 
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    let Some(task) = current_task() else { return 0 };
+    run(&ctx);
+    0
+}
+
+#[inline(always)]
+fn run(ctx: &TracePointContext) {
+    let Some(task_ids) = current_task() else {
+        return;
+    };
+    if filtered(KIND, true) {
+        return;
+    }
     let offsets = OFFSETS.load();
     let (Ok(loc), Ok(old_tid)) = (unsafe {
         (
@@ -153,108 +51,113 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         )
     }) else {
         count(Counter::ReadFailed, KIND);
-        return 0;
-    };
-    let old_tid = old_tid as u32;
-    // __data_loc: low 16 bits = offset from the record start, high 16 bits = length with NUL.
-    let filename = Filename {
-        src: unsafe { ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize) },
-        len: (loc >> 16) as usize,
-    };
-    let pending = PENDING_EXEC.get_ptr(old_tid);
-    if filtered(KIND, true) {
-        if pending.is_some() {
-            let _ = PENDING_EXEC.remove(old_tid);
-        }
-        return 0;
-    }
-    if pending.is_none() {
-        count(Counter::Unpaired, KIND);
-    }
-    let args_len = match pending {
-        Some(p) => unsafe { (*p).args_len as usize },
-        None => 0,
-    };
-    const SMALL_HALF: usize = EXEC_SMALL_TAIL / 2;
-    if filename.len <= SMALL_HALF && args_len <= SMALL_HALF {
-        emit::<EXEC_SMALL_TAIL, SMALL_HALF, SMALL_HALF>(task, old_tid, &filename, pending);
-    } else {
-        emit::<EXEC_LARGE_TAIL, PATH_CAPACITY, ARGS_CAPACITY>(task, old_tid, &filename, pending);
-    }
-    if pending.is_some() {
-        let _ = PENDING_EXEC.remove(old_tid);
-    }
-    0
-}
-
-struct Filename {
-    src: *const u8,
-    len: usize,
-}
-
-#[inline(always)]
-fn emit<const TAIL: usize, const NAME_CAP: usize, const ARGS_CAP: usize>(
-    task: Task,
-    old_tid: u32,
-    filename: &Filename,
-    pending: Option<*const PendingExec>,
-) {
-    let Some(mut entry) = EVENTS.reserve_bytes(size_of::<ExecRecord>() + TAIL, 0) else {
-        count(Counter::RingFull, KIND);
         return;
     };
-    let base = entry.as_mut_ptr();
-    let record = base.cast::<ExecRecord>();
-    let tail = unsafe { base.add(size_of::<ExecRecord>()) };
+    let Some(out) = OUT_BUF.get_ptr_mut(0) else {
+        return;
+    };
+    let out = out.cast::<u8>();
+    let mut record_flags = flags::KERNEL_VIEW;
+    if let Ok(nr) = user_regs().and_then(syscall_nr) {
+        if nr == NR_EXECVEAT {
+            record_flags |= flags::EXECVEAT;
+        }
+    }
 
-    let mut record_flags = 0;
-    let read =
-        unsafe { bpf_probe_read_kernel_str(tail.cast(), NAME_CAP as u32, filename.src.cast()) };
-    let mut name_len = if read > 0 { read as usize - 1 } else { 0 };
+    // 1. The file name as passed (`__data_loc`: offset in the low 16 bits, length with its
+    //    NUL in the high 16).
+    let src = unsafe { ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize) };
+    let read = unsafe { bpf_probe_read_kernel_str(out.add(HDR).cast(), CAP as u32, src.cast()) };
+    let mut filename_len = if read > 0 { (read - 1) as u64 } else { 0 };
     if read <= 0 {
         count(Counter::ReadFailed, KIND);
         record_flags |= flags::PATH_MISSING;
-    } else if filename.len > NAME_CAP {
+    } else if u64::from(loc >> 16) > CAP {
         record_flags |= flags::PATH_TRUNCATED;
     }
-    if name_len > NAME_CAP {
-        name_len = NAME_CAP;
+    if filename_len > CAP {
+        filename_len = CAP;
     }
 
-    let mut argc = 0;
-    let mut args_len = 0;
-    match pending {
-        Some(p) => unsafe {
-            record_flags |= (*p).record_flags;
-            argc = (*p).argc;
-            args_len = (*p).args_len as usize;
-            if args_len > ARGS_CAP {
-                args_len = ARGS_CAP;
+    // 2. argv, from the new image.
+    let t = task();
+    let mm = rd_ptr(t + koff!(task_mm));
+    let mut args_len: u64 = 0;
+    match mm.and_then(|mm| {
+        Ok((
+            rd::<u64>(mm + koff!(mm_arg_start))?,
+            rd::<u64>(mm + koff!(mm_arg_end))?,
+        ))
+    }) {
+        Ok((start, end)) if end > start => {
+            args_len = end - start;
+            if args_len > ARGS_CAPACITY as u64 {
+                args_len = ARGS_CAPACITY as u64;
                 record_flags |= flags::ARGS_TRUNCATED;
             }
-            if args_len > 0
-                && bpf_probe_read_kernel(
-                    tail.add(name_len).cast(),
+            let at = HDR as u64 + filename_len;
+            let rc = unsafe {
+                bpf_probe_read_user(
+                    out.add(at as usize).cast(),
                     args_len as u32,
-                    (*p).buf.as_ptr().cast(),
-                ) != 0
-            {
+                    start as *const _,
+                )
+            };
+            if rc != 0 {
                 count(Counter::ReadFailed, KIND);
                 record_flags |= flags::ARGS_MISSING;
                 args_len = 0;
-                argc = 0;
             }
-        },
-        None => record_flags |= flags::ARGS_MISSING,
+        }
+        // An empty argv is possible (execve with argv = NULL).
+        Ok(_) => {}
+        Err(()) => {
+            count(Counter::ReadFailed, KIND);
+            record_flags |= flags::ARGS_MISSING;
+        }
+    }
+    if args_len > ARGS_CAPACITY as u64 {
+        args_len = ARGS_CAPACITY as u64;
     }
 
+    // 3. The executable and 4. the working directory, walked to the task's root.
+    let root = task_root(t);
+    let exe_file = mm.and_then(|mm| rd_ptr(mm + koff!(mm_exe_file)));
+    let exe_ino = exe_file
+        .and_then(|f| rd_ptr(f + koff!(file_f_inode)))
+        .and_then(|inode| rd::<u64>(inode + koff!(inode_i_ino)))
+        .unwrap_or(0);
+    let exe = match (exe_file.and_then(|f| rd_path(f + koff!(file_f_path))), root) {
+        (Ok(path), Ok(root)) => walk(path, root),
+        _ => Walked {
+            pos: CAP,
+            bits: bits::READ_ERROR,
+        },
+    };
+    let exe_at = HDR as u64 + filename_len + args_len;
+    let exe_len = copy_out(unsafe { out.add(exe_at as usize) }, &exe);
+    let cwd = match (task_pwd(t), root) {
+        (Ok(pwd), Ok(root)) => walk(pwd, root),
+        _ => Walked {
+            pos: CAP,
+            bits: bits::READ_ERROR,
+        },
+    };
+    let cwd_at = exe_at + exe_len;
+    let cwd_len = copy_out(unsafe { out.add(cwd_at as usize) }, &cwd);
+
+    let record = out.cast::<ExecRecord>();
     unsafe {
-        write_header(&raw mut (*record).header, KIND, record_flags, task);
-        (*record).old_tid = old_tid;
-        (*record).argc = argc;
-        (*record).filename_len = name_len as u32;
+        write_header(&raw mut (*record).header, KIND, record_flags, task_ids);
+        (*record).old_tid = old_tid as u32;
+        (*record).filename_len = filename_len as u32;
         (*record).args_len = args_len as u32;
+        (*record).exe_len = exe_len as u32;
+        (*record).cwd_len = cwd_len as u32;
+        (*record).exe_walk = exe.bits;
+        (*record).cwd_walk = cwd.bits;
+        (*record)._pad = 0;
+        (*record).exe_ino = exe_ino;
     }
-    submit(entry);
-    count(Counter::Submitted, KIND);
+    output(KIND, out, cwd_at + cwd_len);
 }

@@ -2,18 +2,24 @@
 //!
 //! One module per probe family. Every program filters out the daemon itself, never panics,
 //! and counts each failure in the per-CPU `COUNTERS` map (see `observer_common::counters`).
+//! The exec, open and connect programs read the kernel's own objects at offsets the loader
+//! takes from BTF ([`kmem`], [`walk`]); [`compat`] holds their counterparts for kernels
+//! without BTF.
 #![no_std]
 #![no_main]
 
 mod cgroup;
+mod compat;
 mod connect;
 mod dedup;
 mod exec;
 mod exit;
 mod fork;
+mod kmem;
 mod maps;
 mod open;
 mod record;
+mod walk;
 
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {

@@ -7,8 +7,8 @@ use aya_ebpf::{
     Global,
 };
 use observer_common::{
-    DedupKey, DedupState, PendingConnect, PendingExec, PendingOpen, TracepointOffsets,
-    COUNTER_SLOTS, OPEN_SMALL_TAIL,
+    DedupKey, DedupState, KernelOffsets, PendingConnect, PendingExec, PendingOpen,
+    TracepointOffsets, COUNTER_SLOTS, OPEN_SMALL_TAIL,
 };
 
 /// All records. The loader sets the real size (`--ring-buffer-bytes`).
@@ -19,15 +19,86 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// openat/openat2 in flight, by thread id.
+/// Bytes of each per-CPU scratch buffer: a path walk's buffer (a path of up to 4 KiB built
+/// right to left, slack for masked writes, the walk's state), and the one a record is
+/// assembled in before it is copied to the ring buffer at its exact size (the largest is an
+/// exec with four 4 KiB strings).
+pub const SCRATCH: usize = 20 * 1024;
+
+/// Where a path walk assembles its path, right to left (see `walk.rs`).
+#[map]
+pub static WALK_BUF: PerCpuArray<[u8; SCRATCH]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a record is assembled before `bpf_ringbuf_output` copies its used length.
+#[map]
+pub static OUT_BUF: PerCpuArray<[u8; SCRATCH]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Struct offsets from the kernel's BTF, set by the loader. A plain static (not a
+/// `Global`, whose `load` copies the whole struct to the stack), read one field at a time
+/// with `koff!`; it lives in the frozen .rodata map, so the verifier sees constants.
+#[unsafe(no_mangle)]
+pub static KOFFSETS: KernelOffsets = KernelOffsets {
+    task_fs: 0,
+    task_files: 0,
+    task_mm: 0,
+    fs_root: 0,
+    fs_pwd: 0,
+    dentry_d_hash_pprev: 0,
+    dentry_win: 0,
+    win_parent: 0,
+    win_hash: 0,
+    win_len: 0,
+    win_name: 0,
+    mount_mnt: 0,
+    mount_mnt_parent: 0,
+    mount_mnt_mountpoint: 0,
+    vfsmount_mnt_root: 0,
+    files_fdt: 0,
+    file_f_path: 0,
+    file_f_inode: 0,
+    file_private_data: 0,
+    inode_i_mode: 0,
+    inode_i_ino: 0,
+    mm_exe_file: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    socket_sk: 0,
+    skc_family: 0,
+    skc_daddr: 0,
+    skc_dport: 0,
+    skc_v6_daddr: 0,
+    unix_sock_addr: 0,
+    unix_sock_peer: 0,
+    unix_address_len: 0,
+    unix_address_name: 0,
+    regs_di: 0,
+    regs_si: 0,
+    regs_dx: 0,
+    regs_r10: 0,
+    regs_orig_ax: 0,
+};
+
+/// One field of `KOFFSETS`, as a u64. The volatile read keeps the compiler from folding
+/// the compile-time zeros.
+macro_rules! koff {
+    ($field:ident) => {{
+        #[allow(unused_unsafe)]
+        let value = unsafe { core::ptr::read_volatile(&crate::maps::KOFFSETS.$field) };
+        u64::from(value)
+    }};
+}
+pub(crate) use koff;
+
+/// openat/openat2 in flight, by thread id (programs without the kernel view).
 #[map]
 pub static PENDING_OPEN: HashMap<u32, PendingOpen> = HashMap::with_max_entries(16384, 0);
 
-/// connect in flight, by thread id.
+/// connect in flight, by thread id (programs without the kernel view).
 #[map]
 pub static PENDING_CONNECT: HashMap<u32, PendingConnect> = HashMap::with_max_entries(16384, 0);
 
-/// argv captured at exec entry, by thread id. Values are 8 KiB and execs in flight are few,
+/// argv captured at exec entry, by thread id (programs without the kernel view). Values are
+/// 8 KiB and execs in flight are few,
 /// so entries are allocated on demand rather than preallocated.
 #[map]
 pub static PENDING_EXEC: HashMap<u32, PendingExec> =

@@ -1,81 +1,170 @@
-//! `openat` and `openat2`: the path, flags and mode are taken at syscall entry, the result at
-//! exit; the two are paired by thread id. The path is read at exit into a per-CPU scratch
-//! buffer, where the dedup map judges it; only an open that is reported takes ring buffer
-//! space. A path too long for the scratch buffer is read straight into a large record.
+//! `openat` and `openat2`, one program at syscall exit. The arguments come from the
+//! registers the task entered the syscall with (no entry program, no pairing map). What was
+//! opened comes from the kernel: for a successful open, the new descriptor's `struct file`,
+//! whose path is walked up to the task's root (so symlinks are resolved, a container's path
+//! is the container's, and a second thread rewriting the caller's buffer changes nothing);
+//! for a failed one, the directory a relative path was resolved from (the working directory
+//! or the `dfd`'s), joined with the requested path in userspace. A repeat is judged on the
+//! kernel's identity of the file before any string is read or any path walked.
 
 use aya_ebpf::{
     helpers::generated::{
-        bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_probe_read_user_str,
+        bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_user,
+        bpf_probe_read_user_str,
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use core::mem::size_of;
 use observer_common::{
-    flags, offsets::syscall_arg_offset, offsets::SYSCALL_RET_OFFSET, Counter, EventKind,
-    OpenRecord, PendingOpen, Repeats, OPEN_LARGE_TAIL, OPEN_SMALL_TAIL,
+    flags, offsets::SYSCALL_RET_OFFSET, open_base, walk as bits, Counter, EventKind, OpenRecord,
+    Repeats, PATH_CAPACITY,
 };
 
 use crate::{
     dedup,
-    maps::{EVENTS, OPEN_SCRATCH, PENDING_OPEN},
-    record::{count, current_task, filtered, submit, write_header, Task},
+    kmem::{fd_file, rd, rd_path, syscall_args, task, task_pwd, task_root, user_regs, KPath},
+    maps::{koff, OUT_BUF},
+    record::{count, current_task, filtered, output, write_header, Task},
+    walk::{copy_out, walk, Walked},
 };
 
 const KIND: EventKind = EventKind::Open;
-
-#[tracepoint]
-pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    enter(&ctx, false);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    enter(&ctx, true);
-    0
-}
+const HDR: usize = size_of::<OpenRecord>();
+const AT_FDCWD: i64 = -100;
+/// Failed opens are deduplicated by their requested path when it is at most this long.
+const DEDUP_NAME_MAX: usize = 256;
 
 #[tracepoint]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    exit(&ctx);
+    exit(&ctx, false);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    exit(&ctx);
+    exit(&ctx, true);
     0
 }
 
+/// The syscall's arguments.
+struct Call {
+    dfd: i64,
+    filename: u64,
+    flags: u32,
+    mode: u32,
+    record_flags: u32,
+}
+
 #[inline(always)]
-fn enter(ctx: &TracePointContext, openat2: bool) {
-    let Some(task) = current_task() else { return };
+fn exit(ctx: &TracePointContext, openat2: bool) {
+    let Some(task_ids) = current_task() else {
+        return;
+    };
     if filtered(KIND, true) {
         return;
     }
-    let (Ok(dfd), Ok(filename), Ok(arg2), Ok(arg3)) = (unsafe {
-        (
-            ctx.read_at::<i64>(syscall_arg_offset(0)),
-            ctx.read_at::<u64>(syscall_arg_offset(1)),
-            ctx.read_at::<u64>(syscall_arg_offset(2)),
-            ctx.read_at::<u64>(syscall_arg_offset(3)),
-        )
-    }) else {
-        count(Counter::ReadFailed, KIND);
+    let result = unsafe { ctx.read_at::<i64>(SYSCALL_RET_OFFSET) }.unwrap_or(i64::MIN);
+    let Some(out) = OUT_BUF.get_ptr_mut(0) else {
         return;
     };
-    let mut pending = PendingOpen {
+    let out = out.cast::<u8>();
+    let Some(mut call) = call(openat2) else {
+        // Without the arguments nothing can be said but that an open happened.
+        count(Counter::ReadFailed, KIND);
+        let mut call = empty_call(openat2);
+        call.record_flags |= flags::PATH_MISSING;
+        emit(
+            out,
+            task_ids,
+            result,
+            &call,
+            Target::none(),
+            Repeats::default(),
+            0,
+        );
+        return;
+    };
+    let t = task();
+    let target = if result >= 0 {
+        opened(t, result)
+    } else {
+        Target::none()
+    };
+    let mut held = Repeats::default();
+    if target.base == open_base::FILE {
+        // The file is known: judge a repeat before reading or walking anything.
+        match judge(&call, result, file_identity(&target.path)) {
+            Some(repeats) => held = repeats,
+            None => return,
+        }
+    }
+    // What the caller passed; it goes first in the tail. For a failed open it is also the
+    // dedup key: the bytes after it are zeroed first, so a hash of the whole block depends on
+    // the string alone.
+    if target.base == open_base::NONE {
+        unsafe { core::ptr::write_bytes(out.add(HDR), 0, DEDUP_NAME_MAX) };
+    }
+    let requested = unsafe {
+        bpf_probe_read_user_str(
+            out.add(HDR).cast(),
+            PATH_CAPACITY as u32,
+            call.filename as *const _,
+        )
+    };
+    let requested_len = match requested {
+        n if n > 0 => (n - 1) as u64,
+        _ => {
+            count(Counter::ReadFailed, KIND);
+            call.record_flags |= flags::PATH_MISSING;
+            0
+        }
+    };
+    if requested_len as usize >= PATH_CAPACITY - 1 {
+        call.record_flags |= flags::PATH_TRUNCATED;
+    }
+    let target = if target.base == open_base::NONE {
+        // Failed: where a relative path was looked up.
+        let relative = requested_len > 0 && unsafe { *out.add(HDR) } != b'/';
+        let target = if relative {
+            lookup_base(t, call.dfd)
+        } else {
+            target
+        };
+        let name =
+            unsafe { dedup::hash_block::<{ DEDUP_NAME_MAX / 8 }>(dedup::seed(KIND), out.add(HDR)) };
+        let key = dedup::hash_word(
+            dedup::hash_word(name, requested_len),
+            file_identity(&target.path),
+        );
+        if (requested_len as usize) < DEDUP_NAME_MAX {
+            match judge(&call, result, key) {
+                Some(repeats) => held = repeats,
+                None => return,
+            }
+        }
+        target
+    } else {
+        target
+    };
+    emit(out, task_ids, result, &call, target, held, requested_len);
+}
+
+/// The arguments from the saved registers; openat2's flags and mode from its `open_how`.
+#[inline(always)]
+fn call(openat2: bool) -> Option<Call> {
+    let regs = user_regs().ok()?;
+    let [dfd, filename, arg2, arg3] = syscall_args(regs).ok()?;
+    let mut call = Call {
+        dfd: i64::from(dfd as i32),
         filename,
-        dfd: dfd as i32,
         flags: arg2 as u32,
         mode: arg3 as u32,
-        record_flags: 0,
+        record_flags: flags::KERNEL_VIEW,
     };
     if openat2 {
         // openat2(dfd, filename, struct open_how *how, size): how = { u64 flags; u64 mode; ... }
-        pending.record_flags = flags::OPENAT2;
+        call.record_flags |= flags::OPENAT2;
         let mut how = [0u64; 2];
         let rc = unsafe {
             bpf_probe_read_user(
@@ -85,184 +174,166 @@ fn enter(ctx: &TracePointContext, openat2: bool) {
             )
         };
         if rc == 0 {
-            pending.flags = how[0] as u32;
-            pending.mode = how[1] as u32;
+            call.flags = how[0] as u32;
+            call.mode = how[1] as u32;
         } else {
-            pending.flags = 0;
-            pending.mode = 0;
+            call.flags = 0;
+            call.mode = 0;
             count(Counter::ReadFailed, KIND);
         }
     }
-    if PENDING_OPEN.insert(task.tid, pending, 0).is_err() {
-        count(Counter::PendingMapFull, KIND);
-    }
+    Some(call)
 }
 
 #[inline(always)]
-fn exit(ctx: &TracePointContext) {
-    let Some(task) = current_task() else { return };
-    let Some(pending) = PENDING_OPEN.get_ptr(task.tid) else {
-        // A filtered task's entry was dropped (and counted) at syscall entry.
-        if !filtered(KIND, false) {
-            count(Counter::Unpaired, KIND);
+fn empty_call(openat2: bool) -> Call {
+    Call {
+        dfd: AT_FDCWD,
+        filename: 0,
+        flags: 0,
+        mode: 0,
+        record_flags: flags::KERNEL_VIEW | if openat2 { flags::OPENAT2 } else { 0 },
+    }
+}
+
+/// A kernel path and what it is.
+#[derive(Clone, Copy)]
+struct Target {
+    base: u32,
+    path: KPath,
+}
+
+impl Target {
+    #[inline(always)]
+    fn none() -> Self {
+        Target {
+            base: open_base::NONE,
+            path: KPath { mnt: 0, dentry: 0 },
         }
-        return;
-    };
-    let pending = unsafe { *pending };
-    // Deleting cannot fail for a key just found by this thread; nothing to do if it did.
-    let _ = PENDING_OPEN.remove(task.tid);
-    // The filter may have learnt about this task's pod since the entry.
-    if filtered(KIND, true) {
-        return;
-    }
-    let result = unsafe { ctx.read_at::<i64>(SYSCALL_RET_OFFSET) }.unwrap_or(i64::MIN);
-
-    // Most paths fit the small record; a path that fills it is read again into a large one.
-    if let Small::TooLong = emit_small(&pending, result, task) {
-        emit_large(&pending, result, task);
     }
 }
 
-enum Small {
-    Done,
-    TooLong,
-}
-
-/// What reading a path into a buffer of `CAP` bytes gave.
-enum PathRead {
-    /// Not readable: reported without a path.
-    Missing,
-    /// This many bytes, without the terminator.
-    Fits(usize),
-    /// It filled the buffer: it may continue beyond it.
-    Full,
-}
-
-/// Reads the user-space path at `filename` into `dst` (at least `CAP` writable bytes).
+/// The file a successful open returned.
 #[inline(always)]
-unsafe fn read_path<const CAP: usize>(dst: *mut u8, filename: u64) -> PathRead {
-    let read = unsafe { bpf_probe_read_user_str(dst.cast(), CAP as u32, filename as *const _) };
-    if read <= 0 {
-        count(Counter::ReadFailed, KIND);
-        PathRead::Missing
-    } else if read as usize >= CAP {
-        PathRead::Full
+fn opened(t: u64, fd: i64) -> Target {
+    match fd_file(t, fd).and_then(|file| rd_path(file + koff!(file_f_path))) {
+        Ok(path) => Target {
+            base: open_base::FILE,
+            path,
+        },
+        Err(()) => {
+            count(Counter::ReadFailed, KIND);
+            Target::none()
+        }
+    }
+}
+
+/// The directory a relative path was looked up from: the working directory, or the
+/// `dfd`'s.
+#[inline(always)]
+fn lookup_base(t: u64, dfd: i64) -> Target {
+    let (base, path) = if dfd == AT_FDCWD {
+        (open_base::CWD, task_pwd(t))
     } else {
-        PathRead::Fits(read as usize - 1)
-    }
-}
-
-/// Reads the path into the scratch buffer; reports the open (or holds it back as a repeat)
-/// if the path fits a small record.
-#[inline(always)]
-fn emit_small(pending: &PendingOpen, result: i64, task: Task) -> Small {
-    let Some(scratch) = OPEN_SCRATCH.get_ptr_mut(0) else {
-        return Small::TooLong;
-    };
-    let path = scratch.cast::<u8>();
-    let mut record_flags = pending.record_flags;
-    let path_len = match unsafe { read_path::<OPEN_SMALL_TAIL>(path, pending.filename) } {
-        PathRead::Missing => {
-            record_flags |= flags::PATH_MISSING;
-            unsafe { *path = 0 };
-            0
-        }
-        PathRead::Fits(len) => len,
-        PathRead::Full => return Small::TooLong,
-    };
-
-    // Absolute paths are deduplicated: the same file opened the same way with the same
-    // outcome. (A relative path depends on the caller's directory.)
-    let mut repeats = Repeats::default();
-    if path_len > 0 && unsafe { *path } == b'/' {
-        let mut hash = dedup::seed(KIND);
-        hash = dedup::hash_u64(hash, u64::from(pending.flags));
-        hash = dedup::hash_u64(hash, u64::from(pending.record_flags));
-        hash = dedup::hash_u64(hash, result.min(0) as u64);
-        hash = unsafe { dedup::hash_bytes::<OPEN_SMALL_TAIL>(hash, path, path_len) };
-        let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_boot_ns()) };
-        match dedup::report(KIND, cgroup, hash, now) {
-            Some(held) => repeats = held,
-            None => return Small::Done,
-        }
-    }
-
-    emit::<OPEN_SMALL_TAIL>(task, |record, tail| unsafe {
-        // The whole buffer: a constant size, and the bytes after the terminator are never read.
-        if bpf_probe_read_kernel(tail.cast(), OPEN_SMALL_TAIL as u32, path.cast()) != 0 {
-            *tail = 0;
-        }
-        fill(record, pending, result, record_flags, path_len, repeats)
-    });
-    Small::Done
-}
-
-/// A path too long for a small record: read straight into a large one, truncated if it
-/// fills even that. Not deduplicated.
-#[inline(always)]
-fn emit_large(pending: &PendingOpen, result: i64, task: Task) {
-    emit::<OPEN_LARGE_TAIL>(task, |record, tail| unsafe {
-        let mut record_flags = pending.record_flags;
-        let path_len = match read_path::<OPEN_LARGE_TAIL>(tail, pending.filename) {
-            PathRead::Missing => {
-                record_flags |= flags::PATH_MISSING;
-                0
-            }
-            PathRead::Fits(len) => len,
-            PathRead::Full => {
-                record_flags |= flags::PATH_TRUNCATED;
-                OPEN_LARGE_TAIL - 1
-            }
-        };
-        fill(
-            record,
-            pending,
-            result,
-            record_flags,
-            path_len,
-            Repeats::default(),
+        (
+            open_base::DIRFD,
+            fd_file(t, dfd).and_then(|file| rd_path(file + koff!(file_f_path))),
         )
-    });
-}
-
-/// Reserves an open record with a `TAIL`-byte path, has `write` fill it (record, tail) and
-/// the header, and commits it.
-#[inline(always)]
-fn emit<const TAIL: usize>(task: Task, write: impl FnOnce(*mut OpenRecord, *mut u8) -> u32) {
-    let Some(mut entry) = EVENTS.reserve_bytes(size_of::<OpenRecord>() + TAIL, 0) else {
-        count(Counter::RingFull, KIND);
-        return;
     };
-    let base = entry.as_mut_ptr();
-    let record = base.cast::<OpenRecord>();
-    unsafe {
-        let record_flags = write(record, base.add(size_of::<OpenRecord>()));
-        write_header(&raw mut (*record).header, KIND, record_flags, task);
+    match path {
+        Ok(path) => Target { base, path },
+        // A bad dfd (the open failed with EBADF): nothing to resolve from.
+        Err(()) => Target::none(),
     }
-    submit(entry);
-    count(Counter::Submitted, KIND);
 }
 
-/// Fills an open record's fields after the header; returns the header's flags.
-///
-/// # Safety
-/// `record` must point to a reserved ring buffer record.
+/// The kernel's identity of a path: its mount and dentry, and the dentry's parent and
+/// name hash and length (so a dentry freed and reused for another file, or renamed, is
+/// another identity). 0 for no path.
 #[inline(always)]
-unsafe fn fill(
-    record: *mut OpenRecord,
-    pending: &PendingOpen,
+fn file_identity(path: &KPath) -> u64 {
+    if path.dentry == 0 {
+        return 0;
+    }
+    let mut h = dedup::hash_word(dedup::seed(KIND), path.mnt);
+    h = dedup::hash_word(h, path.dentry);
+    if let Ok(window) = rd::<[u64; 4]>(path.dentry + koff!(dentry_win)) {
+        let w = window.as_ptr().cast::<u8>();
+        let parent = unsafe {
+            w.add(koff!(win_parent) as usize)
+                .cast::<u64>()
+                .read_unaligned()
+        };
+        let hash = unsafe {
+            w.add(koff!(win_hash) as usize)
+                .cast::<u32>()
+                .read_unaligned()
+        };
+        let len = unsafe {
+            w.add(koff!(win_len) as usize)
+                .cast::<u32>()
+                .read_unaligned()
+        };
+        h = dedup::hash_word(h, parent);
+        h = dedup::hash_word(h, (u64::from(len) << 32) | u64::from(hash));
+    }
+    h
+}
+
+/// `None` when this open repeats an edge reported less than the dedup window ago (it is
+/// then counted in the dedup state and not sent); else the repeats its report carries.
+#[inline(always)]
+fn judge(call: &Call, result: i64, identity: u64) -> Option<Repeats> {
+    let mut h = dedup::hash_word(identity, u64::from(call.flags));
+    h = dedup::hash_word(h, u64::from(call.record_flags));
+    h = dedup::hash_word(h, result.min(0) as u64);
+    let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_boot_ns()) };
+    dedup::report(KIND, cgroup, h, now)
+}
+
+/// Walks the target (if any), assembles the record in `OUT_BUF` (the requested path is
+/// already in its tail) and sends it.
+#[inline(always)]
+fn emit(
+    out: *mut u8,
+    task_ids: Task,
     result: i64,
-    record_flags: u32,
-    path_len: usize,
+    call: &Call,
+    target: Target,
     repeats: Repeats,
-) -> u32 {
+    requested_len: u64,
+) {
+    let t = task();
+    let walked = if target.base == open_base::NONE {
+        Walked::NONE
+    } else {
+        match task_root(t) {
+            Ok(root) => walk(target.path, root),
+            Err(()) => Walked {
+                pos: PATH_CAPACITY as u64,
+                bits: bits::READ_ERROR,
+            },
+        }
+    };
+    let requested_len = if requested_len > PATH_CAPACITY as u64 {
+        PATH_CAPACITY as u64
+    } else {
+        requested_len
+    };
+    let path_len = copy_out(unsafe { out.add(HDR + requested_len as usize) }, &walked);
+    let record = out.cast::<OpenRecord>();
     unsafe {
+        write_header(&raw mut (*record).header, KIND, call.record_flags, task_ids);
         (*record).result = result;
-        (*record).dfd = pending.dfd;
-        (*record).flags = pending.flags;
-        (*record).mode = pending.mode;
+        (*record).dfd = call.dfd as i32;
+        (*record).flags = call.flags;
+        (*record).mode = call.mode;
         (*record).path_len = path_len as u32;
+        (*record).requested_len = requested_len as u32;
+        (*record).base = target.base;
+        (*record).walk = walked.bits;
+        (*record)._pad = 0;
         (*record).repeats = repeats;
     }
-    record_flags
+    output(KIND, out, HDR as u64 + requested_len + path_len);
 }

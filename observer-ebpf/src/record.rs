@@ -15,7 +15,7 @@ use aya_ebpf::{
     maps::ring_buf::RingBufBytes,
 };
 
-use crate::maps::{CGROUP_FILTER, COUNTERS, EVENTS, FILTER_MODE, SELF_TGID, WAKEUP_BYTES};
+use crate::maps::{CGROUP_FILTER, COUNTERS, EVENTS, FILTER_MODE, SCRATCH, SELF_TGID, WAKEUP_BYTES};
 
 /// Process and thread id of the current task.
 #[derive(Clone, Copy)]
@@ -86,10 +86,11 @@ pub fn count(counter: Counter, kind: EventKind) {
     }
 }
 
-/// Fills the common header of a record reserved in the ring buffer.
+/// Fills the common header of a record (reserved in the ring buffer, or assembled in a
+/// per-CPU buffer).
 ///
 /// # Safety
-/// `header` must point to writable ring buffer memory of at least `size_of::<EventHeader>()`.
+/// `header` must point to at least `size_of::<EventHeader>()` writable bytes.
 #[inline(always)]
 pub unsafe fn write_header(header: *mut EventHeader, kind: EventKind, flags: u32, task: Task) {
     let uid_gid = bpf_get_current_uid_gid();
@@ -109,6 +110,44 @@ pub unsafe fn write_header(header: *mut EventHeader, kind: EventKind, flags: u32
     }
 }
 
+/// Whether a record of `size` bytes, added to `unread` bytes the reader has not taken yet,
+/// crosses a multiple of `WAKEUP_BYTES` (or batching is off).
+#[inline(always)]
+fn wakes(unread_after: u64, size: u64) -> u64 {
+    let every = WAKEUP_BYTES.load();
+    let crossed = match (
+        unread_after.checked_div(every),
+        unread_after.saturating_sub(size).checked_div(every),
+    ) {
+        (Some(now), Some(before)) => now != before,
+        // No batching configured: every record wakes the reader.
+        _ => true,
+    };
+    if crossed {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
+
+/// Copies the first `len` bytes of a record assembled in `OUT_BUF` to the ring buffer, at
+/// its exact size, and counts it (submitted, or lost to a full ring). Wakeups are batched as
+/// for [`submit`].
+#[inline(always)]
+pub fn output(kind: EventKind, out: *const u8, len: u64) {
+    if len == 0 || len > SCRATCH as u64 {
+        return;
+    }
+    let unread = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let flags = wakes(unread + len, len);
+    let data = unsafe { core::slice::from_raw_parts(out, len as usize) };
+    if EVENTS.output::<[u8]>(data, flags).is_ok() {
+        count(Counter::Submitted, kind);
+    } else {
+        count(Counter::RingFull, kind);
+    }
+}
+
 /// Commits a record. Waking the reader is an IRQ work item (a self-IPI; under
 /// virtualization, an exit to the hypervisor): it is done when the unread bytes cross a
 /// multiple of `WAKEUP_BYTES`, not per record. The daemon also drains on a short timer, so a
@@ -118,19 +157,5 @@ pub fn submit(entry: RingBufBytes<'_>) {
     let size = entry.len() as u64;
     // Includes this record: it was reserved, so the producer position is past it.
     let unread = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    let every = WAKEUP_BYTES.load();
-    let crossed = match (
-        unread.checked_div(every),
-        unread.saturating_sub(size).checked_div(every),
-    ) {
-        (Some(now), Some(before)) => now != before,
-        // No batching configured: every record wakes the reader.
-        _ => true,
-    };
-    let flags = if crossed {
-        u64::from(BPF_RB_FORCE_WAKEUP)
-    } else {
-        u64::from(BPF_RB_NO_WAKEUP)
-    };
-    entry.submit(flags);
+    entry.submit(wakes(unread, size));
 }

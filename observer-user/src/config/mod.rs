@@ -86,6 +86,22 @@ pub struct ObserverConfig {
     /// kernel and reported with its next report (0: off).
     #[serde(deserialize_with = "duration")]
     pub kernel_dedup_window: Duration,
+    /// Whether the probes read the kernel's own objects (struct offsets from BTF).
+    pub kernel_view: KernelView,
+}
+
+/// `observer.kernel_view`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelView {
+    /// With the kernel's BTF when it has one that resolves; otherwise without, with a
+    /// warning.
+    #[default]
+    Auto,
+    /// Refuse to start without it.
+    On,
+    /// Never (paths, argv and addresses from the caller's memory, edges marked).
+    Off,
 }
 
 impl Default for ObserverConfig {
@@ -101,6 +117,7 @@ impl Default for ObserverConfig {
             namespaces: Vec::new(),
             exclude_namespaces: Vec::new(),
             kernel_dedup_window: Duration::from_secs(1),
+            kernel_view: KernelView::Auto,
         }
     }
 }
@@ -222,6 +239,10 @@ impl Config {
                     .unwrap_or_else(|| "(the hostname)".into()),
             ),
             ("observer.proc_root", path(&self.observer.proc_root)),
+            (
+                "observer.kernel_view",
+                format!("{:?}", self.observer.kernel_view).to_lowercase(),
+            ),
             (
                 "observer.cgroup_root",
                 self.observer

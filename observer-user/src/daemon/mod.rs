@@ -65,6 +65,8 @@ pub enum RunError {
     Tracefs(#[from] TracefsError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    #[error("{0}\n  observer.kernel_view = on needs the kernel's BTF; set it to auto to run without the kernel view")]
+    KernelView(#[source] crate::kernel::btf::BtfError),
     #[error("{0}\n  set cri.endpoint (--cri-endpoint PATH) for another socket, or cri.enabled = false (--no-cri) to run without a container runtime")]
     Cri(#[source] CriError),
     #[error(
@@ -106,7 +108,9 @@ impl RunError {
     /// service manager should stop trying), 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::NothingToObserve | RunError::FilterWithoutCri(_) => 2,
+            RunError::NothingToObserve
+            | RunError::FilterWithoutCri(_)
+            | RunError::KernelView(_) => 2,
             _ => 1,
         }
     }

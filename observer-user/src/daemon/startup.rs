@@ -6,11 +6,13 @@
 
 use std::{
     io,
+    path::Path,
     sync::{atomic::AtomicBool, Arc},
 };
 
 use aya::maps::{MapData, RingBuf};
 use metrics_exporter_prometheus::PrometheusHandle;
+use observer_common::KernelOffsets;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -24,8 +26,9 @@ use zastava_platform::{
 
 use super::{RunError, RunOptions, Running};
 use crate::{
-    config::{Config, CriConfig},
+    config::{Config, CriConfig, KernelView},
     kernel::{
+        btf::{self, VMLINUX_BTF},
         probes::{validate_ring_size, ProbeConfig, PROBES_OBJECT},
         tracefs::{self, Tracefs},
         KernelCounters, Probes,
@@ -146,6 +149,7 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
     let sigterm = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     info!(
         programs = probes.as_ref().map_or(0, Probes::attached),
+        kernel_view = probes.as_ref().is_some_and(Probes::kernel_view),
         processes = seeded,
         cgroups = pipeline.stats().cgroups,
         ring_buffer_bytes = config.observer.ring_buffer_bytes,
@@ -271,6 +275,7 @@ fn load_probes(
         info!("mounted tracefs at {}", tracefs.root().display());
     }
     let offsets = tracefs::probe_offsets(&tracefs)?;
+    let kernel = kernel_offsets(config.observer.kernel_view)?;
     let mut probes = Probes::load(
         PROBES_OBJECT,
         &ProbeConfig {
@@ -280,10 +285,33 @@ fn load_probes(
             filter_mode: namespace_filter(config).kernel_mode(),
             dedup_window_ns: u64::try_from(config.observer.kernel_dedup_window.as_nanos())
                 .unwrap_or(u64::MAX),
+            kernel,
         },
     )?;
     let ring = probes.take_ring()?;
     Ok((probes, ring))
+}
+
+/// The struct offsets of the kernel view, as `observer.kernel_view` asks.
+fn kernel_offsets(view: KernelView) -> Result<Option<KernelOffsets>, RunError> {
+    if view == KernelView::Off {
+        warn!("observer.kernel_view = off: paths, argv and addresses come from the caller's memory, and edges say so");
+        return Ok(None);
+    }
+    match btf::resolve(Path::new(VMLINUX_BTF)) {
+        Ok(resolved) => {
+            info!(
+                members = resolved.members.len(),
+                "kernel view: struct offsets from {VMLINUX_BTF}"
+            );
+            Ok(Some(resolved.offsets))
+        }
+        Err(err) if view == KernelView::Auto => {
+            warn!("{err}: running without the kernel view; paths, argv and addresses come from the caller's memory, and edges say so (`zastava-observer doctor` explains)");
+            Ok(None)
+        }
+        Err(err) => Err(RunError::KernelView(err)),
+    }
 }
 
 fn namespace_filter(config: &Config) -> NamespaceFilter {

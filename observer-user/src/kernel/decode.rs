@@ -86,10 +86,34 @@ impl KernelEvent<'_> {
 pub struct ExecEvent<'a> {
     pub header: EventHeader,
     pub old_tid: u32,
-    /// The path the kernel executed, as the caller spelled it.
+    /// The file name the caller passed.
     pub filename: &'a [u8],
-    /// argv, at most `MAX_ARGS` entries; the last may be cut short when truncated.
+    /// argv; the last entry may be cut short when truncated.
     pub args: Args<'a>,
+    /// The executable the kernel mapped, walked from `mm->exe_file` (kernel view).
+    pub exe: Walked<'a>,
+    /// The working directory, walked from `fs->pwd` (kernel view).
+    pub cwd: Walked<'a>,
+    /// Inode number of the executable (0: unknown).
+    pub exe_ino: u64,
+}
+
+/// A path the kernel walked: the bytes, when the walk reached the task's root, and the
+/// walk's outcome (`observer_common::walk` bits) either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Walked<'a> {
+    pub path: Option<&'a [u8]>,
+    pub bits: u32,
+}
+
+impl<'a> Walked<'a> {
+    fn new(bytes: &'a [u8], bits: u32) -> Self {
+        let complete = observer_common::walk::is_complete(bits) && !bytes.is_empty();
+        Walked {
+            path: complete.then_some(bytes),
+            bits,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -111,7 +135,13 @@ pub struct OpenEvent<'a> {
     pub dfd: i32,
     pub flags: u32,
     pub mode: u32,
-    pub path: &'a [u8],
+    /// The path the caller passed.
+    pub requested: &'a [u8],
+    /// `observer_common::open_base`: what `path` is.
+    pub base: u32,
+    /// The kernel's path: the opened file, or the directory a relative path was looked
+    /// up from (kernel view).
+    pub path: Walked<'a>,
     /// Repeats the kernel held back since it last reported this edge.
     pub repeats: observer_common::Repeats,
 }
@@ -122,6 +152,8 @@ pub struct ConnectEvent<'a> {
     pub result: i64,
     pub fd: i32,
     pub address: SocketAddress<'a>,
+    /// `observer_common::addr_source`: the socket's (the kernel's), or the caller's.
+    pub source: u32,
     pub repeats: observer_common::Repeats,
 }
 
@@ -136,25 +168,25 @@ pub struct CgroupEvent<'a> {
     pub path: &'a [u8],
 }
 
-/// NUL-separated argv bytes.
+/// argv bytes: entries each terminated by a NUL (the last one may be cut short).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Args<'a> {
     bytes: &'a [u8],
-    argc: u32,
 }
 
 impl<'a> Args<'a> {
-    pub fn new(bytes: &'a [u8], argc: u32) -> Self {
-        Args { bytes, argc }
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Args { bytes }
     }
 
-    /// The entries, in order, without their terminating NULs.
+    /// The entries, in order, without their terminating NULs (an empty argv has none;
+    /// `[""]` is one empty entry).
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let empty = self.bytes.is_empty();
         let bytes = self.bytes.strip_suffix(b"\0").unwrap_or(self.bytes);
-        let empty = bytes.is_empty() && self.argc == 0;
         bytes
             .split(|&b| b == 0)
-            .take(if empty { 0 } else { self.argc as usize })
+            .take(if empty { 0 } else { usize::MAX })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -305,12 +337,17 @@ pub fn decode(data: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
         EventKind::Exec => {
             let (r, tail) = read::<ExecRecord>(data, "exec record")?;
             let (filename, tail) = take(tail, r.filename_len, "exec", "filename")?;
-            let (args, _) = take(tail, r.args_len, "exec", "args")?;
+            let (args, tail) = take(tail, r.args_len, "exec", "args")?;
+            let (exe, tail) = take(tail, r.exe_len, "exec", "exe")?;
+            let (cwd, _) = take(tail, r.cwd_len, "exec", "cwd")?;
             KernelEvent::Exec(ExecEvent {
                 header: r.header,
                 old_tid: r.old_tid,
                 filename,
-                args: Args::new(args, r.argc),
+                args: Args::new(args),
+                exe: Walked::new(exe, r.exe_walk),
+                cwd: Walked::new(cwd, r.cwd_walk),
+                exe_ino: r.exe_ino,
             })
         }
         EventKind::Fork => {
@@ -327,6 +364,7 @@ pub fn decode(data: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
         }
         EventKind::Open => {
             let (r, tail) = read::<OpenRecord>(data, "open record")?;
+            let (requested, tail) = take(tail, r.requested_len, "open", "requested path")?;
             let (path, _) = take(tail, r.path_len, "open", "path")?;
             KernelEvent::Open(OpenEvent {
                 header: r.header,
@@ -334,7 +372,9 @@ pub fn decode(data: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 dfd: r.dfd,
                 flags: r.flags,
                 mode: r.mode,
-                path,
+                requested,
+                base: r.base,
+                path: Walked::new(path, r.walk),
                 repeats: r.repeats,
             })
         }
@@ -373,6 +413,7 @@ pub fn decode(data: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 result: r.result,
                 fd: r.fd,
                 address,
+                source: r.source,
                 repeats: r.repeats,
             })
         }

@@ -1,7 +1,9 @@
-//! The kernel stage: finds the tracepoints ([`tracefs`]), loads and attaches the probes and
+//! The kernel stage: finds the tracepoints ([`tracefs`]) and the kernel's struct offsets
+//! ([`btf`]), loads and attaches the probes and
 //! reads their counters ([`probes`], [`counters`]), and turns ring buffer records into typed
 //! events ([`decode`]) with boot-time stamps ([`clock`]). Hands on `KernelEvent`s.
 
+pub mod btf;
 pub mod clock;
 pub mod counters;
 pub mod decode;

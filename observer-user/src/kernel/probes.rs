@@ -1,11 +1,17 @@
-//! Loading the eBPF object, attaching every program, and reading the kernel-side counters.
+//! Loading the eBPF object, attaching its programs, and reading the kernel-side counters.
+//!
+//! The object holds two sets of exec, open and connect programs: with the kernel view
+//! (struct offsets from BTF: paths walked from the kernel's objects, argv from the new
+//! image, addresses from the socket), and without it, for kernels without BTF (strings and
+//! addresses from the caller's memory). The loader loads and attaches one of them, and the
+//! programs both share.
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{trace_point::TracePointLink, ProgramError, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
-use observer_common::{DedupKey, DedupState, TracepointOffsets, COUNTER_SLOTS};
+use observer_common::{DedupKey, DedupState, KernelOffsets, TracepointOffsets, COUNTER_SLOTS};
 
 use super::KernelCounters;
 
@@ -34,25 +40,65 @@ const fn at(program: &'static str, category: &'static str) -> Attachment {
     }
 }
 
-/// Every program and its tracepoint. Entry/exit pairs are listed exit first, so that when
-/// attaching stops half way no entry is left recording state that nothing consumes.
-pub const ATTACHMENTS: [Attachment; 15] = [
+/// A program of the set without the kernel view: `compat_<tracepoint>`.
+const fn compat(
+    program: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+) -> Attachment {
+    Attachment {
+        program,
+        category,
+        tracepoint,
+    }
+}
+
+/// Programs both sets share.
+pub const COMMON: [Attachment; 4] = [
     at("cgroup_mkdir", "cgroup"),
     at("cgroup_rmdir", "cgroup"),
     at("sched_process_exit", "sched"),
     at("task_newtask", "task"),
+];
+
+/// The kernel view: one program per event, at the point where the kernel's objects say
+/// what happened.
+pub const KERNEL_VIEW: [Attachment; 4] = [
     at("sched_process_exec", "sched"),
-    at("sys_exit_execve", "syscalls"),
-    at("sys_exit_execveat", "syscalls"),
-    at("sys_enter_execve", "syscalls"),
-    at("sys_enter_execveat", "syscalls"),
     at("sys_exit_openat", "syscalls"),
     at("sys_exit_openat2", "syscalls"),
-    at("sys_enter_openat", "syscalls"),
-    at("sys_enter_openat2", "syscalls"),
     at("sys_exit_connect", "syscalls"),
-    at("sys_enter_connect", "syscalls"),
 ];
+
+/// Without BTF: entry and exit pairs, listed exit first, so that when attaching stops half
+/// way no entry is left recording state that nothing consumes.
+pub const WITHOUT_KERNEL_VIEW: [Attachment; 11] = [
+    compat("compat_sched_process_exec", "sched", "sched_process_exec"),
+    compat("compat_sys_exit_execve", "syscalls", "sys_exit_execve"),
+    compat("compat_sys_exit_execveat", "syscalls", "sys_exit_execveat"),
+    compat("compat_sys_enter_execve", "syscalls", "sys_enter_execve"),
+    compat(
+        "compat_sys_enter_execveat",
+        "syscalls",
+        "sys_enter_execveat",
+    ),
+    compat("compat_sys_exit_openat", "syscalls", "sys_exit_openat"),
+    compat("compat_sys_exit_openat2", "syscalls", "sys_exit_openat2"),
+    compat("compat_sys_enter_openat", "syscalls", "sys_enter_openat"),
+    compat("compat_sys_enter_openat2", "syscalls", "sys_enter_openat2"),
+    compat("compat_sys_exit_connect", "syscalls", "sys_exit_connect"),
+    compat("compat_sys_enter_connect", "syscalls", "sys_enter_connect"),
+];
+
+/// The programs loaded with (or without) the kernel view.
+pub fn attachments(kernel_view: bool) -> impl Iterator<Item = &'static Attachment> {
+    let set: &'static [Attachment] = if kernel_view {
+        &KERNEL_VIEW
+    } else {
+        &WITHOUT_KERNEL_VIEW
+    };
+    COMMON.iter().chain(set)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -106,6 +152,9 @@ pub struct ProbeConfig {
     pub filter_mode: u32,
     /// In-kernel dedup window in nanoseconds (0: off).
     pub dedup_window_ns: u64,
+    /// Struct offsets from the kernel's BTF: the kernel view. `None` loads the programs
+    /// without it.
+    pub kernel: Option<KernelOffsets>,
 }
 
 /// Checks a ring buffer size: the kernel wants a power-of-two multiple of the page size.
@@ -137,6 +186,7 @@ pub fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
 pub struct Probes {
     ebpf: Ebpf,
     links: Vec<TracePointLink>,
+    kernel_view: bool,
 }
 
 impl Probes {
@@ -150,10 +200,12 @@ impl Probes {
             .override_global("OFFSETS", &config.offsets, true)
             .override_global("FILTER_MODE", &config.filter_mode, true)
             .override_global("DEDUP_WINDOW_NS", &config.dedup_window_ns, true)
+            .override_global("KOFFSETS", &config.kernel.unwrap_or_default(), true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(object)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
-        for attachment in &ATTACHMENTS {
+        let kernel_view = config.kernel.is_some();
+        for attachment in attachments(kernel_view) {
             let program: &mut TracePoint = ebpf
                 .program_mut(attachment.program)
                 .ok_or(ProbeError::MissingProgram(attachment.program))?
@@ -170,13 +222,14 @@ impl Probes {
         Ok(Probes {
             ebpf,
             links: Vec::new(),
+            kernel_view,
         })
     }
 
     /// Attaches every program. On error, what was attached stays attached until
     /// [`Probes::detach`] or drop.
     pub fn attach(&mut self) -> Result<(), ProbeError> {
-        for attachment in &ATTACHMENTS {
+        for attachment in attachments(self.kernel_view) {
             let program: &mut TracePoint = self
                 .ebpf
                 .program_mut(attachment.program)
@@ -199,6 +252,11 @@ impl Probes {
             self.links.push(link);
         }
         Ok(())
+    }
+
+    /// Whether the kernel-view programs are loaded.
+    pub fn kernel_view(&self) -> bool {
+        self.kernel_view
     }
 
     /// Number of attached programs.
@@ -288,16 +346,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_program_in_the_object_is_attached_exactly_once() {
+    fn every_program_in_the_object_is_in_exactly_one_set() {
         let object = aya_obj::Object::parse(PROBES_OBJECT).expect("parse the embedded object");
         let mut in_object: Vec<&str> = object.programs.keys().map(String::as_str).collect();
-        let mut in_table: Vec<&str> = ATTACHMENTS.iter().map(|a| a.program).collect();
+        let mut in_table: Vec<&str> = COMMON
+            .iter()
+            .chain(&KERNEL_VIEW)
+            .chain(&WITHOUT_KERNEL_VIEW)
+            .map(|a| a.program)
+            .collect();
         in_object.sort_unstable();
         in_table.sort_unstable();
         assert_eq!(in_object, in_table);
         let mut deduped = in_table.clone();
         deduped.dedup();
         assert_eq!(deduped, in_table, "a program is listed twice");
+        // Both sets cover the same tracepoints' events: exec, open, openat2, connect.
+        for set in [&KERNEL_VIEW[..], &WITHOUT_KERNEL_VIEW[..]] {
+            for tracepoint in [
+                "sched_process_exec",
+                "sys_exit_openat",
+                "sys_exit_openat2",
+                "sys_exit_connect",
+            ] {
+                assert!(
+                    set.iter().any(|a| a.tracepoint == tracepoint),
+                    "{tracepoint}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@ use std::{fmt, fs, path::Path};
 
 use crate::{
     kernel::{
-        probes::{ProbeConfig, Probes, ATTACHMENTS, DEFAULT_RING_BYTES, PROBES_OBJECT},
+        btf::{self, VMLINUX_BTF},
+        probes::{self as probes, ProbeConfig, Probes, DEFAULT_RING_BYTES, PROBES_OBJECT},
         tracefs::{self, Tracefs},
     },
     record::HostIdentity,
@@ -79,7 +80,8 @@ impl fmt::Display for Check {
 /// Runs every check. The observer can run when none failed. `cri_endpoint` is checked as
 /// `run` would use it (`None`: the default sockets; `Some("")`: no runtime wanted).
 pub fn run(host_root: &Path, cri_endpoint: Option<&str>) -> Vec<Check> {
-    let mut checks = vec![kernel_version(), btf()];
+    let (btf_check, kernel) = kernel_view();
+    let mut checks = vec![kernel_version(), btf_check];
     let privileged = privileges();
     let privileged_ok = privileged.status != Status::Fail;
     checks.push(privileged);
@@ -102,7 +104,7 @@ pub fn run(host_root: &Path, cri_endpoint: Option<&str>) -> Vec<Check> {
                 Ok(offsets) => {
                     checks.push(Check::ok("tracepoint layouts", "every field the probes read is where they read it"));
                     if privileged_ok {
-                        checks.push(load_probes(offsets));
+                        checks.push(load_probes(offsets, kernel));
                     }
                 }
                 Err(err) => checks.push(Check::bad(
@@ -172,16 +174,39 @@ pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-fn btf() -> Check {
-    if Path::new("/sys/kernel/btf/vmlinux").exists() {
-        Check::ok("kernel BTF", "/sys/kernel/btf/vmlinux present")
-    } else {
-        Check::bad(
-            "kernel BTF",
-            Status::Warn,
-            "/sys/kernel/btf/vmlinux missing",
-            "the tracepoint probes work without BTF; a kernel built with CONFIG_DEBUG_INFO_BTF=y is needed for future LSM/fentry probes",
-        )
+/// The kernel view: every struct member the probes read, from the kernel's BTF.
+fn kernel_view() -> (Check, Option<observer_common::KernelOffsets>) {
+    match btf::resolve(Path::new(VMLINUX_BTF)) {
+        Ok(resolved) => {
+            let members: Vec<String> = resolved
+                .members
+                .iter()
+                .map(|(_, member, offset)| format!("{member}@{offset}"))
+                .collect();
+            (
+                Check::ok(
+                    "kernel BTF",
+                    format!(
+                        "kernel view: {} struct members resolved from {VMLINUX_BTF} ({})",
+                        members.len(),
+                        members.join(", ")
+                    ),
+                ),
+                Some(resolved.offsets),
+            )
+        }
+        Err(err) => (
+            Check::bad(
+                "kernel BTF",
+                Status::Warn,
+                format!("{err}; the observer runs without the kernel view"),
+                "without BTF, paths, argv and socket addresses are read from the caller's memory: \
+                 relative paths stay unresolved, argv of freshly forked processes may be missing, \
+                 and every such edge is marked (pathResolved: false, pathFromCaller, \
+                 addressFromCaller); use a kernel built with CONFIG_DEBUG_INFO_BTF=y for exact edges",
+            ),
+            None,
+        ),
     }
 }
 
@@ -212,14 +237,17 @@ fn privileges() -> Check {
             "privileges",
             Status::Warn,
             "can load probes, but lacks CAP_SYS_PTRACE",
-            "grant CAP_SYS_PTRACE so exe, cwd and fd links of other users' processes resolve",
+            "grant CAP_SYS_PTRACE so build-ids and the start-up scan of /proc see other users' processes",
         );
     }
     Check::ok("privileges", format!("effective capabilities {caps:#x}"))
 }
 
 fn tracepoints(tracefs: &Tracefs) -> Vec<Check> {
-    let missing: Vec<String> = ATTACHMENTS
+    let all: Vec<&probes::Attachment> = probes::attachments(true)
+        .chain(probes::WITHOUT_KERNEL_VIEW.iter())
+        .collect();
+    let missing: Vec<String> = all
         .iter()
         .filter(|a| {
             !tracefs
@@ -235,7 +263,12 @@ fn tracepoints(tracefs: &Tracefs) -> Vec<Check> {
     if missing.is_empty() {
         vec![Check::ok(
             "tracepoints",
-            format!("all {} present", ATTACHMENTS.len()),
+            format!("all {} present", {
+                let mut names: Vec<&str> = all.iter().map(|a| a.tracepoint).collect();
+                names.sort_unstable();
+                names.dedup();
+                names.len()
+            }),
         )]
     } else {
         vec![Check::bad(
@@ -247,18 +280,28 @@ fn tracepoints(tracefs: &Tracefs) -> Vec<Check> {
     }
 }
 
-fn load_probes(offsets: observer_common::TracepointOffsets) -> Check {
+fn load_probes(
+    offsets: observer_common::TracepointOffsets,
+    kernel: Option<observer_common::KernelOffsets>,
+) -> Check {
     let config = ProbeConfig {
         ring_buffer_bytes: DEFAULT_RING_BYTES,
         self_tgid: std::process::id(),
         offsets,
         filter_mode: observer_common::filter::OFF,
         dedup_window_ns: 0,
+        kernel,
+    };
+    let programs = probes::attachments(kernel.is_some()).count();
+    let view = if kernel.is_some() {
+        "with the kernel view"
+    } else {
+        "without the kernel view"
     };
     match Probes::load(PROBES_OBJECT, &config) {
         Ok(_) => Check::ok(
             "BPF load",
-            format!("ring buffer created and all {} programs verified", ATTACHMENTS.len()),
+            format!("ring buffer created and all {programs} programs verified ({view})"),
         ),
         Err(err) => Check::bad(
             "BPF load",

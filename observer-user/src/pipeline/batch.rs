@@ -108,10 +108,12 @@ fn same_edge(a: &Item, b: &Item) -> bool {
             EdgeDetail::Connect {
                 address: ta,
                 result: ra,
+                ..
             },
             EdgeDetail::Connect {
                 address: tb,
                 result: rb,
+                ..
             },
         ) => ta == tb && ra == rb,
         _ => false,
@@ -149,7 +151,9 @@ fn edge_fingerprint(seed: &foldhash::fast::RandomState, item: &Item) -> Option<u
             flags.hash(&mut h);
             outcome(*result).hash(&mut h);
         }
-        EdgeDetail::Connect { address, result } => {
+        EdgeDetail::Connect {
+            address, result, ..
+        } => {
             2u8.hash(&mut h);
             match address {
                 SocketTarget::Inet { address, port } => (address, port).hash(&mut h),

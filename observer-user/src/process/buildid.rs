@@ -32,7 +32,16 @@ impl BuildIdCache {
     /// The build-id of the file at `path` (`/proc/<pid>/exe` works: it opens the running
     /// binary wherever it lives, also inside a container's filesystem).
     pub fn get(&mut self, path: &Path) -> Option<String> {
+        self.get_if(path, None)
+    }
+
+    /// As [`BuildIdCache::get`], only if the file at `path` has inode number `ino` (when
+    /// given): a path can name another file by the time it is read.
+    pub fn get_if(&mut self, path: &Path, ino: Option<u64>) -> Option<String> {
         let meta = std::fs::metadata(path).ok()?;
+        if ino.is_some_and(|ino| ino != meta.ino()) {
+            return None;
+        }
         let key = (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec());
         if let Some(found) = self.entries.get(&key) {
             self.hits += 1;

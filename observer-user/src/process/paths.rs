@@ -1,78 +1,58 @@
-//! Making paths from syscalls absolute.
-//!
-//! A relative path is relative to the calling thread's working directory (`AT_FDCWD`) or to
-//! a directory file descriptor. Both are looked up in /proc while the process still exists;
-//! a process that is already gone leaves the path as given, marked unresolved.
+//! Paths as bytes: joining a relative path to the directory the kernel resolved it from,
+//! and lexical normalisation. A path is whatever bytes the kernel and the process used;
+//! nothing here decodes it as text.
 
-use std::{
-    borrow::Cow,
-    fs,
-    path::{Component, Path, PathBuf},
-};
+use std::borrow::Cow;
 
 /// `AT_FDCWD`: resolve relative to the working directory.
 pub const AT_FDCWD: i32 = -100;
 
-#[derive(Debug, PartialEq, Eq)]
-pub struct Resolved<'a> {
-    pub path: Cow<'a, str>,
-    pub resolved: bool,
-}
-
-/// Resolves `raw` as the kernel would for `tgid`/`tid` calling with directory fd `dfd`.
-pub fn resolve<'a>(proc_root: &Path, tgid: u32, tid: u32, dfd: i32, raw: &'a str) -> Resolved<'a> {
-    if raw.starts_with('/') {
-        return Resolved {
-            path: normalize(raw),
-            resolved: true,
-        };
-    }
-    let link = if dfd == AT_FDCWD {
-        "cwd".to_owned()
-    } else {
-        format!("fd/{dfd}")
-    };
-    // The thread's own view first (threads may unshare their fs), then the process's.
-    let base = fs::read_link(proc_root.join(format!("{tgid}/task/{tid}/{link}")))
-        .or_else(|_| fs::read_link(proc_root.join(format!("{tgid}/{link}"))));
-    match base {
-        Ok(base) if base.is_absolute() => {
-            let joined = base.join(raw);
-            Resolved {
-                path: Cow::Owned(normalize(&joined.to_string_lossy()).into_owned()),
-                resolved: true,
-            }
-        }
-        _ => Resolved {
-            path: Cow::Borrowed(raw),
-            resolved: false,
-        },
-    }
+/// `base` (absolute) joined with `relative`, normalised.
+pub fn join(base: &[u8], relative: &[u8]) -> Vec<u8> {
+    let mut joined = Vec::with_capacity(base.len() + 1 + relative.len());
+    joined.extend_from_slice(base);
+    joined.push(b'/');
+    joined.extend_from_slice(relative);
+    normalize(&joined).into_owned()
 }
 
 /// Removes `.` components, empty components and `..` lexically. This matches the kernel
-/// unless a symlink is followed by `..`, which paths from syscalls rarely contain.
-pub fn normalize(path: &str) -> Cow<'_, str> {
-    let clean = !path.contains("//")
-        && !path.contains("/./")
-        && !path.contains("/../")
-        && !path.ends_with("/.")
-        && !path.ends_with("/..")
-        && (path.len() == 1 || !path.ends_with('/'));
+/// unless a symlink is followed by `..`; it is only applied where the kernel did not
+/// resolve the path itself (a file that could not be opened).
+pub fn normalize(path: &[u8]) -> Cow<'_, [u8]> {
+    let clean = path.starts_with(b"/")
+        && !contains(path, b"//")
+        && !contains(path, b"/./")
+        && !contains(path, b"/../")
+        && !path.ends_with(b"/.")
+        && !path.ends_with(b"/..")
+        && (path.len() == 1 || !path.ends_with(b"/"));
     if clean {
         return Cow::Borrowed(path);
     }
-    let mut out = PathBuf::from("/");
-    for component in Path::new(path).components() {
-        match component {
-            Component::Normal(c) => out.push(c),
-            Component::ParentDir => {
-                out.pop();
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in path.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
             }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            part => parts.push(part),
         }
     }
-    Cow::Owned(out.to_string_lossy().into_owned())
+    if parts.is_empty() {
+        return Cow::Borrowed(b"/");
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for part in parts {
+        out.push(b'/');
+        out.extend_from_slice(part);
+    }
+    Cow::Owned(out)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -81,41 +61,22 @@ mod tests {
 
     #[test]
     fn normalizes_lexically() {
-        assert_eq!(normalize("/etc/passwd"), "/etc/passwd");
-        assert!(matches!(normalize("/etc/passwd"), Cow::Borrowed(_)));
-        assert_eq!(normalize("/a/./b//c/../d"), "/a/b/d");
-        assert_eq!(normalize("/../.."), "/");
-        assert_eq!(normalize("/tmp/x/"), "/tmp/x");
-        assert_eq!(normalize("/"), "/");
-        assert_eq!(normalize("/a/b/.."), "/a");
+        assert_eq!(&*normalize(b"/etc/passwd"), b"/etc/passwd");
+        assert!(matches!(normalize(b"/etc/passwd"), Cow::Borrowed(_)));
+        assert_eq!(&*normalize(b"/a/./b//c/../d"), b"/a/b/d");
+        assert_eq!(&*normalize(b"/../.."), b"/");
+        assert_eq!(&*normalize(b"/tmp/x/"), b"/tmp/x");
+        assert_eq!(&*normalize(b"/"), b"/");
+        assert_eq!(&*normalize(b"/a/b/.."), b"/a");
+        // Bytes that are not UTF-8 pass through untouched.
+        assert_eq!(&*normalize(b"/d/./bad-\xff"), b"/d/bad-\xff");
     }
 
     #[test]
-    fn resolves_against_cwd_and_dirfd_of_this_process() {
-        let proc_root = Path::new("/proc");
-        let pid = std::process::id();
-        let cwd = std::env::current_dir().unwrap();
-        let r = resolve(proc_root, pid, pid, AT_FDCWD, "sub/./file");
-        assert_eq!(r.path, format!("{}/sub/file", cwd.display()));
-        assert!(r.resolved);
-
-        let dir = std::fs::File::open("/usr/lib").unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
-        let r = resolve(proc_root, pid, pid, fd, "../bin/env");
-        assert_eq!(r.path, "/usr/bin/env");
-        assert!(r.resolved);
-
-        let r = resolve(proc_root, pid, pid, 9999, "x");
-        assert_eq!(
-            r,
-            Resolved {
-                path: Cow::Borrowed("x"),
-                resolved: false
-            }
-        );
-        // A process that does not exist: left as given, unresolved.
-        let r = resolve(proc_root, u32::MAX - 1, u32::MAX - 1, AT_FDCWD, "rel");
-        assert!(!r.resolved);
-        assert_eq!(r.path, "rel");
+    fn joins_relative_paths_to_their_base() {
+        assert_eq!(join(b"/srv/app", b"data/./f2"), b"/srv/app/data/f2");
+        assert_eq!(join(b"/srv/app", b"../etc/hosts"), b"/srv/etc/hosts");
+        assert_eq!(join(b"/", b"sub dir/x"), b"/sub dir/x");
+        assert_eq!(join(b"/", b".."), b"/");
     }
 }

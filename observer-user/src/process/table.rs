@@ -8,13 +8,14 @@
 use std::{
     collections::HashMap,
     fs,
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use observer_common::{ARGS_CAPACITY, MAX_ARGS};
 
-use crate::record::Image;
+use crate::record::{Image, Raw};
 
 /// `CLONE_PARENT`: the child's parent is the caller's parent.
 const CLONE_PARENT: u64 = 0x0000_8000;
@@ -172,7 +173,7 @@ fn read_proc(proc_root: &Path, pid: u32) -> Option<Process> {
     // Kernel threads have no exe and an empty cmdline; both are fine.
     let exe = fs::read_link(dir.join("exe"))
         .ok()
-        .map(|p| strip_deleted(&p.to_string_lossy()).to_owned());
+        .map(|p| Raw::new(strip_deleted(p.as_os_str().as_bytes())));
     let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
     let (args, args_truncated) = split_cmdline(&cmdline);
     Some(Process {
@@ -186,8 +187,8 @@ fn read_proc(proc_root: &Path, pid: u32) -> Option<Process> {
 }
 
 /// `/proc/<pid>/exe` of a deleted binary ends in " (deleted)".
-fn strip_deleted(path: &str) -> &str {
-    path.strip_suffix(" (deleted)").unwrap_or(path)
+fn strip_deleted(path: &[u8]) -> &[u8] {
+    path.strip_suffix(b" (deleted)").unwrap_or(path)
 }
 
 /// The ppid from `/proc/<pid>/stat`: "pid (comm) state ppid ...". comm may hold spaces and
@@ -200,17 +201,14 @@ pub fn parse_stat_ppid(stat: &str) -> Option<u32> {
 }
 
 /// Splits a NUL-separated argv with the same limits the probes apply to exec.
-pub fn split_cmdline(raw: &[u8]) -> (Vec<String>, bool) {
+pub fn split_cmdline(raw: &[u8]) -> (Vec<Raw>, bool) {
     let mut truncated = raw.len() > ARGS_CAPACITY;
     let raw = &raw[..raw.len().min(ARGS_CAPACITY)];
     let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
     if raw.is_empty() {
         return (Vec::new(), truncated);
     }
-    let mut args: Vec<String> = raw
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let mut args: Vec<Raw> = raw.split(|&b| b == 0).map(Raw::new).collect();
     if args.len() > MAX_ARGS {
         args.truncate(MAX_ARGS);
         truncated = true;
@@ -267,7 +265,7 @@ mod tests {
         assert_eq!(table.seed(), 1);
         let p = table.get(100).clone();
         assert_eq!(p.ppid, Some(1));
-        assert_eq!(p.image.exe.as_deref(), Some("/usr/bin/fake"));
+        assert_eq!(p.image.exe, Some(Raw::from("/usr/bin/fake")));
         assert_eq!(p.image.args, vec!["fake", "--serve"]);
 
         // A child shares its parent's image until it execs.

@@ -4,17 +4,14 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use observer_common::{flags, DedupKey, DedupState, EventHeader, EventKind, Repeats};
-
-use super::{
-    buildid::BuildIdCache,
-    paths,
-    repeats::DedupAccount,
-    table::{split_cmdline, ProcessTable},
+use observer_common::{
+    addr_source, flags, open_base, walk, DedupKey, DedupState, EventHeader, EventKind, Repeats,
 };
+
+use super::{buildid::BuildIdCache, paths, repeats::DedupAccount, table::ProcessTable};
 use crate::{
     kernel::decode::{ConnectEvent, ExecEvent, KernelEvent, OpenEvent, SocketAddress},
-    record::{EdgeDetail, EdgeEvent, HeldRepeats, Image, ProcessSnapshot, SocketTarget},
+    record::{EdgeDetail, EdgeEvent, HeldRepeats, Image, ProcessSnapshot, Raw, SocketTarget},
 };
 
 /// What tracking did, for the summary.
@@ -22,8 +19,20 @@ use crate::{
 pub struct TrackStats {
     /// Records handled, by kind (index = `EventKind as usize`).
     pub received: [u64; 8],
-    /// Relative paths that could not be made absolute (the process was gone).
+    /// Paths that are not the kernel's: what the caller asked for, where the kernel's walk
+    /// did not reach the task's root or there was none.
     pub unresolved_paths: u64,
+    /// Open paths that come from the caller's memory (failed opens; no kernel view).
+    pub paths_from_caller: u64,
+    /// Connect addresses that come from the caller's memory (failed connects; no kernel
+    /// view).
+    pub addresses_from_caller: u64,
+    /// Kernel walks that did not reach the task's root, by why: the path was too long,
+    /// the file is outside the task's root, it has no path (a pipe, a socket), a read failed.
+    pub walks_truncated: u64,
+    pub walks_outside_root: u64,
+    pub walks_detached: u64,
+    pub walks_failed: u64,
     /// Execs whose binary's build-id could not be read (the process was gone, or the
     /// binary has none).
     pub execs_without_code_id: u64,
@@ -32,6 +41,22 @@ pub struct TrackStats {
 impl TrackStats {
     pub fn received(&self, kind: EventKind) -> u64 {
         self.received[kind as usize]
+    }
+
+    /// Counts a kernel walk that did not give a path (records with the kernel view).
+    fn count_walk(&mut self, bits: u32, record_flags: u32) {
+        if record_flags & flags::KERNEL_VIEW == 0 || bits & walk::NONE != 0 {
+            return;
+        }
+        if bits & (walk::TRUNC_BUF | walk::TRUNC_DEPTH) != 0 {
+            self.walks_truncated += 1;
+        } else if bits & walk::OUTSIDE_ROOT != 0 {
+            self.walks_outside_root += 1;
+        } else if bits & walk::DETACHED != 0 {
+            self.walks_detached += 1;
+        } else {
+            self.walks_failed += 1;
+        }
     }
 }
 
@@ -114,6 +139,7 @@ impl Tracker {
                 gid: h.gid,
                 comm: h.comm,
                 image: Arc::clone(&process.image),
+                cwd: None,
             },
             detail,
             code_id: None,
@@ -190,33 +216,27 @@ impl Tracker {
 
     fn exec(&mut self, exec: &ExecEvent<'_>) -> EdgeEvent {
         let h = &exec.header;
-        let raw = String::from_utf8_lossy(exec.filename);
-        let (path, path_resolved) = exec_path(self.table.proc_root(), h, &raw);
-        let mut args: Vec<String> = exec
-            .args
-            .iter()
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let mut args_truncated = h.flags & flags::ARGS_TRUNCATED != 0;
-        if h.flags & flags::ARGS_MISSING != 0 {
-            // argv was not captured in the kernel (e.g. the exec began before the probes
-            // attached): the new image's cmdline is the next best source.
-            let cmdline = self
-                .table
-                .proc_root()
-                .join(h.tgid.to_string())
-                .join("cmdline");
-            if let Ok(raw) = std::fs::read(cmdline) {
-                (args, args_truncated) = split_cmdline(&raw);
+        let requested = Raw::new(exec.filename);
+        // The executable the kernel mapped (for a script, its interpreter); without the
+        // kernel's walk, the name as passed when it is absolute.
+        let (path, path_resolved) = match exec.exe.path {
+            Some(exe) => (Raw::new(exe), true),
+            None => {
+                self.stats.count_walk(exec.exe.bits, h.flags);
+                match requested.starts_with(b"/") && !requested.starts_with(b"/dev/fd/") {
+                    true => (Raw::new(&paths::normalize(exec.filename)), false),
+                    false => (requested.clone(), false),
+                }
             }
-        }
-        if !path_resolved {
-            self.stats.unresolved_paths += 1;
-        }
+        };
+        let args: Vec<Raw> = exec.args.iter().map(Raw::new).collect();
+        // argv that could not be read is reported as incomplete, never filled in from
+        // another source after the fact.
+        let args_truncated = h.flags & (flags::ARGS_TRUNCATED | flags::ARGS_MISSING) != 0;
         self.table.on_exec(
             h.tgid,
             Image {
-                exe: Some(path.clone()),
+                exe: path_resolved.then(|| path.clone()),
                 args,
                 args_truncated,
             },
@@ -226,17 +246,9 @@ impl Tracker {
         } else {
             "execve"
         };
-        // The running image, wherever it lives (also inside a container's filesystem).
-        // A process that already exited is looked up through its parent's root, which
-        // is the mount namespace its path was resolved in.
-        let proc_root = self.table.proc_root().to_path_buf();
-        let exe = proc_root.join(h.tgid.to_string()).join("exe");
-        let code_id = self.build_ids.get(&exe).or_else(|| {
-            let ppid = self.table.get(h.tgid).ppid?;
-            let relative = path.strip_prefix('/').filter(|_| path_resolved)?;
-            self.build_ids
-                .get(&proc_root.join(ppid.to_string()).join("root").join(relative))
-        });
+        let code_id = path_resolved
+            .then(|| self.code_id(h.tgid, &path, exec.exe_ino))
+            .flatten();
         if code_id.is_none() {
             self.stats.execs_without_code_id += 1;
         }
@@ -245,19 +257,81 @@ impl Tracker {
             EdgeDetail::Exec {
                 syscall,
                 path,
+                requested: Some(requested),
                 path_resolved,
             },
         );
+        edge.process.cwd = exec.cwd.path.map(Raw::new);
         edge.code_id = code_id;
         edge
     }
 
+    /// The build-id of the executable at `path` (as the process's root has it), read
+    /// through the process's root, or its parent's once it has exited (the same mount
+    /// namespace, for a process that exits at once); only from the file with the inode the
+    /// kernel reported.
+    fn code_id(&mut self, tgid: u32, path: &Raw, ino: u64) -> Option<String> {
+        let relative = path.as_bytes().strip_prefix(b"/")?;
+        let relative = Raw::new(relative);
+        let ino = (ino != 0).then_some(ino);
+        let proc_root = self.table.proc_root().to_path_buf();
+        let through = |pid: u32| {
+            proc_root
+                .join(pid.to_string())
+                .join("root")
+                .join(relative.as_path())
+        };
+        self.build_ids.get_if(&through(tgid), ino).or_else(|| {
+            let ppid = self.table.get(tgid).ppid?;
+            self.build_ids.get_if(&through(ppid), ino)
+        })
+    }
+
     fn open(&mut self, open: &OpenEvent<'_>) -> EdgeEvent {
         let h = &open.header;
-        let raw = String::from_utf8_lossy(open.path);
-        let resolved = paths::resolve(self.table.proc_root(), h.tgid, h.tid, open.dfd, &raw);
-        if !resolved.resolved {
+        let kernel_view = h.flags & flags::KERNEL_VIEW != 0;
+        let requested = Raw::new(open.requested);
+        let absolute = open.requested.starts_with(b"/");
+        let mut cwd = None;
+        let mut from_caller = true;
+        let mut truncated = h.flags & flags::PATH_TRUNCATED != 0;
+        let (path, resolved) = match (kernel_view, open.base, open.path.path) {
+            // What the kernel opened.
+            (true, open_base::FILE, Some(file)) => {
+                from_caller = false;
+                (Raw::new(file), true)
+            }
+            // No file: the requested path, against the directory the kernel looked it up
+            // from when it is relative.
+            (_, open_base::NONE | open_base::CWD | open_base::DIRFD, _) if absolute => {
+                (Raw::new(&paths::normalize(open.requested)), true)
+            }
+            (true, base @ (open_base::CWD | open_base::DIRFD), Some(dir)) => {
+                if base == open_base::CWD {
+                    cwd = Some(Raw::new(dir));
+                }
+                (Raw::from(paths::join(dir, open.requested)), true)
+            }
+            // The kernel's walk did not reach the task's root (or there is no kernel view):
+            // what the caller asked for, marked.
+            (_, base, _) => {
+                if kernel_view && base != open_base::NONE {
+                    self.stats.count_walk(open.path.bits, h.flags);
+                    truncated |= open.path.bits & (walk::TRUNC_BUF | walk::TRUNC_DEPTH) != 0;
+                }
+                let path = if absolute {
+                    Raw::new(&paths::normalize(open.requested))
+                } else {
+                    requested.clone()
+                };
+                (path, false)
+            }
+        };
+        if !resolved {
             self.stats.unresolved_paths += 1;
+        }
+        if from_caller {
+            self.stats.paths_from_caller += 1;
         }
         let detail = EdgeDetail::Open {
             syscall: if h.flags & flags::OPENAT2 != 0 {
@@ -265,13 +339,17 @@ impl Tracker {
             } else {
                 "openat"
             },
-            path: resolved.path.into_owned(),
-            path_resolved: resolved.resolved,
-            path_truncated: h.flags & flags::PATH_TRUNCATED != 0,
+            path,
+            requested: Some(requested),
+            path_resolved: resolved,
+            path_truncated: truncated,
+            path_deleted: open.path.path.is_some() && open.path.bits & walk::DELETED != 0,
+            from_caller,
             flags: open.flags,
             result: open.result,
         };
         let mut edge = self.edge(h, detail);
+        edge.process.cwd = cwd;
         self.deduplicated(&mut edge, open.repeats);
         edge
     }
@@ -287,20 +365,25 @@ impl Tracker {
                 port,
             },
             SocketAddress::UnixPath(p) => SocketTarget::Unix {
-                path: Some(String::from_utf8_lossy(p).into_owned()),
+                path: Some(Raw::new(p)),
             },
             SocketAddress::UnixAbstract(name) => SocketTarget::Unix {
-                path: Some(format!("@{}", String::from_utf8_lossy(name))),
+                path: Some(Raw::from([b"@", name].concat())),
             },
             SocketAddress::UnixUnnamed => SocketTarget::Unix { path: None },
             SocketAddress::Unspecified => SocketTarget::Unspecified,
             SocketAddress::Other { family } => SocketTarget::Other { family },
             SocketAddress::Unreadable => SocketTarget::Unreadable,
         };
+        let from_caller = connect.source == addr_source::CALLER;
+        if from_caller {
+            self.stats.addresses_from_caller += 1;
+        }
         let mut edge = self.edge(
             &connect.header,
             EdgeDetail::Connect {
                 address,
+                from_caller,
                 result: connect.result,
             },
         );
@@ -309,151 +392,5 @@ impl Tracker {
     }
 }
 
-/// The absolute path of an exec'd file. `execveat` with a directory fd shows up as
-/// `/dev/fd/N/...`, and the fd is usually closed by the exec itself; the new image's
-/// `/proc/<pid>/exe` is then the truth.
-fn exec_path(proc_root: &std::path::Path, h: &EventHeader, raw: &str) -> (String, bool) {
-    if raw.starts_with('/') && !raw.starts_with("/dev/fd/") {
-        return (paths::normalize(raw).into_owned(), true);
-    }
-    if let Ok(exe) = std::fs::read_link(proc_root.join(h.tgid.to_string()).join("exe")) {
-        return (exe.to_string_lossy().into_owned(), true);
-    }
-    // The descriptor an fexecve'd process was started from is closed by now: the name
-    // says nothing about the file.
-    if raw.starts_with("/dev/fd/") {
-        return (raw.to_owned(), false);
-    }
-    let r = paths::resolve(proc_root, h.tgid, h.tid, paths::AT_FDCWD, raw);
-    (r.path.into_owned(), r.resolved)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        kernel::decode::{decode, tests as records},
-        record::{Attribution, HostIdentity, Item, Record, RecordWriter, Timestamp},
-    };
-    use serde_json::{json, Value};
-
-    fn tracker() -> Tracker {
-        // A /proc with nothing in it: every process is unknown unless fork/exec said so.
-        let empty = std::env::temp_dir().join(format!("zastava-empty-proc-{}", std::process::id()));
-        std::fs::create_dir_all(&empty).unwrap();
-        Tracker::new(ProcessTable::new(empty))
-    }
-
-    /// The JSON a record becomes as a host event.
-    fn json_of(tracker: &mut Tracker, record: &[u8]) -> Option<Value> {
-        let event = tracker.handle(&decode(record).unwrap())?;
-        let host = HostIdentity::for_tests();
-        let at = Timestamp::from_unix_ns(1_700_000_001_000_000_123).unix_ns();
-        let item = Item::new(
-            at,
-            &host,
-            Record::Edge {
-                event,
-                attribution: Attribution::host(),
-            },
-        );
-        let mut json = Vec::new();
-        RecordWriter::new(&host, "r1")
-            .write(&mut json, &item)
-            .unwrap();
-        Some(serde_json::from_slice(&json).unwrap())
-    }
-
-    #[test]
-    fn exec_then_open_carry_the_new_image() {
-        let mut t = tracker();
-        let exec = records::exec_record(b"/opt/app/bin/server", &[b"server", b"--port=8080"], 1024);
-        let v = json_of(&mut t, &exec).unwrap();
-        assert_eq!(
-            v,
-            json!({
-                "schemaVersion": 1,
-                "eventType": "edge",
-                "eventId": "r1-1",
-                "edgeType": "syscall",
-                "timestamp": "2023-11-14T22:13:21.000000123Z",
-                "node": "node-a",
-                "hostId": "abc",
-                "osRelease": "Test OS",
-                "workloadId": "host:abc",
-                "enrichment": "host",
-                "cgroupId": 77,
-                "process": {
-                    "pid": 4242, "tid": 4243, "ppid": null, "uid": 1000, "gid": 1001,
-                    "comm": "test", "exe": "/opt/app/bin/server", "args": ["server", "--port=8080"]
-                },
-                "syscall": "execve",
-                "path": "/opt/app/bin/server",
-                "args": ["server", "--port=8080"]
-            })
-        );
-        let open = records::open_record(
-            b"/etc/./app.conf",
-            3,
-            (libc::O_RDONLY | libc::O_CLOEXEC) as u32,
-        );
-        let v = json_of(&mut t, &open).unwrap();
-        assert_eq!(v["eventId"], "r1-2");
-        assert_eq!(v["edgeType"], "fs");
-        assert_eq!(v["path"], "/etc/app.conf");
-        assert_eq!(v["flags"], (libc::O_RDONLY | libc::O_CLOEXEC) as u32);
-        assert_eq!(v["flagNames"], json!(["O_RDONLY", "O_CLOEXEC"]));
-        assert_eq!(v["result"], 3);
-        assert_eq!(v["process"]["exe"], "/opt/app/bin/server");
-        assert_eq!(v["process"]["args"], json!(["server", "--port=8080"]));
-        assert!(v.get("pathResolved").is_none());
-        assert_eq!(t.stats().received(EventKind::Exec), 1);
-        assert_eq!(t.stats().received(EventKind::Open), 1);
-    }
-
-    #[test]
-    fn relative_path_of_a_vanished_process_is_marked_unresolved() {
-        let mut t = tracker();
-        let v = json_of(&mut t, &records::open_record(b"data/x.db", -2, 0)).unwrap();
-        assert_eq!(v["path"], "data/x.db");
-        assert_eq!(v["pathResolved"], false);
-        assert_eq!(v["result"], -2);
-        assert_eq!(t.stats().unresolved_paths, 1);
-    }
-
-    #[test]
-    fn fexecve_of_a_process_already_gone_is_not_reported_as_resolved() {
-        let mut t = tracker();
-        let exec = records::exec_record(b"/dev/fd/3", &[b"app"], 1024);
-        let v = json_of(&mut t, &exec).unwrap();
-        assert_eq!(v["path"], "/dev/fd/3");
-        assert_eq!(v["pathResolved"], false);
-        assert!(
-            v.get("code_id").is_none(),
-            "no build-id from another process's fd 3: {v}"
-        );
-    }
-
-    #[test]
-    fn connect_edges_for_each_family() {
-        let mut t = tracker();
-        let v = json_of(
-            &mut t,
-            &records::connect_record(&records::sockaddr_in([127, 0, 0, 1], 5432), -111),
-        )
-        .unwrap();
-        assert_eq!(v["edgeType"], "net");
-        assert_eq!(v["family"], "inet");
-        assert_eq!(v["address"], "127.0.0.1");
-        assert_eq!(v["port"], 5432);
-        assert_eq!(v["result"], -111);
-        assert!(v.get("path").is_none());
-
-        let mut un = crate::kernel::decode::AF_UNIX.to_ne_bytes().to_vec();
-        un.extend_from_slice(b"\0abstract-name");
-        let v = json_of(&mut t, &records::connect_record(&un, 0)).unwrap();
-        assert_eq!(v["family"], "unix");
-        assert_eq!(v["path"], "@abstract-name");
-        assert!(v.get("port").is_none());
-    }
-}
+mod tests;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use observer_common::TASK_COMM_LEN;
 use serde::Serialize;
 
+use super::Raw;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EdgeType {
@@ -54,6 +56,9 @@ pub struct ProcessSnapshot {
     /// The task name, NUL-padded as the kernel keeps it.
     pub comm: [u8; TASK_COMM_LEN],
     pub image: Arc<Image>,
+    /// The working directory at the event, when the kernel reported it (execs, and opens
+    /// of relative paths); never a value from another moment.
+    pub cwd: Option<Raw>,
 }
 
 /// What happened.
@@ -63,21 +68,34 @@ pub enum EdgeDetail {
         /// `execve` or `execveat`.
         syscall: &'static str,
         /// The executed file, absolute when it could be resolved.
-        path: String,
+        path: Raw,
+        /// The file name the process passed, when it differs from `path`.
+        requested: Option<Raw>,
         path_resolved: bool,
     },
     Open {
         /// `openat` or `openat2`.
         syscall: &'static str,
-        path: String,
+        /// The file opened (absolute when it could be resolved).
+        path: Raw,
+        /// The path the process passed, when it differs from `path`.
+        requested: Option<Raw>,
         path_resolved: bool,
         path_truncated: bool,
+        /// The file was unlinked (the path is the name it had).
+        path_deleted: bool,
+        /// `path` comes from the caller's memory (a failed open, or no kernel view), not
+        /// from the kernel's objects.
+        from_caller: bool,
         flags: u32,
         /// A file descriptor, or `-errno`.
         result: i64,
     },
     Connect {
         address: SocketTarget,
+        /// The address comes from the caller's memory (a failed connect, or no kernel
+        /// view), not from the socket.
+        from_caller: bool,
         /// 0, or `-errno`.
         result: i64,
     },
@@ -92,7 +110,7 @@ pub enum SocketTarget {
     },
     /// A filesystem path, or `@name` for an abstract socket; `None` when unnamed.
     Unix {
-        path: Option<String>,
+        path: Option<Raw>,
     },
     Unspecified,
     Other {
@@ -148,8 +166,8 @@ impl EdgeEvent {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Image {
     /// Absolute path of the executable, when known.
-    pub exe: Option<String>,
-    pub args: Vec<String>,
+    pub exe: Option<Raw>,
+    pub args: Vec<Raw>,
     pub args_truncated: bool,
 }
 

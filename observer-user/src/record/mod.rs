@@ -8,6 +8,7 @@ pub mod flags;
 pub mod item;
 pub mod json;
 pub mod node;
+pub mod raw;
 pub mod time;
 pub mod workload;
 
@@ -19,5 +20,6 @@ pub use flags::OpenFlags;
 pub use item::{Item, Lifecycle, Record};
 pub use json::RecordWriter;
 pub use node::HostIdentity;
+pub use raw::Raw;
 pub use time::Timestamp;
 pub use workload::{Attribution, ContainerInfo, ContainerState, Enrichment, ImageInfo, PodInfo};

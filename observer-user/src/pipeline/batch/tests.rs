@@ -19,12 +19,16 @@ fn open(seq: u64, path: &str, result: i64) -> Record {
                 gid: 0,
                 comm: [0; 16],
                 image: Arc::new(Image::default()),
+                cwd: None,
             },
             detail: EdgeDetail::Open {
                 syscall: "openat",
                 path: path.into(),
+                requested: None,
                 path_resolved: true,
                 path_truncated: false,
+                path_deleted: false,
+                from_caller: false,
                 flags: 0,
                 result,
             },
@@ -55,7 +59,7 @@ fn paths(batch: &Batch) -> Vec<(String, u64)> {
         .iter()
         .map(|i| match &i.record {
             Record::Edge { event, .. } => match &event.detail {
-                EdgeDetail::Open { path, .. } => (path.clone(), i.count),
+                EdgeDetail::Open { path, .. } => (path.to_str_lossy().into_owned(), i.count),
                 _ => unreachable!(),
             },
             _ => unreachable!(),

@@ -1,12 +1,11 @@
 //! The parts of a record's JSON: its head (type, id, time), the workload fields, and its
 //! tail (what happened), each a map of fields the writer joins.
 
-use std::borrow::Cow;
-
 use observer_common::TASK_COMM_LEN;
 use serde::{ser::SerializeMap as _, ser::SerializeSeq as _, Serialize, Serializer};
 
 use crate::record::{
+    raw::{self, Raw},
     ContainerInfo, EdgeDetail, EdgeEvent, Enrichment, HostIdentity, Item, Lifecycle, OpenFlags,
     PodInfo, ProcessSnapshot, SocketTarget, Timestamp, SCHEMA_VERSION,
 };
@@ -24,9 +23,10 @@ impl Serialize for EventId<'_> {
     }
 }
 
-pub(super) fn comm_str(comm: &[u8; TASK_COMM_LEN]) -> Cow<'_, str> {
+/// The task name without its NUL padding.
+pub(super) fn comm_bytes(comm: &[u8; TASK_COMM_LEN]) -> &[u8] {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end])
+    &comm[..end]
 }
 
 /// The fields that say which workload a record belongs to, shared by every record type.
@@ -98,14 +98,35 @@ impl Serialize for ProcessJson<'_> {
         map.serialize_entry("ppid", &p.ppid)?;
         map.serialize_entry("uid", &p.uid)?;
         map.serialize_entry("gid", &p.gid)?;
-        map.serialize_entry("comm", &comm_str(&p.comm))?;
-        map.serialize_entry("exe", &p.image.exe)?;
-        map.serialize_entry("args", &p.image.args)?;
+        let comm = comm_bytes(&p.comm);
+        raw::serialize_entry(&mut map, "comm", "commBytes", &Raw::new(comm))?;
+        match &p.image.exe {
+            Some(exe) => raw::serialize_entry(&mut map, "exe", "exeBytes", exe)?,
+            None => map.serialize_entry("exe", &None::<&str>)?,
+        }
+        raw::serialize_list(&mut map, "args", "argsBytes", &p.image.args)?;
         if p.image.args_truncated {
             map.serialize_entry("argsTruncated", &true)?;
         }
+        if let Some(cwd) = &p.cwd {
+            raw::serialize_entry(&mut map, "cwd", "cwdBytes", cwd)?;
+        }
         map.end()
     }
+}
+
+/// `path` (and `pathBytes`), and `requestedPath` (and `requestedPathBytes`) when the process
+/// passed something else.
+fn serialize_paths<M: serde::ser::SerializeMap>(
+    map: &mut M,
+    path: &Raw,
+    requested: Option<&Raw>,
+) -> Result<(), M::Error> {
+    raw::serialize_entry(map, "path", "pathBytes", path)?;
+    if let Some(requested) = requested.filter(|r| *r != path) {
+        raw::serialize_entry(map, "requestedPath", "requestedPathBytes", requested)?;
+    }
+    Ok(())
 }
 
 pub(super) fn serialize_detail<M: serde::ser::SerializeMap>(
@@ -116,14 +137,15 @@ pub(super) fn serialize_detail<M: serde::ser::SerializeMap>(
         EdgeDetail::Exec {
             syscall,
             path,
+            requested,
             path_resolved,
         } => {
             map.serialize_entry("syscall", syscall)?;
-            map.serialize_entry("path", path)?;
+            serialize_paths(map, path, requested.as_ref())?;
             if !path_resolved {
                 map.serialize_entry("pathResolved", &false)?;
             }
-            map.serialize_entry("args", &e.process.image.args)?;
+            raw::serialize_list(map, "args", "argsBytes", &e.process.image.args)?;
             if e.process.image.args_truncated {
                 map.serialize_entry("argsTruncated", &true)?;
             }
@@ -134,24 +156,37 @@ pub(super) fn serialize_detail<M: serde::ser::SerializeMap>(
         EdgeDetail::Open {
             syscall,
             path,
+            requested,
             path_resolved,
             path_truncated,
+            path_deleted,
+            from_caller,
             flags,
             result,
         } => {
             map.serialize_entry("syscall", syscall)?;
-            map.serialize_entry("path", path)?;
+            serialize_paths(map, path, requested.as_ref())?;
             if !path_resolved {
                 map.serialize_entry("pathResolved", &false)?;
             }
             if *path_truncated {
                 map.serialize_entry("pathTruncated", &true)?;
             }
+            if *path_deleted {
+                map.serialize_entry("pathDeleted", &true)?;
+            }
+            if *from_caller {
+                map.serialize_entry("pathFromCaller", &true)?;
+            }
             map.serialize_entry("flags", flags)?;
             map.serialize_entry("flagNames", &OpenFlags(*flags))?;
             map.serialize_entry("result", result)?;
         }
-        EdgeDetail::Connect { address, result } => {
+        EdgeDetail::Connect {
+            address,
+            from_caller,
+            result,
+        } => {
             map.serialize_entry("syscall", "connect")?;
             match address {
                 SocketTarget::Inet { address, port } => {
@@ -163,7 +198,7 @@ pub(super) fn serialize_detail<M: serde::ser::SerializeMap>(
                 SocketTarget::Unix { path } => {
                     map.serialize_entry("family", "unix")?;
                     if let Some(path) = path {
-                        map.serialize_entry("path", path)?;
+                        raw::serialize_entry(map, "path", "pathBytes", path)?;
                     }
                 }
                 SocketTarget::Unspecified => map.serialize_entry("family", "unspec")?,
@@ -171,6 +206,9 @@ pub(super) fn serialize_detail<M: serde::ser::SerializeMap>(
                     map.serialize_entry("family", &format_args!("af_{family}").to_string())?;
                 }
                 SocketTarget::Unreadable => map.serialize_entry("family", "unknown")?,
+            }
+            if *from_caller {
+                map.serialize_entry("addressFromCaller", &true)?;
             }
             map.serialize_entry("result", result)?;
         }

@@ -1,0 +1,253 @@
+use super::*;
+use crate::{
+    kernel::decode::{decode, tests as records, AF_UNIX},
+    record::{Attribution, HostIdentity, Item, Record, RecordWriter, Timestamp},
+};
+use observer_common::open_base;
+use serde_json::{json, Value};
+
+const BOOT_NS: u64 = 1_000_000_123;
+
+fn tracker() -> Tracker {
+    // A /proc with nothing in it: every process is unknown unless fork/exec said so.
+    let empty = std::env::temp_dir().join(format!("zastava-empty-proc-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    Tracker::new(ProcessTable::new(empty))
+}
+
+/// The JSON a record becomes as a host event.
+fn json_of(tracker: &mut Tracker, record: &[u8]) -> Option<Value> {
+    let event = tracker.handle(&decode(record).unwrap())?;
+    let host = HostIdentity::for_tests();
+    let at = Timestamp::from_unix_ns(1_700_000_001_000_000_123).unix_ns();
+    let item = Item::new(
+        at,
+        &host,
+        Record::Edge {
+            event,
+            attribution: Attribution::host(),
+        },
+    );
+    let mut json = Vec::new();
+    RecordWriter::new(&host, "r1")
+        .write(&mut json, &item)
+        .unwrap();
+    Some(serde_json::from_slice(&json).unwrap())
+}
+
+#[test]
+fn exec_then_open_carry_the_new_image_as_the_kernel_has_it() {
+    let mut t = tracker();
+    // `/bin/server` is a symlink to the binary the kernel mapped.
+    let exec = records::task().exec_seen(
+        BOOT_NS,
+        b"/bin/server",
+        &[b"server", b"--port=8080"],
+        Some(b"/opt/app/bin/server"),
+        Some(b"/srv/app"),
+    );
+    let v = json_of(&mut t, &exec).unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "schemaVersion": 1,
+            "eventType": "edge",
+            "eventId": "r1-1",
+            "edgeType": "syscall",
+            "timestamp": "2023-11-14T22:13:21.000000123Z",
+            "node": "node-a",
+            "hostId": "abc",
+            "osRelease": "Test OS",
+            "workloadId": "host:abc",
+            "enrichment": "host",
+            "cgroupId": 77,
+            "process": {
+                "pid": 4242, "tid": 4243, "ppid": null, "uid": 1000, "gid": 1001,
+                "comm": "test", "exe": "/opt/app/bin/server", "args": ["server", "--port=8080"],
+                "cwd": "/srv/app"
+            },
+            "syscall": "execve",
+            "path": "/opt/app/bin/server",
+            "requestedPath": "/bin/server",
+            "args": ["server", "--port=8080"]
+        })
+    );
+    let open = records::open_record(
+        b"/etc/app.conf",
+        3,
+        (libc::O_RDONLY | libc::O_CLOEXEC) as u32,
+    );
+    let v = json_of(&mut t, &open).unwrap();
+    assert_eq!(v["eventId"], "r1-2");
+    assert_eq!(v["edgeType"], "fs");
+    assert_eq!(v["path"], "/etc/app.conf");
+    assert!(v.get("requestedPath").is_none(), "the same as path: {v}");
+    assert_eq!(v["flags"], (libc::O_RDONLY | libc::O_CLOEXEC) as u32);
+    assert_eq!(v["flagNames"], json!(["O_RDONLY", "O_CLOEXEC"]));
+    assert_eq!(v["result"], 3);
+    assert_eq!(v["process"]["exe"], "/opt/app/bin/server");
+    assert_eq!(v["process"]["args"], json!(["server", "--port=8080"]));
+    // The working directory belongs to the exec's moment, not to later events.
+    assert!(v["process"].get("cwd").is_none(), "{v}");
+    for absent in ["pathResolved", "pathFromCaller", "pathDeleted"] {
+        assert!(v.get(absent).is_none(), "{absent} in {v}");
+    }
+    assert_eq!(t.stats().received(EventKind::Exec), 1);
+    assert_eq!(t.stats().received(EventKind::Open), 1);
+    assert_eq!(t.stats().unresolved_paths, 0);
+}
+
+#[test]
+fn a_successful_open_is_the_file_the_kernel_opened_whatever_was_asked() {
+    let mut t = tracker();
+    let open = records::task().open_seen(
+        BOOT_NS,
+        b"../data/./link",
+        open_base::FILE,
+        Some(b"/var/lib/real/f2"),
+        4,
+        0,
+    );
+    let v = json_of(&mut t, &open).unwrap();
+    assert_eq!(v["path"], "/var/lib/real/f2");
+    assert_eq!(v["requestedPath"], "../data/./link");
+    assert!(
+        v.get("pathFromCaller").is_none() && v.get("pathResolved").is_none(),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_failed_relative_open_joins_the_directory_the_kernel_looked_it_up_from() {
+    let mut t = tracker();
+    let open = records::task().open_seen(
+        BOOT_NS,
+        b"./sub dir/../f2",
+        open_base::CWD,
+        Some(b"/tmp/work/data"),
+        -2,
+        0,
+    );
+    let v = json_of(&mut t, &open).unwrap();
+    assert_eq!(v["path"], "/tmp/work/data/f2");
+    assert_eq!(v["requestedPath"], "./sub dir/../f2");
+    assert_eq!(v["process"]["cwd"], "/tmp/work/data");
+    assert_eq!(v["pathFromCaller"], true);
+    assert_eq!(v["result"], -2);
+    assert!(v.get("pathResolved").is_none());
+
+    // Relative to a directory descriptor: its path, and no cwd is claimed.
+    let open =
+        records::task().open_seen(BOOT_NS, b"f3", open_base::DIRFD, Some(b"/etc/app"), -13, 0);
+    let v = json_of(&mut t, &open).unwrap();
+    assert_eq!(v["path"], "/etc/app/f3");
+    assert!(v["process"].get("cwd").is_none(), "{v}");
+    assert_eq!(t.stats().paths_from_caller, 2);
+}
+
+#[test]
+fn a_walk_that_did_not_reach_the_root_is_never_reported_as_a_path() {
+    let mut t = tracker();
+    // An open that worked, of a file whose path was too long to walk.
+    let open = records::task().open_seen(BOOT_NS, b"deep/file", open_base::FILE, None, 3, 0);
+    let v = json_of(&mut t, &open).unwrap();
+    assert_eq!(v["path"], "deep/file");
+    assert_eq!(v["pathResolved"], false);
+    assert_eq!(v["pathTruncated"], true);
+    assert_eq!(v["pathFromCaller"], true);
+    assert_eq!(t.stats().unresolved_paths, 1);
+    assert_eq!(t.stats().walks_truncated, 1);
+
+    // A failed relative open with no directory to resolve it from (a bad dfd).
+    let open = records::task().open_seen(BOOT_NS, b"x", open_base::NONE, None, -9, 0);
+    let v = json_of(&mut t, &open).unwrap();
+    assert_eq!(
+        (v["path"].as_str(), v["pathResolved"].as_bool()),
+        (Some("x"), Some(false))
+    );
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_kept_beside_their_text() {
+    let mut t = tracker();
+    let exec = records::task().exec_seen(
+        BOOT_NS,
+        b"./run-\xff",
+        &[b"run-\xff", b"ok"],
+        Some(b"/opt/run-\xff"),
+        Some(b"/opt"),
+    );
+    let v = json_of(&mut t, &exec).unwrap();
+    assert_eq!(v["path"], "/opt/run-\u{fffd}");
+    assert_eq!(v["pathBytes"], "L29wdC9ydW4t/w==");
+    assert_eq!(v["requestedPathBytes"], "Li9ydW4t/w==");
+    assert_eq!(v["process"]["exeBytes"], "L29wdC9ydW4t/w==");
+    assert_eq!(v["process"]["argsBytes"], json!(["cnVuLf8=", "b2s="]));
+    assert_eq!(v["argsBytes"], json!(["cnVuLf8=", "b2s="]));
+    assert!(v["process"].get("cwdBytes").is_none(), "/opt is UTF-8");
+
+    let open = records::open_record(b"/d/bad-\xff-name", 3, 0);
+    let v = json_of(&mut t, &open).unwrap();
+    assert_eq!(v["path"], "/d/bad-\u{fffd}-name");
+    assert_eq!(v["pathBytes"], "L2QvYmFkLf8tbmFtZQ==");
+}
+
+#[test]
+fn without_the_kernel_view_edges_say_what_they_could_not_know() {
+    let mut t = tracker();
+    // An exec reported with the caller's strings only.
+    let exec = records::exec_record(b"/usr/bin/tool", &[b"tool"], 1024);
+    let v = json_of(&mut t, &exec).unwrap();
+    assert_eq!(v["path"], "/usr/bin/tool");
+    assert_eq!(v["pathResolved"], false);
+    assert_eq!(v["process"]["exe"], Value::Null);
+    // A relative open: nothing to resolve it against.
+    let mut open = records::open_record(b"data/x.db", 3, 0);
+    // Clear the kernel-view flag and the kernel path, as the programs without BTF write it.
+    open = zastava_testing::records::without_kernel_view(&open);
+    let v = json_of(&mut t, &open).unwrap();
+    assert_eq!(v["path"], "data/x.db");
+    assert_eq!(v["pathResolved"], false);
+    assert_eq!(v["pathFromCaller"], true);
+}
+
+#[test]
+fn fexecve_of_a_process_already_gone_is_not_reported_as_resolved() {
+    let mut t = tracker();
+    let exec = records::exec_record(b"/dev/fd/3", &[b"app"], 1024);
+    let v = json_of(&mut t, &exec).unwrap();
+    assert_eq!(v["path"], "/dev/fd/3");
+    assert_eq!(v["pathResolved"], false);
+    assert!(
+        v.get("code_id").is_none(),
+        "no build-id from another process's fd 3: {v}"
+    );
+}
+
+#[test]
+fn connect_edges_for_each_family_and_source() {
+    let mut t = tracker();
+    let v = json_of(
+        &mut t,
+        &records::connect_record(&records::sockaddr_in([127, 0, 0, 1], 5432), -111),
+    )
+    .unwrap();
+    assert_eq!(v["edgeType"], "net");
+    assert_eq!(v["family"], "inet");
+    assert_eq!(v["address"], "127.0.0.1");
+    assert_eq!(v["port"], 5432);
+    assert_eq!(v["result"], -111);
+    // A refused connect leaves no address in the socket: it is the caller's.
+    assert_eq!(v["addressFromCaller"], true);
+    assert!(v.get("path").is_none());
+
+    let mut un = AF_UNIX.to_ne_bytes().to_vec();
+    un.extend_from_slice(b"\0abstract-\xfe");
+    let v = json_of(&mut t, &records::connect_record(&un, 0)).unwrap();
+    assert_eq!(v["family"], "unix");
+    assert_eq!(v["path"], "@abstract-\u{fffd}");
+    assert_eq!(v["pathBytes"], "QGFic3RyYWN0Lf4=");
+    assert!(v.get("addressFromCaller").is_none(), "{v}");
+    assert!(v.get("port").is_none());
+    assert_eq!(t.stats().addresses_from_caller, 1);
+}
