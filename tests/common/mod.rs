@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod authority;
 pub mod backend;
 pub mod containerd;
 pub mod webhook;

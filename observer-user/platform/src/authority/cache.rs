@@ -52,7 +52,8 @@ impl std::fmt::Debug for OpTok {
     }
 }
 
-/// A token is not used in its last second: it could expire on the way.
+/// A token is not used in its last second (or last tenth, if it lives less than ten
+/// seconds): it could expire on the way.
 const EXPIRY_SKEW_MS: u64 = 1000;
 
 impl OpTok {
@@ -61,7 +62,8 @@ impl OpTok {
     }
 
     pub fn usable_at(&self, now_ms: u64) -> bool {
-        now_ms.saturating_add(EXPIRY_SKEW_MS) < self.expires_at_ms
+        let lifetime = self.expires_at_ms.saturating_sub(self.issued_at_ms);
+        now_ms.saturating_add(EXPIRY_SKEW_MS.min(lifetime / 10)) < self.expires_at_ms
     }
 
     pub fn lifetime(&self) -> Duration {

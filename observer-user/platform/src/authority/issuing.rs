@@ -50,7 +50,7 @@ impl Authority {
                     scope = token.scope.as_deref().unwrap_or("-"),
                     expires_in = %secs(token.expires_at_ms.saturating_sub(started)),
                     refresh_in = %secs(token.refresh_at_ms.saturating_sub(started)),
-                    jkt = token.jkt.as_deref().unwrap_or("-"),
+                    jkt = %token.jkt.as_deref().unwrap_or("-"),
                     nonce_challenge = challenged,
                     "Issued runtime OpTok"
                 );

@@ -298,7 +298,7 @@ impl Authority {
                     token_type = %token.token_type,
                     audience = %token.audience,
                     expires_in = %secs(token.expires_at_ms.saturating_sub(now_ms())),
-                    jkt = token.jkt.as_deref().unwrap_or("-"),
+                    jkt = %token.jkt.as_deref().unwrap_or("-"),
                     source = "cache",
                     "Using the cached runtime OpTok from {}",
                     cache.path(&self.config.audience).display()
