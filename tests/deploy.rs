@@ -108,6 +108,8 @@ struct PodFs {
     mounts: Vec<(String, Value, PathBuf)>,
     /// The CA behind the Secrets' certificates.
     pki: Pki,
+    /// The DPoP key of the Secret zastava-authority-dpop.
+    dpop_key: PathBuf,
 }
 
 impl PodFs {
@@ -159,7 +161,15 @@ impl PodFs {
             mounts.push(((*parent).to_owned(), Value::Null, here));
         }
         mounts.sort_by_key(|(path, _, _)| std::cmp::Reverse(path.len()));
-        let fs = PodFs { dir, mounts, pki };
+        // The DPoP key an operator puts in zastava-authority-dpop.
+        let dpop_key = dir.path().join("dpop-key.pem");
+        common::authority::generate_dpop_key(&dpop_key);
+        let fs = PodFs {
+            dir,
+            mounts,
+            pki,
+            dpop_key,
+        };
         for (_, volume, here) in &fs.mounts {
             if let Some(name) = volume["configMap"]["name"].as_str() {
                 let map = object(docs, "ConfigMap", name);
@@ -174,15 +184,17 @@ impl PodFs {
                         ("tls.key", &fs.pki.server_key),
                     ],
                     "zastava-backend" => &[("ca.crt", &fs.pki.ca)],
+                    "zastava-authority-dpop" => &[("key.pem", &fs.dpop_key)],
+                    "zastava-authority-mtls" => &[
+                        ("tls.crt", &fs.pki.client_cert),
+                        ("tls.key", &fs.pki.client_key),
+                    ],
                     other => panic!("a Secret the deployment docs do not describe: {other}"),
                 };
                 let mut contents: Vec<(&str, Vec<u8>)> = files
                     .iter()
                     .map(|(file, source)| (*file, std::fs::read(source).unwrap()))
                     .collect();
-                if name == "zastava-backend" {
-                    contents.push(("token", b"operator-token\n".to_vec()));
-                }
                 write_secret_volume(here, &contents);
             }
         }

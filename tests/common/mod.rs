@@ -304,6 +304,11 @@ impl Observer {
         );
     }
 
+    /// What the observer logged so far.
+    pub fn stderr(&self) -> String {
+        self.shared.0.lock().unwrap().stderr.clone()
+    }
+
     /// Every event seen so far that matches `pred`.
     pub fn events_matching(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         let (lock, _) = &*self.shared;

@@ -181,19 +181,27 @@ impl Authority {
                 });
             }
         }
-        let expires_in = match reply.expires_in {
-            Some(secs) => Duration::from_secs(secs),
-            None => claims
-                .as_ref()
-                .and_then(|c| c.get("exp")?.as_u64())
-                .map(|exp| Duration::from_millis((exp * 1000).saturating_sub(issued_at_ms)))
-                .ok_or_else(|| {
-                    IssueError::BadReply("no expires_in, and the token is no JWT with exp".into())
-                })?,
+        // The token's own exp, when it is a JWT, is what the backend checks: whole
+        // seconds, so it may come up to a second before issue time + expires_in.
+        let exp_claim = claims
+            .as_ref()
+            .and_then(|c| c.get("exp")?.as_u64())
+            .map(|exp| {
+                Duration::from_millis(exp.saturating_mul(1000).saturating_sub(issued_at_ms))
+            });
+        let expires_in = match (reply.expires_in.map(Duration::from_secs), exp_claim) {
+            (Some(given), Some(exp)) => given.min(exp),
+            (Some(given), None) => given,
+            (None, Some(exp)) => exp,
+            (None, None) => {
+                return Err(IssueError::BadReply(
+                    "no expires_in, and the token is no JWT with exp".into(),
+                ))
+            }
         };
         if expires_in < Duration::from_secs(2) {
             return Err(IssueError::BadReply(format!(
-                "the token expires in {expires_in:?}, too soon to be used"
+                "the token expires in {expires_in:?}, too soon to be used (is this node's clock right?)"
             )));
         }
         let lifetime_ms = u64::try_from(expires_in.as_millis()).unwrap_or(u64::MAX);
