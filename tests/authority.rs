@@ -1126,3 +1126,37 @@ fn every_bad_authority_combination_is_refused_by_both_binaries() {
         assert!(text.contains("authority.refresh_before"), "{text}");
     }
 }
+
+#[test]
+fn a_client_secret_is_sent_with_the_certificate_and_a_wrong_one_is_named() {
+    let s = Setup::new();
+    s.authority
+        .configure(json!({"client_secret": "right-secret"}));
+    let secret = s.dir.path().join("client-secret");
+    std::fs::write(&secret, "wrong-secret\n").unwrap();
+    let secret_arg = format!("authority.client_secret_file=\"{}\"", secret.display());
+    let activity = TempDir::new("zastava-activity");
+    let observer = s.observer(&["--set", &secret_arg]);
+    let paths = open_unique(activity.path(), "secret", 3, Duration::ZERO);
+    observer.wait_for_log("the Authority refused to issue a token (401, invalid_client: wrong or missing client secret)");
+    assert!(s.authority.issued().is_empty());
+    // The Secret is corrected: the file is read again on the next attempt.
+    std::fs::write(&secret, "right-secret\n").unwrap();
+    let state = s
+        .authority
+        .wait_until("delivered once the secret is right", |st| {
+            all_delivered(st, &paths)
+        });
+    let stopped = observer.stop();
+    assert_eq!(list(&state["issued"]).len(), 1);
+    let refusal = stopped
+        .stderr
+        .lines()
+        .find(|l| l.contains("invalid_client"))
+        .unwrap();
+    assert!(
+        refusal.contains("check authority.client_id and the client certificate or secret"),
+        "{refusal}"
+    );
+    assert!(!stopped.stderr.contains("right-secret") && !stopped.stderr.contains("wrong-secret"));
+}

@@ -236,7 +236,9 @@ mod tests {
         assert!(err.contains("bound to another DPoP key"), "{err}");
         assert!(!path.exists());
 
-        cache.store(&token(500)).unwrap();
+        let mut expired = token(60_000);
+        expired.expires_at_ms = now_ms() - 1;
+        cache.store(&expired).unwrap();
         assert!(cache.load(&expected("k1")).unwrap_err().contains("expired"));
 
         cache.store(&t).unwrap();

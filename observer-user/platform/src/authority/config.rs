@@ -350,3 +350,114 @@ impl AuthorityArgs {
         ]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Wrapper {
+        authority: AuthorityConfig,
+    }
+
+    fn parse(text: &str) -> Result<AuthorityConfig, String> {
+        toml::from_str::<Wrapper>(text)
+            .map(|w| w.authority)
+            .map_err(|e| e.to_string())
+    }
+
+    fn problems(config: &AuthorityConfig, token_file: bool) -> Vec<String> {
+        let mut found = Vec::new();
+        config.check(token_file, &mut |key, problem| {
+            found.push(format!("{key}: {problem}"));
+        });
+        found
+    }
+
+    #[test]
+    fn refresh_before_is_a_share_of_the_lifetime_or_a_duration() {
+        let share = parse("[authority]\nrefresh_before = \"20%\"").unwrap();
+        assert_eq!(share.refresh_before, RefreshBefore::Fraction(0.2));
+        assert_eq!(
+            share
+                .refresh_before
+                .ahead_of_expiry(Duration::from_secs(300)),
+            Duration::from_secs(60)
+        );
+        let ahead = parse("[authority]\nrefresh_before = \"30s\"").unwrap();
+        assert_eq!(
+            ahead
+                .refresh_before
+                .ahead_of_expiry(Duration::from_secs(300)),
+            Duration::from_secs(30)
+        );
+        // Never more than half of a short token's life.
+        assert_eq!(
+            ahead
+                .refresh_before
+                .ahead_of_expiry(Duration::from_secs(20)),
+            Duration::from_secs(10)
+        );
+        for bad in ["0%", "100%", "lots"] {
+            let err = parse(&format!("[authority]\nrefresh_before = \"{bad}\"")).unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_complete_table_passes_and_each_missing_piece_is_named() {
+        let dir =
+            std::env::temp_dir().join(format!("zastava-authority-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key.pem");
+        let cert = dir.join("tls.crt");
+        // The P-256 key of RFC 7517 appendix A.2, as a JWK.
+        std::fs::write(
+            &key,
+            r#"{"kty":"EC","crv":"P-256","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM","d":"870MB6gfuTJ4HtUnUvYMyJpr5eUZNP4Bk43bVdj3eAE"}"#,
+        )
+        .unwrap();
+        std::fs::write(&cert, "x").unwrap();
+        let complete = AuthorityConfig {
+            issuer: Some("https://authority.internal".parse().unwrap()),
+            dpop_key_file: Some(key.clone()),
+            client_cert_file: Some(cert.clone()),
+            client_key_file: Some(cert.clone()),
+            ..AuthorityConfig::default()
+        };
+        assert_eq!(problems(&complete, false), Vec::<String>::new());
+        assert_eq!(
+            problems(&complete, true),
+            ["backend.token_file: cannot be used with authority.issuer: tokens come from the Authority (a static token for bootstrap goes in authority.static_token_file, with authority.allow_static_token_fallback = true)"]
+        );
+        let without_key = AuthorityConfig {
+            dpop_key_file: None,
+            ..complete.clone()
+        };
+        assert!(
+            problems(&without_key, false)[0].starts_with("authority.dpop_key_file: is required")
+        );
+        // Without DPoP or mutual TLS required, a client secret alone will do.
+        let secret = AuthorityConfig {
+            require_dpop: false,
+            require_mutual_tls: false,
+            dpop_key_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            client_secret_file: Some(cert.clone()),
+            ..complete.clone()
+        };
+        assert_eq!(problems(&secret, false), Vec::<String>::new());
+        // Nothing without an issuer.
+        let orphan = AuthorityConfig {
+            issuer: None,
+            ..complete
+        };
+        let found = problems(&orphan, false);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found
+            .iter()
+            .all(|p| p.contains("has no effect without authority.issuer")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
