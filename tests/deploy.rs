@@ -108,6 +108,8 @@ struct PodFs {
     mounts: Vec<(String, Value, PathBuf)>,
     /// The CA behind the Secrets' certificates.
     pki: Pki,
+    /// The DPoP key of the Secret zastava-authority-dpop.
+    dpop_key: PathBuf,
 }
 
 impl PodFs {
@@ -159,7 +161,15 @@ impl PodFs {
             mounts.push(((*parent).to_owned(), Value::Null, here));
         }
         mounts.sort_by_key(|(path, _, _)| std::cmp::Reverse(path.len()));
-        let fs = PodFs { dir, mounts, pki };
+        // The DPoP key an operator puts in zastava-authority-dpop.
+        let dpop_key = dir.path().join("dpop-key.pem");
+        common::authority::generate_dpop_key(&dpop_key);
+        let fs = PodFs {
+            dir,
+            mounts,
+            pki,
+            dpop_key,
+        };
         for (_, volume, here) in &fs.mounts {
             if let Some(name) = volume["configMap"]["name"].as_str() {
                 let map = object(docs, "ConfigMap", name);
@@ -174,6 +184,11 @@ impl PodFs {
                         ("tls.key", &fs.pki.server_key),
                     ],
                     "zastava-backend" => &[("ca.crt", &fs.pki.ca)],
+                    "zastava-authority-dpop" => &[("key.pem", &fs.dpop_key)],
+                    "zastava-authority-mtls" => &[
+                        ("tls.crt", &fs.pki.client_cert),
+                        ("tls.key", &fs.pki.client_key),
+                    ],
                     other => panic!("a Secret the deployment docs do not describe: {other}"),
                 };
                 let mut contents: Vec<(&str, Vec<u8>)> = files
@@ -181,6 +196,7 @@ impl PodFs {
                     .map(|(file, source)| (*file, std::fs::read(source).unwrap()))
                     .collect();
                 if name == "zastava-backend" {
+                    // The bootstrap token of the Authority-offline procedure.
                     contents.push(("token", b"operator-token\n".to_vec()));
                 }
                 write_secret_volume(here, &contents);
@@ -394,7 +410,42 @@ fn check_observer(overlay: &str, runtime_socket: &str) -> BTreeMap<String, Strin
         daemonset["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"],
         port.to_string()
     );
+    if settings["authority.issuer"] != "(none)" {
+        check_authority(&fs, &settings);
+        // The OpTok cache is on the host, beside the spool: a restarted pod reuses it.
+        assert_eq!(
+            fs.host_path_of(&settings["authority.token_cache_dir"]),
+            "/var/lib/zastava/authority"
+        );
+    }
     settings
+}
+
+/// The Authority settings of a pod: DPoP and mutual TLS required, the key and the client
+/// certificate from the Secrets the runbook names.
+fn check_authority(fs: &PodFs, settings: &BTreeMap<String, String>) {
+    assert_eq!(
+        settings["authority.issuer"],
+        "https://authority.stellaops.svc/"
+    );
+    assert_eq!(settings["authority.client_id"], "zastava-runtime");
+    assert_eq!(
+        settings["authority.scopes"],
+        "aud:scanner api:scanner.runtime.write"
+    );
+    assert_eq!(settings["authority.require_dpop"], "true");
+    assert_eq!(settings["authority.require_mutual_tls"], "true");
+    assert_eq!(settings["authority.allow_static_token_fallback"], "false");
+    for (key, secret) in [
+        ("authority.dpop_key_file", "zastava-authority-dpop"),
+        ("authority.client_cert_file", "zastava-authority-mtls"),
+    ] {
+        assert_eq!(
+            fs.volume_of(&settings[key])["secret"]["secretName"],
+            secret,
+            "{key}"
+        );
+    }
 }
 
 #[test]
@@ -682,6 +733,14 @@ fn check_registered_webhook(docs: &[Value]) {
     );
     let issuer = str_of(&certificate["spec"]["issuerRef"]["name"]);
     object(docs, "Issuer", issuer);
+
+    // OpToks for the backend, cached in memory (the root filesystem is read-only).
+    check_authority(&fs, &settings);
+    assert!(
+        fs.volume_of(&settings["authority.token_cache_dir"])["emptyDir"].is_object(),
+        "{}",
+        settings["authority.token_cache_dir"]
+    );
 
     // Probes and metrics.
     assert_eq!(
@@ -1146,4 +1205,45 @@ fn every_alert_and_dashboard_query_names_metrics_the_binaries_export() {
         }
     }
     assert!(queries >= 10, "{queries} queries");
+}
+
+/// The Authority-offline procedure of docs/operations.md: the bootstrap token in the
+/// Secret zastava-backend and the two variables `kubectl set env` adds make a configuration
+/// both binaries accept, reading the token from that Secret.
+#[test]
+fn the_authority_offline_fallback_of_the_runbook_is_a_valid_configuration() {
+    let docs = render("overlays/complete");
+    let runbook = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+    let variables = [
+        ("ZASTAVA__AUTHORITY__ALLOW_STATIC_TOKEN_FALLBACK", "true"),
+        (
+            "ZASTAVA__AUTHORITY__STATIC_TOKEN_FILE",
+            "/var/run/secrets/zastava/backend/token",
+        ),
+    ];
+    for (name, value) in variables {
+        assert!(runbook.contains(&format!("{name}={value}")), "{name}");
+    }
+    for (kind, name, container, binary) in [
+        ("DaemonSet", "zastava-observer", "observer", observer_bin()),
+        ("Deployment", "zastava-webhook", "webhook", webhook_bin()),
+    ] {
+        let workload = object(&docs, kind, name);
+        let pod = &workload["spec"]["template"]["spec"];
+        let mut container = named(&pod["containers"], container).clone();
+        let env = container["env"].as_array_mut().unwrap();
+        for (name, value) in variables {
+            env.push(serde_json::json!({"name": name, "value": value}));
+        }
+        let fs = PodFs::new(&docs, pod, &container);
+        let settings = check_config(&fs, &container, binary);
+        assert_eq!(settings["authority.allow_static_token_fallback"], "true");
+        let token = &settings["authority.static_token_file"];
+        assert_eq!(
+            fs.volume_of(token)["secret"]["secretName"],
+            "zastava-backend",
+            "{binary}"
+        );
+        assert_eq!(std::fs::read_to_string(token).unwrap(), "operator-token\n");
+    }
 }

@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod authority;
 pub mod backend;
 pub mod containerd;
 pub mod webhook;
@@ -301,6 +302,11 @@ impl Observer {
             "the observer never logged {needle:?}:\n{}",
             state.stderr
         );
+    }
+
+    /// What the observer logged so far.
+    pub fn stderr(&self) -> String {
+        self.shared.0.lock().unwrap().stderr.clone()
     }
 
     /// Every event seen so far that matches `pred`.

@@ -17,7 +17,9 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the build and the tests use besides the eBPF toolchain: protoc for the
 /// CRI client, a real container runtime for the attribution tests, the peers the
-/// benchmark compares with, and systemd-analyze and setpriv for the systemd unit's tests.
+/// benchmark compares with, systemd-analyze and setpriv for the systemd unit's tests, and
+/// for the test Authority (tests/authority/authority.py) Debian's python3 with PyJWT and
+/// cryptography, and openssl, which makes the tests' DPoP keys.
 /// (The Kubernetes manifests' tests render them with `kubectl kustomize`, which this
 /// kind of machine has and Debian does not package.)
 const PACKAGES: &[&str] = &[
@@ -29,6 +31,10 @@ const PACKAGES: &[&str] = &[
     "bpftrace",
     "systemd",
     "util-linux",
+    "python3",
+    "python3-jwt",
+    "python3-cryptography",
+    "openssl",
 ];
 
 /// Major LLVM version of the nightly rustc (bpf-linker must link the same one).

@@ -4,7 +4,9 @@
 //!
 //! Nothing here loads eBPF programs: the webhook depends on this crate, not on the observer.
 
+pub mod authority;
 pub mod backend;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod tls;

@@ -129,6 +129,39 @@ pub const SHIPPER_BACKEND_LATENCY: Metric = histogram(
     ],
 );
 
+// --- The Authority (both binaries) ----------------------------------------------------
+
+pub const AUTHORITY_TOKEN_ISSUES: Metric = counter(
+    "zastava_authority_token_issues_total",
+    &["result"],
+    "OpTok requests to the Authority, by result: issued, cached (reused from the cache at start), or why none came (not_dpop, unreachable, tls, discovery, rejected, wrong_binding, bad_reply, dpop_key, client_secret).",
+);
+pub const AUTHORITY_TOKEN_EXPIRY: Metric = gauge(
+    "zastava_authority_token_expiry_timestamp_seconds",
+    &[],
+    "When the token in use expires (Unix time; a static token without exp: a day after it was made; 0: none yet).",
+);
+pub const AUTHORITY_TOKEN_ISSUED: Metric = gauge(
+    "zastava_authority_token_issued_timestamp_seconds",
+    &[],
+    "When the token in use was issued (Unix time).",
+);
+pub const AUTHORITY_FALLBACK_ACTIVE: Metric = gauge(
+    "zastava_authority_fallback_active",
+    &[],
+    "1 while the static token stands in for an OpTok the Authority cannot issue.",
+);
+pub const AUTHORITY_NONCE_CHALLENGES: Metric = counter(
+    "zastava_authority_dpop_nonce_challenges_total",
+    &["server"],
+    "use_dpop_nonce challenges answered, by server: authority, backend.",
+);
+pub const AUTHORITY_TOKEN_DROPS: Metric = counter(
+    "zastava_authority_token_drops_total",
+    &["cause"],
+    "OpToks dropped before expiry, by cause: invalid_token (the backend refused it), key_rotated, invalidated (invalidate-op-token, or refused by the backend twice).",
+);
+
 // --- The webhook ----------------------------------------------------------------------
 
 pub const ADMISSION_DECISIONS: Metric = counter(
@@ -205,6 +238,12 @@ pub const OBSERVER: &[Metric] = &[
     EVENTS_LAG,
     BACKEND_REQUESTS,
     SHIPPER_BACKEND_LATENCY,
+    AUTHORITY_TOKEN_ISSUES,
+    AUTHORITY_TOKEN_EXPIRY,
+    AUTHORITY_TOKEN_ISSUED,
+    AUTHORITY_FALLBACK_ACTIVE,
+    AUTHORITY_NONCE_CHALLENGES,
+    AUTHORITY_TOKEN_DROPS,
 ];
 
 /// What `zastava-webhook` exports.
@@ -220,6 +259,12 @@ pub const WEBHOOK: &[Metric] = &[
     ADMISSION_CERTIFICATE_RELOADS,
     ADMISSION_CERTIFICATE_RELOAD_ERRORS,
     POLICY_BACKEND_LATENCY,
+    AUTHORITY_TOKEN_ISSUES,
+    AUTHORITY_TOKEN_EXPIRY,
+    AUTHORITY_TOKEN_ISSUED,
+    AUTHORITY_FALLBACK_ACTIVE,
+    AUTHORITY_NONCE_CHALLENGES,
+    AUTHORITY_TOKEN_DROPS,
 ];
 
 /// The metrics of one binary.

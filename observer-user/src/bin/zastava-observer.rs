@@ -1,8 +1,8 @@
 //! `zastava-observer`: the node daemon.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use zastava::{
     config::Config,
     daemon::{self, RunOptions},
@@ -10,6 +10,7 @@ use zastava::{
     ops::doctor::{self, Status},
 };
 use zastava_platform::{
+    authority::{admin, AuthorityArgs},
     backend::BackendArgs,
     config::{parse_assignment, parse_bytes, parse_duration, Sources},
 };
@@ -41,6 +42,21 @@ enum Command {
         #[arg(long, conflicts_with = "cri_endpoint")]
         no_cri: bool,
     },
+    /// Make the running observer drop its OpTok (from memory and its cache), so that its
+    /// next call to the backend re-issues one.
+    InvalidateOpToken {
+        /// Whose credentials: the Scanner backend's.
+        #[arg(long, value_enum)]
+        audience: Audience,
+        /// The observer's admin endpoint (loopback; admin.addr).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9467")]
+        admin_addr: SocketAddr,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Audience {
+    Scanner,
 }
 
 /// Flags of `run`. Each one that is given overrides its configuration key (named in its
@@ -120,6 +136,8 @@ struct RunArgs {
     cri_timeout: Option<String>,
     #[command(flatten)]
     backend: BackendArgs,
+    #[command(flatten)]
+    authority: AuthorityArgs,
     /// [spool.dir] Where batches wait for the backend.
     #[arg(long, value_name = "PATH")]
     spool_dir: Option<PathBuf>,
@@ -164,6 +182,7 @@ fn configuration(args: &RunArgs) -> Result<Config, String> {
         ("spool.dir", &args.spool_dir),
     ]);
     args.backend.apply(s);
+    args.authority.apply(s);
     s.set_given([
         ("ndjson.path", &args.ndjson),
         ("observer.enrichment_wait", &args.enrichment_wait),
@@ -190,6 +209,30 @@ fn main() -> ExitCode {
     zastava_platform::logging::init();
     let cli = Cli::parse();
     match cli.command {
+        Command::InvalidateOpToken {
+            audience: Audience::Scanner,
+            admin_addr,
+        } => {
+            // Plain HTTP to loopback; reqwest still wants a TLS provider to exist.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let answer = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))
+                .and_then(|runtime| {
+                    runtime.block_on(admin::request_invalidate("zastava-observer", admin_addr))
+                });
+            match answer {
+                Ok(body) => {
+                    println!("{}", body.trim());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("zastava-observer: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Doctor {
             host_root,
             cri_endpoint,

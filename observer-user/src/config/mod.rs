@@ -17,6 +17,7 @@ use std::{
 
 use serde::Deserialize;
 use zastava_platform::{
+    authority::AuthorityConfig,
     backend::BackendConfig,
     config::{bytes, describe_lines, duration, is_dns_label, ConfigError, ConfigErrors, Sources},
 };
@@ -35,9 +36,11 @@ pub struct Config {
     pub cri: CriConfig,
     pub batch: BatchConfig,
     pub backend: BackendConfig,
+    pub authority: AuthorityConfig,
     pub spool: SpoolConfig,
     pub ndjson: NdjsonConfig,
     pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -185,6 +188,25 @@ impl Default for MetricsConfig {
     }
 }
 
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Loopback only: `POST /invalidate-op-token`, served while an Authority issues the
+    /// backend's credentials.
+    pub addr: SocketAddr,
+}
+
+/// The observer's admin port (the webhook's is 9466).
+pub const DEFAULT_ADMIN_PORT: u16 = 9467;
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT)),
+        }
+    }
+}
+
 impl Config {
     /// Layers the sources and checks the result.
     pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
@@ -197,7 +219,7 @@ impl Config {
     pub fn describe(&self) -> String {
         let path = |p: &Path| p.display().to_string();
         let or_none = |v: Option<String>| v.unwrap_or_else(|| "(none)".into());
-        let lines = [
+        let mut lines = vec![
             (
                 "zastava.attach.enabled",
                 self.zastava.attach.enabled.to_string(),
@@ -263,6 +285,10 @@ impl Config {
                 or_none(self.metrics.addr.map(|a| a.to_string())),
             ),
         ];
+        lines.extend(self.authority.describe());
+        if self.authority.enabled() {
+            lines.push(("admin.addr", self.admin.addr.to_string()));
+        }
         describe_lines(&lines)
     }
 
@@ -331,6 +357,17 @@ impl Config {
             );
         }
         self.backend.check(&mut bad);
+        self.authority
+            .check(self.backend.token_file.is_some(), &mut bad);
+        if !self.admin.addr.ip().is_loopback() {
+            bad(
+                "admin.addr",
+                format!(
+                    "{} is not a loopback address; the admin endpoint drops credentials and must not be reachable from the network",
+                    self.admin.addr
+                ),
+            );
+        }
         if self.spool.max_bytes < 64 << 10 {
             bad("spool.max_bytes", "must be at least 64K".into());
         }

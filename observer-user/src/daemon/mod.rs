@@ -89,6 +89,12 @@ pub enum RunError {
     Backend(BackendError),
     #[error(transparent)]
     Spool(SpoolError),
+    #[error("cannot serve the admin endpoint on {addr}: {source}; set admin.addr to a free loopback address")]
+    Admin {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,

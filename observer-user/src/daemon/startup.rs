@@ -110,6 +110,13 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
         None => (None, None, CriStatus::default()),
     };
     let delivery = Arc::new(Delivery::new(spool));
+    if let Some(authority) = backend.as_ref().and_then(BackendClient::authority) {
+        let addr = config.admin.addr;
+        let bound = server::serve_admin(addr, Arc::clone(authority))
+            .await
+            .map_err(|source| RunError::Admin { addr, source })?;
+        info!("admin endpoint on http://{bound}/invalidate-op-token");
+    }
     let shipper = backend.map(|client| start_shipper(config, client, &delivery));
     let ready = Arc::new(AtomicBool::new(false));
     serve_metrics(config, metrics_handle, &delivery, &ready).await?;
@@ -186,7 +193,8 @@ fn open_delivery(config: &Config) -> Result<(Option<BackendClient>, Option<Spool
     if !config.scanner.runtime.capture.enabled {
         return Ok((None, None));
     }
-    let client = BackendClient::new(&config.backend).map_err(RunError::Backend)?;
+    let client =
+        BackendClient::new(&config.backend, &config.authority).map_err(RunError::Backend)?;
     let spool = Spool::open(
         &config.spool.dir,
         config.spool.max_bytes,

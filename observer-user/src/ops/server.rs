@@ -1,5 +1,6 @@
 //! The observer's HTTP endpoints: `/metrics` (Prometheus), `/healthz` (the process is up)
-//! and `/readyz` (the probes are attached and events flow).
+//! and `/readyz` (the probes are attached and events flow); and, on loopback, the admin
+//! endpoint `POST /invalidate-op-token`.
 
 use std::{
     net::SocketAddr,
@@ -9,8 +10,15 @@ use std::{
     },
 };
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use axum::{
+    extract::State,
+    http::{StatusCode, Uri},
+    response::IntoResponse,
+    routing::{get, post},
+    Router,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
+use zastava_platform::authority::{admin, Authority};
 
 use crate::output::account::{self, Delivery};
 
@@ -73,4 +81,42 @@ pub async fn serve(addr: SocketAddr, endpoints: Endpoints) -> std::io::Result<So
 /// Marks readiness.
 pub fn set_ready(flag: &AtomicBool, ready: bool) {
     flag.store(ready, Ordering::Relaxed);
+}
+
+/// `POST /invalidate-op-token?audience=scanner`: drops the OpTok (memory and cache).
+async fn invalidate(State(authority): State<Arc<Authority>>, uri: Uri) -> impl IntoResponse {
+    let (status, body) = match admin::audience_of(uri.query()) {
+        Ok(audience) => {
+            let dropped = authority.invalidate();
+            tracing::info!(dropped, "the OpTok was dropped (invalidate-op-token)");
+            (
+                StatusCode::OK,
+                serde_json::json!({"audience": audience, "tokenDropped": dropped}),
+            )
+        }
+        Err(error) => (StatusCode::BAD_REQUEST, serde_json::json!({"error": error})),
+    };
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+/// Binds the loopback admin endpoint and serves it in the background.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    authority: Arc<Authority>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let router = Router::new()
+        .route(admin::INVALIDATE_PATH, post(invalidate))
+        .with_state(authority);
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router).await {
+            tracing::warn!("the admin endpoint stopped: {err}");
+        }
+    });
+    Ok(bound)
 }

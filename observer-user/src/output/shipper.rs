@@ -5,8 +5,11 @@
 //! id as `Idempotency-Key` (a retried batch keeps its id, so the backend can drop
 //! duplicates). Timeouts, connection errors and 5xx are retried with exponential backoff
 //! and full jitter; 429 waits for `Retry-After`; 401/403 are retried too (the token file is
-//! re-read when it changes, so a rotated token takes effect); any other 4xx means the
-//! backend will never take the batch: it goes to the dead-letter file, counted.
+//! re-read when it changes, so a rotated token takes effect); so is a call that has no
+//! credentials because the Authority cannot issue an OpTok — the batch waits in the spool,
+//! as for a backend outage. (The DPoP nonce and `invalid_token` retries happen inside the
+//! backend client.) Any other 4xx means the backend will never take the batch: it goes to
+//! the dead-letter file, counted.
 
 use std::{
     path::PathBuf,
@@ -228,7 +231,12 @@ impl Shipper {
                         .unwrap_or(BACKOFF_BASE);
                     Outcome::Throttled(wait)
                 } else if matches!(status.as_u16(), 401 | 403) {
-                    Outcome::Retry(format!("{status}: check backend.token_file"))
+                    let hint = if self.client.authority().is_some() {
+                        "the backend refused the OpTok; check the Authority's client registration (scopes, audience)"
+                    } else {
+                        "check backend.token_file"
+                    };
+                    Outcome::Retry(format!("{status}: {hint}"))
                 } else if status.is_client_error() && status.as_u16() != 408 {
                     let body = response.text().await.unwrap_or_default();
                     Outcome::Rejected {

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use serde::Deserialize;
 
 use zastava_platform::{
+    authority::AuthorityConfig,
     backend::BackendConfig,
     config::{bytes, describe_lines, duration, is_dns_label, ConfigError, ConfigErrors, Sources},
 };
@@ -17,6 +18,7 @@ pub struct WebhookConfig {
     pub policy: PolicyConfig,
     pub cache: CacheConfig,
     pub backend: BackendConfig,
+    pub authority: AuthorityConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
 }
@@ -168,7 +170,7 @@ impl WebhookConfig {
             p.as_ref()
                 .map_or_else(|| "(none)".into(), |p| p.display().to_string())
         };
-        let lines = [
+        let mut lines = vec![
             ("server.addr", self.server.addr.to_string()),
             ("server.cert_file", path(&self.server.cert_file)),
             ("server.key_file", path(&self.server.key_file)),
@@ -196,6 +198,7 @@ impl WebhookConfig {
             ),
             ("admin.addr", self.admin.addr.to_string()),
         ];
+        lines.extend(self.authority.describe());
         describe_lines(&lines)
     }
 
@@ -264,6 +267,8 @@ impl WebhookConfig {
             );
         }
         self.backend.check(&mut bad);
+        self.authority
+            .check(self.backend.token_file.is_some(), &mut bad);
         if !self.admin.addr.ip().is_loopback() {
             bad(
                 "admin.addr",

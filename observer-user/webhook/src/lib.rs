@@ -74,7 +74,7 @@ pub async fn serve(config: WebhookConfig, metrics: PrometheusHandle) -> Result<(
     backend.timeout = backend
         .timeout
         .min(config.policy.budget + Duration::from_millis(250));
-    let client = BackendClient::new(&backend)?;
+    let client = BackendClient::new(&backend, &config.authority)?;
     let app = Arc::new(App {
         policy: Policy::new(
             config.policy.clone(),

@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use zastava_platform::{
+    authority::{admin, AuthorityArgs},
     backend::BackendArgs,
     config::{parse_assignment, Sources},
     metrics::{self, Binary},
@@ -25,7 +26,8 @@ struct Cli {
 enum Command {
     /// Serve admission requests over HTTPS until SIGINT/SIGTERM.
     Serve(Box<ServeArgs>),
-    /// Make the running webhook drop its cached backend credentials and verdicts.
+    /// Make the running webhook drop its backend credentials (the OpTok, from memory and
+    /// its cache, so the next call re-issues; or the token file's token) and its verdicts.
     InvalidateOpToken {
         /// Whose credentials: the Scanner backend's.
         #[arg(long, value_enum)]
@@ -82,6 +84,8 @@ struct ServeArgs {
     tag_only: Option<TagOnlyArg>,
     #[command(flatten)]
     backend: BackendArgs,
+    #[command(flatten)]
+    authority: AuthorityArgs,
     /// [metrics.addr] Serve /metrics, /healthz and /readyz over plain HTTP here.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
@@ -98,6 +102,7 @@ fn configuration(args: &ServeArgs) -> Result<WebhookConfig, String> {
         ("server.key_file", &args.key_file),
     ]);
     args.backend.apply(s);
+    args.authority.apply(s);
     s.set_given([
         ("server.addr", &args.addr),
         ("policy.budget", &args.budget),
@@ -121,27 +126,6 @@ fn configuration(args: &ServeArgs) -> Result<WebhookConfig, String> {
     WebhookConfig::load(&sources).map_err(|e| e.to_string())
 }
 
-async fn invalidate(admin: SocketAddr) -> Result<String, String> {
-    if !admin.ip().is_loopback() {
-        return Err(format!(
-            "{admin} is not a loopback address; the admin endpoint only listens on loopback"
-        ));
-    }
-    let url = format!("http://{admin}/invalidate-op-token?audience=scanner");
-    let response = reqwest::Client::new()
-        .post(&url)
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach the webhook's admin endpoint at {admin}: {e} (is zastava-webhook running here, with admin.addr = \"{admin}\"?)"))?;
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    if status.is_success() {
-        Ok(body)
-    } else {
-        Err(format!("the webhook answered {status}: {body}"))
-    }
-}
-
 fn main() -> ExitCode {
     zastava_platform::logging::init();
     // Plain-HTTP clients (the admin command) need a process-wide TLS provider to exist.
@@ -161,7 +145,7 @@ fn main() -> ExitCode {
         Command::InvalidateOpToken {
             audience: Audience::Scanner,
             admin_addr,
-        } => match runtime.block_on(invalidate(admin_addr)) {
+        } => match runtime.block_on(admin::request_invalidate("zastava-webhook", admin_addr)) {
             Ok(body) => {
                 println!("{}", body.trim());
                 ExitCode::SUCCESS

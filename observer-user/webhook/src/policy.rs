@@ -142,7 +142,9 @@ async fn call_backend(
         .send()
         .await
         .map_err(|e| {
-            if e.is_timeout() {
+            if e.is_credentials() {
+                ("credentials", e.to_string())
+            } else if e.is_timeout() {
                 (
                     "timeout",
                     "the Scanner backend did not answer in time".to_owned(),

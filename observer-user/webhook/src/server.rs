@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use zastava_platform::authority::admin;
 use zastava_platform::metrics::{
     ADMISSION_DECISIONS, ADMISSION_DECISION_SECONDS, ADMISSION_INVALID_REQUESTS,
     ADMISSION_TLS_HANDSHAKE_FAILURES,
@@ -153,23 +154,18 @@ pub fn metrics_router(handle: PrometheusHandle) -> Router {
         .with_state(handle)
 }
 
-/// `POST /invalidate-op-token?audience=scanner`: drops the backend token (re-read from its
-/// file on the next call) and every cached verdict.
+/// `POST /invalidate-op-token?audience=scanner`: drops the backend credentials (the OpTok
+/// from memory and its cache, or the token file's token) and every cached verdict.
 async fn invalidate(State(app): State<Arc<App>>, uri: Uri) -> Response {
-    let audience = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("audience="))
-        .unwrap_or_default();
-    if audience != "scanner" {
-        return json(
-            StatusCode::BAD_REQUEST,
-            &serde_json::json!({
-                "error": format!("unknown audience {audience:?}; the webhook holds credentials for \"scanner\" only"),
-            }),
-        );
-    }
+    let audience = match admin::audience_of(uri.query()) {
+        Ok(audience) => audience,
+        Err(error) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": error }),
+            )
+        }
+    };
     app.policy.client().invalidate_token();
     let verdicts = app.policy.cache().clear();
     info!(
@@ -188,7 +184,7 @@ async fn invalidate(State(app): State<Arc<App>>, uri: Uri) -> Response {
 
 pub fn admin_router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/invalidate-op-token", post(invalidate))
+        .route(admin::INVALIDATE_PATH, post(invalidate))
         .with_state(app)
 }
 

@@ -4,5 +4,5 @@
 pub mod client;
 pub mod config;
 
-pub use client::{tls_config, BackendClient, BackendError};
+pub use client::{tls_config, BackendClient, BackendError, BackendRequest, SendError};
 pub use config::{BackendArgs, BackendConfig};
