@@ -129,6 +129,17 @@ pub const SHIPPER_BACKEND_LATENCY: Metric = histogram(
     ],
 );
 
+pub const RUNTIME_ERRORS: Metric = counter(
+    "zastava_container_runtime_errors_total",
+    &["runtime", "reason"],
+    "Failed calls to a container runtime (cri, docker), by reason; events of containers it could not describe are sent with their container id only.",
+);
+pub const RUNTIME_CONNECTED: Metric = gauge(
+    "zastava_container_runtime_connected",
+    &["runtime"],
+    "1 while the container runtime (cri, docker) answers, 0 while the observer reconnects.",
+);
+
 // --- The webhook ----------------------------------------------------------------------
 
 pub const ADMISSION_DECISIONS: Metric = counter(
@@ -205,6 +216,8 @@ pub const OBSERVER: &[Metric] = &[
     EVENTS_LAG,
     BACKEND_REQUESTS,
     SHIPPER_BACKEND_LATENCY,
+    RUNTIME_ERRORS,
+    RUNTIME_CONNECTED,
 ];
 
 /// What `zastava-webhook` exports.

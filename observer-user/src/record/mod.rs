@@ -20,4 +20,6 @@ pub use item::{Item, Lifecycle, Record};
 pub use json::RecordWriter;
 pub use node::HostIdentity;
 pub use time::Timestamp;
-pub use workload::{Attribution, ContainerInfo, ContainerState, Enrichment, ImageInfo, PodInfo};
+pub use workload::{
+    Attribution, ContainerInfo, ContainerState, Enrichment, ImageInfo, Origin, PodInfo,
+};
