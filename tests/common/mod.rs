@@ -19,6 +19,7 @@ use std::{
 
 pub mod backend;
 pub mod containerd;
+pub mod dockerd;
 pub mod webhook;
 
 use serde_json::Value;

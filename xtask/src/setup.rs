@@ -16,8 +16,9 @@ use crate::cmd::{cargo, cargo_bin, output, root, run_cmd, step};
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the build and the tests use besides the eBPF toolchain: protoc for the
-/// CRI client, a real container runtime for the attribution tests, the peers the
-/// benchmark compares with, and systemd-analyze and setpriv for the systemd unit's tests.
+/// CRI client, real container runtimes for the attribution tests (containerd; Docker Engine
+/// and Compose, whose tests start a private dockerd), the peers the benchmark compares
+/// with, and systemd-analyze and setpriv for the systemd unit's tests.
 /// (The Kubernetes manifests' tests render them with `kubectl kustomize`, which this
 /// kind of machine has and Debian does not package.)
 const PACKAGES: &[&str] = &[
@@ -25,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "busybox-static",
+    "docker.io",
+    "docker-compose",
     "libbpf-tools",
     "bpftrace",
     "systemd",

@@ -125,6 +125,17 @@ impl DockerSource {
         let Some(inspect) = client.inspect_container(id).await.map_err(Stop::Runtime)? else {
             return Ok(false);
         };
+        self.describe_inspected(client, inspect, out).await?;
+        Ok(true)
+    }
+
+    /// Reports what an inspection says.
+    async fn describe_inspected(
+        &mut self,
+        client: &DockerClient,
+        inspect: ContainerInspect,
+        out: &Updates,
+    ) -> Result<()> {
         let labels = inspect.config.labels.clone().unwrap_or_default();
         let pod = match role(&labels) {
             Role::Sandbox => {
@@ -132,7 +143,7 @@ impl DockerSource {
                 self.warn_identity(&pod, &inspect.id);
                 self.pods.insert(inspect.id.clone(), Arc::clone(&pod));
                 out.send(Update::Pod(pod)).await?;
-                return Ok(true);
+                return Ok(());
             }
             Role::InPod(sandbox) => match self.sandbox(client, sandbox, out).await? {
                 Some(pod) => pod,
@@ -143,7 +154,7 @@ impl DockerSource {
                         retry: false,
                     };
                     out.send(failed).await?;
-                    return Ok(true);
+                    return Ok(());
                 }
             },
             Role::Standalone => {
@@ -158,8 +169,7 @@ impl DockerSource {
             }
         };
         let info = self.container_info(client, &inspect, &labels, pod).await?;
-        self.publish(info, out).await?;
-        Ok(true)
+        self.publish(info, out).await
     }
 
     async fn container_info(
@@ -203,10 +213,12 @@ impl DockerSource {
             image,
             state,
             started_at_ns,
-            finished_at_ns: if exited {
-                parse_time_ns(&inspect.state.finished_at)
-            } else {
-                0
+            // dockerd takes StartedAt once the process runs, the finish from the process's
+            // exit: a container that exits within a millisecond can finish "before" it
+            // started. Its stop is then reported at its start, never before it.
+            finished_at_ns: match parse_time_ns(&inspect.state.finished_at) {
+                finished if exited && finished > 0 => finished.max(started_at_ns),
+                _ => 0,
             },
             exit_code: if exited {
                 i32::try_from(inspect.state.exit_code).ok()
@@ -286,9 +298,9 @@ impl DockerSource {
         let info = image_info(requested, image_id, facts);
         if !info.has_usable_digest() {
             warn!(
-                "image {requested:?}: Docker Engine knows no manifest digest for it (it was not pulled from a registry); its containers' events carry the {} digest {:?} and are marked partial",
+                "image {requested:?}: Docker Engine knows no manifest digest for it (it was not pulled from a registry); its containers' events carry its {} digest ({}) and are marked partial",
                 info.digest_kind.as_str(),
-                info.digest
+                info.digest.as_deref().unwrap_or("none")
             );
         }
         self.images.insert(key, info.clone());
@@ -481,15 +493,24 @@ impl RuntimeSource for DockerSource {
         let id = event.actor.id.clone();
         match event.action.as_str() {
             "destroy" => self.forget(&id, out).await,
-            "die" => match self.died(&event) {
-                Some(info) => self.publish(info, out).await,
-                None => {
-                    if !self.describe(client, &id, out).await? {
-                        self.describe_from_event(&event, out).await?;
+            "die" => {
+                // The engine's own record of the exit is the most precise; the event's
+                // stands in when the container is already gone (`--rm`), and comes first when
+                // a restart policy has started it again already.
+                let died = self.died(&event);
+                let inspected = client.inspect_container(&id).await.map_err(Stop::Runtime)?;
+                match (inspected, died) {
+                    (Some(inspect), died) => {
+                        let running = state_of(&inspect.state.status) != ContainerState::Exited;
+                        if let (true, Some(died)) = (running, died) {
+                            self.publish(died, out).await?;
+                        }
+                        self.describe_inspected(client, inspect, out).await
                     }
-                    Ok(())
+                    (None, Some(died)) => self.publish(died, out).await,
+                    (None, None) => self.describe_from_event(&event, out).await,
                 }
-            },
+            }
             "create" | "start" | "rename" => {
                 if !self.describe(client, &id, out).await? {
                     self.describe_from_event(&event, out).await?;

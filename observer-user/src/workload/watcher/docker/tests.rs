@@ -186,17 +186,44 @@ async fn containers_are_described_from_listing_events_and_when_removed_from_even
     );
     assert_eq!(listed.image.reference, "zastava.test/busybox:1.0");
 
-    // It dies: the event's exit code and time, without asking the engine again.
-    let asked_before = seen.lock().unwrap().len();
-    let die = json!({"Type": "container", "Action": "die", "timeNano": 1_796_112_001_000_000_000_i64,
-                     "Actor": {"ID": web, "Attributes": {"exitCode": "137", "name": "shop_api_1"}}});
-    events_tx.send(die.to_string()).unwrap();
+    // It dies: the engine's record of the exit.
+    {
+        let mut e = engine.lock().unwrap();
+        let state = &mut e.containers.get_mut(&web).unwrap()["State"];
+        state["Status"] = json!("exited");
+        state["ExitCode"] = json!(137);
+        state["FinishedAt"] = json!("2026-12-01T08:00:01.000000002Z");
+    }
+    let die = |id: &str, code: &str, at: i64| {
+        json!({"Type": "container", "Action": "die", "timeNano": at,
+               "Actor": {"ID": id, "Attributes": {"exitCode": code, "name": "x"}}})
+        .to_string()
+    };
+    events_tx
+        .send(die(&web, "137", 1_796_112_001_500_000_000))
+        .unwrap();
     let died = next_container(&mut updates).await;
     assert_eq!(died.state, ContainerState::Exited);
     assert_eq!(died.exit_code, Some(137));
-    assert_eq!(died.finished_at_ns, 1_796_112_001_000_000_000);
+    assert_eq!(died.finished_at_ns, 1_796_112_001_000_000_002);
     assert_eq!(died.started_at_ns, listed.started_at_ns);
-    assert_eq!(seen.lock().unwrap().len(), asked_before);
+
+    // Removed as soon as it exited (`--rm`): the event's exit code and time.
+    engine.lock().unwrap().containers.remove(&web);
+    events_tx
+        .send(die(&web, "0", 1_796_112_002_000_000_000))
+        .unwrap();
+    let removed = next_container(&mut updates).await;
+    assert_eq!(removed.exit_code, Some(0));
+    assert_eq!(removed.finished_at_ns, 1_796_112_002_000_000_000);
+    assert_eq!(removed.pod.identity.id, "shop/api");
+    let inspected_web = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(&format!("/containers/{web}/json")))
+        .count();
+    assert_eq!(inspected_web, 3, "listing, then one inspection per die");
 
     // Created and removed before it could be inspected: described from the event.
     let gone = id('e');
