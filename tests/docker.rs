@@ -346,7 +346,7 @@ fn dockerd_restarted_while_the_observer_runs_is_followed_again_without_misattrib
 
     // dockerd goes away; alpha keeps running (live restore) and is still known.
     dockerd.stop_daemon();
-    observer.wait_for_log("container runtime (docker) unavailable");
+    observer.wait_for_log("container runtime unavailable (docker)");
     touch("two");
     let during = observer.wait_for(
         "alpha's exec without dockerd",

@@ -199,7 +199,7 @@ impl<S: RuntimeSource> Watcher<S> {
                 Stop::Runtime(err) => {
                     count_error(kind, &err);
                     set_connected(kind, false);
-                    warn!("container runtime ({kind}) unavailable: {err}; events from containers it has not described are sent with their container id only until it is back");
+                    warn!("container runtime unavailable ({kind}): {err}; events from containers it has not described are sent with their container id only until it is back");
                     let gone = Update::Disconnected {
                         runtime: kind,
                         reason: err.to_string(),
@@ -243,7 +243,7 @@ impl<S: RuntimeSource> Watcher<S> {
                 Err(err) => {
                     count_error(kind, &err);
                     warn!(
-                        "container runtime ({kind}) still unavailable: {err}; next try in {:?}",
+                        "container runtime still unavailable ({kind}): {err}; next try in {:?}",
                         *backoff
                     );
                 }

@@ -336,3 +336,69 @@ fn docker_states() {
     }
     assert_eq!(state_of("rebooting"), ContainerState::Unknown);
 }
+
+#[tokio::test]
+async fn an_engine_that_refuses_the_event_stream_is_polled() {
+    let dir = Dir::new("poll");
+    // No event stream: the scripted engine answers `/events` with HTTP 500.
+    let (engine, seen) = fake_engine(&dir);
+    let web = id('a');
+    engine
+        .lock()
+        .unwrap()
+        .containers
+        .insert(web.clone(), inspect(&web, "web", "running", json!(null)));
+    let (client, _) = DockerClient::connect(&dir.socket(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (updates_tx, mut updates) = mpsc::channel(64);
+    let (_requests, requests_rx) = mpsc::channel(8);
+    let source = DockerSource::new(
+        dir.socket(),
+        Duration::from_secs(5),
+        dir.path().join("proc"),
+    );
+    let config = WatcherConfig {
+        poll_interval: Duration::from_millis(50),
+    };
+    tokio::spawn(Watcher::new(source, config, Some(client), updates_tx, requests_rx).run());
+
+    let listed = next_container(&mut updates).await;
+    assert_eq!(
+        (listed.name.as_str(), listed.state),
+        ("web", ContainerState::Running)
+    );
+    // No labels at all (`null`): named after the container.
+    assert_eq!(listed.pod.identity.id, "docker:web");
+    {
+        let mut e = engine.lock().unwrap();
+        let state = &mut e.containers.get_mut(&web).unwrap()["State"];
+        state["Status"] = json!("exited");
+        state["ExitCode"] = json!(2);
+        state["FinishedAt"] = json!("2026-12-01T08:00:03Z");
+    }
+    let exited = next_container(&mut updates).await;
+    assert_eq!(
+        (exited.state, exited.exit_code),
+        (ContainerState::Exited, Some(2))
+    );
+    assert_eq!(exited.finished_at_ns, 1_796_112_003_000_000_000);
+    engine.lock().unwrap().containers.clear();
+    match next(&mut updates).await {
+        Update::ContainerGone(id) => assert_eq!(id, web),
+        other => panic!("expected the removal, got {other:?}"),
+    }
+    // Polling lists; it inspects only what changed.
+    let seen = seen.lock().unwrap();
+    let inspections = seen
+        .iter()
+        .filter(|l| l.contains(&format!("/containers/{web}/json")))
+        .count();
+    assert_eq!(inspections, 2, "{seen:?}");
+    assert!(
+        seen.iter()
+            .filter(|l| l.contains("/containers/json?all=1"))
+            .count()
+            >= 3
+    );
+}
