@@ -281,7 +281,7 @@ fn check_config_prints_the_effective_settings_and_loads_nothing() {
 fn a_configuration_with_nothing_to_observe_exits_2_so_it_is_not_restarted() {
     require_root();
     let (code, stderr) = run_with_config(
-        "[zastava.attach]\nenabled = false\n[cri]\nenabled = false\n[ndjson]\npath = \"-\"\n",
+        "[zastava.attach]\nenabled = false\n[cri]\nenabled = false\n[docker]\nenabled = false\n[ndjson]\npath = \"-\"\n",
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(

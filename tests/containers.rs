@@ -526,7 +526,7 @@ fn an_unresponsive_cri_socket_fails_within_the_timeout_instead_of_hanging() {
 #[test]
 fn a_namespace_filter_without_a_runtime_is_refused() {
     let stderr = run_observer_expecting_failure(
-        &["--no-cri", "--exclude-namespace", "x"],
+        &["--no-cri", "--no-docker", "--exclude-namespace", "x"],
         2,
         Duration::from_secs(10),
     );

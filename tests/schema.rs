@@ -144,3 +144,55 @@ fn records_that_break_the_contract_are_rejected() {
     v2["schemaVersion"] = json!(2);
     assert_invalid(&v2, "another schema version");
 }
+
+#[test]
+fn docker_containers_records_are_valid_and_their_fields_checked() {
+    let docker = |record: &mut Value| {
+        container_fields(record);
+        for (k, v) in [
+            ("workloadId", json!("shop/api")),
+            ("workloadIdSource", json!("derived")),
+            ("enrichment", json!("partial")),
+            ("namespace", json!("")),
+            ("pod", json!("")),
+            ("podUid", json!("")),
+            ("containerName", json!("shop_api_1")),
+            ("imageDigestKind", json!("config")),
+            ("containerRuntime", json!("docker")),
+            ("composeProject", json!("shop")),
+            ("composeService", json!("api")),
+        ] {
+            record[k] = v;
+        }
+    };
+    let mut open = host_open();
+    docker(&mut open);
+    assert_valid(&open);
+    let mut stop = json!({"schemaVersion": 1, "eventType": "containerStop",
+        "timestamp": "2026-11-22T06:33:58.000000000Z", "node": "vm", "hostId": "3d12", "osRelease": "x",
+        "exitCode": 137});
+    docker(&mut stop);
+    assert_valid(&stop);
+
+    let mut other_runtime = open.clone();
+    other_runtime["containerRuntime"] = json!("podman");
+    assert_invalid(&other_runtime, "containerRuntime is docker or absent");
+    let mut half_compose = open.clone();
+    half_compose
+        .as_object_mut()
+        .unwrap()
+        .remove("composeService");
+    assert_invalid(&half_compose, "a Compose project without its service");
+    let mut compose_without_runtime = open.clone();
+    compose_without_runtime
+        .as_object_mut()
+        .unwrap()
+        .remove("containerRuntime");
+    assert_invalid(
+        &compose_without_runtime,
+        "Compose fields on a CRI container",
+    );
+    let mut empty_project = open;
+    empty_project["composeProject"] = json!("");
+    assert_invalid(&empty_project, "an empty Compose project");
+}

@@ -21,6 +21,10 @@ pub mod labels {
     pub const STATEFULSET_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
     pub const JOB_NAME: &str = "job-name";
     pub const BATCH_JOB_NAME: &str = "batch.kubernetes.io/job-name";
+
+    /// Labels Docker Compose sets on the containers of a project.
+    pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+    pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 }
 
 /// How a workload id was obtained.
@@ -117,6 +121,44 @@ impl WorkloadIdentity {
             },
             errors,
         )
+    }
+}
+
+impl WorkloadIdentity {
+    /// The identity of a Docker container that no Kubernetes pod owns, from its labels:
+    /// the `stellaops.workload/*` labels as on a pod; without a valid id label the id is
+    /// derived, `<project>/<service>` for a Compose service, else `docker:<name>`.
+    pub fn of_container(
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> (WorkloadIdentity, Vec<IdentityError>) {
+        let as_pod = PodRef {
+            name: String::from(name),
+            namespace: String::new(),
+            uid: String::new(),
+            labels: labels.clone(),
+        };
+        let (mut identity, errors) = WorkloadIdentity::of_pod(&as_pod);
+        if identity.id_source == IdSource::Derived {
+            identity.id = derive_container_id(name, labels);
+        }
+        (identity, errors)
+    }
+}
+
+/// The Compose project and service of a container, when it has both.
+pub fn compose_service(labels: &BTreeMap<String, String>) -> Option<(&str, &str)> {
+    let project = labels.get(labels::COMPOSE_PROJECT)?;
+    let service = labels.get(labels::COMPOSE_SERVICE)?;
+    (!project.is_empty() && !service.is_empty()).then_some((project.as_str(), service.as_str()))
+}
+
+/// `<project>/<service>` for a Compose container (every replica and every re-creation
+/// shares it), else `docker:<name>`.
+pub fn derive_container_id(name: &str, labels: &BTreeMap<String, String>) -> String {
+    match compose_service(labels) {
+        Some((project, service)) => std::format!("{project}/{service}"),
+        None => std::format!("docker:{name}"),
     }
 }
 
@@ -411,6 +453,59 @@ mod tests {
             "must start and end with a letter or digit"
         );
         assert_eq!(validate_label_value(""), Err("is empty"));
+    }
+
+    #[test]
+    fn docker_containers_are_named_by_label_then_compose_then_name() {
+        let of = |name: &str, labels: &[(&str, &str)]| {
+            let labels = labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect();
+            WorkloadIdentity::of_container(name, &labels)
+        };
+        let (id, errors) = of(
+            "payments",
+            &[
+                (labels::ID, "payments-api"),
+                (labels::TENANT, "acme"),
+                (labels::COMPOSE_PROJECT, "shop"),
+                (labels::COMPOSE_SERVICE, "api"),
+            ],
+        );
+        assert!(errors.is_empty());
+        assert_eq!(
+            (id.id.as_str(), id.id_source, id.tenant.as_deref()),
+            ("payments-api", IdSource::Label, Some("acme"))
+        );
+        let (id, _) = of(
+            "shop_api_2",
+            &[
+                (labels::COMPOSE_PROJECT, "shop"),
+                (labels::COMPOSE_SERVICE, "api"),
+            ],
+        );
+        assert_eq!(
+            (id.id.as_str(), id.id_source),
+            ("shop/api", IdSource::Derived)
+        );
+        let (id, _) = of("web", &[(labels::COMPOSE_PROJECT, "shop")]);
+        assert_eq!(id.id, "docker:web");
+        // A bad id label is reported; the derived id stands in for it.
+        let (id, errors) = of(
+            "shop_api_1",
+            &[
+                (labels::ID, "bad id"),
+                (labels::COMPOSE_PROJECT, "shop"),
+                (labels::COMPOSE_SERVICE, "api"),
+            ],
+        );
+        assert_eq!(
+            (id.id.as_str(), id.id_source),
+            ("shop/api", IdSource::Derived)
+        );
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].label, labels::ID);
     }
 
     #[test]

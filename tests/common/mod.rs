@@ -20,6 +20,7 @@ use std::{
 pub mod authority;
 pub mod backend;
 pub mod containerd;
+pub mod dockerd;
 pub mod webhook;
 
 use serde_json::Value;

@@ -16,10 +16,11 @@ use crate::cmd::{cargo, cargo_bin, output, root, run_cmd, step};
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the build and the tests use besides the eBPF toolchain: protoc for the
-/// CRI client, a real container runtime for the attribution tests, the peers the
-/// benchmark compares with, systemd-analyze and setpriv for the systemd unit's tests, and
-/// for the test Authority (tests/authority/authority.py) Debian's python3 with PyJWT and
-/// cryptography, and openssl, which makes the tests' DPoP keys.
+/// CRI client, real container runtimes for the attribution tests (containerd; Docker Engine
+/// and Compose, whose tests start a private dockerd), the peers the benchmark compares
+/// with, systemd-analyze and setpriv for the systemd unit's tests, and for the test
+/// Authority (tests/authority/authority.py) Debian's python3 with PyJWT and cryptography,
+/// and openssl, which makes the tests' DPoP keys.
 /// (The Kubernetes manifests' tests render them with `kubectl kustomize`, which this
 /// kind of machine has and Debian does not package.)
 const PACKAGES: &[&str] = &[
@@ -27,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "busybox-static",
+    "docker.io",
+    "docker-compose",
     "libbpf-tools",
     "bpftrace",
     "systemd",

@@ -28,7 +28,7 @@ use zastava::{
     },
     pipeline::{
         batch::{BatchConfig, Batcher},
-        CriStatus, Pipeline, Shipping, Stages,
+        Pipeline, RuntimeStatuses, Shipping, Stages,
     },
     process::{ProcessTable, Tracker},
     record::{ContainerInfo, ContainerState, HostIdentity, ImageInfo, PodInfo},
@@ -306,7 +306,7 @@ fn full_pipeline(world: &World, path: &std::path::Path) -> Result<(f64, u64)> {
         HostIdentity::read(std::path::Path::new("/"), None),
         "bench".into(),
         None,
-        CriStatus::default(),
+        RuntimeStatuses::default(),
         Shipping {
             delivery: Arc::clone(&delivery),
             backend: false,

@@ -162,6 +162,19 @@ pub const AUTHORITY_TOKEN_DROPS: Metric = counter(
     "OpToks dropped before expiry, by cause: invalid_token (the backend refused it), key_rotated, invalidated (invalidate-op-token, or refused by the backend twice).",
 );
 
+// --- Container runtimes ---------------------------------------------------------------
+
+pub const RUNTIME_ERRORS: Metric = counter(
+    "zastava_container_runtime_errors_total",
+    &["runtime", "reason"],
+    "Failed calls to a container runtime (cri, docker), by reason; events of containers it could not describe are sent with their container id only.",
+);
+pub const RUNTIME_CONNECTED: Metric = gauge(
+    "zastava_container_runtime_connected",
+    &["runtime"],
+    "1 while the container runtime (cri, docker) answers, 0 while the observer reconnects.",
+);
+
 // --- The webhook ----------------------------------------------------------------------
 
 pub const ADMISSION_DECISIONS: Metric = counter(
@@ -244,6 +257,8 @@ pub const OBSERVER: &[Metric] = &[
     AUTHORITY_FALLBACK_ACTIVE,
     AUTHORITY_NONCE_CHALLENGES,
     AUTHORITY_TOKEN_DROPS,
+    RUNTIME_ERRORS,
+    RUNTIME_CONNECTED,
 ];
 
 /// What `zastava-webhook` exports.

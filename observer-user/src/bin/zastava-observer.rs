@@ -38,9 +38,15 @@ enum Command {
         /// Container runtime socket to check (default: the sockets `run` would try).
         #[arg(long, value_name = "PATH|unix://PATH")]
         cri_endpoint: Option<String>,
-        /// Do not check for a container runtime.
+        /// Do not check for a CRI runtime.
         #[arg(long, conflicts_with = "cri_endpoint")]
         no_cri: bool,
+        /// Docker Engine socket to check (default: the sockets `run` would try).
+        #[arg(long, value_name = "PATH|unix://PATH")]
+        docker_endpoint: Option<String>,
+        /// Do not check for Docker Engine.
+        #[arg(long, conflicts_with = "docker_endpoint")]
+        no_docker: bool,
     },
     /// Make the running observer drop its OpTok (from memory and its cache), so that its
     /// next call to the backend re-issues one.
@@ -125,9 +131,17 @@ struct RunArgs {
     /// [cri.endpoint] Container runtime socket; default: containerd's, then CRI-O's.
     #[arg(long, value_name = "PATH|unix://PATH")]
     cri_endpoint: Option<String>,
-    /// [cri.enabled=false] Run without a container runtime: events are the node's.
+    /// [cri.enabled=false] Do not use a CRI runtime (with --no-docker too, events are the
+    /// node's).
     #[arg(long, conflicts_with = "cri_endpoint")]
     no_cri: bool,
+    /// [docker.endpoint] Docker Engine's socket; default: /var/run/docker.sock, then
+    /// /run/docker.sock, when one exists. Used beside a CRI runtime when both are found.
+    #[arg(long, value_name = "PATH|unix://PATH")]
+    docker_endpoint: Option<String>,
+    /// [docker.enabled=false] Do not use Docker Engine.
+    #[arg(long, conflicts_with = "docker_endpoint")]
+    no_docker: bool,
     /// [cri.poll_interval] How often to list containers when the runtime has no event stream.
     #[arg(long, value_name = "DURATION")]
     cri_poll_interval: Option<String>,
@@ -191,12 +205,16 @@ fn configuration(args: &RunArgs) -> Result<Config, String> {
         ("cri.endpoint", &args.cri_endpoint),
         ("cri.poll_interval", &args.cri_poll_interval),
         ("cri.timeout", &args.cri_timeout),
+        ("docker.endpoint", &args.docker_endpoint),
         ("metrics.addr", &args.metrics_addr),
     ]);
     s.set_list("observer.namespaces", &args.namespaces);
     s.set_list("observer.exclude_namespaces", &args.exclude_namespaces);
     if args.no_cri {
         s.set("cri.enabled", false);
+    }
+    if args.no_docker {
+        s.set("docker.enabled", false);
     }
     for assignment in &args.set {
         let (key, value) = parse_assignment(assignment)?;
@@ -237,13 +255,20 @@ fn main() -> ExitCode {
             host_root,
             cri_endpoint,
             no_cri,
+            docker_endpoint,
+            no_docker,
         } => {
-            let endpoint = if no_cri {
-                Some(String::new())
-            } else {
-                cri_endpoint
+            // `Some("")`: not wanted.
+            let wanted = |off: bool, endpoint: Option<String>| {
+                if off {
+                    Some(String::new())
+                } else {
+                    endpoint
+                }
             };
-            let checks = doctor::run(&host_root, endpoint.as_deref());
+            let cri = wanted(no_cri, cri_endpoint);
+            let docker = wanted(no_docker, docker_endpoint);
+            let checks = doctor::run(&host_root, cri.as_deref(), docker.as_deref());
             for check in &checks {
                 println!("{check}");
             }

@@ -34,6 +34,7 @@ pub struct Config {
     pub scanner: ScannerConfig,
     pub observer: ObserverConfig,
     pub cri: CriConfig,
+    pub docker: DockerConfig,
     pub batch: BatchConfig,
     pub backend: BackendConfig,
     pub authority: AuthorityConfig,
@@ -147,6 +148,32 @@ impl Default for CriConfig {
     }
 }
 
+/// `[docker]`: Docker Engine, beside or instead of a CRI runtime.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerConfig {
+    pub enabled: bool,
+    /// dockerd's socket (a path or `unix://` URI); default: `/var/run/docker.sock`, then
+    /// `/run/docker.sock`, when one exists.
+    pub endpoint: Option<String>,
+    /// How often to list containers when the engine refuses the event stream.
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            enabled: true,
+            endpoint: None,
+            poll_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NdjsonConfig {
@@ -248,6 +275,16 @@ impl Config {
                         .endpoint
                         .clone()
                         .unwrap_or_else(|| "(containerd's, then CRI-O's)".into())
+                } else {
+                    "(off)".into()
+                },
+            ),
+            (
+                "docker.endpoint",
+                if self.docker.enabled {
+                    self.docker.endpoint.clone().unwrap_or_else(|| {
+                        "(/var/run/docker.sock, then /run/docker.sock, if present)".into()
+                    })
                 } else {
                     "(off)".into()
                 },
@@ -388,6 +425,21 @@ impl Config {
         }
         if self.cri.timeout.is_zero() {
             bad("cri.timeout", "must be longer than 0".into());
+        }
+        if self.docker.poll_interval.is_zero() {
+            bad("docker.poll_interval", "must be longer than 0".into());
+        }
+        if self.docker.timeout.is_zero() {
+            bad("docker.timeout", "must be longer than 0".into());
+        }
+        if let Some(endpoint) = &self.docker.endpoint {
+            let scheme = endpoint.split_once("://").map(|(s, _)| s);
+            if endpoint.is_empty() || scheme.is_some_and(|s| s != "unix") {
+                bad(
+                    "docker.endpoint",
+                    format!("{endpoint:?} is not a unix socket (a path or unix:///path); the observer reads dockerd's local socket only"),
+                );
+            }
         }
         if self.metrics.max_label_values == 0 {
             bad("metrics.max_label_values", "must be at least 1".into());

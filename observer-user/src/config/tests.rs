@@ -147,6 +147,10 @@ fn environment_then_flags_override_the_file() {
             ("ZASTAVA__BATCH__MAX_EVENTS".into(), "20".into()),
             ("ZASTAVA__CRI__ENDPOINT".into(), "unix:///run/x.sock".into()),
             (
+                "ZASTAVA__DOCKER__ENDPOINT".into(),
+                "/srv/docker.sock".into(),
+            ),
+            (
                 "ZASTAVA__OBSERVER__EXCLUDE_NAMESPACES".into(),
                 "[\"a\", \"b\"]".into(),
             ),
@@ -158,6 +162,7 @@ fn environment_then_flags_override_the_file() {
     assert_eq!(config.batch.max_events, 20);
     assert_eq!(config.batch.max_age, Duration::from_secs(2));
     assert_eq!(config.cri.endpoint.as_deref(), Some("unix:///run/x.sock"));
+    assert_eq!(config.docker.endpoint.as_deref(), Some("/srv/docker.sock"));
     assert_eq!(config.observer.exclude_namespaces, ["a", "b"]);
 
     let bad = Sources {
@@ -166,4 +171,31 @@ fn environment_then_flags_override_the_file() {
     };
     let err = Config::load(&bad).unwrap_err();
     assert_eq!(keys(&err), ["batch.max_events"]);
+}
+
+#[test]
+fn docker_endpoints_must_be_local_sockets() {
+    let with = |endpoint: &str| Sources {
+        overrides: vec![(
+            "docker.endpoint".into(),
+            toml::Value::String(endpoint.into()),
+        )],
+        ..Default::default()
+    };
+    for good in ["/var/run/docker.sock", "unix:///run/user/1000/docker.sock"] {
+        assert!(Config::load(&with(good)).is_ok(), "{good}");
+    }
+    let err = Config::load(&with("tcp://10.0.0.1:2375")).unwrap_err();
+    assert_eq!(keys(&err), ["docker.endpoint"]);
+    assert!(
+        err.to_string()
+            .contains("\"tcp://10.0.0.1:2375\" is not a unix socket"),
+        "{err}"
+    );
+    let defaults = Config::default();
+    assert!(defaults.docker.enabled);
+    assert_eq!(defaults.docker.endpoint, None);
+    assert!(defaults.describe().lines().any(
+        |l| l == "docker.endpoint = (/var/run/docker.sock, then /run/docker.sock, if present)"
+    ));
 }

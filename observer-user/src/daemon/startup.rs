@@ -26,7 +26,7 @@ use zastava_platform::{
 
 use super::{RunError, RunOptions, Running};
 use crate::{
-    config::{Config, CriConfig, KernelView},
+    config::{Config, CriConfig, DockerConfig, KernelView},
     kernel::{
         btf::{self, VMLINUX_BTF},
         probes::{validate_ring_size, ProbeConfig, PROBES_OBJECT},
@@ -40,14 +40,19 @@ use crate::{
         spool::Spool,
         Delivery,
     },
-    pipeline::{batch::Batcher, CriStatus, Pipeline, Shipping, Stages},
+    pipeline::{batch::Batcher, Pipeline, RuntimeStatus, RuntimeStatuses, Shipping, Stages},
     process::{ProcessTable, Tracker},
     record::HostIdentity,
     workload::{
         cgroups::find_cgroup2_mount,
-        cri::{resolve_endpoint, CriClient, RuntimeVersion, DEFAULT_ENDPOINTS},
-        watcher::{Watcher, WatcherConfig},
-        AttributionConfig, Attributor, CgroupMap, NamespaceFilter,
+        cri::{self, CriClient},
+        docker::{self, DockerClient},
+        hub::{self, Hub},
+        watcher::{
+            self, cri::CriSource, docker::DockerSource, RuntimeSource, Update, Watcher,
+            WatcherConfig,
+        },
+        AttributionConfig, Attributor, CgroupMap, NamespaceFilter, RuntimeKind, RuntimeVersion,
     },
 };
 
@@ -70,8 +75,10 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
     let metrics_handle = install_metrics();
     let (backend, spool) = open_delivery(config)?;
 
-    let cri = connect_cri(&config.cri).await?;
-    check_observable(config, cri.is_some())?;
+    let docker = connect_docker(&config.docker).await;
+    let cri = connect_cri(&config.cri, docker.is_some()).await?;
+    let runtime = cri.is_some() || docker.is_some();
+    check_observable(config, runtime)?;
     let loaded = if config.zastava.attach.enabled {
         Some(load_probes(config, options.observe_self)?)
     } else {
@@ -97,18 +104,12 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
         AttributionConfig {
             wait: config.observer.enrichment_wait,
             retention: config.observer.container_retention,
-            cri: cri.is_some(),
+            cri: runtime,
             namespaces: namespace_filter(config),
         },
         cgroups,
     );
-    let (updates, requests, cri_status) = match cri {
-        Some((client, version)) => {
-            let (updates, requests, status) = start_watcher(config, client, &version);
-            (Some(updates), Some(requests), status)
-        }
-        None => (None, None, CriStatus::default()),
-    };
+    let (updates, requests, runtimes) = start_watchers(config, cri, docker);
     let delivery = Arc::new(Delivery::new(spool));
     if let Some(authority) = backend.as_ref().and_then(BackendClient::authority) {
         let addr = config.admin.addr;
@@ -131,7 +132,7 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
         host,
         run_id(),
         requests,
-        cri_status,
+        runtimes,
         Shipping {
             delivery: Arc::clone(&delivery),
             backend: shipper.is_some(),
@@ -229,25 +230,34 @@ fn open_delivery(config: &Config) -> Result<(Option<BackendClient>, Option<Spool
     Ok((Some(client), Some(spool)))
 }
 
-/// Connects to the runtime if there is one. A runtime that was asked for (or whose socket
-/// exists) but does not answer is an error: the operator must know attribution is off.
-async fn connect_cri(options: &CriConfig) -> Result<Option<(CriClient, RuntimeVersion)>, RunError> {
+/// Connects to the CRI runtime if there is one. A runtime that was asked for (or whose
+/// socket exists) but does not answer is an error: the operator must know attribution is
+/// off. One exception: a containerd found at its default socket that does not speak CRI on
+/// a host with Docker Engine is the containerd Docker runs (CRI plugin disabled), and Docker
+/// describes its containers.
+async fn connect_cri(
+    options: &CriConfig,
+    docker: bool,
+) -> Result<Option<(CriClient, RuntimeVersion)>, RunError> {
     if !options.enabled {
-        info!(
-            "container runtime disabled (cri.enabled = false): events are attributed to the node"
-        );
+        info!("CRI runtime disabled (cri.enabled = false)");
         return Ok(None);
     }
-    let Some(socket) = resolve_endpoint(options.endpoint.as_deref()) else {
+    let Some(socket) = cri::resolve_endpoint(options.endpoint.as_deref()) else {
         info!(
-            "no container runtime socket found (tried {}): events are attributed to the node",
-            DEFAULT_ENDPOINTS.join(", ")
+            "no CRI runtime socket found (tried {})",
+            cri::DEFAULT_ENDPOINTS.join(", ")
         );
         return Ok(None);
     };
-    let (client, version) = CriClient::connect(&socket, options.timeout)
-        .await
-        .map_err(RunError::Cri)?;
+    let (client, version) = match CriClient::connect(&socket, options.timeout).await {
+        Ok(connected) => connected,
+        Err(err) if options.endpoint.is_none() && docker && err.is_not_cri() => {
+            info!("{err}: this is the containerd of Docker Engine, without CRI; containers are described by Docker");
+            return Ok(None);
+        }
+        Err(err) => return Err(RunError::Cri(err)),
+    };
     info!(
         "container runtime {} {} (CRI {}) at {}",
         version.name,
@@ -258,16 +268,59 @@ async fn connect_cri(options: &CriConfig) -> Result<Option<(CriClient, RuntimeVe
     Ok(Some((client, version)))
 }
 
-/// Refuses configurations that would observe nothing, or filter without knowing pods.
-fn check_observable(config: &Config, cri: bool) -> Result<(), RunError> {
-    if namespace_filter(config).is_active() && !cri {
-        return Err(RunError::FilterWithoutCri(if config.cri.enabled {
-            "no runtime socket was found"
-        } else {
-            "cri.enabled is false"
-        }));
+/// Docker Engine as found at start: its socket, and a client if it answered.
+struct DockerStart {
+    socket: std::path::PathBuf,
+    connected: Option<(DockerClient, RuntimeVersion)>,
+}
+
+/// Connects to Docker Engine if its socket is given or found. Unlike a CRI runtime, an
+/// engine that does not answer is not an error: dockerd is restarted on its own schedule
+/// (upgrades, `systemctl restart docker`) and often starts after the observer, so the
+/// watcher keeps trying while events go out with container ids only.
+async fn connect_docker(options: &DockerConfig) -> Option<DockerStart> {
+    if !options.enabled {
+        info!("Docker Engine disabled (docker.enabled = false)");
+        return None;
     }
-    if !config.zastava.attach.enabled && !cri {
+    let Some(socket) = docker::resolve_endpoint(options.endpoint.as_deref()) else {
+        info!(
+            "no Docker Engine socket found (tried {})",
+            docker::DEFAULT_ENDPOINTS.join(", ")
+        );
+        return None;
+    };
+    let connected = match DockerClient::connect(&socket, options.timeout).await {
+        Ok((client, version)) => {
+            info!(
+                "Docker Engine {} (API {}) at {}",
+                version.version,
+                version.api_version,
+                socket.display()
+            );
+            Some((client, version))
+        }
+        Err(err) => {
+            watcher::count_error(RuntimeKind::Docker, &err);
+            warn!("{err}\n  the observer carries on: events of Docker containers are sent with their container id only, and it keeps trying to connect");
+            None
+        }
+    };
+    Some(DockerStart { socket, connected })
+}
+
+/// Refuses configurations that would observe nothing, or filter without knowing pods.
+fn check_observable(config: &Config, runtime: bool) -> Result<(), RunError> {
+    if namespace_filter(config).is_active() && !runtime {
+        return Err(RunError::FilterWithoutCri(
+            if config.cri.enabled || config.docker.enabled {
+                "no runtime socket was found"
+            } else {
+                "cri.enabled and docker.enabled are false"
+            },
+        ));
+    }
+    if !config.zastava.attach.enabled && !runtime {
         return Err(RunError::NothingToObserve);
     }
     Ok(())
@@ -342,38 +395,81 @@ fn open_ndjson(config: &Config) -> Result<NdjsonSink, RunError> {
     .map_err(RunError::Output)
 }
 
-/// Starts the runtime watcher task: its updates, where to send it lookups, and the
-/// connection as the summary reports it.
-fn start_watcher(
+/// Starts a watcher task per runtime: their updates, where to send lookups, and the
+/// connections as the summary reports them. With two runtimes a hub between them and the
+/// pipeline asks both and merges their answers.
+fn start_watchers(
     config: &Config,
-    client: CriClient,
-    version: &RuntimeVersion,
+    cri: Option<(CriClient, RuntimeVersion)>,
+    docker: Option<DockerStart>,
 ) -> (
-    mpsc::Receiver<crate::workload::watcher::Update>,
-    mpsc::Sender<String>,
-    CriStatus,
+    Option<mpsc::Receiver<Update>>,
+    Option<mpsc::Sender<String>>,
+    RuntimeStatuses,
 ) {
     let (updates_tx, updates_rx) = mpsc::channel(1024);
-    let (requests_tx, requests_rx) = mpsc::channel(1024);
-    let status = CriStatus {
-        endpoint: Some(client.endpoint().to_owned()),
-        runtime: Some(format!("{} {}", version.name, version.version)),
-        connected: true,
+    let mut watchers = Vec::new();
+    let mut statuses = RuntimeStatuses::default();
+    let proc_root = &config.observer.proc_root;
+    if let Some((client, version)) = cri {
+        let socket = client.endpoint().into();
+        statuses.cri = status(client.endpoint(), Some(&version));
+        let source = CriSource::new(socket, config.cri.timeout, proc_root.clone());
+        let poll = config.cri.poll_interval;
+        watchers.push(spawn_watcher(source, poll, Some(client), &updates_tx));
+    }
+    if let Some(docker) = docker {
+        let endpoint = docker.socket.display().to_string();
+        let (client, version) = docker.connected.unzip();
+        statuses.docker = status(&endpoint, version.as_ref());
+        let source = DockerSource::new(docker.socket, config.docker.timeout, proc_root.clone());
+        let poll = config.docker.poll_interval;
+        watchers.push(spawn_watcher(source, poll, client, &updates_tx));
+    }
+    drop(updates_tx);
+    match watchers.len() {
+        0 => (None, None, statuses),
+        1 => (Some(updates_rx), watchers.pop(), statuses),
+        _ => {
+            let (to_pipeline, pipeline_updates) = mpsc::channel(1024);
+            let (requests, pipeline_requests) = mpsc::channel(1024);
+            tokio::spawn(hub::run(
+                Hub::new(watchers),
+                pipeline_requests,
+                updates_rx,
+                to_pipeline,
+            ));
+            (Some(pipeline_updates), Some(requests), statuses)
+        }
+    }
+}
+
+fn status(endpoint: &str, version: Option<&RuntimeVersion>) -> RuntimeStatus {
+    RuntimeStatus {
+        endpoint: Some(endpoint.to_owned()),
+        runtime: version.map(|v| format!("{} {}", v.name, v.version)),
+        connected: version.is_some(),
         disconnects: 0,
-    };
+    }
+}
+
+/// Spawns one runtime's watcher; returns where to send it lookups.
+fn spawn_watcher<S: RuntimeSource>(
+    source: S,
+    poll_interval: std::time::Duration,
+    client: Option<S::Client>,
+    updates: &mpsc::Sender<Update>,
+) -> mpsc::Sender<String> {
+    let (requests_tx, requests_rx) = mpsc::channel(1024);
     let watcher = Watcher::new(
-        WatcherConfig {
-            endpoint: client.endpoint().into(),
-            poll_interval: config.cri.poll_interval,
-            call_timeout: config.cri.timeout,
-            proc_root: config.observer.proc_root.clone(),
-        },
+        source,
+        WatcherConfig { poll_interval },
         client,
-        updates_tx,
+        updates.clone(),
         requests_rx,
     );
     tokio::spawn(watcher.run());
-    (updates_rx, requests_tx, status)
+    requests_tx
 }
 
 fn start_shipper(

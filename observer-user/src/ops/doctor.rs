@@ -9,7 +9,7 @@ use crate::{
         tracefs::{self, Tracefs},
     },
     record::HostIdentity,
-    workload::cri,
+    workload::{cri, docker},
 };
 
 /// Oldest kernel with everything the probes use (BPF ring buffer: 5.8).
@@ -77,9 +77,14 @@ impl fmt::Display for Check {
     }
 }
 
-/// Runs every check. The observer can run when none failed. `cri_endpoint` is checked as
-/// `run` would use it (`None`: the default sockets; `Some("")`: no runtime wanted).
-pub fn run(host_root: &Path, cri_endpoint: Option<&str>) -> Vec<Check> {
+/// Runs every check. The observer can run when none failed. `cri_endpoint` and
+/// `docker_endpoint` are checked as `run` would use them (`None`: the default sockets;
+/// `Some("")`: not wanted).
+pub fn run(
+    host_root: &Path,
+    cri_endpoint: Option<&str>,
+    docker_endpoint: Option<&str>,
+) -> Vec<Check> {
     let (btf_check, kernel) = kernel_view();
     let mut checks = vec![kernel_version(), btf_check];
     let privileged = privileges();
@@ -123,7 +128,12 @@ pub fn run(host_root: &Path, cri_endpoint: Option<&str>) -> Vec<Check> {
         )),
     }
     checks.push(cgroup_v2());
-    checks.push(container_runtime(cri_endpoint));
+    let docker_socket = match docker_endpoint {
+        Some("") => None,
+        given => docker::resolve_endpoint(given),
+    };
+    checks.push(container_runtime(cri_endpoint, docker_socket.is_some()));
+    checks.push(docker_engine(docker_endpoint, docker_socket.as_deref()));
     let host = HostIdentity::read(host_root, None);
     checks.push(if host.warnings.is_empty() {
         Check::ok(
@@ -329,41 +339,42 @@ fn cgroup_v2() -> Check {
     }
 }
 
-fn container_runtime(endpoint: Option<&str>) -> Check {
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(future))
+        .map_err(|err| format!("cannot start an async runtime: {err}"))
+}
+
+/// The CRI runtime, decided as `run` decides it (`docker`: a Docker Engine socket exists).
+fn container_runtime(endpoint: Option<&str>, docker: bool) -> Check {
     const NAME: &str = "container runtime";
     if endpoint == Some("") {
-        return Check::ok(
-            NAME,
-            "not used (--no-cri): events are attributed to the node",
-        );
+        return Check::ok(NAME, "no CRI runtime wanted (--no-cri)");
     }
     let Some(socket) = cri::resolve_endpoint(endpoint) else {
+        let tried = cri::DEFAULT_ENDPOINTS.join(", ");
+        if docker {
+            return Check::ok(
+                NAME,
+                format!("no CRI socket found (tried {tried}); Docker Engine describes containers"),
+            );
+        }
         return Check::bad(
             NAME,
             Status::Warn,
-            format!("no CRI socket found (tried {})", cri::DEFAULT_ENDPOINTS.join(", ")),
+            format!("no CRI socket found (tried {tried})"),
             "pass --cri-endpoint PATH to attribute events to pods; without it events are attributed to the node",
         );
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            return Check::bad(
-                NAME,
-                Status::Fail,
-                format!("cannot start a runtime: {err}"),
-                "see the error",
-            )
-        }
-    };
-    match runtime.block_on(cri::CriClient::connect(
+    let connected = block_on(cri::CriClient::connect(
         &socket,
         std::time::Duration::from_secs(2),
-    )) {
-        Ok((_, v)) => Check::ok(
+    ));
+    match connected {
+        Err(err) => Check::bad(NAME, Status::Fail, err, "see the error"),
+        Ok(Ok((_, v))) => Check::ok(
             NAME,
             format!(
                 "{} {} (CRI {}) at {}",
@@ -373,11 +384,64 @@ fn container_runtime(endpoint: Option<&str>) -> Check {
                 socket.display()
             ),
         ),
-        Err(err) => Check::bad(
+        Ok(Err(err)) if endpoint.is_none() && docker && err.is_not_cri() => Check::ok(
+            NAME,
+            format!("{err}: Docker Engine's containerd, without CRI; Docker describes containers"),
+        ),
+        Ok(Err(err)) => Check::bad(
             NAME,
             Status::Fail,
             err.to_string(),
             "start the runtime, fix --cri-endpoint, or pass --no-cri to run without one",
+        ),
+    }
+}
+
+/// Docker Engine: its version, API version, and whether it streams container events.
+/// Never a failure: `run` carries on without it, retrying.
+fn docker_engine(endpoint: Option<&str>, socket: Option<&Path>) -> Check {
+    const NAME: &str = "docker engine";
+    if endpoint == Some("") {
+        return Check::ok(NAME, "not used (--no-docker)");
+    }
+    let Some(socket) = socket else {
+        return Check::ok(
+            NAME,
+            format!(
+                "no Docker Engine socket found (tried {})",
+                docker::DEFAULT_ENDPOINTS.join(", ")
+            ),
+        );
+    };
+    let timeout = std::time::Duration::from_secs(2);
+    let probe = block_on(async {
+        let (client, version) = docker::DockerClient::connect(socket, timeout).await?;
+        let events = client.events().await.map(drop);
+        Ok::<_, docker::DockerError>((version, events))
+    });
+    let fix = "start dockerd, fix --docker-endpoint, or pass --no-docker; meanwhile `run` sends events of Docker containers with their container id only and keeps trying";
+    match probe {
+        Err(err) => Check::bad(NAME, Status::Fail, err, "see the error"),
+        Ok(Err(err)) => Check::bad(NAME, Status::Warn, err.to_string(), fix),
+        Ok(Ok((v, Ok(())))) => Check::ok(
+            NAME,
+            format!(
+                "Docker Engine {} (API {}) at {}; container events are streamed",
+                v.version,
+                v.api_version,
+                socket.display()
+            ),
+        ),
+        Ok(Ok((v, Err(err)))) => Check::bad(
+            NAME,
+            Status::Warn,
+            format!(
+                "Docker Engine {} (API {}) at {}, but the event stream is refused: {err}",
+                v.version,
+                v.api_version,
+                socket.display()
+            ),
+            "containers are listed every docker.poll_interval instead; check dockerd's log",
         ),
     }
 }

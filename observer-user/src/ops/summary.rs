@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     kernel::KernelCounters,
     output::Snapshot,
-    pipeline::{CriStatus, PipelineStats},
+    pipeline::{PipelineStats, RuntimeStatus},
     record::{EdgeType, Enrichment},
 };
 
@@ -31,7 +31,8 @@ pub struct Summary {
     pub unresolved_paths: u64,
     pub processes: ProcessSummary,
     pub attribution: AttributionSummary,
-    pub cri: CriSummary,
+    pub cri: RuntimeSummary,
+    pub docker: RuntimeSummary,
     /// Events lost anywhere: ring full + pairing map full + rejected records.
     pub lost: u64,
     /// The event account: seen = shipped + dropped + in flight.
@@ -58,16 +59,16 @@ pub struct AttributionSummary {
 
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CriSummary {
+pub struct RuntimeSummary {
     pub endpoint: Option<String>,
     pub runtime: Option<String>,
     pub connected: bool,
     pub disconnects: u64,
 }
 
-impl From<&CriStatus> for CriSummary {
-    fn from(s: &CriStatus) -> Self {
-        CriSummary {
+impl From<&RuntimeStatus> for RuntimeSummary {
+    fn from(s: &RuntimeStatus) -> Self {
+        RuntimeSummary {
             endpoint: s.endpoint.clone(),
             runtime: s.runtime.clone(),
             connected: s.connected,
@@ -135,7 +136,8 @@ impl Summary {
                 containers_without_digest: attribution.containers_without_digest,
                 patched_events: attribution.patched_events,
             },
-            cri: (&pipeline.cri).into(),
+            cri: (&pipeline.runtimes.cri).into(),
+            docker: (&pipeline.runtimes.docker).into(),
             lost,
             delivery,
         }
@@ -193,15 +195,17 @@ impl fmt::Display for Summary {
             self.attribution.containers_without_digest,
             self.attribution.patched_events
         )?;
-        writeln!(
-            f,
-            "  {:<24} endpoint={} runtime={} connected={} disconnects={}",
-            "container runtime",
-            self.cri.endpoint.as_deref().unwrap_or("none"),
-            self.cri.runtime.as_deref().unwrap_or("none"),
-            self.cri.connected,
-            self.cri.disconnects
-        )?;
+        for (name, runtime) in [("container runtime", &self.cri), ("docker", &self.docker)] {
+            writeln!(
+                f,
+                "  {:<24} endpoint={} runtime={} connected={} disconnects={}",
+                name,
+                runtime.endpoint.as_deref().unwrap_or("none"),
+                runtime.runtime.as_deref().unwrap_or("none"),
+                runtime.connected,
+                runtime.disconnects
+            )?;
+        }
         writeln!(f, "  {:<24} {}", "lost events", self.lost)?;
         let d = &self.delivery;
         let dropped: u64 = d.dropped.values().sum();

@@ -27,20 +27,36 @@ use crate::{
     },
     process::{table::TableStats, tracker::TrackStats, Tracker},
     record::{HostIdentity, Item, Lifecycle, Record, RecordWriter},
-    workload::{attribution::AttributionStats, watcher::Update, Attributor, Output},
+    workload::{attribution::AttributionStats, watcher::Update, Attributor, Output, RuntimeKind},
 };
 
 use batch::{Batch, Batcher};
 use counting::EventCounters;
 pub use counting::Written;
 
-/// The runtime connection, as the summary reports it.
+/// A runtime connection, as the summary reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CriStatus {
+pub struct RuntimeStatus {
     pub endpoint: Option<String>,
     pub runtime: Option<String>,
     pub connected: bool,
     pub disconnects: u64,
+}
+
+/// The connections to a CRI runtime and to Docker Engine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeStatuses {
+    pub cri: RuntimeStatus,
+    pub docker: RuntimeStatus,
+}
+
+impl RuntimeStatuses {
+    fn of(&mut self, kind: RuntimeKind) -> &mut RuntimeStatus {
+        match kind {
+            RuntimeKind::Cri => &mut self.cri,
+            RuntimeKind::Docker => &mut self.docker,
+        }
+    }
 }
 
 /// The processing stages, in order.
@@ -67,7 +83,7 @@ pub struct PipelineStats {
     pub written: Written,
     /// Records rejected by the decoder, by reason.
     pub decode_errors: BTreeMap<&'static str, u64>,
-    pub cri: CriStatus,
+    pub runtimes: RuntimeStatuses,
     /// cgroups known (scanned at start, then from the probes).
     pub cgroups: usize,
 }
@@ -83,7 +99,7 @@ pub struct Pipeline {
     requests: Option<mpsc::Sender<String>>,
     out: Vec<Output>,
     decode_errors: BTreeMap<&'static str, u64>,
-    cri: CriStatus,
+    runtimes: RuntimeStatuses,
     shipping: Shipping,
     unpublished: Unpublished,
     kernel_reported: KernelCounters,
@@ -101,7 +117,7 @@ impl Pipeline {
         host: HostIdentity,
         run_id: String,
         requests: Option<mpsc::Sender<String>>,
-        cri: CriStatus,
+        runtimes: RuntimeStatuses,
         shipping: Shipping,
     ) -> Self {
         Pipeline {
@@ -116,7 +132,7 @@ impl Pipeline {
             requests,
             out: Vec::new(),
             decode_errors: BTreeMap::new(),
-            cri,
+            runtimes,
             counters: EventCounters::new(shipping.max_label_values),
             shipping,
             unpublished: Unpublished::default(),
@@ -133,7 +149,7 @@ impl Pipeline {
             attribution: self.attributor.stats(),
             written: self.counters.written(),
             decode_errors: self.decode_errors.clone(),
-            cri: self.cri.clone(),
+            runtimes: self.runtimes.clone(),
             cgroups: self.attributor.cgroups().len(),
         }
     }
@@ -253,12 +269,14 @@ impl Pipeline {
                 self.forward_requests();
             }
             Update::Connected(version) => {
-                self.cri.connected = true;
-                self.cri.runtime = Some(format!("{} {}", version.name, version.version));
+                let status = self.runtimes.of(version.kind);
+                status.connected = true;
+                status.runtime = Some(format!("{} {}", version.name, version.version));
             }
-            Update::Disconnected(_) => {
-                self.cri.connected = false;
-                self.cri.disconnects += 1;
+            Update::Disconnected { runtime, .. } => {
+                let status = self.runtimes.of(runtime);
+                status.connected = false;
+                status.disconnects += 1;
             }
         }
         self.write_outputs()

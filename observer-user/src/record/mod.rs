@@ -22,4 +22,6 @@ pub use json::RecordWriter;
 pub use node::HostIdentity;
 pub use raw::Raw;
 pub use time::Timestamp;
-pub use workload::{Attribution, ContainerInfo, ContainerState, Enrichment, ImageInfo, PodInfo};
+pub use workload::{
+    Attribution, ContainerInfo, ContainerState, Enrichment, ImageInfo, Origin, PodInfo,
+};

@@ -1,9 +1,11 @@
 //! Which workload a record belongs to: the pod and container descriptions the container
 //! runtime gives (in the shape records use), and how completely an event is attributed.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
-use observer_common::identity::{DigestKind, IdentityError, PodRef, WorkloadIdentity};
+use observer_common::identity::{
+    compose_service, DigestKind, IdentityError, PodRef, WorkloadIdentity,
+};
 
 use super::HostIdentity;
 
@@ -17,6 +19,22 @@ pub struct PodInfo {
     pub identity: WorkloadIdentity,
     /// Identity labels that were present but invalid (reported, then ignored).
     pub identity_errors: Vec<IdentityError>,
+    pub origin: Origin,
+}
+
+/// Which runtime described a workload, and what it is besides a pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// A Kubernetes pod of a CRI runtime.
+    #[default]
+    CriPod,
+    /// A Kubernetes pod whose containers Docker Engine runs (through cri-dockerd).
+    DockerPod,
+    /// A Docker container outside Kubernetes; its pod fields are empty.
+    DockerContainer {
+        /// Compose project and service, from the container's labels.
+        compose: Option<(String, String)>,
+    },
 }
 
 impl PodInfo {
@@ -28,6 +46,37 @@ impl PodInfo {
             pod,
             identity,
             identity_errors,
+            origin: Origin::CriPod,
+        }
+    }
+
+    /// A pod Docker Engine runs for Kubernetes: named as a CRI runtime's pod is.
+    pub fn docker_pod(sandbox_id: String, pod: PodRef) -> Self {
+        PodInfo {
+            origin: Origin::DockerPod,
+            ..PodInfo::new(sandbox_id, pod)
+        }
+    }
+
+    /// A Docker container no pod owns: a workload of its own, named by its labels (see
+    /// [`WorkloadIdentity::of_container`]), with empty pod fields.
+    pub fn docker_container(
+        container_id: String,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Self {
+        let (identity, identity_errors) = WorkloadIdentity::of_container(name, &labels);
+        let compose = compose_service(&labels).map(|(p, s)| (p.to_owned(), s.to_owned()));
+        PodInfo {
+            identity_id: Arc::from(identity.id.as_str()),
+            sandbox_id: container_id,
+            pod: PodRef {
+                labels,
+                ..PodRef::default()
+            },
+            identity,
+            identity_errors,
+            origin: Origin::DockerContainer { compose },
         }
     }
 }

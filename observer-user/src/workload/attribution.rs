@@ -249,6 +249,15 @@ impl Attributor {
             stop_sent: false,
             gone_at: None,
         });
+        // Docker restarts a container under the same id (`docker restart`, restart
+        // policies): a later start time is a new run, with a start and a stop of its own.
+        let restarted = known.start_sent
+            && known.info.started_at_ns > 0
+            && info.started_at_ns > known.info.started_at_ns;
+        if restarted {
+            known.start_sent = false;
+            known.stop_sent = false;
+        }
         known.info = Arc::clone(&info);
         if !known.sandbox && wanted {
             let running_or_done =

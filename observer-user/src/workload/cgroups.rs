@@ -48,7 +48,9 @@ fn unescape_mount_path(path: &str) -> String {
 }
 
 /// The container id a cgroup path names, from its last component:
-/// `<64 hex>` (cgroupfs driver) or `<runtime>-<64 hex>.scope` (systemd driver).
+/// `<64 hex>` (cgroupfs driver: containerd's `/k8s.io/<id>`, kubelet's
+/// `/kubepods/.../<id>`, Docker's `/docker/<id>`) or `<runtime>-<64 hex>.scope` (systemd
+/// driver: `cri-containerd-`, `crio-`, Docker's `docker-<id>.scope` in `system.slice`).
 pub fn container_id_of(path: &str) -> Option<&str> {
     let last = path.rsplit('/').next()?;
     let id = match last.strip_suffix(".scope") {
@@ -202,6 +204,42 @@ mod tests {
         assert_eq!(container_id_of("/system.slice/sshd.service"), None);
         assert_eq!(container_id_of("/"), None);
         assert_eq!(container_id_of(&format!("/x/{}", &ID[..63])), None);
+    }
+
+    #[test]
+    fn docker_layouts_name_their_container() {
+        // cgroupfs driver (Docker's default without systemd), on v2 and hybrid hosts.
+        assert_eq!(container_id_of(&format!("/docker/{ID}")), Some(ID));
+        // systemd driver (Docker's default under systemd on cgroup v2).
+        assert_eq!(
+            container_id_of(&format!("/system.slice/docker-{ID}.scope")),
+            Some(ID)
+        );
+        // Kubernetes through cri-dockerd with the systemd driver.
+        assert_eq!(
+            container_id_of(&format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/docker-{ID}.scope"
+            )),
+            Some(ID)
+        );
+        // Docker's own service and the slice are not containers.
+        assert_eq!(container_id_of("/system.slice/docker.service"), None);
+        assert_eq!(container_id_of("/docker"), None);
+        assert_eq!(container_id_of("/system.slice/docker-.scope"), None);
+        // Cgroups a container makes below its own (systemd inside, cgroupns) are its own.
+        let mut map = CgroupMap::default();
+        map.insert(20, format!("/system.slice/docker-{ID}.scope"));
+        map.insert(21, format!("/system.slice/docker-{ID}.scope/init.scope"));
+        map.insert(22, format!("/docker/{ID}/worker"));
+        map.insert(23, "/system.slice/docker.service".into());
+        for (cgroup, want) in [(20, Some(ID)), (21, Some(ID)), (22, Some(ID)), (23, None)] {
+            assert_eq!(
+                map.get(cgroup).unwrap().container_id.as_deref(),
+                want,
+                "{cgroup}"
+            );
+        }
+        assert_eq!(map.id_of_container(ID), Some(20));
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::{
 
 use tonic::{transport::Channel, Code};
 
+use super::runtime::{RuntimeError, RuntimeKind, RuntimeVersion};
+
 /// Generated from `proto/cri/runtime_v1.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, reason = "generated code")]
 pub mod proto {
@@ -66,6 +68,24 @@ impl CriError {
     pub fn is_unimplemented(&self) -> bool {
         matches!(self, CriError::Call { status, .. } if status.code() == Code::Unimplemented)
     }
+
+    /// The socket answers, but not as a CRI runtime: the containerd that Docker Engine
+    /// runs has its CRI plugin disabled, and answers every CRI call `Unimplemented`.
+    pub fn is_not_cri(&self) -> bool {
+        self.is_unimplemented() || matches!(self, CriError::UnsupportedApi { .. })
+    }
+}
+
+impl RuntimeError for CriError {
+    fn reason(&self) -> &'static str {
+        match self {
+            CriError::Connect { .. } => "connect",
+            CriError::Timeout { .. } => "timeout",
+            CriError::Call { status, .. } if status.code() == Code::Unavailable => "unavailable",
+            CriError::Call { .. } => "call",
+            CriError::UnsupportedApi { .. } => "api_version",
+        }
+    }
 }
 
 /// Picks the runtime socket: the one given, else the first default that exists.
@@ -82,14 +102,6 @@ pub fn resolve_endpoint(given: Option<&str>) -> Option<PathBuf> {
             .map(PathBuf::from)
             .find(|p| p.exists()),
     }
-}
-
-/// What the runtime says it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RuntimeVersion {
-    pub name: String,
-    pub version: String,
-    pub api_version: String,
 }
 
 #[derive(Clone)]
@@ -174,6 +186,7 @@ impl CriClient {
             )
             .await?;
         Ok(RuntimeVersion {
+            kind: RuntimeKind::Cri,
             name: reply.runtime_name,
             version: reply.runtime_version,
             api_version: reply.runtime_api_version,

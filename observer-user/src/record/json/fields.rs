@@ -7,7 +7,7 @@ use serde::{ser::SerializeMap as _, ser::SerializeSeq as _, Serialize, Serialize
 use crate::record::{
     raw::{self, Raw},
     ContainerInfo, EdgeDetail, EdgeEvent, Enrichment, HostIdentity, Item, Lifecycle, OpenFlags,
-    PodInfo, ProcessSnapshot, SocketTarget, Timestamp, SCHEMA_VERSION,
+    Origin, PodInfo, ProcessSnapshot, SocketTarget, Timestamp, SCHEMA_VERSION,
 };
 
 /// A run-unique event id: `<run id>-<sequence>`.
@@ -73,6 +73,17 @@ pub(super) fn serialize_pod<M: serde::ser::SerializeMap>(
     map.serialize_entry("namespace", &pod.pod.namespace)?;
     map.serialize_entry("pod", &pod.pod.name)?;
     map.serialize_entry("podUid", &pod.pod.uid)?;
+    match &pod.origin {
+        Origin::CriPod => {}
+        Origin::DockerPod => map.serialize_entry("containerRuntime", "docker")?,
+        Origin::DockerContainer { compose } => {
+            map.serialize_entry("containerRuntime", "docker")?;
+            if let Some((project, service)) = compose {
+                map.serialize_entry("composeProject", project)?;
+                map.serialize_entry("composeService", service)?;
+            }
+        }
+    }
     let identity = &pod.identity;
     for (key, value) in [
         ("tenant", &identity.tenant),

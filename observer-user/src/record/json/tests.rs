@@ -142,3 +142,55 @@ fn records_of_alternating_workloads_carry_their_own_workload_fields() {
         .collect();
     assert_eq!(seen, expect);
 }
+
+#[test]
+fn docker_containers_say_so_and_carry_their_compose_service() {
+    let host = HostIdentity::for_tests();
+    let labels = [
+        ("com.docker.compose.project", "shop"),
+        ("com.docker.compose.service", "api"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let mut info = ContainerInfo::clone(&container("d1", "unused"));
+    info.name = "shop_api_1".into();
+    info.pod = Arc::new(PodInfo::docker_container("d1".into(), "shop_api_1", labels));
+    let docker = Arc::new(info);
+    let record = Record::Lifecycle {
+        lifecycle: Lifecycle::Start,
+        container: Arc::clone(&docker),
+        enrichment: Enrichment::Complete,
+    };
+    let mut out = Vec::new();
+    RecordWriter::new(&host, "r")
+        .write(&mut out, &Item::new(1_000, &host, record))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    for (field, want) in [
+        ("workloadId", "shop/api"),
+        ("workloadIdSource", "derived"),
+        ("containerRuntime", "docker"),
+        ("composeProject", "shop"),
+        ("composeService", "api"),
+        ("containerName", "shop_api_1"),
+        ("namespace", ""),
+        ("pod", ""),
+        ("podUid", ""),
+    ] {
+        assert_eq!(v[field], want, "{field} in {v}");
+    }
+    // A CRI pod's records do not name a runtime.
+    let record = Record::Lifecycle {
+        lifecycle: Lifecycle::Start,
+        container: container("a1", "web"),
+        enrichment: Enrichment::Complete,
+    };
+    let mut out = Vec::new();
+    RecordWriter::new(&host, "r")
+        .write(&mut out, &Item::new(1_000, &host, record))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(v.get("containerRuntime").is_none(), "{v}");
+    assert!(v.get("composeProject").is_none(), "{v}");
+}

@@ -290,3 +290,38 @@ fn a_sandbox_under_a_shared_parent_marks_only_itself() {
     a.on_pod(pod("shop"), &mut Vec::new());
     assert_eq!(a.take_marks(), vec![51]);
 }
+
+#[test]
+fn a_container_restarted_under_its_id_gets_a_start_and_stop_per_run() {
+    let mut a = attributor(NamespaceFilter::default());
+    let mut out = Vec::new();
+    let run = |state, started: i64, finished: i64, code: i32| {
+        let mut info = ContainerInfo::clone(&container(state, true));
+        info.started_at_ns = started;
+        info.finished_at_ns = finished;
+        info.exit_code = (state == ContainerState::Exited).then_some(code);
+        Arc::new(info)
+    };
+    a.on_container(run(ContainerState::Running, 10, 0, 0), &mut out);
+    a.on_container(run(ContainerState::Exited, 10, 20, 3), &mut out);
+    // Described again in the same run: nothing new.
+    a.on_container(run(ContainerState::Exited, 10, 20, 3), &mut out);
+    a.on_container(run(ContainerState::Running, 30, 0, 0), &mut out);
+    a.on_container(run(ContainerState::Exited, 30, 40, 0), &mut out);
+    let lifecycle: Vec<(Lifecycle, i64, Option<i32>)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Lifecycle(l, c, _) => Some((*l, c.started_at_ns, c.exit_code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        lifecycle,
+        [
+            (Lifecycle::Start, 10, None),
+            (Lifecycle::Stop, 10, Some(3)),
+            (Lifecycle::Start, 30, None),
+            (Lifecycle::Stop, 30, Some(0)),
+        ]
+    );
+}

@@ -1,52 +1,12 @@
 use super::*;
+use crate::{
+    record::ContainerState,
+    workload::{cri::CriClient, watcher::cri::CriSource},
+};
+use observer_common::identity::DigestKind;
 
 fn digest(c: char) -> String {
     format!("sha256:{}", c.to_string().repeat(64))
-}
-
-#[test]
-fn digests_by_kind() {
-    let m = digest('a');
-    let c = digest('c');
-    let image = proto::Image {
-        id: c.clone(),
-        repo_tags: vec!["registry/app:1".into()],
-        repo_digests: vec![
-            format!("other/app@{}", digest('b')),
-            format!("registry/app@{m}"),
-        ],
-        size: 1,
-    };
-    // The runtime's image_ref is the config id; the repo digest matching the requested
-    // repository wins.
-    let info = image_info("registry/app:1", &c, Some(&image));
-    assert_eq!(
-        (info.digest.as_deref(), info.digest_kind),
-        (Some(m.as_str()), DigestKind::Manifest)
-    );
-    assert_eq!(info.reference, "registry/app:1");
-    // A digested image_ref is a manifest digest by itself.
-    let info = image_info("registry/app:1", &format!("registry/app@{m}"), None);
-    assert_eq!(info.digest_kind, DigestKind::Manifest);
-    // No repo digests: the config id, labelled as such.
-    let bare = proto::Image {
-        repo_digests: vec![],
-        ..image.clone()
-    };
-    let info = image_info("registry/app:1", &c, Some(&bare));
-    assert_eq!(
-        (info.digest.as_deref(), info.digest_kind),
-        (Some(c.as_str()), DigestKind::Config)
-    );
-    assert!(!info.has_usable_digest());
-    // Asked by id: shown by tag.
-    assert_eq!(image_info(&c, &c, Some(&bare)).reference, "registry/app:1");
-    // Nothing at all.
-    let info = image_info("app:1", "", None);
-    assert_eq!((info.digest, info.digest_kind), (None, DigestKind::Unknown));
-    // Pinned in the spec: that digest.
-    let info = image_info(&format!("app@{m}"), "", None);
-    assert_eq!(info.digest_kind, DigestKind::Manifest);
 }
 
 /// containerd 1.6, which the integration tests run, has no container event stream; a
@@ -68,20 +28,19 @@ async fn a_runtime_event_stream_drives_discovery_without_polling() {
     let (updates_tx, mut updates) = mpsc::channel(64);
     let (_requests, requests_rx) = mpsc::channel(8);
     let watcher = Watcher::new(
+        CriSource::new(socket.clone(), Duration::from_secs(5), dir.join("no-proc")),
         WatcherConfig {
-            endpoint: socket.clone(),
             // Were the watcher polling, nothing would be seen within the test.
             poll_interval: Duration::from_secs(3600),
-            call_timeout: Duration::from_secs(5),
-            proc_root: dir.join("no-proc"),
         },
-        client,
+        Some(client),
         updates_tx,
         requests_rx,
     );
     tokio::spawn(watcher.run());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while runtime.calls("GetContainerEvents") == 0 {
+    // The stream is opened first, then everything is listed once.
+    while runtime.calls("GetContainerEvents") == 0 || runtime.calls("ListContainers") == 0 {
         assert!(
             Instant::now() < deadline,
             "the watcher never opened the stream"
@@ -89,6 +48,7 @@ async fn a_runtime_event_stream_drives_discovery_without_polling() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let listed_at_start = runtime.calls("ListContainers");
+    assert_eq!(listed_at_start, 1);
 
     // A pod and its container appear after the first listing; only the stream says so.
     let manifest = digest('a');
