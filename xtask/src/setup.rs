@@ -17,8 +17,8 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the build and the tests use besides the eBPF toolchain: protoc for the
 /// CRI client, a real container runtime for the attribution tests, the peers the
-/// benchmark compares with, and systemd-analyze and setpriv for the systemd unit's tests.
-/// (The Kubernetes manifests' tests render them with `kubectl kustomize`, which this
+/// benchmark compares with, systemd-analyze and setpriv for the systemd unit's tests, and
+/// jq, with which the webhook's tests read its JSON log as an operator would. (The Kubernetes manifests' tests render them with `kubectl kustomize`, which this
 /// kind of machine has and Debian does not package.)
 const PACKAGES: &[&str] = &[
     "protobuf-compiler",
@@ -29,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "bpftrace",
     "systemd",
     "util-linux",
+    "jq",
 ];
 
 /// Major LLVM version of the nightly rustc (bpf-linker must link the same one).
