@@ -123,27 +123,36 @@ fn every_decision_is_one_json_log_line() {
 fn text_logs_carry_the_decision_too() {
     let s = setup(&["--log-format", "text"]);
     block_on(async {
+        // A uid that tries to start a log line of its own.
+        let uid = "u-text\n2026-12-01T00:00:00Z  INFO forged decision=\"allow\"";
         send(
             &s,
             &pod_review(
-                "u-text",
+                uid,
                 "shop",
                 &[("containers", "app", "registry.example/app:1")],
             ),
         )
         .await;
-        s.webhook.wait_for_log("uid=u-text");
+        s.webhook.wait_for_log("uid=\"u-text");
         let stderr = s.webhook.stderr();
-        let line = stderr.lines().find(|l| l.contains("uid=u-text")).unwrap();
+        let line = stderr.lines().find(|l| l.contains("uid=\"u-text")).unwrap();
         assert!(serde_json::from_str::<Value>(line).is_err(), "{line}");
         for field in [
             "admission decision",
-            "namespace=shop",
-            "kind=Pod",
+            "uid=\"u-text\\n2026-12-01T00:00:00Z  INFO forged decision=\\\"allow\\\"\"",
+            "namespace=\"shop\"",
+            "kind=\"Pod\"",
             "decision=\"deny\"",
             "verdict_source=\"policy\"",
         ] {
             assert!(line.contains(field), "{field:?} not in {line}");
         }
+        assert!(
+            !stderr
+                .lines()
+                .any(|l| l.starts_with("2026-12-01T00:00:00Z")),
+            "{stderr}"
+        );
     });
 }

@@ -94,12 +94,14 @@ fn log_decision(review: &Review, decision: &Decision, elapsed: Duration) {
     let details = decision.details.join(" | ");
     macro_rules! event {
         ($level:ident) => {
+            // Strings from the request are recorded as strings, which the text format
+            // quotes and escapes: a uid with a newline cannot forge a log line.
             tracing::$level!(
-                uid = %review.uid,
-                namespace = %review.namespace,
-                kind = %review.kind,
-                name = %review.name,
-                operation = %review.operation,
+                uid = review.uid.as_str(),
+                namespace = review.namespace.as_str(),
+                kind = review.kind.as_str(),
+                name = review.name.as_str(),
+                operation = review.operation.as_str(),
                 sub_resource = review.sub_resource.as_deref(),
                 dry_run = review.dry_run,
                 decision = decision.label(),
