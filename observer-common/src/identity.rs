@@ -4,8 +4,19 @@
 //! is absent, a stable id is derived from the namespace and the pod name without the
 //! suffixes Kubernetes controllers add, and marked `derived`, so that every replica of a
 //! Deployment shares one id across restarts and rollouts.
+//!
+//! The observer derives it from running pods; the admission webhook from the objects the
+//! API server asks about (pods, and the controllers whose pod templates make pods). Both go
+//! through [`WorkloadIdentity::of_object`], which names a controller by the id its pods will
+//! have, so an admission and the events of what it admitted carry one id.
+
+mod image;
+#[cfg(test)]
+mod tests;
 
 use std::{collections::BTreeMap, fmt, string::String, vec::Vec};
+
+pub use image::{is_digest, DigestKind, ImageReference};
 
 /// The identity labels (also accepted as annotations).
 pub mod labels {
@@ -72,7 +83,7 @@ pub struct WorkloadIdentity {
     pub channel: Option<String>,
 }
 
-/// A pod as the runtime (or the API server) describes it.
+/// A pod as the runtime describes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodRef {
     pub name: String,
@@ -81,14 +92,97 @@ pub struct PodRef {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The kinds of object a workload identity is derived for: pods, and the controllers whose
+/// pod templates make them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    Pod,
+    ReplicaSet,
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    Job,
+    CronJob,
+}
+
+impl ObjectKind {
+    /// The kind as the API names it (`request.kind.kind`); `None` for kinds that run nothing.
+    pub fn from_api(kind: &str) -> Option<ObjectKind> {
+        Some(match kind {
+            "Pod" => ObjectKind::Pod,
+            "ReplicaSet" => ObjectKind::ReplicaSet,
+            "Deployment" => ObjectKind::Deployment,
+            "StatefulSet" => ObjectKind::StatefulSet,
+            "DaemonSet" => ObjectKind::DaemonSet,
+            "Job" => ObjectKind::Job,
+            "CronJob" => ObjectKind::CronJob,
+            _ => return None,
+        })
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Pod => "Pod",
+            ObjectKind::ReplicaSet => "ReplicaSet",
+            ObjectKind::Deployment => "Deployment",
+            ObjectKind::StatefulSet => "StatefulSet",
+            ObjectKind::DaemonSet => "DaemonSet",
+            ObjectKind::Job => "Job",
+            ObjectKind::CronJob => "CronJob",
+        }
+    }
+}
+
+/// How an object is named when its identity is derived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectName<'a> {
+    /// `metadata.name`.
+    Given(&'a str),
+    /// Only `metadata.generateName`, as written (usually ending in `-`): the API server has
+    /// not chosen the rest of the name yet.
+    Generated(&'a str),
+}
+
+/// An object whose workload identity is wanted: a pod, or a controller and the labels of its
+/// pod template (the labels its pods will carry).
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectRef<'a> {
+    pub kind: ObjectKind,
+    pub name: ObjectName<'a>,
+    pub namespace: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+impl<'a> ObjectRef<'a> {
+    /// A pod as the runtime describes it.
+    pub fn pod(pod: &'a PodRef) -> Self {
+        ObjectRef {
+            kind: ObjectKind::Pod,
+            name: ObjectName::Given(&pod.name),
+            namespace: &pod.namespace,
+            labels: &pod.labels,
+        }
+    }
+
+    fn label(&self, key: &str) -> Option<&'a str> {
+        self.labels.get(key).map(String::as_str)
+    }
+}
+
 impl WorkloadIdentity {
     /// The identity of a pod. Invalid identity labels are reported in the second value and
     /// otherwise ignored: a bad `id` label falls back to the derived id, a bad optional
     /// label is left out. The identity itself is always usable.
     pub fn of_pod(pod: &PodRef) -> (WorkloadIdentity, Vec<IdentityError>) {
+        Self::of_object(&ObjectRef::pod(pod))
+    }
+
+    /// The identity of a pod or of a controller's pod template, as [`Self::of_pod`] reports
+    /// it for the pods the object makes.
+    pub fn of_object(object: &ObjectRef<'_>) -> (WorkloadIdentity, Vec<IdentityError>) {
         let mut errors = Vec::new();
         let mut valid = |label: &'static str| -> Option<String> {
-            let value = pod.labels.get(label)?;
+            let value = object.labels.get(label)?;
             match validate_label_value(value) {
                 Ok(()) => Some(value.clone()),
                 Err(problem) => {
@@ -108,7 +202,7 @@ impl WorkloadIdentity {
         let channel = valid(labels::CHANNEL);
         let (id, id_source) = match labelled {
             Some(id) => (id, IdSource::Label),
-            None => (derive_id(pod), IdSource::Derived),
+            None => (derive_object_id(object), IdSource::Derived),
         };
         (
             WorkloadIdentity {
@@ -200,44 +294,72 @@ fn is_generated_suffix(s: &str, len: usize) -> bool {
 
 /// `<namespace>/<workload name>`: the pod name without the suffixes its controller added.
 pub fn derive_id(pod: &PodRef) -> String {
-    std::format!("{}/{}", pod.namespace, workload_name(pod))
+    derive_object_id(&ObjectRef::pod(pod))
 }
 
-fn workload_name(pod: &PodRef) -> &str {
-    let name = pod.name.as_str();
-    let label = |key: &str| pod.labels.get(key).map(String::as_str);
+/// `<namespace>/<workload name>` of a pod or a controller: the id its pods are given.
+///
+/// An object known only by its `generateName`, with no label saying which controller made
+/// it, gets `<namespace>/<generateName>` ending in `-`: no object name ends so, so the id
+/// stands for "not named yet" and never for some other workload.
+pub fn derive_object_id(object: &ObjectRef<'_>) -> String {
+    match object_workload_name(object) {
+        Some(name) => std::format!("{}/{name}", object.namespace),
+        None => {
+            let (ObjectName::Generated(prefix) | ObjectName::Given(prefix)) = object.name;
+            let dash = if prefix.ends_with('-') { "" } else { "-" };
+            std::format!("{}/{prefix}{dash}", object.namespace)
+        }
+    }
+}
 
+/// The workload name of an object, `None` when it cannot be known yet.
+fn object_workload_name<'a>(object: &ObjectRef<'a>) -> Option<&'a str> {
+    match (object.kind, object.name) {
+        (ObjectKind::Pod, ObjectName::Given(name)) => Some(pod_workload_name(name, object)),
+        (ObjectKind::Pod, ObjectName::Generated(prefix)) => new_pod_workload_name(prefix, object),
+        (ObjectKind::ReplicaSet, ObjectName::Given(name)) => Some(replica_set_workload_name(
+            name,
+            object.label(labels::POD_TEMPLATE_HASH),
+        )),
+        (ObjectKind::Job, ObjectName::Given(name)) => Some(job_workload_name(name)),
+        (
+            ObjectKind::Deployment
+            | ObjectKind::StatefulSet
+            | ObjectKind::DaemonSet
+            | ObjectKind::CronJob,
+            ObjectName::Given(name),
+        ) => Some(name),
+        // A controller whose own name is still to be generated: its pods' names, and so the
+        // id the observer will derive, are not known.
+        (_, ObjectName::Generated(_)) => None,
+    }
+}
+
+/// A running pod's workload name, decided from its name and the labels Kubernetes sets.
+fn pod_workload_name<'a>(name: &'a str, pod: &ObjectRef<'a>) -> &'a str {
     // Deployment → ReplicaSet `<name>-<pod-template-hash>` → pod `<rs>-<5 random>`.
-    if let Some(hash) = label(labels::POD_TEMPLATE_HASH) {
+    if let Some(hash) = pod.label(labels::POD_TEMPLATE_HASH) {
         if let Some((rest, suffix)) = name.rsplit_once('-') {
             if is_generated_suffix(suffix, 5) {
-                if let Some(base) = rest.strip_suffix(hash).and_then(|r| r.strip_suffix('-')) {
-                    return base;
-                }
-                // A bare ReplicaSet (no Deployment): strip only the random suffix.
-                return rest;
+                return replica_set_workload_name(rest, Some(hash));
             }
         }
     }
     // StatefulSet pods are `<set>-<ordinal>`; the set is the workload.
-    if label(labels::STATEFULSET_POD_NAME) == Some(name) {
+    if pod.label(labels::STATEFULSET_POD_NAME) == Some(name) {
         if let Some((base, ordinal)) = name.rsplit_once('-') {
             if !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()) {
                 return base;
             }
         }
     }
-    // Job pods carry the job's name; CronJob jobs are `<cronjob>-<scheduled minute>`.
-    if let Some(job) = label(labels::BATCH_JOB_NAME).or_else(|| label(labels::JOB_NAME)) {
-        if let Some((base, minute)) = job.rsplit_once('-') {
-            if minute.len() >= 8 && minute.bytes().all(|b| b.is_ascii_digit()) {
-                return base;
-            }
-        }
-        return job;
+    // Job pods carry the job's name.
+    if let Some(job) = job_label(pod) {
+        return job_workload_name(job);
     }
     // DaemonSet pods are `<set>-<5 random>`.
-    if label(labels::CONTROLLER_REVISION_HASH).is_some() {
+    if pod.label(labels::CONTROLLER_REVISION_HASH).is_some() {
         if let Some((base, suffix)) = name.rsplit_once('-') {
             if is_generated_suffix(suffix, 5) {
                 return base;
@@ -247,288 +369,43 @@ fn workload_name(pod: &PodRef) -> &str {
     name
 }
 
-/// Which digest an image reference carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DigestKind {
-    /// The registry manifest digest (`repo@sha256:...`): what a registry and a scanner key on.
-    Manifest,
-    /// The image configuration digest (the local "image id"): not resolvable at a registry.
-    Config,
-    /// No digest is known.
-    Unknown,
+/// The workload name of a pod about to be created from `generateName` (`<owner>-`): what
+/// [`pod_workload_name`] will give for `<owner>-<5 random>`, when the labels make that
+/// knowable.
+fn new_pod_workload_name<'a>(prefix: &'a str, pod: &ObjectRef<'a>) -> Option<&'a str> {
+    let owner = prefix.strip_suffix('-').filter(|o| !o.is_empty());
+    if let (Some(owner), Some(hash)) = (owner, pod.label(labels::POD_TEMPLATE_HASH)) {
+        return Some(replica_set_workload_name(owner, Some(hash)));
+    }
+    if let Some(job) = job_label(pod) {
+        return Some(job_workload_name(job));
+    }
+    match owner {
+        Some(owner) if pod.label(labels::CONTROLLER_REVISION_HASH).is_some() => Some(owner),
+        // A bare pod keeps its whole name, which is not chosen yet.
+        _ => None,
+    }
 }
 
-impl DigestKind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DigestKind::Manifest => "manifest",
-            DigestKind::Config => "config",
-            DigestKind::Unknown => "unknown",
+fn job_label<'a>(pod: &ObjectRef<'a>) -> Option<&'a str> {
+    pod.label(labels::BATCH_JOB_NAME)
+        .or_else(|| pod.label(labels::JOB_NAME))
+}
+
+/// A ReplicaSet `<deployment>-<pod-template-hash>` is its Deployment; a bare one (the name
+/// does not end in its hash) is itself.
+fn replica_set_workload_name<'a>(name: &'a str, hash: Option<&str>) -> &'a str {
+    hash.and_then(|hash| name.strip_suffix(hash))
+        .and_then(|rest| rest.strip_suffix('-'))
+        .unwrap_or(name)
+}
+
+/// CronJob jobs are `<cronjob>-<scheduled minute>`; other jobs are themselves.
+fn job_workload_name(job: &str) -> &str {
+    if let Some((base, minute)) = job.rsplit_once('-') {
+        if minute.len() >= 8 && minute.bytes().all(|b| b.is_ascii_digit()) {
+            return base;
         }
     }
-}
-
-/// A parsed image reference: `[registry/]repository[:tag][@algorithm:hex]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageReference {
-    /// Everything before the tag and digest (registry and path).
-    pub repository: String,
-    pub tag: Option<String>,
-    /// `sha256:<64 hex>`.
-    pub digest: Option<String>,
-}
-
-impl ImageReference {
-    /// Parses a reference; `None` when it is not one (empty, or a malformed digest).
-    pub fn parse(reference: &str) -> Option<ImageReference> {
-        let reference = reference.trim();
-        if reference.is_empty() || reference.contains(char::is_whitespace) {
-            return None;
-        }
-        let (name, digest) = match reference.split_once('@') {
-            Some((name, digest)) => {
-                if !is_digest(digest) {
-                    return None;
-                }
-                (name, Some(String::from(digest)))
-            }
-            None => (reference, None),
-        };
-        // A tag follows the last ':' after the last '/' (a ':' before it is a registry port).
-        let last_slash = name.rfind('/').map_or(0, |i| i + 1);
-        let (repository, tag) = match name[last_slash..].rfind(':') {
-            Some(i) => (
-                &name[..last_slash + i],
-                Some(String::from(&name[last_slash + i + 1..])),
-            ),
-            None => (name, None),
-        };
-        if repository.is_empty() || tag.as_deref() == Some("") {
-            return None;
-        }
-        Some(ImageReference {
-            repository: String::from(repository),
-            tag,
-            digest,
-        })
-    }
-
-    /// Pinned by digest (`@sha256:...`), so the bytes that run cannot change under the name.
-    pub fn is_pinned(&self) -> bool {
-        self.digest.is_some()
-    }
-}
-
-/// `sha256:` followed by 64 lowercase hex digits.
-pub fn is_digest(value: &str) -> bool {
-    value.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod(name: &str, labels: &[(&str, &str)]) -> PodRef {
-        PodRef {
-            name: name.into(),
-            namespace: "shop".into(),
-            uid: "0b6a6c1e-2f7c-4e1e-9d5e-1f2a3b4c5d6e".into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn labelled_identity_is_taken_as_is() {
-        let p = pod(
-            "api-7d4b9c8f6d-x2x7k",
-            &[
-                (labels::ID, "payments-api"),
-                (labels::TENANT, "acme"),
-                (labels::PROJECT, "checkout"),
-                (labels::COMPONENT, "api"),
-                (labels::CHANNEL, "stable"),
-            ],
-        );
-        let (id, errors) = WorkloadIdentity::of_pod(&p);
-        assert!(errors.is_empty());
-        assert_eq!(
-            id,
-            WorkloadIdentity {
-                id: "payments-api".into(),
-                id_source: IdSource::Label,
-                tenant: Some("acme".into()),
-                project: Some("checkout".into()),
-                component: Some("api".into()),
-                channel: Some("stable".into()),
-            }
-        );
-    }
-
-    #[test]
-    fn derived_ids_strip_controller_suffixes() {
-        let derived =
-            |name: &str, labels: &[(&str, &str)]| WorkloadIdentity::of_pod(&pod(name, labels)).0;
-        let d = derived(
-            "api-7d4b9c8f6d-x2x7k",
-            &[(labels::POD_TEMPLATE_HASH, "7d4b9c8f6d")],
-        );
-        assert_eq!(
-            (d.id.as_str(), d.id_source),
-            ("shop/api", IdSource::Derived)
-        );
-        assert_eq!(
-            derived(
-                "db-2",
-                &[
-                    (labels::STATEFULSET_POD_NAME, "db-2"),
-                    (labels::CONTROLLER_REVISION_HASH, "db-5f")
-                ]
-            )
-            .id,
-            "shop/db"
-        );
-        assert_eq!(
-            derived("agent-q8wzn", &[(labels::CONTROLLER_REVISION_HASH, "6b7c")]).id,
-            "shop/agent"
-        );
-        assert_eq!(
-            derived("migrate-x7k2p", &[(labels::JOB_NAME, "migrate")]).id,
-            "shop/migrate"
-        );
-        assert_eq!(
-            derived(
-                "report-29012345-abcde",
-                &[(labels::BATCH_JOB_NAME, "report-29012345")]
-            )
-            .id,
-            "shop/report"
-        );
-        // A bare pod keeps its name, even when it looks like it has a suffix.
-        assert_eq!(derived("debug-x2x7k", &[]).id, "shop/debug-x2x7k");
-        // A hash label that does not match the name: only the random suffix goes.
-        assert_eq!(
-            derived("web-zzz-x2x7k", &[(labels::POD_TEMPLATE_HASH, "abc")]).id,
-            "shop/web-zzz"
-        );
-        // A suffix with characters Kubernetes never generates is not stripped.
-        assert_eq!(
-            derived("agent-aeiou", &[(labels::CONTROLLER_REVISION_HASH, "1")]).id,
-            "shop/agent-aeiou"
-        );
-    }
-
-    #[test]
-    fn invalid_labels_are_reported_and_do_not_poison_the_identity() {
-        let long = "x".repeat(64);
-        let p = pod(
-            "web",
-            &[
-                (labels::ID, "bad/id"),
-                (labels::TENANT, &long),
-                (labels::CHANNEL, "-edge"),
-            ],
-        );
-        let (id, errors) = WorkloadIdentity::of_pod(&p);
-        assert_eq!(id.id, "shop/web");
-        assert_eq!(id.id_source, IdSource::Derived);
-        assert_eq!(id.tenant, None);
-        assert_eq!(id.channel, None);
-        let labels_with_errors: Vec<&str> = errors.iter().map(|e| e.label).collect();
-        assert_eq!(
-            labels_with_errors,
-            [labels::ID, labels::TENANT, labels::CHANNEL]
-        );
-        assert_eq!(
-            errors[0].to_string(),
-            "label stellaops.workload/id=\"bad/id\": may only contain letters, digits, '-', '_' and '.'"
-        );
-        assert_eq!(errors[1].problem, "is longer than 63 characters");
-        assert_eq!(
-            errors[2].problem,
-            "must start and end with a letter or digit"
-        );
-        assert_eq!(validate_label_value(""), Err("is empty"));
-    }
-
-    #[test]
-    fn docker_containers_are_named_by_label_then_compose_then_name() {
-        let of = |name: &str, labels: &[(&str, &str)]| {
-            let labels = labels
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect();
-            WorkloadIdentity::of_container(name, &labels)
-        };
-        let (id, errors) = of(
-            "payments",
-            &[
-                (labels::ID, "payments-api"),
-                (labels::TENANT, "acme"),
-                (labels::COMPOSE_PROJECT, "shop"),
-                (labels::COMPOSE_SERVICE, "api"),
-            ],
-        );
-        assert!(errors.is_empty());
-        assert_eq!(
-            (id.id.as_str(), id.id_source, id.tenant.as_deref()),
-            ("payments-api", IdSource::Label, Some("acme"))
-        );
-        let (id, _) = of(
-            "shop_api_2",
-            &[
-                (labels::COMPOSE_PROJECT, "shop"),
-                (labels::COMPOSE_SERVICE, "api"),
-            ],
-        );
-        assert_eq!(
-            (id.id.as_str(), id.id_source),
-            ("shop/api", IdSource::Derived)
-        );
-        let (id, _) = of("web", &[(labels::COMPOSE_PROJECT, "shop")]);
-        assert_eq!(id.id, "docker:web");
-        // A bad id label is reported; the derived id stands in for it.
-        let (id, errors) = of(
-            "shop_api_1",
-            &[
-                (labels::ID, "bad id"),
-                (labels::COMPOSE_PROJECT, "shop"),
-                (labels::COMPOSE_SERVICE, "api"),
-            ],
-        );
-        assert_eq!(
-            (id.id.as_str(), id.id_source),
-            ("shop/api", IdSource::Derived)
-        );
-        assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].label, labels::ID);
-    }
-
-    #[test]
-    fn image_references() {
-        let digest = "sha256:".to_owned() + &"ab".repeat(32);
-        let r =
-            ImageReference::parse(&format!("registry.local:5000/team/app:1.2@{digest}")).unwrap();
-        assert_eq!(r.repository, "registry.local:5000/team/app");
-        assert_eq!(r.tag.as_deref(), Some("1.2"));
-        assert_eq!(r.digest.as_deref(), Some(digest.as_str()));
-        assert!(r.is_pinned());
-        let r = ImageReference::parse("registry.local:5000/app").unwrap();
-        assert_eq!(
-            (r.repository.as_str(), r.tag.as_deref(), r.is_pinned()),
-            ("registry.local:5000/app", None, false)
-        );
-        let r = ImageReference::parse("busybox:latest").unwrap();
-        assert_eq!(r.tag.as_deref(), Some("latest"));
-        assert_eq!(ImageReference::parse("app@sha256:short"), None);
-        assert_eq!(ImageReference::parse(""), None);
-        assert_eq!(ImageReference::parse("app:"), None);
-        assert_eq!(ImageReference::parse("a b"), None);
-        assert!(is_digest(&digest));
-        assert!(!is_digest(&digest.to_uppercase()));
-    }
+    job
 }

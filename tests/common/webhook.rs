@@ -1,5 +1,7 @@
 //! Runs the real `zastava-webhook` binary on loopback with a generated certificate, and
-//! talks to it as the API server would: AdmissionReviews over HTTPS.
+//! talks to it as the API server would: AdmissionReviews over HTTPS. Its log is JSON
+//! (`RUST_LOG_FORMAT=json`, unless a test passes `--log-format text`), so a test can read
+//! the decision line of its own request.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -34,11 +36,17 @@ pub struct Webhook {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub dir: TempDir,
+    /// Where it asks for verdicts.
+    pub backend_url: String,
 }
 
+/// The address `key` names in the ready line, in either log format.
 fn address_after(line: &str, key: &str) -> Option<SocketAddr> {
+    if let Ok(json) = serde_json::from_str::<Value>(line) {
+        return json[key].as_str().and_then(|a| a.parse().ok());
+    }
     line.split_whitespace()
-        .find_map(|word| word.strip_prefix(key))
+        .find_map(|word| word.strip_prefix(&format!("{key}=")))
         .and_then(|a| a.parse().ok())
 }
 
@@ -89,6 +97,7 @@ addr = "127.0.0.1:0"
             .arg(&config)
             .args(extra)
             .env("RUST_LOG", "info")
+            .env("RUST_LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -103,11 +112,10 @@ addr = "127.0.0.1:0"
                 let (lock, cond) = &*reader_shared;
                 let mut s = lock.lock().unwrap();
                 if line.contains("webhook ready") {
-                    if let (Some(https), Some(admin)) = (
-                        address_after(&line, "https="),
-                        address_after(&line, "admin="),
-                    ) {
-                        s.ready = Some((https, address_after(&line, "metrics="), admin));
+                    if let (Some(https), Some(admin)) =
+                        (address_after(&line, "https"), address_after(&line, "admin"))
+                    {
+                        s.ready = Some((https, address_after(&line, "metrics"), admin));
                     }
                 }
                 s.stderr.push_str(&line);
@@ -137,7 +145,17 @@ addr = "127.0.0.1:0"
             cert_file,
             key_file,
             dir,
+            backend_url: backend_url.to_owned(),
         }
+    }
+
+    /// The port of its backend's URL.
+    pub fn backend_port(&self) -> u16 {
+        let authority = self.backend_url.split('/').nth(2).unwrap_or_default();
+        authority
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .expect("a backend URL with a port")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -161,6 +179,42 @@ addr = "127.0.0.1:0"
             "the webhook never logged {needle:?}:\n{}",
             state.stderr
         );
+    }
+
+    /// The log lines that are JSON objects.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(Value::is_object)
+            .collect()
+    }
+
+    /// The decision line of the review `uid` (waits for it: the log is read by a thread).
+    pub fn decision_line(&self, uid: &str) -> Value {
+        let find = |stderr: &str| {
+            stderr
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|l| l["uid"] == uid && l.get("decision").is_some())
+        };
+        let (lock, cond) = &*self.shared;
+        let (state, _) = cond
+            .wait_timeout_while(lock.lock().unwrap(), TIMEOUT, |s| {
+                find(&s.stderr).is_none() && !s.exited
+            })
+            .unwrap();
+        find(&state.stderr).unwrap_or_else(|| {
+            panic!(
+                "the webhook logged no decision for {uid}:\n{}",
+                state.stderr
+            )
+        })
+    }
+
+    /// The process id (to look at its sockets).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `/metrics`, as text.
@@ -277,4 +331,32 @@ pub fn pod_review(uid: &str, namespace: &str, containers: &[(&str, &str, &str)])
             },
         }
     })
+}
+
+/// `tests/fixtures/admission/<name>`: a review as an API server sends it.
+pub fn fixture(name: &str) -> Value {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = manifest
+        .ancestors()
+        .map(|d| d.join("tests/fixtures/admission"))
+        .find(|d| d.is_dir())
+        .expect("tests/fixtures/admission above the package");
+    let path = dir.join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `review` with its own `uid`, moved to `namespace` (the request and its objects), as the
+/// same request in another namespace would be.
+pub fn retargeted(review: &Value, uid: &str, namespace: &str) -> Value {
+    let mut review = review.clone();
+    let request = &mut review["request"];
+    request["uid"] = uid.into();
+    request["namespace"] = namespace.into();
+    for object in ["object", "oldObject"] {
+        if request[object].is_object() {
+            request[object]["metadata"]["namespace"] = namespace.into();
+        }
+    }
+    review
 }

@@ -18,9 +18,10 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the build and the tests use besides the eBPF toolchain: protoc for the
 /// CRI client, real container runtimes for the attribution tests (containerd; Docker Engine
 /// and Compose, whose tests start a private dockerd), the peers the benchmark compares
-/// with, systemd-analyze and setpriv for the systemd unit's tests, and for the test
-/// Authority (tests/authority/authority.py) Debian's python3 with PyJWT and cryptography,
-/// and openssl, which makes the tests' DPoP keys.
+/// with, systemd-analyze and setpriv for the systemd unit's tests, for the test Authority
+/// (tests/authority/authority.py) Debian's python3 with PyJWT and cryptography, and
+/// openssl, which makes the tests' DPoP keys, and jq, with which the webhook's tests read
+/// its JSON log as an operator would.
 /// (The Kubernetes manifests' tests render them with `kubectl kustomize`, which this
 /// kind of machine has and Debian does not package.)
 const PACKAGES: &[&str] = &[
@@ -38,6 +39,7 @@ const PACKAGES: &[&str] = &[
     "python3-jwt",
     "python3-cryptography",
     "openssl",
+    "jq",
 ];
 
 /// Major LLVM version of the nightly rustc (bpf-linker must link the same one).

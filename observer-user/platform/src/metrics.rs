@@ -215,6 +215,16 @@ pub const ADMISSION_FAIL_OPEN: Metric = counter(
     &[],
     "Reviews admitted without a verdict because their namespace fails open.",
 );
+pub const ADMISSION_NOT_JUDGED: Metric = counter(
+    "zastava_admission_not_judged_total",
+    &["reason"],
+    "Reviews admitted without judging their images, by reason (not_a_workload, delete, being_deleted, unchanged_images).",
+);
+pub const ADMISSION_UNREADABLE_OBJECTS: Metric = counter(
+    "zastava_admission_unreadable_objects_total",
+    &[],
+    "Reviews denied because their object, of a kind that runs pods, could not be read as one.",
+);
 pub const ADMISSION_TLS_HANDSHAKE_FAILURES: Metric = counter(
     "zastava_admission_tls_handshake_failures_total",
     &[],
@@ -270,6 +280,8 @@ pub const WEBHOOK: &[Metric] = &[
     ADMISSION_CACHE_MISSES,
     ADMISSION_BACKEND_ERRORS,
     ADMISSION_FAIL_OPEN,
+    ADMISSION_NOT_JUDGED,
+    ADMISSION_UNREADABLE_OBJECTS,
     ADMISSION_TLS_HANDSHAKE_FAILURES,
     ADMISSION_CERTIFICATE_RELOADS,
     ADMISSION_CERTIFICATE_RELOAD_ERRORS,

@@ -44,8 +44,35 @@ impl Verdict {
     }
 }
 
+/// Why there is no judgement for a digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// For the people the API server shows it to: short, without transport details.
+    pub summary: Arc<str>,
+    /// For the log and the audit annotation: everything that is known.
+    pub detail: Arc<str>,
+}
+
+impl Failure {
+    pub fn new(summary: impl Into<Arc<str>>, detail: impl Into<Arc<str>>) -> Self {
+        Failure {
+            summary: summary.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// A failure whose whole story is short enough to tell.
+    pub fn plain(text: impl Into<Arc<str>>) -> Self {
+        let text = text.into();
+        Failure {
+            summary: Arc::clone(&text),
+            detail: text,
+        }
+    }
+}
+
 /// A fetch's answer for one digest: the judgement, or why there is none.
-pub type Answer = Result<Judgement, Arc<str>>;
+pub type Answer = Result<Judgement, Failure>;
 
 /// Where an answer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -235,9 +262,10 @@ impl VerdictCache {
                 let mut results = fetched.await;
                 for (digest, tx) in mine.into_iter().zip(senders) {
                     let answer = results.remove(&digest).unwrap_or_else(|| {
-                        Err(Arc::from(format!(
-                            "the backend's reply has no verdict for {digest}"
-                        )))
+                        Err(Failure::new(
+                            "the Scanner backend's reply has no verdict for it",
+                            format!("the Scanner backend's reply has no verdict for {digest}"),
+                        ))
                     });
                     cache.settle(&digest, &answer);
                     let _ = tx.send(Some(answer));
@@ -248,8 +276,8 @@ impl VerdictCache {
             let answer = match rx.wait_for(Option::is_some).await {
                 Ok(answer) => answer
                     .clone()
-                    .unwrap_or_else(|| Err(Arc::from("no answer"))),
-                Err(_) => Err(Arc::from("the lookup was abandoned")),
+                    .unwrap_or_else(|| Err(Failure::plain("no answer"))),
+                Err(_) => Err(Failure::plain("the lookup was abandoned")),
             };
             answers.insert(digest, (answer, Source::Backend));
         }
@@ -350,15 +378,21 @@ mod tests {
         assert_eq!(source, Source::Cache);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (answer, source) = cache
-            .lookup(&d, fetch(one("sha256:b", Err(Arc::from("down")))))
+            .lookup(&d, fetch(one("sha256:b", Err(Failure::plain("down")))))
             .await["sha256:b"]
             .clone();
-        assert_eq!((answer, source), (Err(Arc::from("down")), Source::Backend));
+        assert_eq!(
+            (answer, source),
+            (Err(Failure::plain("down")), Source::Backend)
+        );
         // The error was not cached: the next lookup asks again.
         let (answer, _) = cache.lookup(&d, fetch(HashMap::new())).await["sha256:b"].clone();
         assert_eq!(
             answer,
-            Err(Arc::from("the backend's reply has no verdict for sha256:b"))
+            Err(Failure::new(
+                "the Scanner backend's reply has no verdict for it",
+                "the Scanner backend's reply has no verdict for sha256:b"
+            ))
         );
         assert!(cache.is_empty());
     }

@@ -74,6 +74,9 @@ pub struct PolicyConfig {
     pub tag_only: TagOnly,
     /// ...or per namespace.
     pub tag_only_by_namespace: BTreeMap<String, TagOnly>,
+    /// Judge every UPDATE, also one that adds no image to what `oldObject` had, and one of
+    /// an object being deleted (which a denial would leave stuck in Terminating).
+    pub judge_every_update: bool,
 }
 
 impl Default for PolicyConfig {
@@ -83,6 +86,7 @@ impl Default for PolicyConfig {
             fail_open_namespaces: Vec::new(),
             tag_only: TagOnly::Deny,
             tag_only_by_namespace: BTreeMap::new(),
+            judge_every_update: false,
         }
     }
 }
@@ -182,6 +186,10 @@ impl WebhookConfig {
             (
                 "policy.tag_only",
                 format!("{:?}", self.policy.tag_only).to_lowercase(),
+            ),
+            (
+                "policy.judge_every_update",
+                self.policy.judge_every_update.to_string(),
             ),
             (
                 "backend.url",
@@ -322,6 +330,7 @@ mod tests {
             failOpenNamespaces = ["dev"]
             tag_only = "deny"
             tag_only_by_namespace = {{ legacy = "warn" }}
+            judge_every_update = true
             [cache]
             default_ttl = "30s"
             [backend]
@@ -339,6 +348,8 @@ mod tests {
         assert!(!config.policy.fails_open("prod"));
         assert_eq!(config.policy.tag_only_in("legacy"), TagOnly::Warn);
         assert_eq!(config.policy.tag_only_in("prod"), TagOnly::Deny);
+        assert!(config.policy.judge_every_update);
+        assert!(!PolicyConfig::default().judge_every_update);
         assert_eq!(config.cache.default_ttl, Duration::from_secs(30));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -2,16 +2,21 @@
 //! a pod's images may run, answers from a cache, keeps a strict time budget, and fails open
 //! or closed per namespace, never by accident.
 //!
-//! [`admission`] reads the review and writes the reply; [`policy`] decides, through
-//! [`cache`] and the backend client shared with the observer (`zastava_platform::backend`); [`tls`] serves the certificate and
-//! follows its rotation; [`server`] holds the listeners.
+//! [`admission`] reads the review and writes the reply, [`workload`] what in its object
+//! runs; [`policy`] decides, through [`cache`] and the backend client shared with the
+//! observer (`zastava_platform::backend`), and [`judgement`] turns the verdicts into the
+//! decision, told in [`message`]s people can read; [`tls`] serves the certificate and
+//! follows its rotation; [`server`] holds the listeners and logs every decision.
 
 pub mod admission;
 pub mod cache;
 pub mod config;
+pub mod judgement;
+pub mod message;
 pub mod policy;
 pub mod server;
 pub mod tls;
+pub mod workload;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -139,6 +144,7 @@ pub async fn serve(config: WebhookConfig, metrics: PrometheusHandle) -> Result<(
         admin = %bound.admin,
         budget = ?config.policy.budget,
         fail_open_namespaces = ?config.policy.fail_open_namespaces,
+        judge_every_update = config.policy.judge_every_update,
         "webhook ready"
     );
     let router = server::https_router(

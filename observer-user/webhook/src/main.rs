@@ -7,6 +7,7 @@ use zastava_platform::{
     authority::{admin, AuthorityArgs},
     backend::BackendArgs,
     config::{parse_assignment, Sources},
+    logging::LogFormat,
     metrics::{self, Binary},
 };
 use zastava_webhook::{self as webhook, config::WebhookConfig};
@@ -20,6 +21,9 @@ use zastava_webhook::{self as webhook, config::WebhookConfig};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or as JSON objects (default: `RUST_LOG_FORMAT`, else text).
+    #[arg(long, value_enum, global = true, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +86,10 @@ struct ServeArgs {
     /// [policy.tag_only] Images not pinned by digest.
     #[arg(long, value_enum)]
     tag_only: Option<TagOnlyArg>,
+    /// [policy.judge_every_update] Also judge updates that add no image, and updates of
+    /// objects being deleted.
+    #[arg(long)]
+    judge_every_update: bool,
     #[command(flatten)]
     backend: BackendArgs,
     #[command(flatten)]
@@ -110,6 +118,9 @@ fn configuration(args: &ServeArgs) -> Result<WebhookConfig, String> {
         ("admin.addr", &args.admin_addr),
     ]);
     s.set_list("policy.fail_open_namespaces", &args.fail_open_namespaces);
+    if args.judge_every_update {
+        s.set("policy.judge_every_update", true);
+    }
     if let Some(tag_only) = args.tag_only {
         s.set(
             "policy.tag_only",
@@ -127,10 +138,10 @@ fn configuration(args: &ServeArgs) -> Result<WebhookConfig, String> {
 }
 
 fn main() -> ExitCode {
-    zastava_platform::logging::init();
+    let cli = Cli::parse();
+    zastava_platform::logging::init_with(cli.log_format);
     // Plain-HTTP clients (the admin command) need a process-wide TLS provider to exist.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

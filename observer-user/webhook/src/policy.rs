@@ -2,9 +2,12 @@
 //! the Scanner backend (`POST <backend>/api/v1/policy/runtime`), through the verdict cache.
 //! The whole decision ends by its deadline, whatever the backend does: an answer that does
 //! not come in time is a failure, which denies, except in namespaces that fail open.
+//!
+//! Some reviews need no verdict at all: nothing that runs, a deletion, an object being
+//! deleted, an update that adds no image ([`NotJudged`]).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,13 +19,17 @@ use observer_common::identity::WorkloadIdentity;
 use zastava_platform::backend::BackendClient;
 
 use zastava_platform::metrics::{
-    ADMISSION_BACKEND_ERRORS, ADMISSION_FAIL_OPEN, POLICY_BACKEND_LATENCY,
+    ADMISSION_BACKEND_ERRORS, ADMISSION_NOT_JUDGED, ADMISSION_UNREADABLE_OBJECTS,
+    POLICY_BACKEND_LATENCY,
 };
 
 use crate::{
-    admission::{ContainerImage, Decision, Review},
-    cache::{Answer, Judgement, Verdict, VerdictCache},
-    config::{PolicyConfig, TagOnly},
+    admission::{Decision, NotJudged, Review, Subject},
+    cache::{Answer, Failure, Judgement, Verdict, VerdictCache},
+    config::PolicyConfig,
+    judgement::{self, Rules, Verdicts},
+    message::{annotation, line},
+    workload::WorkloadUnderReview,
 };
 
 /// The backend's policy endpoint, below its base URL.
@@ -106,10 +113,13 @@ async fn ask_backend(
                     None => {
                         metrics::counter!(ADMISSION_BACKEND_ERRORS.name, "reason" => "bad_reply")
                             .increment(1);
-                        Err(Arc::from(format!(
-                            "the backend's verdict {:?} for {} is none of allow, warn, deny",
-                            r.verdict, r.digest
-                        )))
+                        Err(Failure::new(
+                            "the Scanner backend's verdict is none of allow, warn, deny",
+                            format!(
+                                "the Scanner backend's verdict {:?} for {} is none of allow, warn, deny",
+                                r.verdict, r.digest
+                            ),
+                        ))
                     }
                 };
                 answers.insert(r.digest, answer);
@@ -118,14 +128,14 @@ async fn ask_backend(
         }
         Err((reason, message)) => {
             metrics::counter!(ADMISSION_BACKEND_ERRORS.name, "reason" => reason).increment(1);
-            let message: Arc<str> = Arc::from(message);
+            let failure = failure(reason, message);
             if reason == "unauthorized" {
                 // A rotated token: read the file again next time.
                 client.invalidate_token();
             }
             digests
                 .into_iter()
-                .map(|d| (d, Err(Arc::clone(&message))))
+                .map(|d| (d, Err(failure.clone())))
                 .collect()
         }
     }
@@ -181,6 +191,17 @@ async fn call_backend(
     Ok(reply.results)
 }
 
+/// A failed call as people are told of it (no URL, no socket error) and as it happened.
+fn failure(reason: &str, message: String) -> Failure {
+    let summary = match reason {
+        "unreachable" => "the Scanner backend is unreachable",
+        "bad_reply" => "the Scanner backend's reply could not be read",
+        // Timeouts, statuses and refused credentials are told in a few words already.
+        _ => return Failure::plain(message),
+    };
+    Failure::new(summary, message)
+}
+
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -196,15 +217,6 @@ pub struct Policy {
     config: PolicyConfig,
     client: BackendClient,
     cache: Arc<VerdictCache>,
-}
-
-/// How one image was judged.
-enum Outcome {
-    Allowed,
-    Warned(String),
-    Denied(String),
-    /// No verdict could be had (the backend failed or was too slow).
-    Unverified(String),
 }
 
 impl Policy {
@@ -226,151 +238,101 @@ impl Policy {
 
     /// The decision for `review`, by `deadline`.
     pub async fn decide(&self, review: &Review, deadline: Instant) -> Decision {
-        let Some(pod) = &review.pod else {
-            // Nothing that runs: not this webhook's business.
-            return Decision {
-                allowed: true,
-                ..Decision::default()
-            };
+        let workload = match &review.subject {
+            Subject::Workload(workload) => workload,
+            Subject::Nothing(reason) => return not_judged(*reason, None),
+            Subject::Unreadable(problem) => return unreadable(review, problem),
         };
-        let namespace = review.namespace.as_str();
-        let mut decision = Decision {
-            allowed: true,
-            ..Decision::default()
-        };
-        for problem in &pod.identity_problems {
-            decision.warnings.push(format!(
-                "workload identity: {problem}; the label is ignored"
-            ));
+        if let Some(reason) = self.needs_no_verdict(workload) {
+            return not_judged(reason, Some(workload));
         }
+        let verdicts = self.verdicts(&review.namespace, workload, deadline).await;
+        let rules = Rules {
+            namespace: &review.namespace,
+            tag_only: self.config.tag_only_in(&review.namespace),
+            fails_open: self.config.fails_open(&review.namespace),
+        };
+        judgement::decide(workload, &verdicts, &rules)
+    }
 
-        let pinned: Vec<&ContainerImage> =
-            pod.images.iter().filter(|i| i.digest().is_some()).collect();
-        let mut digests: Vec<String> = pinned
-            .iter()
-            .filter_map(|i| i.digest().map(str::to_owned))
-            .collect();
-        digests.sort();
-        digests.dedup();
-        let mut failure: Option<String> = None;
-        let answers = if digests.is_empty() {
-            HashMap::new()
+    /// Why `workload` may be admitted as it is, if it may: nothing new would run.
+    fn needs_no_verdict(&self, workload: &WorkloadUnderReview) -> Option<NotJudged> {
+        if self.config.judge_every_update {
+            None
+        } else if workload.deleting {
+            Some(NotJudged::BeingDeleted)
+        } else if workload.adds_no_image() {
+            Some(NotJudged::UnchangedImages)
         } else {
-            let client = self.client.clone();
-            let (ns, identity) = (namespace.to_owned(), pod.identity.clone());
-            let images: BTreeMap<String, String> = pinned
-                .iter()
-                .filter_map(|i| Some((i.digest()?.to_owned(), i.image.clone())))
-                .collect();
-            // Only the digests nobody is fetching yet are asked about.
-            let lookup = self.cache.lookup(&digests, move |digests| {
-                let body = request_body(&ns, &identity, &images, &digests);
-                ask_backend(client, body, digests)
-            });
-            match tokio::time::timeout_at(deadline.into(), lookup).await {
-                Ok(answers) => answers,
-                Err(_) => {
-                    metrics::counter!(ADMISSION_BACKEND_ERRORS.name, "reason" => "budget")
-                        .increment(1);
-                    failure = Some(format!(
+            None
+        }
+    }
+
+    /// The verdicts for the pinned images of `workload`: cached, else from the backend,
+    /// whatever has come by `deadline`.
+    async fn verdicts(
+        &self,
+        namespace: &str,
+        workload: &WorkloadUnderReview,
+        deadline: Instant,
+    ) -> Verdicts {
+        let images: BTreeMap<String, String> = workload
+            .images
+            .iter()
+            .filter_map(|i| Some((i.digest()?.to_owned(), i.image.clone())))
+            .collect();
+        if images.is_empty() {
+            return Verdicts::default();
+        }
+        let digests: Vec<String> = images.keys().cloned().collect();
+        let client = self.client.clone();
+        let (ns, identity) = (namespace.to_owned(), workload.identity.clone());
+        // Only the digests nobody is fetching yet are asked about.
+        let lookup = self.cache.lookup(&digests, move |digests| {
+            let body = request_body(&ns, &identity, &images, &digests);
+            ask_backend(client, body, digests)
+        });
+        match tokio::time::timeout_at(deadline.into(), lookup).await {
+            Ok(answers) => Verdicts {
+                answers,
+                missing: None,
+            },
+            Err(_) => {
+                metrics::counter!(ADMISSION_BACKEND_ERRORS.name, "reason" => "budget").increment(1);
+                Verdicts {
+                    answers: HashMap::new(),
+                    missing: Some(Failure::plain(format!(
                         "the Scanner backend did not answer within the {:?} budget",
                         self.config.budget
-                    ));
-                    HashMap::new()
+                    ))),
                 }
             }
-        };
+        }
+    }
+}
 
-        let mut sources = BTreeSet::new();
-        let mut verdicts = Vec::new();
-        let mut denied = Vec::new();
-        let mut unverified = Vec::new();
-        for image in &pod.images {
-            let what = format!(
-                "{} {:?}: image {}",
-                image.kind.as_str(),
-                image.container,
-                image.image
-            );
-            let outcome = match image.digest() {
-                None if image.reference.is_none() => {
-                    sources.insert("policy");
-                    Outcome::Denied(format!("{what} is not a valid image reference"))
-                }
-                None => {
-                    sources.insert("policy");
-                    let text =
-                        format!("{what} is not pinned by digest (use <image>@sha256:<digest>)");
-                    match self.config.tag_only_in(namespace) {
-                        TagOnly::Deny => Outcome::Denied(text),
-                        TagOnly::Warn => Outcome::Warned(text),
-                    }
-                }
-                Some(digest) => match answers.get(digest) {
-                    Some((Ok(judgement), source)) => {
-                        sources.insert(source.as_str());
-                        verdicts.push(format!("{digest}={}", judgement.verdict.as_str()));
-                        let reasons = if judgement.reasons.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {}", judgement.reasons.join(", "))
-                        };
-                        match judgement.verdict {
-                            Verdict::Allow => Outcome::Allowed,
-                            Verdict::Warn => Outcome::Warned(format!("{what}{reasons}")),
-                            Verdict::Deny => Outcome::Denied(format!("{what} is denied{reasons}")),
-                        }
-                    }
-                    Some((Err(error), _)) => Outcome::Unverified(format!("{what}: {error}")),
-                    None => Outcome::Unverified(format!(
-                        "{what}: {}",
-                        failure.as_deref().unwrap_or("no verdict")
-                    )),
-                },
-            };
-            match outcome {
-                Outcome::Allowed => {}
-                Outcome::Warned(text) => decision.warnings.push(text),
-                Outcome::Denied(text) => denied.push(text),
-                Outcome::Unverified(text) => {
-                    verdicts.push(format!("{}=unverified", image.digest().unwrap_or("-")));
-                    unverified.push(text);
-                }
-            }
-        }
-        if !unverified.is_empty() {
-            if self.config.fails_open(namespace) {
-                sources.insert("fail-open");
-                metrics::counter!(ADMISSION_FAIL_OPEN.name).increment(1);
-                decision.warnings.push(format!(
-                    "admitted without a verdict because namespace {namespace} fails open: {}",
-                    unverified.join("; ")
-                ));
-                decision
-                    .audit
-                    .insert("failed-open".into(), unverified.join("; "));
-            } else {
-                sources.insert("fail-closed");
-                denied.extend(unverified.into_iter().map(|u| {
-                    format!("{u} (could not be verified; namespace {namespace} fails closed)")
-                }));
-            }
-        }
-        if !denied.is_empty() {
-            decision.allowed = false;
-            decision.message = Some(denied.join("; "));
-        }
-        if !verdicts.is_empty() {
-            verdicts.dedup();
-            decision.audit.insert("digests".into(), verdicts.join(","));
-        }
-        if !sources.is_empty() {
-            decision.audit.insert(
-                "verdict-source".into(),
-                sources.into_iter().collect::<Vec<_>>().join(","),
-            );
-        }
-        decision
+/// Admitted without a verdict for a reason that needs none (counted).
+fn not_judged(reason: NotJudged, workload: Option<&WorkloadUnderReview>) -> Decision {
+    metrics::counter!(ADMISSION_NOT_JUDGED.name, "reason" => reason.label()).increment(1);
+    Decision {
+        workload: workload.map(|w| w.identity.id.clone()),
+        ..Decision::not_judged(reason)
+    }
+}
+
+/// A workload whose object cannot be read is denied: nobody can tell what it would run.
+fn unreadable(review: &Review, problem: &str) -> Decision {
+    metrics::counter!(ADMISSION_UNREADABLE_OBJECTS.name).increment(1);
+    let message = line(&format!(
+        "the {} cannot be judged because its object cannot be read: {problem}",
+        review.kind
+    ));
+    Decision {
+        allowed: false,
+        details: vec![message.clone()],
+        message: Some(message),
+        audit: [("unreadable-object".to_owned(), annotation(problem))].into(),
+        ..Decision::default()
     }
 }
 
