@@ -57,7 +57,8 @@ fn records_the_observer_writes_are_valid() {
     exec["syscall"] = json!("execve");
     exec["args"] = json!(["/bin/sh", "-c", "true"]);
     exec["code_id"] = json!("0daa1a3855d8d19053684e2a8bd73d647939376e");
-    for k in ["flags", "flagNames", "result"] {
+    exec["result"] = json!(0);
+    for k in ["flags", "flagNames"] {
         exec.as_object_mut().unwrap().remove(k);
     }
     assert_valid(&exec);
@@ -195,4 +196,67 @@ fn docker_containers_records_are_valid_and_their_fields_checked() {
     let mut empty_project = open;
     empty_project["composeProject"] = json!("");
     assert_invalid(&empty_project, "an empty Compose project");
+}
+
+#[test]
+fn kernel_view_fields_are_valid_where_they_belong() {
+    // A relative open the kernel resolved, in a file since unlinked, named by non-UTF-8 bytes.
+    let mut open = host_open();
+    open["path"] = json!("/tmp/caf\u{fffd}");
+    open["pathBytes"] = json!("L3RtcC9jYWb/");
+    open["requestedPath"] = json!("./caf\u{fffd}");
+    open["requestedPathBytes"] = json!("Li9jYWb/");
+    open["pathDeleted"] = json!(true);
+    open["process"]["cwd"] = json!("/tmp");
+    assert_valid(&open);
+
+    // A failed exec: the kernel never resolved a file, so the path is the caller's.
+    let mut failed_exec = host_open();
+    failed_exec["edgeType"] = json!("syscall");
+    failed_exec["syscall"] = json!("execve");
+    failed_exec["path"] = json!("./missing");
+    failed_exec["pathFromCaller"] = json!(true);
+    failed_exec["args"] = json!(["./missing", "\u{fffd}"]);
+    failed_exec["argsBytes"] = json!(["Li9taXNzaW5n", "/w=="]);
+    failed_exec["result"] = json!(-2);
+    for k in ["flags", "flagNames"] {
+        failed_exec.as_object_mut().unwrap().remove(k);
+    }
+    assert_valid(&failed_exec);
+
+    // A refused connect: the address is what the caller asked for.
+    let mut refused = host_open();
+    refused["edgeType"] = json!("net");
+    refused["syscall"] = json!("connect");
+    refused["family"] = json!("inet");
+    refused["address"] = json!("127.0.0.1");
+    refused["port"] = json!(9);
+    refused["result"] = json!(-111);
+    refused["addressFromCaller"] = json!(true);
+    for k in ["path", "flags", "flagNames"] {
+        refused.as_object_mut().unwrap().remove(k);
+    }
+    assert_valid(&refused);
+
+    let mut exec_without_result = failed_exec.clone();
+    exec_without_result
+        .as_object_mut()
+        .unwrap()
+        .remove("result");
+    assert_invalid(&exec_without_result, "an exec edge without its result");
+    let mut open_with_address_source = open.clone();
+    open_with_address_source["addressFromCaller"] = json!(true);
+    assert_invalid(&open_with_address_source, "addressFromCaller on an fs edge");
+    let mut exec_with_address_source = failed_exec.clone();
+    exec_with_address_source["addressFromCaller"] = json!(true);
+    assert_invalid(
+        &exec_with_address_source,
+        "addressFromCaller on an exec edge",
+    );
+    let mut not_base64 = open.clone();
+    not_base64["pathBytes"] = json!("not base64!");
+    assert_invalid(&not_base64, "pathBytes that are not base64");
+    let mut false_flag = open;
+    false_flag["pathDeleted"] = json!(false);
+    assert_invalid(&false_flag, "pathDeleted is true or absent");
 }

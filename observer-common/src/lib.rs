@@ -113,6 +113,9 @@ pub mod flags {
     pub const OPENAT2: u32 = 1 << 5;
     /// The socket address could not be read from user memory.
     pub const ADDR_MISSING: u32 = 1 << 6;
+    /// A failed `execveat` of a relative name with a directory fd (the working directory
+    /// is not where it was looked up).
+    pub const EXEC_DIRFD: u32 = 1 << 8;
     /// Made by a program with the kernel's own view (BTF offsets): paths walked from the
     /// kernel's objects, argv from the new image, addresses from the socket. Without it, the
     /// record's strings and addresses come from the caller's memory.
@@ -195,9 +198,11 @@ pub struct EventHeader {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
-/// `sched:sched_process_exec`. With the kernel view, argv is the new image's (its
+/// An exec. With the kernel view it is sent at the syscall's exit (`sys_exit_execve[at]`),
+/// the file name kept from `sched_process_exec`: argv is the new image's (its
 /// `arg_start..arg_end`), the executable and the working directory are walked from the
-/// kernel's objects; without it, argv was captured at `sys_enter_execve[at]`.
+/// kernel's objects, and a failed exec is reported too. Without it, it is sent at
+/// `sched_process_exec` with argv captured at `sys_enter_execve[at]`.
 ///
 /// Tail: `filename_len` bytes of the file name as the caller passed it, `args_len` bytes of
 /// argv (each entry NUL-terminated; the last one may be cut short when truncated),
@@ -221,6 +226,23 @@ pub struct ExecRecord {
     /// Inode number of the executable (0 when unknown), so userspace reads the build-id of
     /// this very file and no other.
     pub exe_ino: u64,
+    /// 0 for an exec that replaced the image; `-errno` for one that failed (kernel view):
+    /// then there is no argv or executable, the file name is the caller's, and `cwd` is the
+    /// directory a relative name was looked up from.
+    pub result: i64,
+}
+
+/// The file name of an exec that replaced its image, kept from `sched_process_exec` (the
+/// caller's memory is gone by then) until the syscall's exit says which syscall it was.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingExecName {
+    pub old_tid: u32,
+    pub len: u32,
+    /// [`flags::PATH_TRUNCATED`], [`flags::PATH_MISSING`].
+    pub flags: u32,
+    pub _pad: u32,
+    pub name: [u8; PATH_CAPACITY],
 }
 
 /// A new process (not a thread): `task:task_newtask` without `CLONE_THREAD`.
@@ -425,7 +447,8 @@ mod tests {
             size_of::<EventHeader>(),
             4 + 4 + 8 + 8 + 4 * 4 + TASK_COMM_LEN
         );
-        assert_eq!(size_of::<ExecRecord>(), size_of::<EventHeader>() + 40);
+        assert_eq!(size_of::<ExecRecord>(), size_of::<EventHeader>() + 48);
+        assert_eq!(size_of::<PendingExecName>(), 16 + PATH_CAPACITY);
         assert_eq!(size_of::<ForkRecord>(), size_of::<EventHeader>() + 16);
         assert_eq!(size_of::<ExitRecord>(), size_of::<EventHeader>());
         assert_eq!(size_of::<Repeats>(), 40);

@@ -99,11 +99,10 @@ pub struct KernelOffsets {
     /// `unix_address.len`, `.name` (a `struct sockaddr_un`).
     pub unix_address_len: u32,
     pub unix_address_name: u32,
-    /// `pt_regs.di`, `.si`, `.dx`, `.r10`: the first four syscall arguments (x86_64), and
-    /// `.orig_ax`: the syscall number.
+    /// `pt_regs.di`, `.si`, `.dx`, `.r10`: the first four syscall arguments (x86_64).
     pub regs_di: u32,
     pub regs_si: u32,
     pub regs_dx: u32,
     pub regs_r10: u32,
-    pub regs_orig_ax: u32,
+    pub _pad: u32,
 }

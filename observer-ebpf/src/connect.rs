@@ -100,6 +100,7 @@ fn run(ctx: &TracePointContext) {
     // The same address with the same result is the same edge, except a unix socket named by
     // a relative path (it depends on the binder's directory).
     let mut repeats = Repeats::default();
+    let mut judged = false;
     if len >= 3 {
         let (first, third) = unsafe { (*sockaddr, *sockaddr.add(2)) };
         let relative_unix = first == AF_UNIX as u8 && third != b'/' && third != 0;
@@ -111,7 +112,10 @@ fn run(ctx: &TracePointContext) {
             hash = unsafe { dedup::hash_block::<{ SOCKADDR_CAPACITY / 8 }>(hash, sockaddr) };
             let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_boot_ns()) };
             match dedup::report(KIND, cgroup, hash, now) {
-                Some(held) => repeats = held,
+                Some(held) => {
+                    repeats = held;
+                    judged = true;
+                }
                 None => return,
             }
         }
@@ -125,7 +129,9 @@ fn run(ctx: &TracePointContext) {
         (*record).source = source;
         (*record).repeats = repeats;
     }
-    output(KIND, out.cast(), size_of::<ConnectRecord>() as u64);
+    if !output(KIND, out.cast(), size_of::<ConnectRecord>() as u64) && judged {
+        dedup::unreport(&repeats);
+    }
 }
 
 /// Builds the socket's peer address into `sockaddr` (`SOCKADDR_CAPACITY` zeroed bytes);

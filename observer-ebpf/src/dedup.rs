@@ -7,7 +7,7 @@
 //! it from the map for edges that went quiet, reporting in both cases only what it has not
 //! reported before. Nothing is lost: it is reported in fewer records.
 
-use aya_ebpf::helpers::generated::bpf_get_smp_processor_id;
+use aya_ebpf::helpers::generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id};
 use observer_common::{Counter, DedupKey, DedupState, EventKind, Repeats, FNV_OFFSET, FNV_PRIME};
 
 use crate::{
@@ -117,4 +117,26 @@ pub fn report(kind: EventKind, cgroup_id: u64, hash: u64, now: u64) -> Option<Re
     state.first_ns = 0;
     state.last_ns = 0;
     Some(repeats)
+}
+
+/// Undoes a [`report`] whose record did not reach the ring buffer (it was full, and the
+/// loss is counted): the edge's next occurrence is reported again, carrying the repeats
+/// this one would have. Without this, the edge's repeats would be held back for a window
+/// on behalf of a record the daemon never saw.
+#[inline(always)]
+pub fn unreport(repeats: &Repeats) {
+    if DEDUP_WINDOW_NS.load() == 0 {
+        return;
+    }
+    let key = DedupKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        hash: repeats.hash,
+    };
+    if let Some(state) = DEDUP.get_ptr_mut(key) {
+        // Per-CPU, and nothing ran on this CPU between the report and now.
+        let state = unsafe { &mut *state };
+        state.last_report_ns = 0;
+        state.first_ns = repeats.first_ns;
+        state.last_ns = repeats.last_ns;
+    }
 }

@@ -101,9 +101,3 @@ pub fn syscall_args(regs: u64) -> Result<[u64; 4], ()> {
         rd::<u64>(regs + koff!(regs_r10))?,
     ])
 }
-
-/// The syscall number the task entered the kernel with.
-#[inline(always)]
-pub fn syscall_nr(regs: u64) -> Result<u64, ()> {
-    rd::<u64>(regs + koff!(regs_orig_ax))
-}

@@ -7,7 +7,7 @@ use aya_ebpf::{
     Global,
 };
 use observer_common::{
-    DedupKey, DedupState, KernelOffsets, PendingConnect, PendingExec, PendingOpen,
+    DedupKey, DedupState, KernelOffsets, PendingConnect, PendingExec, PendingExecName, PendingOpen,
     TracepointOffsets, COUNTER_SLOTS, OPEN_SMALL_TAIL,
 };
 
@@ -75,7 +75,7 @@ pub static KOFFSETS: KernelOffsets = KernelOffsets {
     regs_si: 0,
     regs_dx: 0,
     regs_r10: 0,
-    regs_orig_ax: 0,
+    _pad: 0,
 };
 
 /// One field of `KOFFSETS`, as a u64. The volatile read keeps the compiler from folding
@@ -88,6 +88,22 @@ macro_rules! koff {
     }};
 }
 pub(crate) use koff;
+
+/// The file name of an exec between `sched_process_exec` and the syscall's exit, by
+/// thread id (which is, by then, the process id). Execs in flight are few; entries are
+/// allocated on demand.
+#[map]
+pub static EXEC_NAMES: HashMap<u32, PendingExecName> =
+    HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// Threads inside `execveat`: after a successful one the kernel reports the syscall's exit as
+/// `execve`'s, so the entry is where it can be told apart.
+#[map]
+pub static IN_EXECVEAT: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Where a file name is read before it is inserted into `EXEC_NAMES` (too big for the stack).
+#[map]
+pub static EXEC_NAME_SCRATCH: PerCpuArray<PendingExecName> = PerCpuArray::with_max_entries(1, 0);
 
 /// openat/openat2 in flight, by thread id (programs without the kernel view).
 #[map]

@@ -335,5 +335,7 @@ fn emit(
         (*record)._pad = 0;
         (*record).repeats = repeats;
     }
-    output(KIND, out, HDR as u64 + requested_len + path_len);
+    if !output(KIND, out, HDR as u64 + requested_len + path_len) {
+        dedup::unreport(&repeats);
+    }
 }

@@ -132,19 +132,21 @@ fn wakes(unread_after: u64, size: u64) -> u64 {
 
 /// Copies the first `len` bytes of a record assembled in `OUT_BUF` to the ring buffer, at
 /// its exact size, and counts it (submitted, or lost to a full ring). Wakeups are batched as
-/// for [`submit`].
+/// for [`submit`]. Whether it reached the ring buffer.
 #[inline(always)]
-pub fn output(kind: EventKind, out: *const u8, len: u64) {
+pub fn output(kind: EventKind, out: *const u8, len: u64) -> bool {
     if len == 0 || len > SCRATCH as u64 {
-        return;
+        return false;
     }
     let unread = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
     let flags = wakes(unread + len, len);
     let data = unsafe { core::slice::from_raw_parts(out, len as usize) };
     if EVENTS.output::<[u8]>(data, flags).is_ok() {
         count(Counter::Submitted, kind);
+        true
     } else {
         count(Counter::RingFull, kind);
+        false
     }
 }
 

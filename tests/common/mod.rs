@@ -84,6 +84,31 @@ pub fn require_root() {
     );
 }
 
+/// The GNU build-id of the ELF file at `path`, as `readelf -n` (binutils) reads it: an
+/// oracle independent of the observer's own reader.
+pub fn build_id_of(path: &str) -> String {
+    let out = Command::new("readelf")
+        .args(["-n", path])
+        .output()
+        .expect("readelf (binutils) runs");
+    assert!(out.status.success(), "readelf -n {path} failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("{path} has no build-id:\n{text}"))
+        .trim()
+        .to_owned()
+}
+
+/// `path` with every symlink resolved: where the kernel finds the file.
+pub fn canonical(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|e| panic!("canonicalize {path}: {e}"))
+        .to_str()
+        .expect("UTF-8 test paths")
+        .to_owned()
+}
+
 /// A name no other test or run will produce.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);

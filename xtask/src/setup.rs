@@ -20,7 +20,8 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// and Compose, whose tests start a private dockerd), the peers the benchmark compares
 /// with, systemd-analyze and setpriv for the systemd unit's tests, for the test Authority
 /// (tests/authority/authority.py) Debian's python3 with PyJWT and cryptography, and
-/// openssl, which makes the tests' DPoP keys, and jq, with which the webhook's tests read
+/// openssl, which makes the tests' DPoP keys, readelf (binutils), the tests' independent
+/// reader of build-ids, and jq, with which the webhook's tests read
 /// its JSON log as an operator would.
 /// (The Kubernetes manifests' tests render them with `kubectl kustomize`, which this
 /// kind of machine has and Debian does not package.)
@@ -39,6 +40,7 @@ const PACKAGES: &[&str] = &[
     "python3-jwt",
     "python3-cryptography",
     "openssl",
+    "binutils",
     "jq",
 ];
 

@@ -260,6 +260,7 @@ fn emit<const TAIL: usize, const NAME_CAP: usize, const ARGS_CAP: usize>(
         (*record).cwd_walk = walk::NONE;
         (*record)._pad = 0;
         (*record).exe_ino = 0;
+        (*record).result = 0;
     }
     submit(entry);
     count(Counter::Submitted, KIND);

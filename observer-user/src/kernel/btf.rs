@@ -262,7 +262,6 @@ pub const TABLE: &[(&str, &str, &[&str], Want)] = &[
     ("regs_si", "pt_regs", &["si"], Want::Int(8)),
     ("regs_dx", "pt_regs", &["dx"], Want::Int(8)),
     ("regs_r10", "pt_regs", &["r10"], Want::Int(8)),
-    ("regs_orig_ax", "pt_regs", &["orig_ax"], Want::Int(8)),
 ];
 
 fn fits(shape: Shape, want: Want) -> bool {
@@ -379,7 +378,7 @@ pub fn offsets(members: &[(&'static str, String, u32)]) -> Result<KernelOffsets,
         regs_si: get("regs_si"),
         regs_dx: get("regs_dx"),
         regs_r10: get("regs_r10"),
-        regs_orig_ax: get("regs_orig_ax"),
+        _pad: 0,
     })
 }
 

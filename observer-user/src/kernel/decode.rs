@@ -96,6 +96,8 @@ pub struct ExecEvent<'a> {
     pub cwd: Walked<'a>,
     /// Inode number of the executable (0: unknown).
     pub exe_ino: u64,
+    /// 0, or `-errno` for an exec that failed.
+    pub result: i64,
 }
 
 /// A path the kernel walked: the bytes, when the walk reached the task's root, and the
@@ -348,6 +350,7 @@ pub fn decode(data: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 exe: Walked::new(exe, r.exe_walk),
                 cwd: Walked::new(cwd, r.cwd_walk),
                 exe_ino: r.exe_ino,
+                result: r.result,
             })
         }
         EventKind::Fork => {

@@ -61,9 +61,13 @@ pub const COMMON: [Attachment; 4] = [
     at("task_newtask", "task"),
 ];
 
-/// The kernel view: one program per event, at the point where the kernel's objects say
-/// what happened.
-pub const KERNEL_VIEW: [Attachment; 4] = [
+/// The kernel view: one program per event at the point where the kernel's objects say
+/// what happened (exec: the name kept at `sched_process_exec`, sent at the syscall's exit;
+/// listed exit first, so that when attaching stops half way no name is kept for nothing).
+pub const KERNEL_VIEW: [Attachment; 7] = [
+    at("sys_exit_execve", "syscalls"),
+    at("sys_exit_execveat", "syscalls"),
+    at("sys_enter_execveat", "syscalls"),
     at("sched_process_exec", "sched"),
     at("sys_exit_openat", "syscalls"),
     at("sys_exit_openat2", "syscalls"),

@@ -80,14 +80,16 @@ fn same_edge(a: &Item, b: &Item) -> bool {
             EdgeDetail::Exec {
                 path: pa,
                 syscall: sa,
+                result: ra,
                 ..
             },
             EdgeDetail::Exec {
                 path: pb,
                 syscall: sb,
+                result: rb,
                 ..
             },
-        ) => pa == pb && sa == sb && ea.process.image.args == eb.process.image.args,
+        ) => pa == pb && sa == sb && ra == rb && ea.process.image.args == eb.process.image.args,
         (
             EdgeDetail::Open {
                 path: pa,
@@ -135,9 +137,10 @@ fn edge_fingerprint(seed: &foldhash::fast::RandomState, item: &Item) -> Option<u
     item.workload.hash(&mut h);
     attribution.container_id.hash(&mut h);
     match &event.detail {
-        EdgeDetail::Exec { path, .. } => {
+        EdgeDetail::Exec { path, result, .. } => {
             0u8.hash(&mut h);
             path.hash(&mut h);
+            result.hash(&mut h);
             event.process.image.args.hash(&mut h);
         }
         EdgeDetail::Open {

@@ -216,6 +216,9 @@ impl Tracker {
 
     fn exec(&mut self, exec: &ExecEvent<'_>) -> EdgeEvent {
         let h = &exec.header;
+        if exec.result < 0 {
+            return self.failed_exec(exec);
+        }
         let requested = Raw::new(exec.filename);
         // The executable the kernel mapped (for a script, its interpreter); without the
         // kernel's walk, the name as passed when it is absolute.
@@ -223,6 +226,7 @@ impl Tracker {
             Some(exe) => (Raw::new(exe), true),
             None => {
                 self.stats.count_walk(exec.exe.bits, h.flags);
+                self.stats.unresolved_paths += 1;
                 match requested.starts_with(b"/") && !requested.starts_with(b"/dev/fd/") {
                     true => (Raw::new(&paths::normalize(exec.filename)), false),
                     false => (requested.clone(), false),
@@ -241,11 +245,6 @@ impl Tracker {
                 args_truncated,
             },
         );
-        let syscall = if h.flags & flags::EXECVEAT != 0 {
-            "execveat"
-        } else {
-            "execve"
-        };
         let code_id = path_resolved
             .then(|| self.code_id(h.tgid, &path, exec.exe_ino))
             .flatten();
@@ -255,14 +254,49 @@ impl Tracker {
         let mut edge = self.edge(
             h,
             EdgeDetail::Exec {
-                syscall,
+                syscall: exec_syscall(h),
                 path,
                 requested: Some(requested),
                 path_resolved,
+                from_caller: false,
+                result: 0,
             },
         );
         edge.process.cwd = exec.cwd.path.map(Raw::new);
         edge.code_id = code_id;
+        edge
+    }
+
+    /// An exec that failed: the process still runs its old image; the name is the caller's,
+    /// made absolute against the working directory it was looked up from.
+    fn failed_exec(&mut self, exec: &ExecEvent<'_>) -> EdgeEvent {
+        let h = &exec.header;
+        let requested = Raw::new(exec.filename);
+        let cwd = exec.cwd.path;
+        let (path, resolved) = if exec.filename.starts_with(b"/") {
+            (Raw::new(&paths::normalize(exec.filename)), true)
+        } else {
+            match cwd.filter(|_| h.flags & flags::EXEC_DIRFD == 0) {
+                Some(dir) => (Raw::from(paths::join(dir, exec.filename)), true),
+                None => (requested.clone(), false),
+            }
+        };
+        if !resolved {
+            self.stats.unresolved_paths += 1;
+        }
+        self.stats.paths_from_caller += 1;
+        let mut edge = self.edge(
+            h,
+            EdgeDetail::Exec {
+                syscall: exec_syscall(h),
+                path,
+                requested: Some(requested),
+                path_resolved: resolved,
+                from_caller: true,
+                result: exec.result,
+            },
+        );
+        edge.process.cwd = cwd.map(Raw::new);
         edge
     }
 
@@ -394,3 +428,12 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests;
+
+/// `execve` or `execveat`.
+fn exec_syscall(h: &EventHeader) -> &'static str {
+    if h.flags & flags::EXECVEAT != 0 {
+        "execveat"
+    } else {
+        "execve"
+    }
+}

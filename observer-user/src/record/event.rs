@@ -72,6 +72,10 @@ pub enum EdgeDetail {
         /// The file name the process passed, when it differs from `path`.
         requested: Option<Raw>,
         path_resolved: bool,
+        /// `path` comes from the caller's memory (a failed exec), not the kernel's objects.
+        from_caller: bool,
+        /// 0, or `-errno` for an exec that failed.
+        result: i64,
     },
     Open {
         /// `openat` or `openat2`.

@@ -108,6 +108,7 @@ impl Task {
             cwd_walk: walked(cwd),
             _pad: 0,
             exe_ino: 0,
+            result: 0,
         };
         tail.resize(tail_size.max(tail.len()), 0xAA);
         with_tail(&record, &tail)

@@ -69,7 +69,8 @@ fn exec_then_open_carry_the_new_image_as_the_kernel_has_it() {
             "syscall": "execve",
             "path": "/opt/app/bin/server",
             "requestedPath": "/bin/server",
-            "args": ["server", "--port=8080"]
+            "args": ["server", "--port=8080"],
+            "result": 0
         })
     );
     let open = records::open_record(
@@ -209,6 +210,24 @@ fn without_the_kernel_view_edges_say_what_they_could_not_know() {
     assert_eq!(v["path"], "data/x.db");
     assert_eq!(v["pathResolved"], false);
     assert_eq!(v["pathFromCaller"], true);
+}
+
+#[test]
+fn a_failed_exec_is_the_callers_name_against_its_working_directory() {
+    let mut t = tracker();
+    let mut exec =
+        records::task().exec_seen(BOOT_NS, b"./missing-tool", &[], None, Some(b"/srv/bin"));
+    // The kernel-view probe sends a failed exec with its result and no executable.
+    let result_at = std::mem::size_of::<observer_common::ExecRecord>() - 8;
+    exec[result_at..result_at + 8].copy_from_slice(&(-i64::from(libc::ENOENT)).to_ne_bytes());
+    let v = json_of(&mut t, &exec).unwrap();
+    assert_eq!(v["path"], "/srv/bin/missing-tool");
+    assert_eq!(v["requestedPath"], "./missing-tool");
+    assert_eq!(v["result"], -libc::ENOENT);
+    assert_eq!(v["pathFromCaller"], true);
+    assert_eq!(v["process"]["cwd"], "/srv/bin");
+    // The process did not change image: a later event still has its old one.
+    assert_eq!(t.table().len(), 0, "a failed exec records no image");
 }
 
 #[test]

@@ -150,12 +150,18 @@ pub(super) fn serialize_detail<M: serde::ser::SerializeMap>(
             path,
             requested,
             path_resolved,
+            from_caller,
+            result,
         } => {
             map.serialize_entry("syscall", syscall)?;
             serialize_paths(map, path, requested.as_ref())?;
             if !path_resolved {
                 map.serialize_entry("pathResolved", &false)?;
             }
+            if *from_caller {
+                map.serialize_entry("pathFromCaller", &true)?;
+            }
+            map.serialize_entry("result", result)?;
             raw::serialize_list(map, "args", "argsBytes", &e.process.image.args)?;
             if e.process.image.args_truncated {
                 map.serialize_entry("argsTruncated", &true)?;
