@@ -13,7 +13,7 @@ use std::{
 
 use common::{
     containerd::{Containerd, PodSpec, BUSYBOX, UNDIGESTED},
-    observer_bin, pid_of, require_root, unique, Observer, TempDir,
+    observer_bin, pid_of, require_root, str_at, unique, Observer, TempDir,
 };
 use serde_json::Value;
 
@@ -197,6 +197,62 @@ fn a_container_that_exits_within_100ms_is_fully_attributed() {
         }
     }
     assert_eq!(open["containerId"], id.as_str());
+}
+
+#[test]
+fn a_relative_open_by_a_container_that_exits_at_once_is_the_path_the_container_sees() {
+    let mut containerd = Containerd::start();
+    let observer = observer_for(&containerd, &[]);
+    let pod = containerd.run_pod(&PodSpec {
+        name: "payments-3",
+        namespace: "shop",
+        labels: &IDENTITY,
+    });
+    let id = containerd.run_container(
+        &pod,
+        "relative",
+        BUSYBOX,
+        &["/bin/sh", "-c", "cd /etc && cat ./hostname"],
+    );
+    containerd.wait_exited(&id);
+    let open = observer.wait_for(
+        "the container's relative open",
+        edge_of(&id, |e| e["requestedPath"] == "./hostname"),
+    );
+    let stopped = observer.stop();
+
+    // Not the host's view of the overlay or of the bind mount CRI put there: the file as
+    // the container names it, found from the kernel's objects after the process was gone.
+    assert_eq!(open["path"], "/etc/hostname", "{open}");
+    assert_eq!(open["result"], 3, "{open}");
+    assert!(
+        open.get("pathResolved").is_none() && open.get("pathFromCaller").is_none(),
+        "{open}"
+    );
+    let attributed = if open["enrichment"] == "pending" {
+        stopped
+            .events
+            .iter()
+            .find(|p| {
+                p["eventType"] == "enrichmentPatch"
+                    && p["eventIds"].as_array().unwrap().contains(&open["eventId"])
+            })
+            .unwrap_or_else(|| panic!("no patch for pending event {open}"))
+    } else {
+        &open
+    };
+    assert_labelled_identity(attributed, &containerd, "shop", "payments-3");
+    // No edge of the container's own processes names a path of the host. (runc's init runs
+    // in the container's cgroup before it enters the container's root: its paths are the
+    // host's, rightly.)
+    let own = |e: &&Value| edge_of(&id, |_| true)(e) && e["process"]["args"][0] != "runc";
+    for e in stopped.events.iter().filter(own) {
+        let path = str_at(e, "/path");
+        assert!(
+            !path.contains("io.containerd") && !path.starts_with("/var/lib/containerd"),
+            "{e}"
+        );
+    }
 }
 
 #[test]

@@ -645,6 +645,58 @@ fn openat2_is_reported_with_flags_from_open_how() {
 }
 
 #[test]
+fn the_legacy_open_and_creat_are_reported_as_what_they_are() {
+    // musl's open() makes the `open` syscall; creat() is its own.
+    let dir = TempDir::new("zastava-legacy-open");
+    let created = dir.path().join(unique("creat"));
+    let missing = dir.path().join(unique("missing"));
+    let c_created = std::ffi::CString::new(created.to_str().unwrap()).unwrap();
+    let c_missing = std::ffi::CString::new(missing.to_str().unwrap()).unwrap();
+
+    let observer = host_observer(&[]);
+    // SAFETY: valid NUL-terminated paths; the descriptors are closed below.
+    let (creat_fd, open_fd, open_err) = unsafe {
+        let creat_fd = libc::syscall(libc::SYS_creat, c_created.as_ptr(), 0o640);
+        let open_fd = libc::syscall(libc::SYS_open, c_created.as_ptr(), libc::O_RDONLY);
+        let open_err = libc::syscall(libc::SYS_open, c_missing.as_ptr(), libc::O_RDONLY);
+        (creat_fd, open_fd, open_err)
+    };
+    assert!(creat_fd >= 0 && open_fd >= 0 && open_err == -1);
+    let created_str = created.to_str().unwrap();
+    let creat = observer.wait_for("creat", |e| {
+        is_open_of(created_str)(e) && e["syscall"] == "creat"
+    });
+    let open = observer.wait_for("open", |e| {
+        is_open_of(created_str)(e) && e["syscall"] == "open"
+    });
+    let failed = observer.wait_for("failed open", is_open_of(missing.to_str().unwrap()));
+    observer.stop();
+    // SAFETY: both came from the syscalls above.
+    unsafe {
+        libc::close(creat_fd as i32);
+        libc::close(open_fd as i32);
+    }
+
+    assert_eq!(
+        creat["flags"],
+        libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC
+    );
+    assert_eq!(
+        creat["flagNames"],
+        json!(["O_WRONLY", "O_CREAT", "O_TRUNC"])
+    );
+    assert_eq!(creat["result"], creat_fd);
+    assert_eq!(open["flags"], libc::O_RDONLY);
+    assert_eq!(open["result"], open_fd);
+    assert_eq!(failed["syscall"], "open");
+    assert_eq!(failed["result"], -libc::ENOENT);
+    assert_eq!(failed["pathFromCaller"], true);
+    for e in [&creat, &open, &failed] {
+        assert_eq!(pid_of(e), my_pid());
+    }
+}
+
+#[test]
 fn a_non_blocking_connect_reports_einprogress() {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();

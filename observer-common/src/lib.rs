@@ -120,6 +120,13 @@ pub mod flags {
     /// kernel's objects, argv from the new image, addresses from the socket. Without it, the
     /// record's strings and addresses come from the caller's memory.
     pub const KERNEL_VIEW: u32 = 1 << 7;
+    /// Another task shared the caller's memory at the syscall (see `memory_shared` in the
+    /// probes): what was read from that memory may differ from what the kernel used.
+    pub const MEMORY_SHARED: u32 = 1 << 9;
+    /// The open came through the legacy `open` (relative to the working directory).
+    pub const OPEN: u32 = 1 << 10;
+    /// The open came through `creat` (flags `O_CREAT | O_WRONLY | O_TRUNC`).
+    pub const CREAT: u32 = 1 << 11;
 }
 
 /// Outcome of a path walked in the kernel, from a dentry up to the task's root across

@@ -81,10 +81,12 @@ pub struct KernelOffsets {
     /// `inode.i_mode`, `.i_ino`.
     pub inode_i_mode: u32,
     pub inode_i_ino: u32,
-    /// `mm_struct.exe_file`, `.arg_start`, `.arg_end`.
+    /// `mm_struct.exe_file`, `.arg_start`, `.arg_end`, `.mm_users` (the tasks using the
+    /// address space: above 1, another thread can write the caller's memory).
     pub mm_exe_file: u32,
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
+    pub mm_users: u32,
     /// `socket.sk`.
     pub socket_sk: u32,
     /// `sock_common.skc_family`, `.skc_daddr`, `.skc_dport`, `.skc_v6_daddr`
@@ -104,5 +106,4 @@ pub struct KernelOffsets {
     pub regs_si: u32,
     pub regs_dx: u32,
     pub regs_r10: u32,
-    pub _pad: u32,
 }

@@ -21,7 +21,7 @@ use observer_common::{
 
 use crate::{
     dedup,
-    kmem::{fd_file, rd, rd_ptr, syscall_args, task, user_regs},
+    kmem::{fd_file, memory_shared, rd, rd_ptr, syscall_args, task, user_regs},
     maps::{koff, OUT_BUF},
     record::{count, current_task, filtered, output, write_header},
 };
@@ -88,6 +88,9 @@ fn run(ctx: &TracePointContext) {
         let rc = unsafe { bpf_probe_read_user(sockaddr.cast(), len as u32, addr as *const _) };
         if rc == 0 {
             source = addr_source::CALLER;
+            if memory_shared(task()) {
+                record_flags |= flags::MEMORY_SHARED;
+            }
         } else {
             count(Counter::ReadFailed, KIND);
             record_flags |= flags::ADDR_MISSING;

@@ -24,7 +24,9 @@ use observer_common::{
 };
 
 use crate::{
-    kmem::{rd, rd_path, rd_ptr, syscall_args, task, task_pwd, task_root, user_regs},
+    kmem::{
+        memory_shared, rd, rd_path, rd_ptr, syscall_args, task, task_pwd, task_root, user_regs,
+    },
     maps::{koff, EXEC_NAMES, EXEC_NAME_SCRATCH, IN_EXECVEAT, OFFSETS, OUT_BUF},
     record::{count, current_task, filtered, output, write_header, Task},
     walk::{copy_out, walk, Walked},
@@ -282,6 +284,9 @@ fn failed(out: *mut u8, task_ids: Task, result: i64, execveat: bool, mut record_
     }
     // A relative name was looked up from the working directory only with AT_FDCWD; the
     // cwd walk below then says where. With a dfd there is no base to report.
+    if memory_shared(task()) {
+        record_flags |= flags::MEMORY_SHARED;
+    }
     let relative = filename_len > 0 && unsafe { *out.add(HDR) } != b'/';
     if relative && dfd != AT_FDCWD {
         record_flags |= flags::EXEC_DIRFD;

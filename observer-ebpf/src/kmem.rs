@@ -101,3 +101,14 @@ pub fn syscall_args(regs: u64) -> Result<[u64; 4], ()> {
         rd::<u64>(regs + koff!(regs_r10))?,
     ])
 }
+
+/// Whether another task uses the current task's address space (`mm->mm_users > 1`: a
+/// thread, a `vfork` child, or briefly a reader of `/proc/<pid>/mem`): it could then have
+/// rewritten what the caller passed after the kernel read it. Read errors count as shared.
+#[inline(always)]
+pub fn memory_shared(task: u64) -> bool {
+    let Ok(mm) = rd_ptr(task + koff!(task_mm)) else {
+        return true;
+    };
+    rd::<i32>(mm + koff!(mm_users)).map_or(true, |users| users > 1)
+}

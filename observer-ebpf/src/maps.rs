@@ -62,6 +62,7 @@ pub static KOFFSETS: KernelOffsets = KernelOffsets {
     mm_exe_file: 0,
     mm_arg_start: 0,
     mm_arg_end: 0,
+    mm_users: 0,
     socket_sk: 0,
     skc_family: 0,
     skc_daddr: 0,
@@ -75,7 +76,6 @@ pub static KOFFSETS: KernelOffsets = KernelOffsets {
     regs_si: 0,
     regs_dx: 0,
     regs_r10: 0,
-    _pad: 0,
 };
 
 /// One field of `KOFFSETS`, as a u64. The volatile read keeps the compiler from folding

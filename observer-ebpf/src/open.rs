@@ -1,5 +1,6 @@
-//! `openat` and `openat2`, one program at syscall exit. The arguments come from the
-//! registers the task entered the syscall with (no entry program, no pairing map). What was
+//! `openat`, `openat2`, and the legacy `open` and `creat` (which musl's `open()` still
+//! calls), one program each at syscall exit. The arguments come from the registers the task
+//! entered the syscall with (no entry program, no pairing map). What was
 //! opened comes from the kernel: for a successful open, the new descriptor's `struct file`,
 //! whose path is walked up to the task's root (so symlinks are resolved, a container's path
 //! is the container's, and a second thread rewriting the caller's buffer changes nothing);
@@ -23,7 +24,10 @@ use observer_common::{
 
 use crate::{
     dedup,
-    kmem::{fd_file, rd, rd_path, syscall_args, task, task_pwd, task_root, user_regs, KPath},
+    kmem::{
+        fd_file, memory_shared, rd, rd_path, syscall_args, task, task_pwd, task_root, user_regs,
+        KPath,
+    },
     maps::{koff, OUT_BUF},
     record::{count, current_task, filtered, output, write_header, Task},
     walk::{copy_out, walk, Walked},
@@ -37,15 +41,52 @@ const DEDUP_NAME_MAX: usize = 256;
 
 #[tracepoint]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    exit(&ctx, false);
+    exit(&ctx, Syscall::Openat);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    exit(&ctx, true);
+    exit(&ctx, Syscall::Openat2);
     0
 }
+
+#[tracepoint]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    exit(&ctx, Syscall::Open);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
+    exit(&ctx, Syscall::Creat);
+    0
+}
+
+/// Which call opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Syscall {
+    Openat,
+    Openat2,
+    Open,
+    Creat,
+}
+
+impl Syscall {
+    /// The record flag naming it (none for `openat`).
+    #[inline(always)]
+    fn flag(self) -> u32 {
+        match self {
+            Syscall::Openat => 0,
+            Syscall::Openat2 => flags::OPENAT2,
+            Syscall::Open => flags::OPEN,
+            Syscall::Creat => flags::CREAT,
+        }
+    }
+}
+
+/// `creat(path, mode)` is `open(path, O_CREAT | O_WRONLY | O_TRUNC, mode)`.
+const CREAT_FLAGS: u32 = 0o100 | 0o1 | 0o1000;
 
 /// The syscall's arguments.
 struct Call {
@@ -57,7 +98,7 @@ struct Call {
 }
 
 #[inline(always)]
-fn exit(ctx: &TracePointContext, openat2: bool) {
+fn exit(ctx: &TracePointContext, syscall: Syscall) {
     let Some(task_ids) = current_task() else {
         return;
     };
@@ -69,10 +110,10 @@ fn exit(ctx: &TracePointContext, openat2: bool) {
         return;
     };
     let out = out.cast::<u8>();
-    let Some(mut call) = call(openat2) else {
+    let Some(mut call) = call(syscall) else {
         // Without the arguments nothing can be said but that an open happened.
         count(Counter::ReadFailed, KIND);
-        let mut call = empty_call(openat2);
+        let mut call = empty_call(syscall);
         call.record_flags |= flags::PATH_MISSING;
         emit(
             out,
@@ -147,24 +188,48 @@ fn exit(ctx: &TracePointContext, openat2: bool) {
     } else {
         target
     };
+    // Not part of the edge (judged above): it says how far the requested string is the
+    // caller's own.
+    if memory_shared(t) {
+        call.record_flags |= flags::MEMORY_SHARED;
+    }
     emit(out, task_ids, result, &call, target, held, requested_len);
 }
 
 /// The arguments from the saved registers; openat2's flags and mode from its `open_how`.
 #[inline(always)]
-fn call(openat2: bool) -> Option<Call> {
+fn call(syscall: Syscall) -> Option<Call> {
     let regs = user_regs().ok()?;
-    let [dfd, filename, arg2, arg3] = syscall_args(regs).ok()?;
-    let mut call = Call {
-        dfd: i64::from(dfd as i32),
-        filename,
-        flags: arg2 as u32,
-        mode: arg3 as u32,
-        record_flags: flags::KERNEL_VIEW,
+    let [arg0, arg1, arg2, arg3] = syscall_args(regs).ok()?;
+    let record_flags = flags::KERNEL_VIEW | syscall.flag();
+    let mut call = match syscall {
+        // open(filename, flags, mode)
+        Syscall::Open => Call {
+            dfd: AT_FDCWD,
+            filename: arg0,
+            flags: arg1 as u32,
+            mode: arg2 as u32,
+            record_flags,
+        },
+        // creat(filename, mode)
+        Syscall::Creat => Call {
+            dfd: AT_FDCWD,
+            filename: arg0,
+            flags: CREAT_FLAGS,
+            mode: arg1 as u32,
+            record_flags,
+        },
+        // openat(dfd, filename, flags, mode), openat2(dfd, filename, how, size)
+        Syscall::Openat | Syscall::Openat2 => Call {
+            dfd: i64::from(arg0 as i32),
+            filename: arg1,
+            flags: arg2 as u32,
+            mode: arg3 as u32,
+            record_flags,
+        },
     };
-    if openat2 {
-        // openat2(dfd, filename, struct open_how *how, size): how = { u64 flags; u64 mode; ... }
-        call.record_flags |= flags::OPENAT2;
+    if syscall == Syscall::Openat2 {
+        // how = { u64 flags; u64 mode; ... }
         let mut how = [0u64; 2];
         let rc = unsafe {
             bpf_probe_read_user(
@@ -186,13 +251,13 @@ fn call(openat2: bool) -> Option<Call> {
 }
 
 #[inline(always)]
-fn empty_call(openat2: bool) -> Call {
+fn empty_call(syscall: Syscall) -> Call {
     Call {
         dfd: AT_FDCWD,
         filename: 0,
         flags: 0,
         mode: 0,
-        record_flags: flags::KERNEL_VIEW | if openat2 { flags::OPENAT2 } else { 0 },
+        record_flags: flags::KERNEL_VIEW | syscall.flag(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `openat` and `openat2` without the kernel view (a kernel without BTF): the path, flags
+//! `openat`, `openat2`, `open` and `creat` without the kernel view (a kernel without BTF): the path, flags
 //! and mode are taken at syscall entry, the result at exit; the two are paired by thread id.
 //! The path is read from the caller's memory at exit into a per-CPU scratch buffer, where
 //! the dedup map judges it; only an open that is reported takes ring buffer space. A path
@@ -30,15 +30,51 @@ const KIND: EventKind = EventKind::Open;
 
 #[tracepoint]
 pub fn compat_sys_enter_openat(ctx: TracePointContext) -> u32 {
-    enter(&ctx, false);
+    enter(&ctx, Syscall::Openat);
     0
 }
 
 #[tracepoint]
 pub fn compat_sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    enter(&ctx, true);
+    enter(&ctx, Syscall::Openat2);
     0
 }
+
+#[tracepoint]
+pub fn compat_sys_enter_open(ctx: TracePointContext) -> u32 {
+    enter(&ctx, Syscall::Open);
+    0
+}
+
+#[tracepoint]
+pub fn compat_sys_enter_creat(ctx: TracePointContext) -> u32 {
+    enter(&ctx, Syscall::Creat);
+    0
+}
+
+#[tracepoint]
+pub fn compat_sys_exit_open(ctx: TracePointContext) -> u32 {
+    exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn compat_sys_exit_creat(ctx: TracePointContext) -> u32 {
+    exit(&ctx);
+    0
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Syscall {
+    Openat,
+    Openat2,
+    Open,
+    Creat,
+}
+
+const AT_FDCWD: i64 = -100;
+/// `creat(path, mode)` is `open(path, O_CREAT | O_WRONLY | O_TRUNC, mode)`.
+const CREAT_FLAGS: u32 = 0o100 | 0o1 | 0o1000;
 
 #[tracepoint]
 pub fn compat_sys_exit_openat(ctx: TracePointContext) -> u32 {
@@ -53,31 +89,59 @@ pub fn compat_sys_exit_openat2(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn enter(ctx: &TracePointContext, openat2: bool) {
+fn enter(ctx: &TracePointContext, syscall: Syscall) {
     let Some(task) = current_task() else { return };
     if filtered(KIND, true) {
         return;
     }
-    let (Ok(dfd), Ok(filename), Ok(arg2), Ok(arg3)) = (unsafe {
-        (
-            ctx.read_at::<i64>(syscall_arg_offset(0)),
-            ctx.read_at::<u64>(syscall_arg_offset(1)),
-            ctx.read_at::<u64>(syscall_arg_offset(2)),
-            ctx.read_at::<u64>(syscall_arg_offset(3)),
-        )
-    }) else {
-        count(Counter::ReadFailed, KIND);
-        return;
+    // Only the syscall's own arguments are in its record: creat has two, open three.
+    let args = match syscall {
+        Syscall::Creat => 2,
+        Syscall::Open => 3,
+        Syscall::Openat | Syscall::Openat2 => 4,
     };
-    let mut pending = PendingOpen {
-        filename,
-        dfd: dfd as i32,
-        flags: arg2 as u32,
-        mode: arg3 as u32,
-        record_flags: 0,
+    let mut arg = [0u64; 4];
+    for (n, slot) in arg.iter_mut().enumerate() {
+        if n >= args {
+            break;
+        }
+        match unsafe { ctx.read_at::<u64>(syscall_arg_offset(n)) } {
+            Ok(value) => *slot = value,
+            Err(_) => {
+                count(Counter::ReadFailed, KIND);
+                return;
+            }
+        }
+    }
+    let [arg0, arg1, arg2, arg3] = arg;
+    let mut pending = match syscall {
+        // open(filename, flags, mode)
+        Syscall::Open => PendingOpen {
+            filename: arg0,
+            dfd: AT_FDCWD as i32,
+            flags: arg1 as u32,
+            mode: arg2 as u32,
+            record_flags: flags::OPEN,
+        },
+        // creat(filename, mode)
+        Syscall::Creat => PendingOpen {
+            filename: arg0,
+            dfd: AT_FDCWD as i32,
+            flags: CREAT_FLAGS,
+            mode: arg1 as u32,
+            record_flags: flags::CREAT,
+        },
+        // openat(dfd, filename, flags, mode), openat2(dfd, filename, how, size)
+        Syscall::Openat | Syscall::Openat2 => PendingOpen {
+            filename: arg1,
+            dfd: arg0 as i32,
+            flags: arg2 as u32,
+            mode: arg3 as u32,
+            record_flags: 0,
+        },
     };
-    if openat2 {
-        // openat2(dfd, filename, struct open_how *how, size): how = { u64 flags; u64 mode; ... }
+    if syscall == Syscall::Openat2 {
+        // how = { u64 flags; u64 mode; ... }
         pending.record_flags = flags::OPENAT2;
         let mut how = [0u64; 2];
         let rc = unsafe {

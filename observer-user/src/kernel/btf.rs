@@ -235,6 +235,12 @@ pub const TABLE: &[(&str, &str, &[&str], Want)] = &[
     ("mm_exe_file", "mm_struct", &["exe_file"], Want::Ptr),
     ("mm_arg_start", "mm_struct", &["arg_start"], Want::Int(8)),
     ("mm_arg_end", "mm_struct", &["arg_end"], Want::Int(8)),
+    (
+        "mm_users",
+        "mm_struct",
+        &["mm_users", "counter"],
+        Want::Int(4),
+    ),
     ("path_mnt", "path", &["mnt"], Want::Ptr),
     ("path_dentry", "path", &["dentry"], Want::Ptr),
     ("socket_sk", "socket", &["sk"], Want::Ptr),
@@ -365,6 +371,7 @@ pub fn offsets(members: &[(&'static str, String, u32)]) -> Result<KernelOffsets,
         mm_exe_file: get("mm_exe_file"),
         mm_arg_start: get("mm_arg_start"),
         mm_arg_end: get("mm_arg_end"),
+        mm_users: get("mm_users"),
         socket_sk: get("socket_sk"),
         skc_family: get("skc_family"),
         skc_daddr: get("skc_daddr"),
@@ -378,7 +385,6 @@ pub fn offsets(members: &[(&'static str, String, u32)]) -> Result<KernelOffsets,
         regs_si: get("regs_si"),
         regs_dx: get("regs_dx"),
         regs_r10: get("regs_r10"),
-        _pad: 0,
     })
 }
 

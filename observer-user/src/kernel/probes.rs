@@ -64,19 +64,21 @@ pub const COMMON: [Attachment; 4] = [
 /// The kernel view: one program per event at the point where the kernel's objects say
 /// what happened (exec: the name kept at `sched_process_exec`, sent at the syscall's exit;
 /// listed exit first, so that when attaching stops half way no name is kept for nothing).
-pub const KERNEL_VIEW: [Attachment; 7] = [
+pub const KERNEL_VIEW: [Attachment; 9] = [
     at("sys_exit_execve", "syscalls"),
     at("sys_exit_execveat", "syscalls"),
     at("sys_enter_execveat", "syscalls"),
     at("sched_process_exec", "sched"),
     at("sys_exit_openat", "syscalls"),
     at("sys_exit_openat2", "syscalls"),
+    at("sys_exit_open", "syscalls"),
+    at("sys_exit_creat", "syscalls"),
     at("sys_exit_connect", "syscalls"),
 ];
 
 /// Without BTF: entry and exit pairs, listed exit first, so that when attaching stops half
 /// way no entry is left recording state that nothing consumes.
-pub const WITHOUT_KERNEL_VIEW: [Attachment; 11] = [
+pub const WITHOUT_KERNEL_VIEW: [Attachment; 15] = [
     compat("compat_sched_process_exec", "sched", "sched_process_exec"),
     compat("compat_sys_exit_execve", "syscalls", "sys_exit_execve"),
     compat("compat_sys_exit_execveat", "syscalls", "sys_exit_execveat"),
@@ -90,6 +92,10 @@ pub const WITHOUT_KERNEL_VIEW: [Attachment; 11] = [
     compat("compat_sys_exit_openat2", "syscalls", "sys_exit_openat2"),
     compat("compat_sys_enter_openat", "syscalls", "sys_enter_openat"),
     compat("compat_sys_enter_openat2", "syscalls", "sys_enter_openat2"),
+    compat("compat_sys_exit_open", "syscalls", "sys_exit_open"),
+    compat("compat_sys_exit_creat", "syscalls", "sys_exit_creat"),
+    compat("compat_sys_enter_open", "syscalls", "sys_enter_open"),
+    compat("compat_sys_enter_creat", "syscalls", "sys_enter_creat"),
     compat("compat_sys_exit_connect", "syscalls", "sys_exit_connect"),
     compat("compat_sys_enter_connect", "syscalls", "sys_enter_connect"),
 ];
@@ -365,12 +371,14 @@ mod tests {
         let mut deduped = in_table.clone();
         deduped.dedup();
         assert_eq!(deduped, in_table, "a program is listed twice");
-        // Both sets cover the same tracepoints' events: exec, open, openat2, connect.
+        // Both sets cover the same tracepoints' events: exec, the four opens, connect.
         for set in [&KERNEL_VIEW[..], &WITHOUT_KERNEL_VIEW[..]] {
             for tracepoint in [
                 "sched_process_exec",
                 "sys_exit_openat",
                 "sys_exit_openat2",
+                "sys_exit_open",
+                "sys_exit_creat",
                 "sys_exit_connect",
             ] {
                 assert!(

@@ -263,19 +263,23 @@ pub fn probe_offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsErro
 }
 
 /// Syscall entry tracepoints and the arguments the probes read, in order.
-const SYSCALL_ARGS: [(&str, &[&str]); 5] = [
+const SYSCALL_ARGS: [(&str, &[&str]); 7] = [
     ("sys_enter_execve", &["filename", "argv"]),
     ("sys_enter_execveat", &["fd", "filename", "argv"]),
     ("sys_enter_openat", &["dfd", "filename", "flags", "mode"]),
     ("sys_enter_openat2", &["dfd", "filename", "how"]),
+    ("sys_enter_open", &["filename", "flags", "mode"]),
+    ("sys_enter_creat", &["pathname", "mode"]),
     ("sys_enter_connect", &["fd", "uservaddr", "addrlen"]),
 ];
 
-const SYSCALL_EXITS: [&str; 5] = [
+const SYSCALL_EXITS: [&str; 7] = [
     "sys_exit_execve",
     "sys_exit_execveat",
     "sys_exit_openat",
     "sys_exit_openat2",
+    "sys_exit_open",
+    "sys_exit_creat",
     "sys_exit_connect",
 ];
 

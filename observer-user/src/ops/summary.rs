@@ -29,6 +29,8 @@ pub struct Summary {
     /// Records rejected by the decoder, by reason.
     pub decode_errors: BTreeMap<&'static str, u64>,
     pub unresolved_paths: u64,
+    /// Where the edges' paths and addresses came from, where not from the kernel's objects.
+    pub provenance: ProvenanceSummary,
     pub processes: ProcessSummary,
     pub attribution: AttributionSummary,
     pub cri: RuntimeSummary,
@@ -37,6 +39,25 @@ pub struct Summary {
     pub lost: u64,
     /// The event account: seen = shipped + dropped + in flight.
     pub delivery: Snapshot,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvenanceSummary {
+    /// Paths from the caller's memory (`pathFromCaller`).
+    pub paths_from_caller: u64,
+    /// Addresses from the caller's memory (`addressFromCaller`).
+    pub addresses_from_caller: u64,
+    /// Successful opens reported without their requested path (`sharedMemory`).
+    pub requested_paths_withheld: u64,
+    /// Kernel walks that did not reach the task's root: too long or deep, outside the
+    /// root, no path (a pipe, a socket), a read failed.
+    pub walks_truncated: u64,
+    pub walks_outside_root: u64,
+    pub walks_detached: u64,
+    pub walks_failed: u64,
+    /// Execs whose binary's build-id could not be read.
+    pub execs_without_code_id: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -124,6 +145,16 @@ impl Summary {
                 .collect(),
             decode_errors,
             unresolved_paths: track.unresolved_paths,
+            provenance: ProvenanceSummary {
+                paths_from_caller: track.paths_from_caller,
+                addresses_from_caller: track.addresses_from_caller,
+                requested_paths_withheld: track.requested_paths_withheld,
+                walks_truncated: track.walks_truncated,
+                walks_outside_root: track.walks_outside_root,
+                walks_detached: track.walks_detached,
+                walks_failed: track.walks_failed,
+                execs_without_code_id: track.execs_without_code_id,
+            },
             processes: ProcessSummary {
                 seeded: table.seeded,
                 loaded_late: table.loaded_late,
@@ -177,6 +208,22 @@ impl fmt::Display for Summary {
         };
         line(f, "decode errors", &decode)?;
         writeln!(f, "  {:<24} {}", "unresolved paths", self.unresolved_paths)?;
+        let p = &self.provenance;
+        writeln!(
+            f,
+            "  {:<24} paths_from_caller={} addresses_from_caller={} requested_paths_withheld={} \
+             walks_truncated={} walks_outside_root={} walks_detached={} walks_failed={} \
+             execs_without_code_id={}",
+            "provenance",
+            p.paths_from_caller,
+            p.addresses_from_caller,
+            p.requested_paths_withheld,
+            p.walks_truncated,
+            p.walks_outside_root,
+            p.walks_detached,
+            p.walks_failed,
+            p.execs_without_code_id
+        )?;
         writeln!(
             f,
             "  {:<24} seeded={} loaded_late={} unknown={} swept={}",

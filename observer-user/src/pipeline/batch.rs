@@ -52,7 +52,8 @@ impl Default for BatchConfig {
     }
 }
 
-/// What makes two edges "the same edge": workload, edge type and target. For opens the
+/// What makes two edges "the same edge": workload, cgroup (on a node, different services
+/// share the host workload), edge type and target. For opens the
 /// target includes the flags and whether it succeeded (the fd number does not matter);
 /// for connects the result; for execs the argv.
 fn same_edge(a: &Item, b: &Item) -> bool {
@@ -69,9 +70,13 @@ fn same_edge(a: &Item, b: &Item) -> bool {
     else {
         return false;
     };
+    // A record of held-back repeats only says less than a report (no requested name): it
+    // is not merged into one, nor one into it.
     if a.workload != b.workload
         || aa.enrichment != ab.enrichment
         || aa.container_id != ab.container_id
+        || ea.repeats_only != eb.repeats_only
+        || ea.cgroup_id != eb.cgroup_id
     {
         return false;
     }

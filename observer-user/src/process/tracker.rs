@@ -27,6 +27,9 @@ pub struct TrackStats {
     /// Connect addresses that come from the caller's memory (failed connects; no kernel
     /// view).
     pub addresses_from_caller: u64,
+    /// Successful opens by a process whose memory another task shared, reported without
+    /// the requested path (see `EdgeEvent::memory_shared`).
+    pub requested_paths_withheld: u64,
     /// Kernel walks that did not reach the task's root, by why: the path was too long,
     /// the file is outside the task's root, it has no path (a pipe, a socket), a read failed.
     pub walks_truncated: u64,
@@ -146,6 +149,7 @@ impl Tracker {
             repeats: HeldRepeats::default(),
             repeats_only: false,
             dedup_key: None,
+            memory_shared: h.flags & flags::MEMORY_SHARED != 0,
         }
     }
 
@@ -206,6 +210,15 @@ impl Tracker {
                     event.boot_ns = held.last_ns;
                     event.repeats = held;
                     event.repeats_only = true;
+                    // The name a repeat was asked by, and the directory it was asked from,
+                    // are not known: only that the edge (the file, the address) repeated.
+                    match &mut event.detail {
+                        EdgeDetail::Exec { requested, .. } | EdgeDetail::Open { requested, .. } => {
+                            *requested = None;
+                        }
+                        EdgeDetail::Connect { .. } => {}
+                    }
+                    event.process.cwd = None;
                     events.push(event);
                 }
                 None => unnamed += held.count,
@@ -367,14 +380,26 @@ impl Tracker {
         if from_caller {
             self.stats.paths_from_caller += 1;
         }
+        // Another thread could have rewritten the requested string after the kernel read it:
+        // beside the file the kernel opened, it would be a claim nothing supports.
+        let requested = if !from_caller && h.flags & flags::MEMORY_SHARED != 0 {
+            self.stats.requested_paths_withheld += 1;
+            None
+        } else {
+            Some(requested)
+        };
         let detail = EdgeDetail::Open {
             syscall: if h.flags & flags::OPENAT2 != 0 {
                 "openat2"
+            } else if h.flags & flags::OPEN != 0 {
+                "open"
+            } else if h.flags & flags::CREAT != 0 {
+                "creat"
             } else {
                 "openat"
             },
             path,
-            requested: Some(requested),
+            requested,
             path_resolved: resolved,
             path_truncated: truncated,
             path_deleted: open.path.path.is_some() && open.path.bits & walk::DELETED != 0,

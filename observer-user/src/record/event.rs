@@ -78,7 +78,7 @@ pub enum EdgeDetail {
         result: i64,
     },
     Open {
-        /// `openat` or `openat2`.
+        /// `openat`, `openat2`, `open` or `creat`.
         syscall: &'static str,
         /// The file opened (absolute when it could be resolved).
         path: Raw,
@@ -141,6 +141,11 @@ pub struct EdgeEvent {
     pub repeats_only: bool,
     /// The edge's key in the in-kernel dedup map, when it is deduplicated.
     pub dedup_key: Option<observer_common::DedupKey>,
+    /// Another task shared the caller's memory at the syscall (a multi-threaded process):
+    /// what was read from that memory could have been rewritten after the kernel read it.
+    /// A successful open's requested path is then not reported; a path or address marked
+    /// as the caller's is reported with this mark.
+    pub memory_shared: bool,
 }
 
 /// Repeats of an edge the kernel held back, with the boot time of the first and last.

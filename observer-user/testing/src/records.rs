@@ -252,6 +252,15 @@ fn with_tail<T: Copy>(record: &T, tail: &[u8]) -> Vec<u8> {
     data
 }
 
+/// `record` with `extra` header flags set (e.g. `flags::MEMORY_SHARED`).
+pub fn with_flags(record: &[u8], extra: u32) -> Vec<u8> {
+    let mut header = read_header(record);
+    header.flags |= extra;
+    let mut out = record.to_vec();
+    out[..size_of::<EventHeader>()].copy_from_slice(&bytes_of(&header));
+    out
+}
+
 /// A kernel-view record as the programs without BTF write it: the kernel-view flag cleared
 /// and, for an open, the requested path only.
 pub fn without_kernel_view(record: &[u8]) -> Vec<u8> {

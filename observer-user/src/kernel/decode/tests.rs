@@ -31,7 +31,7 @@ pub(crate) fn connect_record(sockaddr: &[u8], result: i64) -> Vec<u8> {
     task().connect(BOOT_NS, sockaddr, result)
 }
 
-pub(crate) use zastava_testing::records::sockaddr_in;
+pub(crate) use zastava_testing::records::{sockaddr_in, with_flags};
 
 #[test]
 fn exec_record_decodes_filename_and_argv() {

@@ -36,6 +36,7 @@ fn open(seq: u64, path: &str, result: i64) -> Record {
             repeats: crate::record::HeldRepeats::default(),
             repeats_only: false,
             dedup_key: None,
+            memory_shared: false,
         },
         attribution: Attribution::host(),
     }

@@ -130,7 +130,8 @@ fn a_failed_relative_open_joins_the_directory_the_kernel_looked_it_up_from() {
         0,
     );
     let v = json_of(&mut t, &open).unwrap();
-    assert_eq!(v["path"], "/tmp/work/data/f2");
+    // `..` is kept: had "sub dir" been a symlink, its parent would be another directory.
+    assert_eq!(v["path"], "/tmp/work/data/sub dir/../f2");
     assert_eq!(v["requestedPath"], "./sub dir/../f2");
     assert_eq!(v["process"]["cwd"], "/tmp/work/data");
     assert_eq!(v["pathFromCaller"], true);
@@ -269,4 +270,44 @@ fn connect_edges_for_each_family_and_source() {
     assert!(v.get("addressFromCaller").is_none(), "{v}");
     assert!(v.get("port").is_none());
     assert_eq!(t.stats().addresses_from_caller, 1);
+}
+
+#[test]
+fn a_caller_sharing_its_memory_gets_no_requested_path_beside_the_kernels_file() {
+    let mut t = tracker();
+    // Another thread could have rewritten the string after the kernel read it.
+    let opened = records::task().open_seen(
+        BOOT_NS,
+        b"./fake-file",
+        open_base::FILE,
+        Some(b"/srv/real-file"),
+        4,
+        0,
+    );
+    let v = json_of(&mut t, &records::with_flags(&opened, flags::MEMORY_SHARED)).unwrap();
+    assert_eq!(v["path"], "/srv/real-file");
+    assert!(v.get("requestedPath").is_none(), "{v}");
+    assert_eq!(v["sharedMemory"], true);
+    assert_eq!(t.stats().requested_paths_withheld, 1);
+
+    // A failed open has only the caller's string: reported, with both marks.
+    let failed = records::task().open_seen(
+        BOOT_NS + 1,
+        b"./missing",
+        open_base::CWD,
+        Some(b"/srv"),
+        -2,
+        0,
+    );
+    let v = json_of(&mut t, &records::with_flags(&failed, flags::MEMORY_SHARED)).unwrap();
+    assert_eq!(v["path"], "/srv/missing");
+    assert_eq!(v["requestedPath"], "./missing");
+    assert_eq!(v["pathFromCaller"], true);
+    assert_eq!(v["sharedMemory"], true);
+    assert_eq!(t.stats().requested_paths_withheld, 1);
+
+    // Without the mark, nothing is withheld.
+    let v = json_of(&mut t, &opened).unwrap();
+    assert_eq!(v["requestedPath"], "./fake-file");
+    assert!(v.get("sharedMemory").is_none(), "{v}");
 }

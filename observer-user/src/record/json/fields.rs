@@ -230,6 +230,12 @@ pub(super) fn serialize_detail<M: serde::ser::SerializeMap>(
             map.serialize_entry("result", result)?;
         }
     }
+    if e.memory_shared {
+        map.serialize_entry("sharedMemory", &true)?;
+    }
+    if e.repeats_only {
+        map.serialize_entry("repeatsOnly", &true)?;
+    }
     Ok(())
 }
 

@@ -64,6 +64,7 @@ fn edge(seq: u64, attribution: Attribution) -> Record {
             repeats: HeldRepeats::default(),
             repeats_only: false,
             dedup_key: None,
+            memory_shared: false,
         },
         attribution,
     }

@@ -35,6 +35,7 @@ fn event(seq: u64, cgroup_id: u64) -> EdgeEvent {
         repeats: crate::record::HeldRepeats::default(),
         repeats_only: false,
         dedup_key: None,
+        memory_shared: false,
     }
 }
 
