@@ -7,8 +7,8 @@ use zastava_platform::{
     authority::{admin, AuthorityArgs},
     backend::BackendArgs,
     config::{parse_assignment, Sources},
-    logging::LogFormat,
     deployment::RuntimeArgs,
+    logging::LogFormat,
     metrics::{self, Binary},
 };
 use zastava_webhook::{self as webhook, config::WebhookConfig};
