@@ -4,6 +4,8 @@
 //! and every path, port and name must meet its counterpart.
 
 mod common;
+#[path = "deploy/monitoring.rs"]
+mod monitoring;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
