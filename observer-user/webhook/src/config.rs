@@ -390,4 +390,29 @@ mod tests {
         let err = load("[policy]\ntag_only = \"maybe\"\n").unwrap_err();
         assert_eq!(keys(&err), ["policy.tag_only"], "{err}");
     }
+
+    #[test]
+    fn the_runtime_table_is_the_observers_and_its_problems_are_named() {
+        let err = load(
+            "[runtime]\ndeployment = \"eu 1\"\n[runtime.metrics.common_labels]\ndecision = \"x\"\n",
+        )
+        .unwrap_err();
+        let runtime: Vec<&str> = keys(&err)
+            .into_iter()
+            .filter(|k| k.starts_with("runtime."))
+            .collect();
+        assert_eq!(
+            runtime,
+            [
+                "runtime.deployment",
+                "runtime.metrics.common_labels.decision"
+            ],
+            "{err}"
+        );
+        let config = WebhookConfig::default();
+        assert!(config
+            .describe()
+            .lines()
+            .any(|l| l == "runtime.deployment = (none)"));
+    }
 }
