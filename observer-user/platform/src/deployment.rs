@@ -32,7 +32,7 @@ pub struct RuntimeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeMetricsConfig {
     /// Labels on every exported series; `cluster` defaults to `runtime.deployment`.
-    #[serde(alias = "commonTags", deserialize_with = "label_table")]
+    #[serde(deserialize_with = "label_table")]
     pub common_labels: BTreeMap<String, String>,
 }
 
@@ -46,8 +46,13 @@ fn identity_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
 fn label_table<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     #[derive(Deserialize)]
     struct Text(#[serde(deserialize_with = "text_of")] String);
+    // Blank is unset here too, as Prometheus treats a label with an empty value.
     let table = BTreeMap::<String, Text>::deserialize(d)?;
-    Ok(table.into_iter().map(|(k, Text(v))| (k, v)).collect())
+    Ok(table
+        .into_iter()
+        .filter(|(_, Text(v))| !v.is_empty())
+        .map(|(k, Text(v))| (k, v))
+        .collect())
 }
 
 fn text_of<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -386,10 +391,13 @@ mod tests {
             [("cluster", "eu-1b"), ("region", "eu"), ("team", "secops")]
         );
 
-        // The runbook's spelling of the table, and blank values as unset.
+        // Blank values are unset; an explicit cluster wins over none.
         let runtime = layered(
-            "[runtime]\ntenant = \"\"\n[runtime.metrics.commonTags]\ncluster = \"c1\"\n",
-            &[("ZASTAVA__RUNTIME__DEPLOYMENT", "")],
+            "[runtime]\ntenant = \"\"\n[runtime.metrics.common_labels]\ncluster = \"c1\"\n",
+            &[
+                ("ZASTAVA__RUNTIME__DEPLOYMENT", ""),
+                ("ZASTAVA__RUNTIME__METRICS__COMMON_LABELS__REGION", ""),
+            ],
             &RuntimeArgs::default(),
         );
         assert_eq!(runtime.deployment(), Deployment::default());
