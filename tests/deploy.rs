@@ -4,6 +4,10 @@
 //! and every path, port and name must meet its counterpart.
 
 mod common;
+#[path = "deploy/identity.rs"]
+mod identity;
+#[path = "deploy/monitoring.rs"]
+mod monitoring;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -110,6 +114,8 @@ struct PodFs {
     pki: Pki,
     /// The DPoP key of the Secret zastava-authority-dpop.
     dpop_key: PathBuf,
+    /// The ConfigMaps of the rendered manifests, for `envFrom`.
+    config_maps: Vec<Value>,
 }
 
 impl PodFs {
@@ -169,6 +175,11 @@ impl PodFs {
             mounts,
             pki,
             dpop_key,
+            config_maps: docs
+                .iter()
+                .filter(|d| d["kind"] == "ConfigMap")
+                .cloned()
+                .collect(),
         };
         for (_, volume, here) in &fs.mounts {
             if let Some(name) = volume["configMap"]["name"].as_str() {
@@ -317,6 +328,19 @@ fn container_command_as(
             .map(|a| fs.translate(str_of(a))),
     )
     .env_clear();
+    // envFrom first: `env` wins over it, as in Kubernetes.
+    for from in list(&container["envFrom"]) {
+        let name = str_of(&from["configMapRef"]["name"]);
+        let map = fs
+            .config_maps
+            .iter()
+            .find(|m| m["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("envFrom names ConfigMap {name}, which is not rendered"));
+        let prefix = from["prefix"].as_str().unwrap_or_default();
+        for (key, value) in map["data"].as_object().expect("ConfigMap data") {
+            run.env(format!("{prefix}{key}"), str_of(value));
+        }
+    }
     for var in list(&container["env"]) {
         let value = match &var["valueFrom"] {
             Value::Null => fs.translate(str_of(&var["value"])),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::schema_violations;
+use common::{batch_schema_violations, schema_violations};
 use serde_json::{json, Value};
 
 const DIGEST: &str = "sha256:c2b6b70457fee32deeac9516fdacf75f9d26487ee6385c1a9dac6b330210ae34";
@@ -259,4 +259,71 @@ fn kernel_view_fields_are_valid_where_they_belong() {
     let mut false_flag = open;
     false_flag["pathDeleted"] = json!(false);
     assert_invalid(&false_flag, "pathDeleted is true or absent");
+}
+
+#[test]
+fn the_deployment_is_optional_on_records_and_envelopes_and_checked_where_present() {
+    let mut record = host_open();
+    container_fields(&mut record);
+    record["deployment"] = json!({"tenant": "acme", "environment": "prod", "cluster": "prod-eu-1"});
+    assert_valid(&record);
+    let mut partial = host_open();
+    partial["deployment"] = json!({"cluster": "prod-eu-1"});
+    assert_valid(&partial);
+    for (bad, what) in [
+        (json!({}), "an empty deployment"),
+        (
+            json!({"cluster": "prod-eu-1", "region": "eu"}),
+            "a field the deployment does not name",
+        ),
+        (json!({"cluster": "-eu"}), "not a label value"),
+        (json!({"tenant": ""}), "an empty tenant"),
+    ] {
+        let mut record = host_open();
+        record["deployment"] = bad;
+        assert_invalid(&record, what);
+    }
+
+    let batch = |extra: Value| {
+        let mut batch = json!({
+            "batchId": "3d12-7627d6acb41e-1", "node": "vm", "schemaVersion": 1,
+            "events": [host_open()]
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            batch[k] = v.clone();
+        }
+        batch
+    };
+    for ok in [
+        json!({}),
+        json!({"tenant": "acme", "environment": "prod", "cluster": "prod-eu-1"}),
+        json!({"cluster": "c1"}),
+    ] {
+        let batch = batch(ok);
+        assert_eq!(batch_schema_violations(&batch), None);
+    }
+    for (bad, what) in [
+        (
+            json!({"cluster": "Prod EU"}),
+            "a cluster that is not a label value",
+        ),
+        (
+            json!({"region": "eu"}),
+            "a field the envelope does not name",
+        ),
+        (
+            json!({"deployment": {"cluster": "c1"}}),
+            "the records' form on the envelope",
+        ),
+        (
+            json!({"events": [{"surprise": 1}]}),
+            "an event that is not a record",
+        ),
+    ] {
+        let batch = batch(bad);
+        assert!(
+            batch_schema_violations(&batch).is_some(),
+            "should be rejected ({what}): {batch}"
+        );
+    }
 }

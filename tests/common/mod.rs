@@ -153,13 +153,33 @@ pub fn schema() -> &'static jsonschema::Validator {
     })
 }
 
+/// The schema's `$defs/batch`: the envelope the backend receives.
+pub fn batch_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let text = include_str!("../../schemas/runtime-events.v1.schema.json");
+        let mut schema: Value = serde_json::from_str(text).expect("the schema is JSON");
+        schema["$ref"] = Value::from("#/$defs/batch");
+        jsonschema::draft202012::new(&schema).expect("the schema compiles")
+    })
+}
+
 /// Why `record` does not satisfy the schema, if it does not.
 pub fn schema_violations(record: &Value) -> Option<String> {
-    let errors: Vec<String> = schema()
-        .iter_errors(record)
+    violations(schema(), record)
+}
+
+/// Why `batch` (a whole envelope) does not satisfy `$defs/batch`, if it does not.
+pub fn batch_schema_violations(batch: &Value) -> Option<String> {
+    violations(batch_schema(), batch)
+}
+
+fn violations(schema: &jsonschema::Validator, value: &Value) -> Option<String> {
+    let errors: Vec<String> = schema
+        .iter_errors(value)
         .map(|e| format!("{} at {}", e, e.instance_path()))
         .collect();
-    (!errors.is_empty()).then(|| format!("{record}\n  {}", errors.join("\n  ")))
+    (!errors.is_empty()).then(|| format!("{value}\n  {}", errors.join("\n  ")))
 }
 
 #[derive(Default)]

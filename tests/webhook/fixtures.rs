@@ -249,7 +249,7 @@ fn fixtures_with_the_backend_down() {
             for line in message(&r).lines() {
                 assert!(
                     line.ends_with(&format!(
-                        "could not be verified (the Scanner backend is unreachable); namespace {namespace} fails closed"
+                        "could not be verified; namespace {namespace} fails closed (the Scanner backend is unreachable)"
                     )),
                     "{name}: {line}"
                 );
@@ -263,8 +263,8 @@ fn fixtures_with_the_backend_down() {
         assert_eq!(
             message(&r),
             format!(
-                "init container \"migrate\": image registry.example/shop/migrate@{MIGRATE} could not be verified (the Scanner backend is unreachable); namespace default fails closed\n\
-                 container \"app\": image registry.example/shop/app@{APP} could not be verified (the Scanner backend is unreachable); namespace default fails closed"
+                "init container \"migrate\": image registry.example/shop/migrate@{MIGRATE} could not be verified; namespace default fails closed (the Scanner backend is unreachable)\n\
+                 container \"app\": image registry.example/shop/app@{APP} could not be verified; namespace default fails closed (the Scanner backend is unreachable)"
             )
         );
         assert_eq!(
@@ -304,7 +304,7 @@ fn fixtures_in_a_namespace_that_fails_open() {
             for warning in warnings(&r) {
                 assert!(
                     warning.ends_with(
-                        "admitted without a verdict (the Scanner backend is unreachable); namespace dev fails open"
+                        "admitted without a verdict; namespace dev fails open (the Scanner backend is unreachable)"
                     ),
                     "{name}: {warning}"
                 );

@@ -36,7 +36,7 @@ fn an_unreachable_or_slow_backend_denies_within_the_budget_unless_the_namespace_
         assert_eq!(
             message(&review),
             format!(
-                "container \"app\": image {image} could not be verified (the Scanner backend did not answer within the 700ms budget); namespace shop fails closed"
+                "container \"app\": image {image} could not be verified; namespace shop fails closed (the Scanner backend did not answer within the 700ms budget)"
             )
         );
         assert_eq!(audit(&review, "verdict-source"), "fail-closed");
@@ -61,7 +61,7 @@ fn an_unreachable_or_slow_backend_denies_within_the_budget_unless_the_namespace_
         assert_eq!(
             warnings(&review),
             [format!(
-                "container \"app\": image {image} admitted without a verdict (the Scanner backend did not answer within the 700ms budget); namespace dev fails open"
+                "container \"app\": image {image} admitted without a verdict; namespace dev fails open (the Scanner backend did not answer within the 700ms budget)"
             )]
         );
         assert_eq!(audit(&review, "verdict-source"), "fail-open");
@@ -81,7 +81,7 @@ fn an_unreachable_or_slow_backend_denies_within_the_budget_unless_the_namespace_
         assert_eq!(response(&review)["allowed"], false);
         assert_eq!(
             message(&review),
-            format!("container \"app\": image {image} could not be verified (the Scanner backend answered 503 Service Unavailable); namespace shop fails closed")
+            format!("container \"app\": image {image} could not be verified; namespace shop fails closed (the Scanner backend answered 503 Service Unavailable)")
         );
         let metrics = s.webhook.metrics().await;
         assert_eq!(
@@ -162,7 +162,7 @@ fn a_request_denied_in_a_namespace_that_fails_open_claims_no_admission() {
         assert_eq!(audit(&reply, "verdict-source"), "fail-open");
         assert_eq!(
             warnings(&reply),
-            [format!("container \"app\": image {pinned} admitted without a verdict (the Scanner backend is unreachable); namespace dev fails open")]
+            [format!("container \"app\": image {pinned} admitted without a verdict; namespace dev fails open (the Scanner backend is unreachable)")]
         );
         let metrics = s.webhook.metrics().await;
         assert_eq!(
@@ -186,7 +186,7 @@ fn nothing_listening_at_the_backend_denies_at_once_with_a_short_reason() {
         // People read why, without the transport's details...
         assert_eq!(
             message(&reply),
-            format!("container \"app\": image {image} could not be verified (the Scanner backend is unreachable); namespace shop fails closed")
+            format!("container \"app\": image {image} could not be verified; namespace shop fails closed (the Scanner backend is unreachable)")
         );
         assert!(message(&reply).chars().count() <= 256);
         // ...which are in the audit annotation and the log.

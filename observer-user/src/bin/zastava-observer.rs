@@ -13,6 +13,7 @@ use zastava_platform::{
     authority::{admin, AuthorityArgs},
     backend::BackendArgs,
     config::{parse_assignment, parse_bytes, parse_duration, Sources},
+    deployment::RuntimeArgs,
 };
 
 #[derive(Parser)]
@@ -149,6 +150,8 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION")]
     cri_timeout: Option<String>,
     #[command(flatten)]
+    runtime: RuntimeArgs,
+    #[command(flatten)]
     backend: BackendArgs,
     #[command(flatten)]
     authority: AuthorityArgs,
@@ -195,6 +198,7 @@ fn configuration(args: &RunArgs) -> Result<Config, String> {
         ("observer.cgroup_root", &args.cgroup_root),
         ("spool.dir", &args.spool_dir),
     ]);
+    args.runtime.apply(s);
     args.backend.apply(s);
     args.authority.apply(s);
     s.set_given([

@@ -20,6 +20,7 @@ use zastava_platform::{
     authority::AuthorityConfig,
     backend::BackendConfig,
     config::{bytes, describe_lines, duration, is_dns_label, ConfigError, ConfigErrors, Sources},
+    deployment::RuntimeConfig,
 };
 
 pub use crate::{
@@ -30,6 +31,8 @@ pub use crate::{
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Which installation this is (shared with the webhook).
+    pub runtime: RuntimeConfig,
     pub zastava: ZastavaConfig,
     pub scanner: ScannerConfig,
     pub observer: ObserverConfig,
@@ -184,6 +187,9 @@ pub struct NdjsonConfig {
     pub max_file_bytes: u64,
     /// Rotated files kept besides the current one.
     pub max_files: usize,
+    /// Every record carries `deployment` {tenant, environment, cluster} too (batches
+    /// always do, in their envelope).
+    pub include_deployment: bool,
 }
 
 impl Default for NdjsonConfig {
@@ -193,6 +199,7 @@ impl Default for NdjsonConfig {
             path: "/var/log/stellaops/runtime/zastava.runtime.ndjson".into(),
             max_file_bytes: 64 << 20,
             max_files: 8,
+            include_deployment: false,
         }
     }
 }
@@ -246,7 +253,8 @@ impl Config {
     pub fn describe(&self) -> String {
         let path = |p: &Path| p.display().to_string();
         let or_none = |v: Option<String>| v.unwrap_or_else(|| "(none)".into());
-        let mut lines = vec![
+        let mut lines = self.runtime.describe();
+        lines.extend([
             (
                 "zastava.attach.enabled",
                 self.zastava.attach.enabled.to_string(),
@@ -318,10 +326,14 @@ impl Config {
                 format!("{:?}", self.observer.exclude_namespaces),
             ),
             (
+                "ndjson.include_deployment",
+                self.ndjson.include_deployment.to_string(),
+            ),
+            (
                 "metrics.addr",
                 or_none(self.metrics.addr.map(|a| a.to_string())),
             ),
-        ];
+        ]);
         lines.extend(self.authority.describe());
         if self.authority.enabled() {
             lines.push(("admin.addr", self.admin.addr.to_string()));
@@ -338,6 +350,7 @@ impl Config {
                 problem,
             });
         };
+        self.runtime.check(&mut bad);
         let ring = self.observer.ring_buffer_bytes;
         if let Err(e) = crate::kernel::validate_ring_size(ring) {
             bad("observer.ring_buffer_bytes", e.to_string());

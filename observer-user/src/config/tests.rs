@@ -199,3 +199,49 @@ fn docker_endpoints_must_be_local_sockets() {
         |l| l == "docker.endpoint = (/var/run/docker.sock, then /run/docker.sock, if present)"
     ));
 }
+
+#[test]
+fn the_deployment_is_read_checked_and_described() {
+    let config = load(
+        r#"
+        [runtime]
+        tenant = "acme"
+        environment = "prod"
+        deployment = "prod-eu-1"
+        [ndjson]
+        include_deployment = true
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.runtime.deployment.as_deref(), Some("prod-eu-1"));
+    assert!(config.ndjson.include_deployment);
+    let described = config.describe();
+    for line in [
+        "runtime.tenant = acme",
+        "runtime.environment = prod",
+        "runtime.deployment = prod-eu-1",
+        "runtime.metrics.common_labels = {cluster=\"prod-eu-1\"}",
+        "ndjson.include_deployment = true",
+    ] {
+        assert!(described.lines().any(|l| l == line), "{line}:\n{described}");
+    }
+    let described = Config::default().describe();
+    assert!(
+        described
+            .lines()
+            .any(|l| l == "runtime.metrics.common_labels = (none)"),
+        "{described}"
+    );
+
+    // The runtime table's problems are reported with the others'.
+    let err =
+        load("[runtime.metrics.common_labels]\n\"cluster-id\" = \"x\"\n[batch]\nmax_events = 0\n")
+            .unwrap_err();
+    assert_eq!(
+        keys(&err),
+        [
+            "runtime.metrics.common_labels.cluster-id",
+            "batch.max_events"
+        ]
+    );
+}

@@ -21,6 +21,7 @@ use tokio::{
 use tracing::{info, warn};
 use zastava_platform::{
     backend::BackendClient,
+    deployment::CommonLabels,
     metrics::{self, Binary},
 };
 
@@ -61,6 +62,10 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
     let host = HostIdentity::read(
         &config.observer.host_root,
         config.observer.node_name.as_deref(),
+    )
+    .with_deployment(
+        config.runtime.deployment(),
+        config.ndjson.include_deployment,
     );
     for warning in &host.warnings {
         warn!("{warning}");
@@ -72,7 +77,7 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
                 .ok_or(RunError::NoCgroup2)?
         }
     };
-    let metrics_handle = install_metrics();
+    let metrics_handle = install_metrics(&config.runtime.common_labels());
     let (backend, spool) = open_delivery(config)?;
 
     let docker = connect_docker(&config.docker).await;
@@ -180,9 +185,10 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
     })
 }
 
-/// The Prometheus recorder behind `/metrics`, with the observer's histogram buckets.
-fn install_metrics() -> PrometheusHandle {
-    let (handle, installed) = metrics::install(Binary::Observer);
+/// The Prometheus recorder behind `/metrics`, with the observer's histogram buckets and
+/// the common labels.
+fn install_metrics(common: &CommonLabels) -> PrometheusHandle {
+    let (handle, installed) = metrics::install(Binary::Observer, common);
     if !installed {
         warn!("a metrics recorder is already installed; /metrics shows only the event account");
     }
@@ -509,6 +515,7 @@ async fn serve_metrics(
             delivery: Arc::clone(delivery),
             spool_enabled: config.scanner.runtime.capture.enabled,
             ready: Arc::clone(ready),
+            common_labels: Arc::new(config.runtime.common_labels()),
         },
     )
     .await

@@ -18,7 +18,10 @@ use axum::{
     Router,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use zastava_platform::authority::{admin, Authority};
+use zastava_platform::{
+    authority::{admin, Authority},
+    deployment::CommonLabels,
+};
 
 use crate::output::account::{self, Delivery};
 
@@ -29,6 +32,8 @@ pub struct Endpoints {
     pub delivery: Arc<Delivery>,
     pub spool_enabled: bool,
     pub ready: Arc<AtomicBool>,
+    /// The labels the exporter puts on every series, for the account's series too.
+    pub common_labels: Arc<CommonLabels>,
 }
 
 async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
@@ -36,6 +41,7 @@ async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
     text.push_str(&account::render(
         &endpoints.delivery.snapshot(),
         endpoints.spool_enabled,
+        &endpoints.common_labels,
     ));
     (
         [(

@@ -23,6 +23,7 @@ use std::{
 use serde::Serialize;
 use tokio::sync::Notify;
 use tracing::warn;
+use zastava_platform::deployment::CommonLabels;
 use zastava_platform::metrics::{
     EVENTS_DROPPED, EVENTS_IN_FLIGHT, EVENTS_SEEN, EVENTS_SHIPPED, SPOOL_BATCHES, SPOOL_BYTES,
 };
@@ -256,40 +257,44 @@ impl Delivery {
     }
 }
 
-/// The account in Prometheus text format.
-pub fn render(snapshot: &Snapshot, spool_enabled: bool) -> String {
+/// The account in Prometheus text format, every series carrying `common` as the
+/// exporter's do.
+pub fn render(snapshot: &Snapshot, spool_enabled: bool, common: &CommonLabels) -> String {
     let mut out = String::new();
-    let mut metric = |m: zastava_platform::metrics::Metric, samples: &[(&str, u64)]| {
+    let mut metric = |m: zastava_platform::metrics::Metric, samples: &[(Option<&str>, u64)]| {
         let name = m.name;
         let _ = writeln!(out, "# HELP {name} {}", m.help);
         let _ = writeln!(out, "# TYPE {name} {}", m.kind.as_str());
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
+        for (stage, value) in samples {
+            let own: &[(&str, &str)] = match stage {
+                Some(stage) => &[("stage", stage)],
+                None => &[],
+            };
+            let _ = writeln!(out, "{name}{} {value}", common.series(own));
         }
     };
-    metric(EVENTS_SEEN, &[("", snapshot.seen)]);
-    metric(EVENTS_SHIPPED, &[("", snapshot.shipped)]);
-    let dropped: Vec<(String, u64)> = DropStage::ALL
+    metric(EVENTS_SEEN, &[(None, snapshot.seen)]);
+    metric(EVENTS_SHIPPED, &[(None, snapshot.shipped)]);
+    let dropped: Vec<(Option<&str>, u64)> = DropStage::ALL
         .iter()
         .map(|stage| {
             (
-                format!("{{stage=\"{}\"}}", stage.name()),
+                Some(stage.name()),
                 snapshot.dropped.get(stage.name()).copied().unwrap_or(0),
             )
         })
         .collect();
-    let dropped: Vec<(&str, u64)> = dropped.iter().map(|(l, v)| (l.as_str(), *v)).collect();
     metric(EVENTS_DROPPED, &dropped);
     metric(
         EVENTS_IN_FLIGHT,
         &[
-            ("{stage=\"pipeline\"}", snapshot.in_flight_pipeline),
-            ("{stage=\"spool\"}", snapshot.in_flight_spool),
+            (Some("pipeline"), snapshot.in_flight_pipeline),
+            (Some("spool"), snapshot.in_flight_spool),
         ],
     );
     if spool_enabled {
-        metric(SPOOL_BATCHES, &[("", snapshot.spool_batches)]);
-        metric(SPOOL_BYTES, &[("", snapshot.spool_bytes)]);
+        metric(SPOOL_BATCHES, &[(None, snapshot.spool_batches)]);
+        metric(SPOOL_BYTES, &[(None, snapshot.spool_bytes)]);
     }
     out
 }
@@ -311,7 +316,7 @@ mod tests {
         }
         let snapshot = delivery.snapshot();
         assert!(snapshot.balanced());
-        let text = render(&snapshot, false);
+        let text = render(&snapshot, false, &CommonLabels::default());
         assert!(
             text.contains("zastava_runtime_events_seen_total 100\n"),
             "{text}"
@@ -338,6 +343,32 @@ mod tests {
         assert!(
             !delivery.snapshot().balanced(),
             "an event seen and then nowhere breaks it"
+        );
+    }
+
+    #[test]
+    fn every_series_of_the_account_carries_the_common_labels() {
+        let delivery = Delivery::new(None);
+        delivery.lock().ledger.seen = 7;
+        delivery.lock().ledger.shipped = 7;
+        let runtime: zastava_platform::deployment::RuntimeConfig =
+            toml::from_str("deployment = \"eu-1\"").unwrap();
+        let text = render(&delivery.snapshot(), true, &runtime.common_labels());
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        // seen, shipped, a drop per stage, two in flight, the spool's two.
+        assert_eq!(samples.len(), 2 + DropStage::ALL.len() + 2 + 2, "{text}");
+        for sample in &samples {
+            assert!(sample.contains("{cluster=\"eu-1\""), "{sample}");
+        }
+        assert!(
+            text.contains("zastava_runtime_events_seen_total{cluster=\"eu-1\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "stella_runtime_events_dropped_total{cluster=\"eu-1\",stage=\"spool_full\"} 0\n"
+            ),
+            "{text}"
         );
     }
 }

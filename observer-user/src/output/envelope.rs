@@ -1,6 +1,7 @@
-//! The batch envelope the backend receives: `{"batchId", "node", "schemaVersion",
-//! "events": [...]}`, gzip-encoded. Batch ids are `<hostId>-<runId>-<n>`, unique per node
-//! and run, and double as the delivery's idempotency key.
+//! The batch envelope the backend receives: `{"batchId", "node", "tenant", "environment",
+//! "cluster", "schemaVersion", "events": [...]}`, gzip-encoded; the deployment's fields
+//! only when they are set (`runtime.*`). Batch ids are `<hostId>-<runId>-<n>`, unique per
+//! node and run, and double as the delivery's idempotency key.
 
 use std::io::{self, Write as _};
 
@@ -10,8 +11,9 @@ use crate::record::{HostIdentity, SCHEMA_VERSION};
 pub struct Envelope {
     /// `<hostId>-<runId>-`, the prefix of every batch id.
     id_prefix: String,
-    /// `"node":"...",` rendered once.
-    node_json: String,
+    /// `"node":"...","tenant":"...",...` (the fields that say where the batch is from),
+    /// rendered once.
+    origin_json: String,
     next: u64,
     body: Vec<u8>,
     events: usize,
@@ -21,7 +23,7 @@ impl Envelope {
     pub fn new(host: &HostIdentity, run_id: &str) -> Self {
         Envelope {
             id_prefix: format!("{}-{run_id}-", host.host_id),
-            node_json: serde_json::to_string(&host.node).unwrap_or_else(|_| "\"\"".into()),
+            origin_json: origin_fields(host),
             next: 1,
             body: Vec::with_capacity(64 * 1024),
             events: 0,
@@ -41,9 +43,9 @@ impl Envelope {
         self.events = 0;
         write!(
             self.body,
-            r#"{{"batchId":{},"node":{},"schemaVersion":{SCHEMA_VERSION},"events":["#,
+            r#"{{"batchId":{},{},"schemaVersion":{SCHEMA_VERSION},"events":["#,
             serde_json::to_string(batch_id)?,
-            self.node_json,
+            self.origin_json,
         )
     }
 
@@ -65,10 +67,21 @@ impl Envelope {
     }
 }
 
+/// `"node":"node-a"`, then `"tenant"`, `"environment"` and `"cluster"` when set.
+fn origin_fields(host: &HostIdentity) -> String {
+    let string = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
+    let mut out = format!("\"node\":{}", string(&host.node));
+    for (key, value) in host.deployment.fields() {
+        out.push_str(&format!(",\"{key}\":{}", string(value)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read as _;
+    use zastava_platform::deployment::Deployment;
 
     #[test]
     fn an_envelope_holds_its_records_in_order() {
@@ -96,5 +109,29 @@ mod tests {
             .read_to_string(&mut body)
             .unwrap();
         assert!(body.ends_with(r#""events":[]}"#), "{body}");
+    }
+
+    #[test]
+    fn the_deployment_is_on_the_envelope_when_it_is_set() {
+        let gunzip = |gz: Vec<u8>| {
+            let mut body = String::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_string(&mut body)
+                .unwrap();
+            body
+        };
+        let deployment = Deployment {
+            tenant: Some("acme".into()),
+            environment: None,
+            cluster: Some("eu-\"1".into()),
+        };
+        let host = HostIdentity::for_tests().with_deployment(deployment, false);
+        let mut envelope = Envelope::new(&host, "r1");
+        envelope.open("b").unwrap();
+        envelope.push(br#"{"a":1}"#);
+        assert_eq!(
+            gunzip(envelope.close().unwrap()),
+            r#"{"batchId":"b","node":"node-a","tenant":"acme","cluster":"eu-\"1","schemaVersion":1,"events":[{"a":1}]}"#
+        );
     }
 }

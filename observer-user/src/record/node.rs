@@ -8,6 +8,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use zastava_platform::deployment::Deployment;
+
 /// Who this node is, as written on every event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostIdentity {
@@ -23,6 +25,10 @@ pub struct HostIdentity {
     pub workload_id_shared: std::sync::Arc<str>,
     /// Problems found while reading the identity (reported, not fatal).
     pub warnings: Vec<String>,
+    /// The installation the node belongs to (`runtime.*`): on every batch's envelope...
+    pub deployment: Deployment,
+    /// ...and, with `ndjson.include_deployment`, on every record.
+    pub deployment_on_records: bool,
 }
 
 impl HostIdentity {
@@ -67,7 +73,16 @@ impl HostIdentity {
             host_id,
             os_release,
             warnings,
+            deployment: Deployment::default(),
+            deployment_on_records: false,
         }
+    }
+
+    /// The same node, deployed as `deployment`; records carry it when `on_records`.
+    pub fn with_deployment(mut self, deployment: Deployment, on_records: bool) -> Self {
+        self.deployment = deployment;
+        self.deployment_on_records = on_records;
+        self
     }
 }
 
@@ -81,6 +96,8 @@ impl HostIdentity {
             workload_id: "host:abc".into(),
             workload_id_shared: std::sync::Arc::from("host:abc"),
             warnings: vec![],
+            deployment: Deployment::default(),
+            deployment_on_records: false,
         }
     }
 }

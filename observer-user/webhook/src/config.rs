@@ -9,11 +9,14 @@ use zastava_platform::{
     authority::AuthorityConfig,
     backend::BackendConfig,
     config::{bytes, describe_lines, duration, is_dns_label, ConfigError, ConfigErrors, Sources},
+    deployment::RuntimeConfig,
 };
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
+    /// Which installation this is (shared with the observer).
+    pub runtime: RuntimeConfig,
     pub server: ServerConfig,
     pub policy: PolicyConfig,
     pub cache: CacheConfig,
@@ -174,7 +177,8 @@ impl WebhookConfig {
             p.as_ref()
                 .map_or_else(|| "(none)".into(), |p| p.display().to_string())
         };
-        let mut lines = vec![
+        let mut lines = self.runtime.describe();
+        lines.extend([
             ("server.addr", self.server.addr.to_string()),
             ("server.cert_file", path(&self.server.cert_file)),
             ("server.key_file", path(&self.server.key_file)),
@@ -205,7 +209,7 @@ impl WebhookConfig {
                     .map_or_else(|| "(none)".into(), |a| a.to_string()),
             ),
             ("admin.addr", self.admin.addr.to_string()),
-        ];
+        ]);
         lines.extend(self.authority.describe());
         describe_lines(&lines)
     }
@@ -219,6 +223,7 @@ impl WebhookConfig {
                 problem,
             });
         };
+        self.runtime.check(&mut bad);
         for (key, file) in [
             ("server.cert_file", &self.server.cert_file),
             ("server.key_file", &self.server.key_file),
@@ -384,5 +389,30 @@ mod tests {
         assert_eq!(keys(&err), ["policy.budget"], "{err}");
         let err = load("[policy]\ntag_only = \"maybe\"\n").unwrap_err();
         assert_eq!(keys(&err), ["policy.tag_only"], "{err}");
+    }
+
+    #[test]
+    fn the_runtime_table_is_the_observers_and_its_problems_are_named() {
+        let err = load(
+            "[runtime]\ndeployment = \"eu 1\"\n[runtime.metrics.common_labels]\ndecision = \"x\"\n",
+        )
+        .unwrap_err();
+        let runtime: Vec<&str> = keys(&err)
+            .into_iter()
+            .filter(|k| k.starts_with("runtime."))
+            .collect();
+        assert_eq!(
+            runtime,
+            [
+                "runtime.deployment",
+                "runtime.metrics.common_labels.decision"
+            ],
+            "{err}"
+        );
+        let config = WebhookConfig::default();
+        assert!(config
+            .describe()
+            .lines()
+            .any(|l| l == "runtime.deployment = (none)"));
     }
 }

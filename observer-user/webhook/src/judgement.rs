@@ -170,7 +170,7 @@ impl<'a> Tally<'a> {
             self.denied.push(image_line(
                 image,
                 &format!(
-                    "could not be verified ({}); namespace {namespace} fails closed",
+                    "could not be verified; namespace {namespace} fails closed ({})",
                     failure.summary
                 ),
             ));
@@ -187,7 +187,7 @@ impl<'a> Tally<'a> {
             self.warnings.push(image_line(
                 image,
                 &format!(
-                    "admitted without a verdict ({}); namespace {namespace} fails open",
+                    "admitted without a verdict; namespace {namespace} fails open ({})",
                     failure.summary
                 ),
             ));

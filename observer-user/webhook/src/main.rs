@@ -7,6 +7,7 @@ use zastava_platform::{
     authority::{admin, AuthorityArgs},
     backend::BackendArgs,
     config::{parse_assignment, Sources},
+    deployment::RuntimeArgs,
     logging::LogFormat,
     metrics::{self, Binary},
 };
@@ -91,6 +92,8 @@ struct ServeArgs {
     #[arg(long)]
     judge_every_update: bool,
     #[command(flatten)]
+    runtime: RuntimeArgs,
+    #[command(flatten)]
     backend: BackendArgs,
     #[command(flatten)]
     authority: AuthorityArgs,
@@ -109,6 +112,7 @@ fn configuration(args: &ServeArgs) -> Result<WebhookConfig, String> {
         ("server.cert_file", &args.cert_file),
         ("server.key_file", &args.key_file),
     ]);
+    args.runtime.apply(s);
     args.backend.apply(s);
     args.authority.apply(s);
     s.set_given([
@@ -179,7 +183,8 @@ fn main() -> ExitCode {
                 println!("the configuration is valid");
                 return ExitCode::SUCCESS;
             }
-            let (metrics, installed) = metrics::install(Binary::Webhook);
+            let (metrics, installed) =
+                metrics::install(Binary::Webhook, &config.runtime.common_labels());
             if !installed {
                 eprintln!(
                     "zastava-webhook: cannot set up metrics: a recorder is already installed"

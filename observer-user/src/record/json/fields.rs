@@ -40,6 +40,9 @@ pub(super) fn serialize_workload<M: serde::ser::SerializeMap>(
     map.serialize_entry("node", &host.node)?;
     map.serialize_entry("hostId", &host.host_id)?;
     map.serialize_entry("osRelease", &host.os_release)?;
+    if host.deployment_on_records && !host.deployment.is_empty() {
+        map.serialize_entry("deployment", &DeploymentJson(&host.deployment))?;
+    }
     match (container, container_id) {
         (Some(c), _) => {
             map.serialize_entry("workloadId", &c.pod.identity.id)?;
@@ -346,6 +349,19 @@ impl Serialize for PatchHead<'_> {
         map.serialize_entry("eventType", "enrichmentPatch")?;
         map.serialize_entry("timestamp", &self.timestamp)?;
         map.serialize_entry("eventIds", &self.ids)?;
+        map.end()
+    }
+}
+
+/// `{"tenant", "environment", "cluster"}`, those that are set.
+struct DeploymentJson<'a>(&'a zastava_platform::deployment::Deployment);
+
+impl Serialize for DeploymentJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.0.fields() {
+            map.serialize_entry(key, value)?;
+        }
         map.end()
     }
 }

@@ -195,3 +195,47 @@ fn docker_containers_say_so_and_carry_their_compose_service() {
     assert!(v.get("containerRuntime").is_none(), "{v}");
     assert!(v.get("composeProject").is_none(), "{v}");
 }
+
+#[test]
+fn records_carry_the_deployment_only_when_asked_to() {
+    let deployment = zastava_platform::deployment::Deployment {
+        tenant: Some("acme".into()),
+        environment: Some("prod".into()),
+        cluster: Some("prod-eu-1".into()),
+    };
+    // A pod whose own tenant label differs from the installation's.
+    let mut info = ContainerInfo::clone(&container("a1", "web"));
+    let mut pod = PodInfo::clone(&info.pod);
+    pod.pod
+        .labels
+        .insert("stellaops.workload/tenant".into(), "team-a".into());
+    info.pod = Arc::new(PodInfo::new(pod.sandbox_id.clone(), pod.pod.clone()));
+    let info = Arc::new(info);
+    let record = |host: &HostIdentity| {
+        let record = Record::Lifecycle {
+            lifecycle: Lifecycle::Start,
+            container: Arc::clone(&info),
+            enrichment: Enrichment::Complete,
+        };
+        let mut out = Vec::new();
+        RecordWriter::new(host, "r")
+            .write(&mut out, &Item::new(1_000, host, record))
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out).unwrap()
+    };
+    let off = HostIdentity::for_tests().with_deployment(deployment.clone(), false);
+    let v = record(&off);
+    assert!(v.get("deployment").is_none(), "{v}");
+    let on = HostIdentity::for_tests().with_deployment(deployment, true);
+    let v = record(&on);
+    assert_eq!(
+        v["deployment"],
+        serde_json::json!({"tenant": "acme", "environment": "prod", "cluster": "prod-eu-1"}),
+        "{v}"
+    );
+    // The pod's own tenant label is a workload field beside it, not replaced by it.
+    assert_eq!(v["tenant"], "team-a", "{v}");
+    // Nothing set: nothing written, even when asked.
+    let empty = HostIdentity::for_tests().with_deployment(Default::default(), true);
+    assert!(record(&empty).get("deployment").is_none());
+}
