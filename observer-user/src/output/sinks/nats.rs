@@ -14,7 +14,14 @@
 
 pub mod stream;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use async_nats::{
     jetstream::{self, context::PublishErrorKind, stream::Config as StreamInfoConfig},
@@ -191,6 +198,9 @@ impl NatsSink {
     /// at the next connect).
     async fn options(&self) -> Result<ConnectOptions, Failure> {
         let c = &self.config;
+        // The first `Connected` event is the connection this call makes; later ones are
+        // reconnections.
+        let connected_before = Arc::new(AtomicBool::new(false));
         let mut options = ConnectOptions::new()
             .name("zastava-observer")
             .connection_timeout(c.connect_timeout)
@@ -200,7 +210,10 @@ impl NatsSink {
                 let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
                 super::backoff(attempts, Duration::from_secs(5)).max(Duration::from_millis(100))
             })
-            .event_callback(|event| async move { on_event(&event) });
+            .event_callback(move |event| {
+                let connected_before = Arc::clone(&connected_before);
+                async move { on_event(&event, &connected_before) }
+            });
         if let (Some(user), Some(file)) = (&c.user, &c.password_file) {
             options =
                 options.user_and_password(user.clone(), secret("sinks.nats.password_file", file)?);
@@ -362,11 +375,13 @@ impl NatsSink {
 }
 
 /// The client's own view of the connection: counted, and logged.
-fn on_event(event: &Event) {
+fn on_event(event: &Event, connected_before: &AtomicBool) {
     match event {
         Event::Connected => {
             metrics::gauge!(SINK_CONNECTED.name, "sink" => NAME).set(1.0);
-            info!("nats: reconnected");
+            if connected_before.swap(true, Ordering::Relaxed) {
+                info!("nats: reconnected");
+            }
         }
         Event::Disconnected => {
             metrics::gauge!(SINK_CONNECTED.name, "sink" => NAME).set(0.0);
