@@ -237,6 +237,7 @@ fn tls_tokens_passwords_and_a_tenant_subject_deliver() {
             pki.server_key.clone(),
             pki.ca.clone(),
         )),
+        ..redis_harness::Options::default()
     });
     let secrets = TempDir::new("zastava-secrets");
     std::fs::write(secrets.path().join("token"), "nats-token").unwrap();

@@ -1,6 +1,6 @@
 //! A private Redis server on loopback, from Debian's `redis-server`: its own port and data
 //! directory, the append-only file on and synced on every write (`appendfsync always`, so
-//! what it acknowledged survives a SIGKILL), owned by PID, killed and its data removed on
+//! what it acknowledged survives a SIGKILL; `everysec` on request), owned by PID, killed and its data removed on
 //! drop. It can be killed and restarted with its data.
 
 use std::{path::PathBuf, process::Command};
@@ -13,6 +13,9 @@ pub struct Options {
     pub password: Option<String>,
     /// Serve TLS only, with this certificate, key and CA (PEM files).
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// `appendfsync everysec` instead of `always`: faster, and a crash may lose the last
+    /// second of acknowledged writes.
+    pub fsync_every_second: bool,
 }
 
 pub struct Server {
