@@ -161,6 +161,14 @@ fn unreachable_servers_are_named_and_counted_and_the_daemon_keeps_running() {
         "{}",
         stopped.stderr
     );
+    for sink in ["nats", "redis"] {
+        let line = stopped
+            .stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("sink {sink} ")))
+            .unwrap_or_else(|| panic!("no summary line for {sink}:\n{}", stopped.stderr));
+        assert!(line.contains("shipped=0 dropped="), "{line}");
+    }
     assert!(!stopped.stderr.contains("UNBALANCED"), "{}", stopped.stderr);
 }
 
@@ -228,6 +236,7 @@ fn tls_tokens_passwords_and_a_tenant_subject_deliver() {
         &Options {
             auth: Auth::Token("nats-token".into()),
             tls: Some((pki.server_cert.clone(), pki.server_key.clone())),
+            ..Options::default()
         },
     );
     let redis = redis_harness::Server::start(&redis_harness::Options {
@@ -284,4 +293,135 @@ fn tls_tokens_passwords_and_a_tenant_subject_deliver() {
         &paths,
     );
     assert_eq!(on_nats, on_redis);
+}
+
+#[test]
+fn a_batch_larger_than_the_servers_max_payload_is_dead_lettered_and_counted() {
+    let nats = Cluster::start(
+        1,
+        &Options {
+            max_payload: Some(1024),
+            ..Options::default()
+        },
+    );
+    let (dir, spool) = spool_dir();
+    let observer = observer(&spool, &nats_sink(&nats.urls(), 1));
+    // A burst: one batch of far more than 1 KiB, gzip-encoded.
+    let load = Load::start("oversized", Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(100));
+    let paths = load.finish();
+    assert!(paths.len() > 100, "{}", paths.len());
+    let last = paths.last().unwrap().clone();
+    observer.wait_for("the last open", |e| e["path"] == last.as_str());
+    let metrics = wait_metrics(
+        &observer,
+        "the burst settled",
+        Duration::from_secs(30),
+        |m| {
+            pending(m, "nats") == 0.0
+                && m.value(
+                    "zastava_runtime_sink_batches_total",
+                    "{sink=\"nats\",outcome=\"rejected\"}",
+                )
+                .unwrap_or(0.0)
+                    > 0.0
+        },
+    );
+    let stopped = observer.stop();
+    let letters = std::fs::read_to_string(spool.join("dead-letter.nats.ndjson")).unwrap();
+    let letters: Vec<serde_json::Value> = letters
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut ours = std::collections::HashSet::new();
+    let mut dead_events = 0;
+    for letter in &letters {
+        assert_eq!(letter["sink"], "nats");
+        assert!(
+            letter["reason"]
+                .as_str()
+                .unwrap()
+                .contains("larger than the server's max_payload"),
+            "{letter}"
+        );
+        dead_events += letter["events"].as_u64().unwrap();
+        for event in letter["batch"]["events"].as_array().unwrap() {
+            if let Some(path) = event["path"].as_str() {
+                ours.insert(path.to_owned());
+            }
+        }
+    }
+    assert!(
+        paths.iter().all(|p| ours.contains(p)),
+        "every open of the burst is in a dead letter"
+    );
+    let account = &stopped.summary["delivery"];
+    assert_eq!(account["dropped"]["dead_letter"], dead_events, "{account}");
+    assert_eq!(
+        account["sinks"]["nats"]["dropped"]["dead_letter"],
+        dead_events
+    );
+    assert!(
+        metrics
+            .value(
+                "stella_runtime_events_dropped_total",
+                "{stage=\"dead_letter\"}"
+            )
+            .unwrap()
+            > 0.0
+    );
+    // Nothing of the burst in the stream.
+    let stored = read_stream(&nats.urls(), &Auth::None, STREAM, "scanner");
+    assert!(stored
+        .iter()
+        .flat_map(|m| m.events())
+        .all(|e| !e["path"].as_str().is_some_and(|p| ours.contains(p))));
+    drop(dir);
+}
+
+#[test]
+fn a_password_rotated_on_the_servers_is_read_again_from_its_file_on_reconnect() {
+    let mut nats = Cluster::start(
+        1,
+        &Options {
+            auth: Auth::UserPassword("observer".into(), "old".into()),
+            ..Options::default()
+        },
+    );
+    let secrets = TempDir::new("zastava-secrets");
+    let password = secrets.path().join("password");
+    std::fs::write(&password, "old").unwrap();
+    let (_dir, spool) = spool_dir();
+    let mut args = nats_sink(&nats.urls(), 1);
+    args.extend(set(&[
+        "sinks.nats.user=\"observer\"".into(),
+        format!("sinks.nats.password_file={:?}", password.to_str().unwrap()),
+    ]));
+    let observer = observer(&spool, &args);
+    let load = Load::start("rotation", Duration::from_millis(20));
+    wait_metrics(&observer, "deliveries", Duration::from_secs(30), |m| {
+        shipped(m, "nats") > 0.0
+    });
+    // The secret is rotated: the file first, then the servers.
+    std::fs::write(&password, "new").unwrap();
+    nats.change_auth(Auth::UserPassword("observer".into(), "new".into()));
+    let rotated = shipped(&observer.scrape(), "nats");
+    observer.wait_for_log("a NATS server refused the credentials on reconnect");
+    wait_metrics(
+        &observer,
+        "deliveries with the new password",
+        Duration::from_secs(30),
+        |m| shipped(m, "nats") > rotated && errors(m, "nats", "auth") > 0.0,
+    );
+    let paths = load.finish();
+    let last = paths.last().unwrap().clone();
+    observer.wait_for("the last open", |e| e["path"] == last.as_str());
+    wait_metrics(&observer, "caught up", Duration::from_secs(30), |m| {
+        pending(m, "nats") == 0.0
+    });
+    let stopped = observer.stop();
+    let auth = Auth::UserPassword("observer".into(), "new".into());
+    let stored = read_stream(&nats.urls(), &auth, STREAM, "scanner");
+    let on_bus = assert_exactly_once(&crate::jetstream_batches(&stored), &paths);
+    assert_eq!(stopped.summary["delivery"]["shipped"], on_bus);
 }

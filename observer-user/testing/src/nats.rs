@@ -26,6 +26,8 @@ pub struct Options {
     pub auth: Auth,
     /// Serve clients over TLS with this certificate and key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The largest message a client may publish (the server's default is 1 MiB).
+    pub max_payload: Option<u32>,
 }
 
 pub struct Node {
@@ -40,6 +42,7 @@ pub struct Node {
 /// One server, or a cluster of them with JetStream.
 pub struct Cluster {
     dir: PathBuf,
+    options: Options,
     pub nodes: Vec<Node>,
 }
 
@@ -48,72 +51,92 @@ impl Cluster {
     /// and waits until every one is healthy with JetStream.
     pub fn start(size: usize, options: &Options) -> Cluster {
         let dir = crate::fresh_dir("zastava-nats");
-        let ports: Vec<(u16, u16, u16)> = (0..size)
-            .map(|_| (free_port(), free_port(), free_port()))
-            .collect();
-        let nodes = ports
-            .iter()
-            .enumerate()
-            .map(|(i, &(port, cluster_port, monitor_port))| {
+        let nodes = (0..size)
+            .map(|i| {
                 let name = format!("n{i}");
-                let config = dir.join(format!("{name}.conf"));
-                let routes: Vec<String> = ports
-                    .iter()
-                    .enumerate()
-                    .filter(|&(j, _)| j != i)
-                    .map(|(_, p)| format!("\"nats-route://127.0.0.1:{}\"", p.1))
-                    .collect();
-                let mut text = format!(
-                    "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{monitor_port}\"\n\
-                     jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n",
-                    dir.join(&name).display()
-                );
-                if size > 1 {
-                    let _ = write!(
-                        text,
-                        "cluster {{\n  name: \"zastava-test\"\n  listen: \"127.0.0.1:{cluster_port}\"\n  routes: [{}]\n}}\n",
-                        routes.join(", ")
-                    );
-                }
-                match &options.auth {
-                    Auth::None => {}
-                    Auth::UserPassword(user, password) => {
-                        let _ = write!(
-                            text,
-                            "authorization {{\n  user: \"{user}\"\n  password: \"{password}\"\n}}\n"
-                        );
-                    }
-                    Auth::Token(token) => {
-                        let _ = write!(text, "authorization {{\n  token: \"{token}\"\n}}\n");
-                    }
-                }
-                if let Some((cert, key)) = &options.tls {
-                    let _ = write!(
-                        text,
-                        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 5\n}}\n",
-                        cert.display(),
-                        key.display()
-                    );
-                }
-                std::fs::write(&config, text).expect("write the server configuration");
                 Node {
+                    config: dir.join(format!("{name}.conf")),
                     name,
-                    port,
-                    cluster_port,
-                    monitor_port,
-                    config,
+                    port: free_port(),
+                    cluster_port: free_port(),
+                    monitor_port: free_port(),
                     process: None,
                 }
             })
             .collect();
-        let mut cluster = Cluster { dir, nodes };
+        let mut cluster = Cluster {
+            dir,
+            options: options.clone(),
+            nodes,
+        };
         for i in 0..size {
+            cluster.write_config(i);
             cluster.launch(i);
         }
         for i in 0..size {
             cluster.wait_healthy(i);
         }
         cluster
+    }
+
+    /// Writes node `i`'s configuration file from the cluster's options.
+    fn write_config(&self, i: usize) {
+        let node = &self.nodes[i];
+        let name = &node.name;
+        let routes: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.name != node.name)
+            .map(|n| format!("\"nats-route://127.0.0.1:{}\"", n.cluster_port))
+            .collect();
+        let mut text = format!(
+            "server_name: \"{name}\"\nlisten: \"127.0.0.1:{}\"\nhttp: \"127.0.0.1:{}\"\n\
+             jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n",
+            node.port,
+            node.monitor_port,
+            self.dir.join(name).display()
+        );
+        if self.nodes.len() > 1 {
+            let _ = write!(
+                text,
+                "cluster {{\n  name: \"zastava-test\"\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                node.cluster_port,
+                routes.join(", ")
+            );
+        }
+        match &self.options.auth {
+            Auth::None => {}
+            Auth::UserPassword(user, password) => {
+                let _ = write!(
+                    text,
+                    "authorization {{\n  user: \"{user}\"\n  password: \"{password}\"\n}}\n"
+                );
+            }
+            Auth::Token(token) => {
+                let _ = write!(text, "authorization {{\n  token: \"{token}\"\n}}\n");
+            }
+        }
+        if let Some(bytes) = self.options.max_payload {
+            let _ = writeln!(text, "max_payload: {bytes}");
+        }
+        if let Some((cert, key)) = &self.options.tls {
+            let _ = write!(
+                text,
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 5\n}}\n",
+                cert.display(),
+                key.display()
+            );
+        }
+        std::fs::write(&node.config, text).expect("write the server configuration");
+    }
+
+    /// Restarts every node with other credentials (a rotation on the server side).
+    pub fn change_auth(&mut self, auth: Auth) {
+        self.options.auth = auth;
+        for i in 0..self.nodes.len() {
+            self.write_config(i);
+            self.restart(i);
+        }
     }
 
     fn launch(&mut self, i: usize) {

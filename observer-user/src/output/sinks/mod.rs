@@ -223,7 +223,12 @@ impl<S: Sink> SinkTask<S> {
                     }
                     tokio::select! {
                         _ = self.wake.changed() => {}
-                        _ = self.stop.changed() => {}
+                        changed = self.stop.changed() => {
+                            // Nobody left to stop us: the daemon is gone.
+                            if changed.is_err() {
+                                return;
+                            }
+                        }
                     }
                     continue;
                 }

@@ -25,7 +25,7 @@ use std::{
 
 use async_nats::{
     jetstream::{self, context::PublishErrorKind, stream::Config as StreamInfoConfig},
-    ConnectErrorKind, ConnectOptions, Event, ServerAddr, ServerError,
+    ClientError, ConnectErrorKind, ConnectOptions, Event, ServerAddr, ServerError,
 };
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -169,6 +169,9 @@ pub struct NatsSink {
     jetstream: Option<jetstream::Context>,
     /// Set once a warning about the stream's other settings was logged.
     warned: bool,
+    /// Set by the client when a server refused the credentials on a reconnect: the client
+    /// is then made anew, with the credential files read again.
+    refused: Arc<AtomicBool>,
 }
 
 /// Reads a secret from a file, trimmed of surrounding whitespace.
@@ -191,6 +194,7 @@ impl NatsSink {
             client: None,
             jetstream: None,
             warned: false,
+            refused: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -201,6 +205,7 @@ impl NatsSink {
         // The first `Connected` event is the connection this call makes; later ones are
         // reconnections.
         let connected_before = Arc::new(AtomicBool::new(false));
+        let refused = Arc::clone(&self.refused);
         let mut options = ConnectOptions::new()
             .name("zastava-observer")
             .connection_timeout(c.connect_timeout)
@@ -211,8 +216,9 @@ impl NatsSink {
                 super::backoff(attempts, Duration::from_secs(5)).max(Duration::from_millis(100))
             })
             .event_callback(move |event| {
-                let connected_before = Arc::clone(&connected_before);
-                async move { on_event(&event, &connected_before) }
+                let (connected_before, refused) =
+                    (Arc::clone(&connected_before), Arc::clone(&refused));
+                async move { on_event(&event, &connected_before, &refused) }
             });
         if let (Some(user), Some(file)) = (&c.user, &c.password_file) {
             options =
@@ -262,6 +268,7 @@ impl NatsSink {
             .iter()
             .filter_map(|s| s.parse().ok())
             .collect();
+        self.refused.store(false, Ordering::Relaxed);
         let options = self.options().await?;
         let client = options
             .connect(servers)
@@ -375,7 +382,7 @@ impl NatsSink {
 }
 
 /// The client's own view of the connection: counted, and logged.
-fn on_event(event: &Event, connected_before: &AtomicBool) {
+fn on_event(event: &Event, connected_before: &AtomicBool, refused: &AtomicBool) {
     match event {
         Event::Connected => {
             metrics::gauge!(SINK_CONNECTED.name, "sink" => NAME).set(1.0);
@@ -387,7 +394,11 @@ fn on_event(event: &Event, connected_before: &AtomicBool) {
             metrics::gauge!(SINK_CONNECTED.name, "sink" => NAME).set(0.0);
             warn!("nats: disconnected; reconnecting");
         }
-        Event::ServerError(ServerError::AuthorizationViolation) => {
+        // Refused at connect time the server's error comes as the client's own.
+        Event::ServerError(ServerError::AuthorizationViolation) | Event::ClientError(_)
+            if is_refusal(event) =>
+        {
+            refused.store(true, Ordering::Relaxed);
             metrics::counter!(SINK_ERRORS.name, "sink" => NAME, "reason" => "auth").increment(1);
             warn!("nats: the server refused the credentials (authorization violation); check sinks.nats.user/password_file, token_file, creds_file or nkey_seed_file");
         }
@@ -395,6 +406,17 @@ fn on_event(event: &Event, connected_before: &AtomicBool) {
         Event::ClientError(err) => warn!("nats: client error: {err}"),
         Event::LameDuckMode => info!("nats: the server is going away (lame duck mode)"),
         Event::Draining | Event::Closed | Event::SlowConsumer(_) => {}
+    }
+}
+
+/// Whether the client reports that a server refused the credentials.
+fn is_refusal(event: &Event) -> bool {
+    match event {
+        Event::ServerError(ServerError::AuthorizationViolation) => true,
+        Event::ClientError(ClientError::Other(text)) => text
+            .to_ascii_lowercase()
+            .contains("authorization violation"),
+        _ => false,
     }
 }
 
@@ -456,6 +478,15 @@ impl Sink for NatsSink {
             Ok(ack) => ack.await,
             Err(err) => Err(err),
         };
+        if acked.is_err() && self.refused.swap(false, Ordering::Relaxed) {
+            // The client would retry with the credentials it started with forever.
+            self.client = None;
+            self.jetstream = None;
+            return Outcome::Failed(Failure::reconnect(
+                "auth",
+                "a NATS server refused the credentials on reconnect; connecting again with the credential files read anew",
+            ));
+        }
         match acked {
             Ok(ack) => {
                 if ack.stream != self.config.stream.name && !self.warned {
