@@ -44,7 +44,7 @@ use zastava_testing::{nats, redis};
 #[command(about = "Events per second into NATS JetStream and Redis Streams")]
 struct Cli {
     /// Batches per condition.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 1000)]
     batches: usize,
     /// Edge events per batch.
     #[arg(long, default_value_t = 2000)]
