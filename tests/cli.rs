@@ -289,3 +289,65 @@ fn a_configuration_with_nothing_to_observe_exits_2_so_it_is_not_restarted() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_shows_and_checks_the_bus_sinks() {
+    let path = std::env::temp_dir().join(common::unique("zastava-config"));
+    std::fs::write(
+        &path,
+        r#"
+[zastava.attach]
+enabled = true
+[sinks.nats]
+enabled = true
+servers = ["nats://nats-0.bus:4222", "nats://nats-1.bus:4222"]
+tenant = "acme"
+[sinks.nats.stream]
+create = true
+replicas = 3
+[sinks.redis]
+enabled = true
+url = "redis://redis.bus:6379/0"
+max_len = 200000
+"#,
+    )
+    .unwrap();
+    let out = Command::new(observer_bin())
+        .args(["run", "--config", path.to_str().unwrap(), "--check-config"])
+        .output()
+        .expect("run zastava-observer");
+    std::fs::remove_file(&path).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "sinks.nats.servers = [\"nats://nats-0.bus:4222\", \"nats://nats-1.bus:4222\"]",
+        "sinks.nats.subject = zastava.runtime.events.acme",
+        "sinks.nats.stream = ZASTAVA_RUNTIME_EVENTS (create = true, check = true, replicas = 3, duplicate_window = 10m)",
+        "sinks.redis.url = redis://redis.bus:6379/0",
+        "sinks.redis.stream = zastava.runtime.events (max_len ~ 200000)",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no {line:?} in:\n{stdout}"
+        );
+    }
+    assert_refused(
+        &["run", "--set", "sinks.nats.enabled=true", "--check-config"],
+        "sinks.nats.servers: is required when sinks.nats.enabled is true",
+    );
+    assert_refused(
+        &[
+            "run",
+            "--set",
+            "sinks.redis.enabled=true",
+            "--set",
+            "sinks.redis.url=\"redis://:hunter2@redis.bus:6379\"",
+            "--check-config",
+        ],
+        "sinks.redis.url: holds credentials; put them in sinks.redis.user and sinks.redis.password_file",
+    );
+}

@@ -477,8 +477,47 @@ impl Metrics {
             .sum()
     }
 
-    /// seen = shipped + dropped + in flight, at this scrape.
+    /// The sum of the series of `name` whose labels contain `label` (e.g. `sink="nats"`).
+    pub fn sum_with(&self, name: &str, label: &str) -> f64 {
+        self.0
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The sinks the account reports on.
+    pub fn sinks(&self) -> Vec<String> {
+        self.0
+            .lines()
+            .filter_map(|l| l.strip_prefix("zastava_runtime_sink_events_shipped_total{sink=\""))
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// seen = shipped + dropped + in flight, at this scrape: in the totals, and for every
+    /// sink.
     pub fn assert_balanced(&self) {
+        self.assert_balanced_totals();
+        let seen = self
+            .value("zastava_runtime_events_seen_total", "")
+            .expect("seen");
+        for sink in self.sinks() {
+            let label = format!("sink=\"{sink}\"");
+            let shipped = self.sum_with("zastava_runtime_sink_events_shipped_total", &label);
+            let dropped = self.sum_with("zastava_runtime_sink_events_dropped_total", &label);
+            let in_flight = self.sum_with("zastava_runtime_sink_events_in_flight", &label);
+            assert_eq!(
+                seen,
+                shipped + dropped + in_flight,
+                "{sink}: seen {seen} != shipped {shipped} + dropped {dropped} + in flight {in_flight}:\n{}",
+                self.0
+            );
+        }
+    }
+
+    fn assert_balanced_totals(&self) {
         let seen = self
             .value("zastava_runtime_events_seen_total", "")
             .expect("seen");

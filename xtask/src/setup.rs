@@ -21,8 +21,9 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// with, systemd-analyze and setpriv for the systemd unit's tests, for the test Authority
 /// (tests/authority/authority.py) Debian's python3 with PyJWT and cryptography, and
 /// openssl, which makes the tests' DPoP keys, readelf (binutils), the tests' independent
-/// reader of build-ids, and jq, with which the webhook's tests read
-/// its JSON log as an operator would.
+/// reader of build-ids, jq, with which the webhook's tests read its JSON log as an
+/// operator would, and nats-server and redis-server, which the event bus tests
+/// (tests/bus.rs) and the bus benchmark start privately on loopback.
 /// (The Kubernetes manifests' tests render them with `kubectl kustomize`, which this
 /// kind of machine has and Debian does not package.)
 const PACKAGES: &[&str] = &[
@@ -42,6 +43,8 @@ const PACKAGES: &[&str] = &[
     "openssl",
     "binutils",
     "jq",
+    "nats-server",
+    "redis-server",
 ];
 
 /// Major LLVM version of the nightly rustc (bpf-linker must link the same one).

@@ -309,7 +309,7 @@ fn full_pipeline(world: &World, path: &std::path::Path) -> Result<(f64, u64)> {
         RuntimeStatuses::default(),
         Shipping {
             delivery: Arc::clone(&delivery),
-            backend: false,
+            spooled: false,
             max_label_values: 64,
         },
     );

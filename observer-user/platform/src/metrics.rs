@@ -66,10 +66,19 @@ const fn gauge(name: &'static str, labels: &'static [&'static str], help: &'stat
 }
 
 const fn histogram(name: &'static str, help: &'static str, buckets: &'static [f64]) -> Metric {
+    labelled_histogram(name, &[], help, buckets)
+}
+
+const fn labelled_histogram(
+    name: &'static str,
+    labels: &'static [&'static str],
+    help: &'static str,
+    buckets: &'static [f64],
+) -> Metric {
     Metric {
         name,
         kind: Kind::Histogram,
-        labels: &[],
+        labels,
         help,
         buckets,
     }
@@ -90,7 +99,7 @@ pub const EVENTS_SEEN: Metric = counter(
 pub const EVENTS_SHIPPED: Metric = counter(
     "zastava_runtime_events_shipped_total",
     &[],
-    "Edge events acknowledged by the backend (written, without a backend).",
+    "Edge events acknowledged by every sink (written, without a sink).",
 );
 pub const EVENTS_DROPPED: Metric = counter(
     "stella_runtime_events_dropped_total",
@@ -114,7 +123,7 @@ pub const SPOOL_BYTES: Metric = gauge(
 );
 pub const EVENTS_LAG: Metric = histogram(
     "stella_runtime_events_lag_seconds",
-    "Seconds from an event to its delivery (the backend's acknowledgement, or the NDJSON file).",
+    "Seconds from an event to its delivery (acknowledged by every sink, or written to the NDJSON file without one).",
     &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0],
 );
 pub const BACKEND_REQUESTS: Metric = counter(
@@ -129,6 +138,58 @@ pub const SHIPPER_BACKEND_LATENCY: Metric = histogram(
     &[
         5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
     ],
+);
+
+// --- Sinks: the HTTPS backend, NATS JetStream, Redis Streams -------------------------
+
+pub const SINK_EVENTS_SHIPPED: Metric = counter(
+    "zastava_runtime_sink_events_shipped_total",
+    &["sink"],
+    "Edge events the sink acknowledged.",
+);
+pub const SINK_EVENTS_DROPPED: Metric = counter(
+    "zastava_runtime_sink_events_dropped_total",
+    &["sink", "stage"],
+    "Edge events that will never reach the sink, by stage (dead_letter and spool_eviction are the sink's own; the others as in the totals).",
+);
+pub const SINK_EVENTS_IN_FLIGHT: Metric = gauge(
+    "zastava_runtime_sink_events_in_flight",
+    &["sink", "stage"],
+    "Edge events on their way to the sink: in the pipeline, or spooled and not yet settled by the sink.",
+);
+pub const SINK_PENDING_BATCHES: Metric = gauge(
+    "zastava_runtime_sink_pending_batches",
+    &["sink"],
+    "Spooled batches the sink has not settled yet (how far its cursor is behind).",
+);
+pub const SINK_BATCHES: Metric = counter(
+    "zastava_runtime_sink_batches_total",
+    &["sink", "outcome"],
+    "Batch deliveries to the sink, by outcome: delivered, duplicate (the sink already had it), retry, throttled, rejected (dead-lettered).",
+);
+pub const SINK_ERRORS: Metric = counter(
+    "zastava_runtime_sink_errors_total",
+    &["sink", "reason"],
+    "Failed connections and deliveries, by sink and reason (connect, timeout, auth, tls, protocol, stream_config, no_stream, wrong_type, server, spool, ...).",
+);
+pub const SINK_LATENCY: Metric = labelled_histogram(
+    "zastava_runtime_sink_latency_ms",
+    &["sink"],
+    "Milliseconds per delivery attempt, by sink.",
+    &[
+        1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    ],
+);
+pub const SINK_LAG: Metric = labelled_histogram(
+    "zastava_runtime_sink_lag_seconds",
+    &["sink"],
+    "Seconds from the oldest event of a batch to its acknowledgement by the sink.",
+    &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0],
+);
+pub const SINK_CONNECTED: Metric = gauge(
+    "zastava_runtime_sink_connected",
+    &["sink"],
+    "1 while the sink is connected (its last attempt reached the server), 0 while the observer reconnects.",
 );
 
 // --- The Authority (both binaries) ----------------------------------------------------
@@ -263,6 +324,15 @@ pub const OBSERVER: &[Metric] = &[
     EVENTS_LAG,
     BACKEND_REQUESTS,
     SHIPPER_BACKEND_LATENCY,
+    SINK_EVENTS_SHIPPED,
+    SINK_EVENTS_DROPPED,
+    SINK_EVENTS_IN_FLIGHT,
+    SINK_PENDING_BATCHES,
+    SINK_BATCHES,
+    SINK_ERRORS,
+    SINK_LATENCY,
+    SINK_LAG,
+    SINK_CONNECTED,
     AUTHORITY_TOKEN_ISSUES,
     AUTHORITY_TOKEN_EXPIRY,
     AUTHORITY_TOKEN_ISSUED,

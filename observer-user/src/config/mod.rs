@@ -2,7 +2,8 @@
 //! Layering (file, then `ZASTAVA__*` environment variables, then flags) is the platform's,
 //! shared with the webhook; every error names the key (`backend.url`,
 //! `batch.reorder_window`, ...) and what is wrong with it. Stages own the tables only they
-//! read (`[batch]`, `[spool]`); this composes them.
+//! read (`[batch]`, `[spool]`, `[sinks.nats]`, `[sinks.redis]`); this composes them, and
+//! [`sinks`] checks the sinks' tables.
 //!
 //! Keys are the file's table paths. The feature flags are `zastava.attach.enabled` (load
 //! and attach the eBPF probes; without them only container lifecycle is reported) and
@@ -24,9 +25,14 @@ use zastava_platform::{
 };
 
 pub use crate::{
-    output::spool::{SpoolConfig, WhenFull},
+    output::{
+        sinks::SinksConfig,
+        spool::{SpoolConfig, WhenFull},
+    },
     pipeline::batch::BatchConfig,
 };
+
+mod sinks;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -42,6 +48,7 @@ pub struct Config {
     pub backend: BackendConfig,
     pub authority: AuthorityConfig,
     pub spool: SpoolConfig,
+    pub sinks: SinksConfig,
     pub ndjson: NdjsonConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
@@ -334,6 +341,7 @@ impl Config {
                 or_none(self.metrics.addr.map(|a| a.to_string())),
             ),
         ]);
+        lines.extend(sinks::describe(&self.sinks));
         lines.extend(self.authority.describe());
         if self.authority.enabled() {
             lines.push(("admin.addr", self.admin.addr.to_string()));
@@ -418,6 +426,7 @@ impl Config {
                 ),
             );
         }
+        sinks::check(&self.sinks, &mut bad);
         if self.spool.max_bytes < 64 << 10 {
             bad("spool.max_bytes", "must be at least 64K".into());
         }
@@ -467,3 +476,5 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sinks;

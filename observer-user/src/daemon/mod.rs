@@ -36,8 +36,8 @@ struct Running {
     /// Updates from the runtime watcher; `None` once the watcher is gone (or without one).
     updates: Option<mpsc::Receiver<Update>>,
     delivery: Arc<Delivery>,
-    /// The shipper task, and how to tell it to stop by a deadline.
-    shipper: Option<(JoinHandle<()>, watch::Sender<Option<Instant>>)>,
+    /// The sink tasks, and how to tell them to stop by a deadline.
+    sinks: Option<SinkTasks>,
     ready: Arc<AtomicBool>,
     /// In-kernel dedup window in nanoseconds (0: off, or no probes).
     dedup_window_ns: u64,
@@ -47,6 +47,12 @@ struct Running {
     /// SIGINT and SIGTERM, installed before the daemon says it is ready.
     sigint: tokio::signal::unix::Signal,
     sigterm: tokio::signal::unix::Signal,
+}
+
+/// One task per sink, and how to tell them all to stop by a deadline.
+struct SinkTasks {
+    tasks: Vec<JoinHandle<()>>,
+    stop: watch::Sender<Option<Instant>>,
 }
 
 /// What `run` needs besides the configuration.

@@ -1,6 +1,6 @@
 //! Shutdown: detach every program, drain the ring buffer until it is empty, report the
 //! repeats the kernel still holds, let events still waiting for attribution leave, release
-//! every held batch, give the shipper its grace period to deliver, and account for it all.
+//! every held batch, give the sinks their grace period to deliver, and account for it all.
 
 use std::time::{Duration, Instant};
 
@@ -17,16 +17,17 @@ impl Running {
         let counters = self.drain_kernel()?;
         self.pipeline.finish().map_err(RunError::Output)?;
         server::set_ready(&self.ready, false);
-        if let Some((shipper, stop)) = self.shipper.take() {
-            // Deliver what can be delivered within the grace period; the rest stays
+        if let Some(sinks) = self.sinks.take() {
+            // Every sink delivers what it can within the grace period; the rest stays
             // spooled for the next start.
             let grace = self.shutdown_grace;
-            let _ = stop.send(Some(Instant::now() + grace));
-            if tokio::time::timeout(grace + Duration::from_secs(1), shipper)
+            let _ = sinks.stop.send(Some(Instant::now() + grace));
+            let all = futures_util::future::join_all(sinks.tasks);
+            if tokio::time::timeout(grace + Duration::from_secs(1), all)
                 .await
                 .is_err()
             {
-                warn!("the shipper did not stop within {grace:?}");
+                warn!("a sink did not stop within {grace:?}; what it had not delivered stays in the spool");
             }
         }
         Ok(Summary::new(

@@ -37,7 +37,13 @@ use crate::{
     ops::server::{self, Endpoints},
     output::{
         ndjson::{NdjsonSink, Output},
-        shipper::{Shipper, ShipperConfig, EVENTS_PATH},
+        sinks::{
+            dead_letter::DeadLetter,
+            https::{self, HttpsSink, EVENTS_PATH},
+            nats::{self, NatsSink},
+            redis::{self, RedisSink},
+            Sink, SinkTask,
+        },
         spool::Spool,
         Delivery,
     },
@@ -123,7 +129,7 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
             .map_err(|source| RunError::Admin { addr, source })?;
         info!("admin endpoint on http://{bound}/invalidate-op-token");
     }
-    let shipper = backend.map(|client| start_shipper(config, client, &delivery));
+    let sinks = start_sinks(config, backend, &delivery);
     let ready = Arc::new(AtomicBool::new(false));
     serve_metrics(config, metrics_handle, &delivery, &ready).await?;
 
@@ -140,7 +146,7 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
         runtimes,
         Shipping {
             delivery: Arc::clone(&delivery),
-            backend: shipper.is_some(),
+            spooled: sinks.is_some(),
             max_label_values: config.metrics.max_label_values,
         },
     );
@@ -175,7 +181,7 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
         ring,
         updates,
         delivery,
-        shipper,
+        sinks,
         ready,
         dedup_window_ns,
         shutdown_grace: config.backend.shutdown_grace,
@@ -195,24 +201,46 @@ fn install_metrics(common: &CommonLabels) -> PrometheusHandle {
     handle
 }
 
-/// With a backend: its client and the spool batches wait in for it.
+/// The sinks `config` turns on, in the order of their cursors in the spool.
+fn sink_names(config: &Config) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if config.scanner.runtime.capture.enabled {
+        names.push(https::NAME);
+    }
+    if config.sinks.nats.enabled {
+        names.push(nats::NAME);
+    }
+    if config.sinks.redis.enabled {
+        names.push(redis::NAME);
+    }
+    names
+}
+
+/// With at least one sink: the backend's client (when it is one of them) and the spool
+/// batches wait in for every sink.
 fn open_delivery(config: &Config) -> Result<(Option<BackendClient>, Option<Spool>), RunError> {
-    if !config.scanner.runtime.capture.enabled {
+    let names = sink_names(config);
+    if names.is_empty() {
         return Ok((None, None));
     }
-    let client =
-        BackendClient::new(&config.backend, &config.authority).map_err(RunError::Backend)?;
+    let client = if config.scanner.runtime.capture.enabled {
+        Some(BackendClient::new(&config.backend, &config.authority).map_err(RunError::Backend)?)
+    } else {
+        None
+    };
     let spool = Spool::open(
         &config.spool.dir,
         config.spool.max_bytes,
         config.spool.when_full,
+        &names,
     )
     .map_err(RunError::Spool)?;
-    if spool.stats().torn > 0 {
+    let stats = spool.stats();
+    if stats.torn > 0 {
         warn!(
             "spool {}: {} damaged records from an earlier run were removed",
             config.spool.dir.display(),
-            spool.stats().torn
+            stats.torn
         );
     }
     if !spool.is_empty() {
@@ -223,17 +251,30 @@ fn open_delivery(config: &Config) -> Result<(Option<BackendClient>, Option<Spool
             spool.pending_events()
         );
     }
-    info!(
-        "shipping to {}{}",
-        config
-            .backend
-            .url
-            .as_ref()
-            .map(url::Url::as_str)
-            .unwrap_or_default(),
-        EVENTS_PATH.trim_start_matches('/')
-    );
-    Ok((Some(client), Some(spool)))
+    if let Some(url) = &config.backend.url {
+        if client.is_some() {
+            info!(
+                "shipping to {}{}",
+                url.as_str(),
+                EVENTS_PATH.trim_start_matches('/')
+            );
+        }
+    }
+    if config.sinks.nats.enabled {
+        info!(
+            "publishing to NATS JetStream subject {} (stream {}) at {}",
+            config.sinks.nats.publish_subject(),
+            config.sinks.nats.stream.name,
+            config.sinks.nats.servers.join(", ")
+        );
+    }
+    if config.sinks.redis.enabled {
+        info!(
+            "adding to Redis stream {} at {}",
+            config.sinks.redis.stream, config.sinks.redis.url
+        );
+    }
+    Ok((client, Some(spool)))
 }
 
 /// Connects to the CRI runtime if there is one. A runtime that was asked for (or whose
@@ -478,25 +519,74 @@ fn spawn_watcher<S: RuntimeSource>(
     requests_tx
 }
 
-fn start_shipper(
+/// Starts a task per sink, each on its own cursor in the spool.
+fn start_sinks(
     config: &Config,
-    client: BackendClient,
+    backend: Option<BackendClient>,
     delivery: &Arc<Delivery>,
-) -> (
-    tokio::task::JoinHandle<()>,
-    watch::Sender<Option<std::time::Instant>>,
-) {
+) -> Option<super::SinkTasks> {
+    let names = delivery
+        .lock()
+        .spool
+        .as_ref()
+        .map(|s| s.sinks().map(str::to_owned).collect::<Vec<_>>())?;
     let (stop, stopped) = watch::channel(None);
-    let shipper = Shipper::new(
-        client,
+    let dir = &config.spool.dir;
+    let mut tasks = Vec::new();
+    let mut backend = backend;
+    for (index, name) in names.iter().enumerate() {
+        let task = match name.as_str() {
+            https::NAME => backend.take().map(|client| {
+                spawn_sink(
+                    HttpsSink::new(client),
+                    index,
+                    delivery,
+                    config.backend.max_backoff,
+                    dir,
+                    &stopped,
+                )
+            }),
+            nats::NAME => Some(spawn_sink(
+                NatsSink::new(config.sinks.nats.clone()),
+                index,
+                delivery,
+                config.sinks.nats.max_backoff,
+                dir,
+                &stopped,
+            )),
+            redis::NAME => Some(spawn_sink(
+                RedisSink::new(config.sinks.redis.clone()),
+                index,
+                delivery,
+                config.sinks.redis.max_backoff,
+                dir,
+                &stopped,
+            )),
+            _ => None,
+        };
+        tasks.extend(task);
+    }
+    Some(super::SinkTasks { tasks, stop })
+}
+
+fn spawn_sink<S: Sink>(
+    sink: S,
+    index: usize,
+    delivery: &Arc<Delivery>,
+    max_backoff: std::time::Duration,
+    dir: &Path,
+    stop: &watch::Receiver<Option<std::time::Instant>>,
+) -> tokio::task::JoinHandle<()> {
+    let dead_letter = DeadLetter::in_dir(dir, sink.name());
+    let task = SinkTask::new(
+        sink,
+        index,
         Arc::clone(delivery),
-        ShipperConfig {
-            max_backoff: config.backend.max_backoff,
-            dead_letter: config.spool.dir.join("dead-letter.ndjson"),
-        },
-        stopped,
+        max_backoff,
+        dead_letter,
+        stop.clone(),
     );
-    (tokio::spawn(shipper.run()), stop)
+    tokio::spawn(task.run())
 }
 
 async fn serve_metrics(

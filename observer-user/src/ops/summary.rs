@@ -270,6 +270,18 @@ impl fmt::Display for Summary {
             } else {
                 "UNBALANCED"
             }
-        )
+        )?;
+        for (name, sink) in &d.sinks {
+            write!(
+                f,
+                "\n  {:<24} shipped={} dropped={} in_flight={} (spool: {} batches)",
+                format!("sink {name}"),
+                sink.shipped,
+                sink.dropped.values().sum::<u64>(),
+                d.in_flight_pipeline + sink.in_flight_spool,
+                sink.pending_batches
+            )?;
+        }
+        Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! Delivery state shared by the pipeline, the shipper and the metrics endpoint: the spool
+//! Delivery state shared by the pipeline, the sinks and the metrics endpoint: the spool
 //! and the account of every edge event.
 //!
 //! The account is kept so that, whenever the lock is released,
@@ -8,27 +8,31 @@
 //! ```
 //!
 //! where `seen` counts every edge event that left the kernel or was lost on the way
-//! (kernel drops are counted from the probes' counters), `shipped` what the backend
-//! acknowledged (or, without a backend, what was written), and the in-flight numbers are
+//! (kernel drops are counted from the probes' counters), `shipped` what every configured
+//! sink acknowledged (or, without a sink, what was written), and the in-flight numbers are
 //! read from the queues themselves — the pipeline publishes how many events it holds, the
 //! spool how many it stores — so a path that loses events without counting them breaks the
-//! identity instead of hiding in it.
+//! identity instead of hiding in it. A batch some sink gave up on (dead-lettered) counts
+//! as `dead_letter` in these totals once every sink has settled it, even if others
+//! delivered it.
+//!
+//! Each sink has the same identity of its own: `seen = shipped{sink} + Σ dropped{sink,
+//! stage} + in flight{sink}`, where its shipped are the events it acknowledged, its
+//! `dead_letter` and `spool_eviction` the batches it gave up on or lost to eviction before
+//! it settled them, the other stages are shared, and its in flight is the pipeline plus the
+//! spooled batches it has not settled.
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     sync::{Mutex, MutexGuard},
 };
 
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tracing::warn;
-use zastava_platform::deployment::CommonLabels;
-use zastava_platform::metrics::{
-    EVENTS_DROPPED, EVENTS_IN_FLIGHT, EVENTS_SEEN, EVENTS_SHIPPED, SPOOL_BATCHES, SPOOL_BYTES,
-};
+use zastava_platform::metrics::EVENTS_LAG;
 
-use super::spool::{Spool, SpoolEntry};
+use super::spool::{Settled, Spool, SpoolEntry, SpoolError};
 
 /// Where events can be dropped. Every drop is counted under one of these; the names are
 /// the `stage` label of `stella_runtime_events_dropped_total` and the keys of the summary.
@@ -106,25 +110,44 @@ impl Ledger {
     }
 }
 
+/// One sink's part of the account (what differs from the totals).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkLedger {
+    pub name: String,
+    /// Events in batches the sink acknowledged.
+    pub shipped: u64,
+    /// Events in batches the sink gave up on (its dead-letter file).
+    pub dead_letter: u64,
+    /// Events in batches evicted from a full spool before the sink settled them.
+    pub evicted: u64,
+}
+
 pub struct DeliveryState {
     pub ledger: Ledger,
-    /// Present when events are shipped to a backend.
+    /// Per sink, in the spool's order of sinks.
+    pub sinks: Vec<SinkLedger>,
+    /// Present when events are shipped to at least one sink.
     pub spool: Option<Spool>,
 }
 
 impl DeliveryState {
     /// A closed batch: into the spool when there is one (counting what a full spool drops
     /// or evicts), else delivered.
-    fn take_batch(&mut self, entry: &SpoolEntry, wake: &Notify) {
+    fn take_batch(&mut self, entry: &SpoolEntry) -> bool {
         let events = entry.events;
         let Some(spool) = self.spool.as_mut() else {
             self.ledger.shipped += events;
-            return;
+            return false;
         };
         match spool.append(entry) {
             Ok(appended) => {
+                let given_up = appended.evicted_given_up;
                 self.ledger
-                    .drop(DropStage::SpoolEviction, appended.evicted_events);
+                    .drop(DropStage::SpoolEviction, appended.evicted_events - given_up);
+                self.ledger.drop(DropStage::DeadLetter, given_up);
+                for (sink, evicted) in self.sinks.iter_mut().zip(&appended.evicted_unsettled) {
+                    sink.evicted += evicted;
+                }
                 if appended.evicted_batches > 0 {
                     warn!(
                         "spool full: evicted {} older batches ({} events) to make room (spool.when_full = drop-oldest)",
@@ -132,14 +155,13 @@ impl DeliveryState {
                     );
                 }
                 if appended.stored {
-                    wake.notify_one();
-                } else {
-                    warn!(
-                        "spool full: dropped batch {} ({events} events)",
-                        entry.batch_id
-                    );
-                    self.ledger.drop(DropStage::SpoolFull, events);
+                    return true;
                 }
+                warn!(
+                    "spool full: dropped batch {} ({events} events)",
+                    entry.batch_id
+                );
+                self.ledger.drop(DropStage::SpoolFull, events);
             }
             Err(err) => {
                 warn!(
@@ -149,6 +171,7 @@ impl DeliveryState {
                 self.ledger.drop(DropStage::SpoolFull, events);
             }
         }
+        false
     }
 }
 
@@ -184,6 +207,23 @@ pub struct Snapshot {
     pub in_flight_spool: u64,
     pub spool_batches: u64,
     pub spool_bytes: u64,
+    /// The account per sink, by name (empty without a spool).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sinks: BTreeMap<String, SinkSnapshot>,
+}
+
+/// One sink's account.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkSnapshot {
+    pub shipped: u64,
+    /// Every stage: the shared ones as in the totals, `dead_letter` and `spool_eviction`
+    /// this sink's own.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Events in spooled batches this sink has not settled.
+    pub in_flight_spool: u64,
+    /// Spooled batches this sink has not settled.
+    pub pending_batches: u64,
 }
 
 impl Snapshot {
@@ -191,29 +231,65 @@ impl Snapshot {
         self.in_flight_pipeline + self.in_flight_spool
     }
 
-    /// Whether every event seen is shipped, dropped (and counted) or in flight.
+    /// Whether every event seen is shipped, dropped (and counted) or in flight, in the
+    /// totals and for every sink.
     pub fn balanced(&self) -> bool {
         self.seen == self.shipped + self.dropped.values().sum::<u64>() + self.in_flight()
+            && self.sinks.values().all(|sink| {
+                self.seen
+                    == sink.shipped
+                        + sink.dropped.values().sum::<u64>()
+                        + self.in_flight_pipeline
+                        + sink.in_flight_spool
+            })
     }
+}
+
+/// What a sink did with a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkResult {
+    Delivered,
+    /// Refused for good (dead-lettered).
+    GaveUp,
 }
 
 pub struct Delivery {
     state: Mutex<DeliveryState>,
-    /// Wakes the shipper when a batch was spooled.
-    pub wake: Notify,
+    /// Counts spooled batches; every sink watches it to wake when there is more to send.
+    appended: watch::Sender<u64>,
 }
 
 impl Delivery {
     pub fn new(spool: Option<Spool>) -> Self {
         // Batches a previous run spooled are in flight now: count them as seen, or the
-        // account would show them shipped out of nothing.
+        // account would show them shipped out of nothing. What a sink had settled of them
+        // then is its own again.
         let ledger = Ledger {
             seen: spool.as_ref().map_or(0, Spool::pending_events),
             ..Ledger::default()
         };
+        let sinks = spool.as_ref().map_or_else(Vec::new, |spool| {
+            spool
+                .sinks()
+                .enumerate()
+                .map(|(i, name)| {
+                    let (delivered, given_up) = spool.recovered(i);
+                    SinkLedger {
+                        name: name.to_owned(),
+                        shipped: delivered,
+                        dead_letter: given_up,
+                        evicted: 0,
+                    }
+                })
+                .collect()
+        });
         Delivery {
-            state: Mutex::new(DeliveryState { ledger, spool }),
-            wake: Notify::new(),
+            state: Mutex::new(DeliveryState {
+                ledger,
+                sinks,
+                spool,
+            }),
+            appended: watch::Sender::new(0),
         }
     }
 
@@ -226,25 +302,104 @@ impl Delivery {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Changes whenever a batch is spooled.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
     /// Brings the account up to date with what the pipeline counted since its last update
-    /// and, if one is given, a closed batch — spooled when there is a backend, else counted
+    /// and, if one is given, a closed batch — spooled when there is a sink, else counted
     /// as shipped — in one critical section, so it balances whenever it is read.
     /// `in_pipeline` is what the pipeline holds now.
     pub fn publish(&self, update: Unpublished, batch: Option<&SpoolEntry>, in_pipeline: u64) {
+        let spooled = {
+            let mut state = self.lock();
+            state.ledger.seen += update.seen;
+            for (stage, n) in update.dropped {
+                state.ledger.drop(stage, n);
+            }
+            let spooled = batch.is_some_and(|entry| state.take_batch(entry));
+            state.ledger.in_pipeline = in_pipeline;
+            spooled
+        };
+        if spooled {
+            self.appended.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// The oldest batch sink `sink` has not settled, and its sequence number.
+    pub fn peek(&self, sink: usize) -> Result<Option<(u64, SpoolEntry)>, SpoolError> {
+        self.lock()
+            .spool
+            .as_ref()
+            .map_or(Ok(None), |spool| spool.peek(sink))
+    }
+
+    /// Sink `sink` settled batch `seq` (`entry`): moves its cursor and accounts for it,
+    /// for the sink and, once every sink has settled it, in the totals.
+    pub fn settle(
+        &self,
+        sink: usize,
+        seq: u64,
+        entry: &SpoolEntry,
+        result: SinkResult,
+    ) -> Result<Settled, SpoolError> {
         let mut state = self.lock();
-        state.ledger.seen += update.seen;
-        for (stage, n) in update.dropped {
-            state.ledger.drop(stage, n);
+        let state = &mut *state;
+        let Some(spool) = state.spool.as_mut() else {
+            return Ok(Settled::default());
+        };
+        let settled = spool.settle(sink, seq, result == SinkResult::Delivered)?;
+        if settled.stale {
+            return Ok(settled);
         }
-        if let Some(entry) = batch {
-            state.take_batch(entry, &self.wake);
+        if let Some(ledger) = state.sinks.get_mut(sink) {
+            match result {
+                SinkResult::Delivered => ledger.shipped += entry.events,
+                SinkResult::GaveUp => ledger.dead_letter += entry.events,
+            }
         }
-        state.ledger.in_pipeline = in_pipeline;
+        if settled.released {
+            if settled.given_up {
+                state.ledger.drop(DropStage::DeadLetter, entry.events);
+            } else {
+                state.ledger.shipped += entry.events;
+                let lag_ns = now_ns().saturating_sub(entry.oldest_ns).max(0);
+                #[allow(clippy::cast_precision_loss, reason = "seconds of lag fit an f64")]
+                metrics::histogram!(EVENTS_LAG.name).record(lag_ns as f64 / 1e9);
+            }
+        }
+        Ok(settled)
     }
 
     pub fn snapshot(&self) -> Snapshot {
         let state = self.lock();
         let spool = state.spool.as_ref();
+        let sinks = state
+            .sinks
+            .iter()
+            .enumerate()
+            .map(|(i, sink)| {
+                let (pending_batches, in_flight_spool) = spool.map_or((0, 0), |s| s.pending_for(i));
+                let mut dropped = state.ledger.dropped.clone();
+                for (stage, own) in [
+                    (DropStage::DeadLetter, sink.dead_letter),
+                    (DropStage::SpoolEviction, sink.evicted),
+                ] {
+                    dropped.remove(stage.name());
+                    if own > 0 {
+                        dropped.insert(stage.name(), own);
+                    }
+                }
+                let snapshot = SinkSnapshot {
+                    shipped: sink.shipped,
+                    dropped,
+                    in_flight_spool,
+                    pending_batches,
+                };
+                (sink.name.clone(), snapshot)
+            })
+            .collect();
         Snapshot {
             seen: state.ledger.seen,
             shipped: state.ledger.shipped,
@@ -253,122 +408,16 @@ impl Delivery {
             in_flight_spool: spool.map_or(0, Spool::pending_events),
             spool_batches: spool.map_or(0, |s| s.len() as u64),
             spool_bytes: spool.map_or(0, Spool::pending_bytes),
+            sinks,
         }
     }
 }
 
-/// The account in Prometheus text format, every series carrying `common` as the
-/// exporter's do.
-pub fn render(snapshot: &Snapshot, spool_enabled: bool, common: &CommonLabels) -> String {
-    let mut out = String::new();
-    let mut metric = |m: zastava_platform::metrics::Metric, samples: &[(Option<&str>, u64)]| {
-        let name = m.name;
-        let _ = writeln!(out, "# HELP {name} {}", m.help);
-        let _ = writeln!(out, "# TYPE {name} {}", m.kind.as_str());
-        for (stage, value) in samples {
-            let own: &[(&str, &str)] = match stage {
-                Some(stage) => &[("stage", stage)],
-                None => &[],
-            };
-            let _ = writeln!(out, "{name}{} {value}", common.series(own));
-        }
-    };
-    metric(EVENTS_SEEN, &[(None, snapshot.seen)]);
-    metric(EVENTS_SHIPPED, &[(None, snapshot.shipped)]);
-    let dropped: Vec<(Option<&str>, u64)> = DropStage::ALL
-        .iter()
-        .map(|stage| {
-            (
-                Some(stage.name()),
-                snapshot.dropped.get(stage.name()).copied().unwrap_or(0),
-            )
-        })
-        .collect();
-    metric(EVENTS_DROPPED, &dropped);
-    metric(
-        EVENTS_IN_FLIGHT,
-        &[
-            (Some("pipeline"), snapshot.in_flight_pipeline),
-            (Some("spool"), snapshot.in_flight_spool),
-        ],
-    );
-    if spool_enabled {
-        metric(SPOOL_BATCHES, &[(None, snapshot.spool_batches)]);
-        metric(SPOOL_BYTES, &[(None, snapshot.spool_bytes)]);
-    }
-    out
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_account_renders_every_stage_and_balances() {
-        let delivery = Delivery::new(None);
-        {
-            let mut state = delivery.lock();
-            state.ledger.seen = 100;
-            state.ledger.shipped = 90;
-            state.ledger.drop(DropStage::KernelRingFull, 4);
-            state.ledger.drop(DropStage::Filtered, 1);
-            state.ledger.in_pipeline = 5;
-        }
-        let snapshot = delivery.snapshot();
-        assert!(snapshot.balanced());
-        let text = render(&snapshot, false, &CommonLabels::default());
-        assert!(
-            text.contains("zastava_runtime_events_seen_total 100\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("zastava_runtime_events_shipped_total 90\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("stella_runtime_events_dropped_total{stage=\"kernel_ring_full\"} 4\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("stella_runtime_events_dropped_total{stage=\"dead_letter\"} 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("zastava_runtime_events_in_flight{stage=\"pipeline\"} 5\n"),
-            "{text}"
-        );
-        assert!(!text.contains("spool_batches"));
-
-        delivery.lock().ledger.seen += 1;
-        assert!(
-            !delivery.snapshot().balanced(),
-            "an event seen and then nowhere breaks it"
-        );
-    }
-
-    #[test]
-    fn every_series_of_the_account_carries_the_common_labels() {
-        let delivery = Delivery::new(None);
-        delivery.lock().ledger.seen = 7;
-        delivery.lock().ledger.shipped = 7;
-        let runtime: zastava_platform::deployment::RuntimeConfig =
-            toml::from_str("deployment = \"eu-1\"").unwrap();
-        let text = render(&delivery.snapshot(), true, &runtime.common_labels());
-        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        // seen, shipped, a drop per stage, two in flight, the spool's two.
-        assert_eq!(samples.len(), 2 + DropStage::ALL.len() + 2 + 2, "{text}");
-        for sample in &samples {
-            assert!(sample.contains("{cluster=\"eu-1\""), "{sample}");
-        }
-        assert!(
-            text.contains("zastava_runtime_events_seen_total{cluster=\"eu-1\"} 7\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "stella_runtime_events_dropped_total{cluster=\"eu-1\",stage=\"spool_full\"} 0\n"
-            ),
-            "{text}"
-        );
-    }
-}
+mod render;
+pub use render::render;

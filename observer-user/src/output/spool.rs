@@ -1,13 +1,18 @@
-//! The disk spool: every closed batch is appended here before it is sent, and removed when
-//! the backend has acknowledged it. It survives restarts and SIGKILL; batches are sent in
-//! the order they were written.
+//! The disk spool: every closed batch is appended here before it is sent, and stays until
+//! every sink (the HTTPS backend, NATS JetStream, Redis Streams) has settled it — delivered
+//! it, or given up on it for good. It survives restarts and SIGKILL; each sink reads the
+//! batches in the order they were written, with a cursor of its own, so a slow or dead
+//! sink holds back no other.
 //!
-//! Layout: `segment-<seq>.spool` files of framed records, and a `head` file naming the
-//! first record not yet acknowledged. A frame is `magic u32 | length u32 | crc32 u32 |
-//! payload` (little endian); the payload is an rmp-serde [`SpoolEntry`]. Appends are
-//! flushed to disk (`fdatasync`) before they count as spooled. A frame cut short by a
-//! crash, or whose checksum does not match, ends its segment: it is truncated away and
-//! counted, never fatal.
+//! Layout: `segment-<seq>.spool` files of framed records; a `head` file naming the first
+//! record some sink has not settled; and a `cursor-<sink>` file per sink naming the first
+//! record that sink has not settled, followed by the records before it that the sink gave
+//! up on (so a restart still knows they were not delivered everywhere). A frame is
+//! `magic u32 | length u32 | crc32 u32 | payload` (little endian); the payload is an
+//! rmp-serde [`SpoolEntry`]. Appends are flushed to disk (`fdatasync`) before they count as
+//! spooled; a cursor is written (atomically) before the head moves, so on disk the head is
+//! never past a cursor. A frame cut short by a crash, or whose checksum does not match,
+//! ends its segment: it is truncated away and counted, never fatal.
 
 use std::{
     collections::VecDeque,
@@ -16,8 +21,23 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use tracing::warn;
 use zastava_platform::config::bytes;
+
+use cursor::Cursor;
+pub use frame::SpoolEntry;
+use frame::{read_frame, read_head, write_head, Frame, FRAME_HEADER};
+
+mod cursor;
+mod frame;
+mod open;
+
+/// A new segment starts when the current one reaches this size.
+const SEGMENT_BYTES: u64 = 8 << 20;
+
+/// A place in the spool: (segment, offset) of a frame, or the end.
+type Position = (u64, u64);
 
 /// What to do with a batch when the spool is full (`spool.when_full`).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -49,55 +69,6 @@ impl Default for SpoolConfig {
     }
 }
 
-const MAGIC: u32 = 0x5A53_5031; // "ZSP1"
-const FRAME_HEADER: u64 = 12;
-/// A new segment starts when the current one reaches this size.
-const SEGMENT_BYTES: u64 = 8 << 20;
-
-/// One spooled batch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpoolEntry {
-    pub batch_id: String,
-    /// Edge occurrences in the batch (what the loss accounting counts).
-    pub events: u64,
-    /// Records in the batch.
-    pub records: u64,
-    /// Timestamp of the oldest record, nanoseconds since the epoch.
-    pub oldest_ns: i64,
-    /// The request body, gzip-encoded JSON.
-    #[serde(with = "serde_bytes_compat")]
-    pub body: Vec<u8>,
-}
-
-/// rmp-serde writes `Vec<u8>` as an array of integers by default; binary is 1 byte per
-/// byte instead of up to 2.
-mod serde_bytes_compat {
-    use serde::{Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(bytes)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Vec<u8>, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-        }
-        deserializer.deserialize_byte_buf(Visitor)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool {path}: {source}")]
@@ -120,11 +91,19 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
 /// Where a pending record sits.
 #[derive(Clone, Debug)]
 struct Pending {
+    /// Position in the order of appends (in memory only; counted from 0 at every open).
+    seq: u64,
     segment: u64,
     offset: u64,
     /// Frame size on disk.
     bytes: u64,
     events: u64,
+}
+
+impl Pending {
+    fn position(&self) -> Position {
+        (self.segment, self.offset)
+    }
 }
 
 /// What happened to an append.
@@ -135,21 +114,45 @@ pub struct Appended {
     /// Events of older batches evicted to make room (drop-oldest).
     pub evicted_events: u64,
     pub evicted_batches: u64,
+    /// Of `evicted_events`, those in batches some sink had given up on (dead-lettered).
+    pub evicted_given_up: u64,
+    /// Per sink, in the order given to [`Spool::open`]: events evicted before that sink
+    /// settled them.
+    pub evicted_unsettled: Vec<u64>,
+}
+
+/// What settling a batch for one sink did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// The batch was evicted while the sink was sending it: it was already counted as
+    /// evicted for this sink, and nothing changed.
+    pub stale: bool,
+    /// Every sink has settled the batch now, so it left the spool.
+    pub released: bool,
+    /// Some sink gave up on the batch (only meaningful when released).
+    pub given_up: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpoolStats {
     /// Frames found cut short or corrupt on open (truncated away).
     pub torn: u64,
+    /// Batches every sink had settled before the last run ended, found still spooled on
+    /// open (a crash between a sink's acknowledgement and the head's update) and removed.
+    pub settled_on_open: u64,
 }
 
+/// The durable queue every sink reads with a cursor of its own; see the module docs.
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     when_full: WhenFull,
     pending: VecDeque<Pending>,
+    /// The sequence number the next append gets.
+    next_seq: u64,
     pending_bytes: u64,
     pending_events: u64,
+    cursors: Vec<Cursor>,
     /// The segment being appended to, and its size.
     tail_segment: u64,
     tail_size: u64,
@@ -169,86 +172,11 @@ fn segment_seq(name: &str) -> Option<u64> {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `dir`, recovering what a previous run left.
-    pub fn open(dir: &Path, max_bytes: u64, when_full: WhenFull) -> Result<Self, SpoolError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let head = read_head(dir).map_err(io_err(dir))?;
-        let mut segments: Vec<u64> = fs::read_dir(dir)
-            .map_err(io_err(dir))?
-            .flatten()
-            .filter_map(|e| segment_seq(&e.file_name().to_string_lossy()))
-            .collect();
-        segments.sort_unstable();
-        let mut spool = Spool {
-            dir: dir.to_owned(),
-            max_bytes,
-            when_full,
-            pending: VecDeque::new(),
-            pending_bytes: 0,
-            pending_events: 0,
-            // Never behind the head: records appended there would count as acknowledged.
-            tail_segment: segments.last().copied().unwrap_or(0).max(head.0),
-            tail_size: 0,
-            tail: None,
-            stats: SpoolStats::default(),
-        };
-        for &seq in &segments {
-            let path = segment_path(dir, seq);
-            if seq < head.0 {
-                // Fully acknowledged before the last run ended.
-                fs::remove_file(&path).map_err(io_err(&path))?;
-                continue;
-            }
-            let start = if seq == head.0 { head.1 } else { 0 };
-            let size = spool.scan_segment(seq, start)?;
-            if seq == spool.tail_segment {
-                spool.tail_size = size;
-            }
-        }
-        Ok(spool)
-    }
-
-    /// Reads the frames of a segment from `start`, truncating at the first bad one.
-    /// Returns the segment's (possibly truncated) size.
-    fn scan_segment(&mut self, seq: u64, start: u64) -> Result<u64, SpoolError> {
-        let path = segment_path(&self.dir, seq);
-        let mut data = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .map_err(io_err(&path))?;
-        let mut offset = start.min(data.len() as u64);
-        loop {
-            match read_frame(&data, offset) {
-                Frame::Entry { entry, bytes } => {
-                    self.pending.push_back(Pending {
-                        segment: seq,
-                        offset,
-                        bytes,
-                        events: entry.events,
-                    });
-                    self.pending_bytes += bytes;
-                    self.pending_events += entry.events;
-                    offset += bytes;
-                }
-                Frame::End => return Ok(offset),
-                Frame::Bad => {
-                    self.stats.torn += 1;
-                    OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .and_then(|f| f.set_len(offset))
-                        .map_err(io_err(&path))?;
-                    return Ok(offset);
-                }
-            }
-        }
-    }
-
     pub fn stats(&self) -> SpoolStats {
         self.stats
     }
 
-    /// Batches waiting to be acknowledged.
+    /// Batches in the spool (waiting for at least one sink).
     pub fn len(&self) -> usize {
         self.pending.len()
     }
@@ -261,16 +189,39 @@ impl Spool {
         self.pending_bytes
     }
 
-    /// Edge occurrences waiting to be acknowledged.
+    /// Edge occurrences in the spool.
     pub fn pending_events(&self) -> u64 {
         self.pending_events
+    }
+
+    /// The sinks, in the order given to [`Spool::open`].
+    pub fn sinks(&self) -> impl Iterator<Item = &str> {
+        self.cursors.iter().map(|c| c.name.as_str())
+    }
+
+    /// Batches and events sink `sink` has not settled yet.
+    pub fn pending_for(&self, sink: usize) -> (u64, u64) {
+        self.cursors
+            .get(sink)
+            .map_or((0, 0), |c| (c.pending_batches, c.pending_events))
+    }
+
+    /// Events of batches still spooled that sink `sink` settled in an earlier run:
+    /// (delivered, given up).
+    pub fn recovered(&self, sink: usize) -> (u64, u64) {
+        self.cursors
+            .get(sink)
+            .map_or((0, 0), |c| (c.recovered_delivered, c.recovered_given_up))
     }
 
     /// Appends a batch, making room according to the spool's policy.
     pub fn append(&mut self, entry: &SpoolEntry) -> Result<Appended, SpoolError> {
         let payload = rmp_serde::to_vec_named(entry)?;
         let bytes = FRAME_HEADER + payload.len() as u64;
-        let mut appended = Appended::default();
+        let mut appended = Appended {
+            evicted_unsettled: vec![0; self.cursors.len()],
+            ..Appended::default()
+        };
         if bytes > self.max_bytes {
             return Ok(appended);
         }
@@ -278,11 +229,9 @@ impl Spool {
             match self.when_full {
                 WhenFull::DropNewest => return Ok(appended),
                 WhenFull::DropOldest => {
-                    let Some(evicted) = self.drop_head()? else {
+                    if !self.evict_head(&mut appended)? {
                         break;
-                    };
-                    appended.evicted_events += evicted;
-                    appended.evicted_batches += 1;
+                    }
                 }
             }
         }
@@ -300,46 +249,49 @@ impl Spool {
             self.tail = Some(file);
         }
         let path = segment_path(&self.dir, self.tail_segment);
-        let mut frame = Vec::with_capacity(bytes as usize);
-        frame.extend_from_slice(&MAGIC.to_le_bytes());
-        frame.extend_from_slice(
-            &u32::try_from(payload.len())
-                .unwrap_or(u32::MAX)
-                .to_le_bytes(),
-        );
-        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        frame.extend_from_slice(&payload);
+        let frame = frame::encode(&payload);
         if let Some(file) = self.tail.as_mut() {
             file.write_all(&frame)
                 .and_then(|()| file.sync_data())
                 .map_err(io_err(&path))?;
         }
         self.pending.push_back(Pending {
+            seq: self.next_seq,
             segment: self.tail_segment,
             offset: self.tail_size,
             bytes,
             events: entry.events,
         });
+        self.next_seq += 1;
         self.tail_size += bytes;
         self.pending_bytes += bytes;
         self.pending_events += entry.events;
+        for cursor in &mut self.cursors {
+            cursor.pending_events += entry.events;
+            cursor.pending_batches += 1;
+        }
         appended.stored = true;
         Ok(appended)
     }
 
-    /// The oldest batch not yet acknowledged.
-    pub fn peek(&self) -> Result<Option<SpoolEntry>, SpoolError> {
-        let Some(first) = self.pending.front() else {
+    /// The oldest batch sink `sink` has not settled, with its sequence number (for
+    /// [`Spool::settle`]).
+    pub fn peek(&self, sink: usize) -> Result<Option<(u64, SpoolEntry)>, SpoolError> {
+        let (Some(cursor), Some(front)) = (self.cursors.get(sink), self.pending.front()) else {
             return Ok(None);
         };
-        let path = segment_path(&self.dir, first.segment);
+        let index = usize::try_from(cursor.next.saturating_sub(front.seq)).unwrap_or(usize::MAX);
+        let Some(at) = self.pending.get(index) else {
+            return Ok(None);
+        };
+        let path = segment_path(&self.dir, at.segment);
         let mut file = File::open(&path).map_err(io_err(&path))?;
-        file.seek(SeekFrom::Start(first.offset))
+        file.seek(SeekFrom::Start(at.offset))
             .map_err(io_err(&path))?;
-        let mut data = vec![0; usize::try_from(first.bytes).unwrap_or(0)];
+        let mut data = vec![0; usize::try_from(at.bytes).unwrap_or(0)];
         file.read_exact(&mut data).map_err(io_err(&path))?;
         match read_frame(&data, 0) {
-            Frame::Entry { entry, .. } => Ok(Some(entry)),
+            Frame::Entry { entry, .. } => Ok(Some((at.seq, entry))),
             Frame::End | Frame::Bad => Err(SpoolError::Io {
                 path,
                 source: io::Error::new(io::ErrorKind::InvalidData, "spooled frame changed on disk"),
@@ -347,102 +299,131 @@ impl Spool {
         }
     }
 
-    /// The oldest batch was delivered (or given up on): forget it.
-    pub fn ack(&mut self) -> Result<(), SpoolError> {
-        self.drop_head().map(|_| ())
+    /// Sink `sink` is done with batch `seq`: delivered, or given up on. Its cursor moves
+    /// past it (durably); once every sink has settled a batch, it leaves the spool.
+    pub fn settle(
+        &mut self,
+        sink: usize,
+        seq: u64,
+        delivered: bool,
+    ) -> Result<Settled, SpoolError> {
+        let Some(front_seq) = self.pending.front().map(|p| p.seq) else {
+            return Ok(Settled {
+                stale: true,
+                ..Settled::default()
+            });
+        };
+        let index = usize::try_from(seq.saturating_sub(front_seq)).unwrap_or(usize::MAX);
+        let (Some(cursor), Some(entry)) = (self.cursors.get_mut(sink), self.pending.get(index))
+        else {
+            return Ok(Settled {
+                stale: true,
+                ..Settled::default()
+            });
+        };
+        if cursor.next != seq || seq < front_seq {
+            return Ok(Settled {
+                stale: true,
+                ..Settled::default()
+            });
+        }
+        let events = entry.events;
+        // Saved first: the cursor moves (in memory, and in the account) only once it is
+        // durable, so a failed write leaves everything as it was and the batch is resent.
+        let next_at = self
+            .pending
+            .get(index + 1)
+            .map_or((self.tail_segment, self.tail_size), Pending::position);
+        let mut given_up: Vec<Position> = cursor
+            .given_up
+            .iter()
+            .filter_map(|&s| {
+                let i = usize::try_from(s.checked_sub(front_seq)?).ok()?;
+                self.pending.get(i).map(Pending::position)
+            })
+            .collect();
+        if !delivered {
+            given_up.push(entry.position());
+        }
+        cursor::write(&self.dir, &cursor.name, next_at, &given_up).map_err(io_err(&self.dir))?;
+        cursor.next = seq + 1;
+        cursor.pending_events -= events;
+        cursor.pending_batches -= 1;
+        if !delivered {
+            cursor.given_up.insert(seq);
+        }
+        let mut settled = Settled::default();
+        // Only the oldest batch can leave, and only when this sink was the last to settle it.
+        if seq == front_seq && self.cursors.iter().all(|c| c.next > seq) {
+            if let Some((_, given_up)) = self.pop_front() {
+                settled.released = true;
+                settled.given_up = given_up;
+            }
+        }
+        Ok(settled)
     }
 
-    /// Removes the oldest batch; returns its events.
-    fn drop_head(&mut self) -> Result<Option<u64>, SpoolError> {
-        let Some(first) = self.pending.pop_front() else {
-            return Ok(None);
+    /// Evicts the oldest batch to make room, counting it for every sink that had not
+    /// settled it. False when there is nothing to evict.
+    fn evict_head(&mut self, appended: &mut Appended) -> Result<bool, SpoolError> {
+        let Some(front) = self.pending.front().cloned() else {
+            return Ok(false);
         };
+        for (cursor, evicted) in self
+            .cursors
+            .iter_mut()
+            .zip(appended.evicted_unsettled.iter_mut())
+        {
+            if cursor.next <= front.seq {
+                cursor.next = front.seq + 1;
+                cursor.pending_events -= front.events;
+                cursor.pending_batches -= 1;
+                *evicted += front.events;
+            }
+        }
+        let given_up = self.pop_front().is_some_and(|(_, given_up)| given_up);
+        appended.evicted_events += front.events;
+        appended.evicted_batches += 1;
+        if given_up {
+            appended.evicted_given_up += front.events;
+        }
+        Ok(true)
+    }
+
+    /// Removes the oldest batch and moves the head past it; returns it and whether some
+    /// sink had given up on it. A head or segment that cannot be updated on disk is only
+    /// warned about: a head left behind is safe (on open, batches every cursor passed are
+    /// removed), and so is a segment left over.
+    fn pop_front(&mut self) -> Option<(Pending, bool)> {
+        let first = self.pending.pop_front()?;
         self.pending_bytes -= first.bytes;
         self.pending_events -= first.events;
-        let (segment, offset) = match self.pending.front() {
-            Some(next) => (next.segment, next.offset),
-            None => (self.tail_segment, self.tail_size),
-        };
-        write_head(&self.dir, segment, offset).map_err(io_err(&self.dir))?;
+        let mut given_up = false;
+        for cursor in &mut self.cursors {
+            given_up |= cursor.given_up.remove(&first.seq);
+        }
+        let (segment, offset) = self
+            .pending
+            .front()
+            .map_or((self.tail_segment, self.tail_size), Pending::position);
+        if let Err(err) = write_head(&self.dir, segment, offset) {
+            warn!("spool {}: cannot move the head: {err}", self.dir.display());
+            return Some((first, given_up));
+        }
         // Segments before the head are done.
         for seq in first.segment..segment {
             let path = segment_path(&self.dir, seq);
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path)(e)),
+                Err(e) => warn!("cannot remove {}: {e}", path.display()),
             }
         }
-        Ok(Some(first.events))
+        Some((first, given_up))
     }
-}
-
-enum Frame {
-    Entry {
-        entry: SpoolEntry,
-        bytes: u64,
-    },
-    /// No more data.
-    End,
-    /// Cut short or corrupt.
-    Bad,
-}
-
-fn read_frame(data: &[u8], offset: u64) -> Frame {
-    let Ok(at) = usize::try_from(offset) else {
-        return Frame::Bad;
-    };
-    let rest = &data[at.min(data.len())..];
-    if rest.is_empty() {
-        return Frame::End;
-    }
-    if rest.len() < FRAME_HEADER as usize {
-        return Frame::Bad;
-    }
-    let word = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
-    let (magic, len, crc) = (word(0), word(4) as usize, word(8));
-    let Some(payload) = rest.get(FRAME_HEADER as usize..FRAME_HEADER as usize + len) else {
-        return Frame::Bad;
-    };
-    if magic != MAGIC || crc32fast::hash(payload) != crc {
-        return Frame::Bad;
-    }
-    match rmp_serde::from_slice::<SpoolEntry>(payload) {
-        Ok(entry) => Frame::Entry {
-            entry,
-            bytes: FRAME_HEADER + len as u64,
-        },
-        Err(_) => Frame::Bad,
-    }
-}
-
-const HEAD: &str = "head";
-
-/// (segment, offset) of the first unacknowledged frame; (0, 0) for a new spool.
-fn read_head(dir: &Path) -> io::Result<(u64, u64)> {
-    match fs::read_to_string(dir.join(HEAD)) {
-        Ok(text) => {
-            let mut parts = text.split_whitespace().map(str::parse::<u64>);
-            match (parts.next(), parts.next()) {
-                (Some(Ok(segment)), Some(Ok(offset))) => Ok((segment, offset)),
-                // A head file that cannot be read would lose track of acknowledgements;
-                // starting over resends (the backend drops duplicate batch ids).
-                _ => Ok((0, 0)),
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((0, 0)),
-        Err(e) => Err(e),
-    }
-}
-
-/// Writes the head atomically: a new file, synced, renamed over the old one.
-fn write_head(dir: &Path, segment: u64, offset: u64) -> io::Result<()> {
-    let tmp = dir.join("head.tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(format!("{segment} {offset}\n").as_bytes())?;
-    file.sync_data()?;
-    fs::rename(&tmp, dir.join(HEAD))
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cursors;

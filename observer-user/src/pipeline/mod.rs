@@ -1,7 +1,7 @@
 //! The pipeline: ring buffer records → decode → track → attribute → batch → output, and
 //! the runtime watcher's updates into attribution. One task owns all of it, so the stages
 //! need no locks and records of one process keep their order. Hands closed batches to the
-//! output stage: the spool (with a backend) and the NDJSON file.
+//! output stage: the spool (with at least one sink) and the NDJSON file.
 //!
 //! [`batch`] holds records for the reorder window and sorts them; [`kernel_account`]
 //! counts what the kernel lost or held back; [`counting`] keeps the written-record totals
@@ -69,8 +69,8 @@ pub struct Stages {
 /// Where a closed batch goes besides the NDJSON file.
 pub struct Shipping {
     pub delivery: Arc<Delivery>,
-    /// Batches are spooled for the backend; without one, a written batch is shipped.
-    pub backend: bool,
+    /// Batches are spooled for the sinks; without any, a written batch is shipped.
+    pub spooled: bool,
     pub max_label_values: usize,
 }
 
@@ -396,12 +396,12 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Hands a closed batch to delivery (the spool, when there is a backend), then writes
+    /// Hands a closed batch to delivery (the spool, when there are sinks), then writes
     /// it to the NDJSON file: a record is never in the file before it is durable.
     fn ship(&mut self, batch: &Batch) -> io::Result<()> {
         let batch_id = self.envelope.next_batch_id();
-        let backend = self.shipping.backend;
-        if backend {
+        let spooled = self.shipping.spooled;
+        if spooled {
             self.envelope.open(&batch_id)?;
         }
         // All records' JSON, newline-terminated, for the NDJSON file; the same bytes go
@@ -411,7 +411,7 @@ impl Pipeline {
         for item in &batch.items {
             let start = self.lines.len();
             writer.write(&mut self.lines, item)?;
-            if backend {
+            if spooled {
                 self.envelope.push(&self.lines[start..]);
             }
             self.lines.push(b'\n');
@@ -423,10 +423,10 @@ impl Pipeline {
             .map(|i| i.at_ns)
             .min()
             .unwrap_or(i128::MAX);
-        let body = if backend {
+        let body = if spooled {
             self.envelope.close()?
         } else {
-            // Without a backend, the NDJSON file is where events are delivered.
+            // Without a sink, the NDJSON file is where events are delivered.
             let lag_ns = realtime_ns().saturating_sub(oldest_ns).max(0);
             #[allow(clippy::cast_precision_loss, reason = "seconds of lag fit an f64")]
             metrics::histogram!(EVENTS_LAG.name).record(lag_ns as f64 / 1e9);

@@ -1,7 +1,7 @@
 //! Test support shared by the tests and the benchmarks, never part of a release binary:
 //! ring buffer records built in memory ([`records`]), the CRI API from the test side
-//! ([`cri`]: a client for real runtimes and a scriptable runtime), and generated
-//! certificates ([`pki`]).
+//! ([`cri`]: a client for real runtimes and a scriptable runtime), generated
+//! certificates ([`pki`]), and private NATS and Redis servers ([`nats`], [`redis`]).
 #![allow(
     clippy::unwrap_used,
     clippy::missing_panics_doc,
@@ -9,8 +9,11 @@
 )]
 
 pub mod cri;
+pub mod nats;
 pub mod pki;
 pub mod records;
+pub mod redis;
+pub mod servers;
 
 /// A new, empty directory under the system temp dir, named after `prefix`, the process and
 /// a counter, so concurrent tests never share one.
