@@ -19,6 +19,7 @@ use std::{
 
 pub mod backend;
 pub mod containerd;
+pub mod evidence;
 pub mod webhook;
 
 use serde_json::Value;

@@ -29,6 +29,10 @@ const PACKAGES: &[&str] = &[
     "bpftrace",
     "systemd",
     "util-linux",
+    // Independent checks of evidence bundles: signatures, archives, canonical JSON.
+    "openssl",
+    "zstd",
+    "python3",
 ];
 
 /// Major LLVM version of the nightly rustc (bpf-linker must link the same one).

@@ -41,6 +41,8 @@ enum Command {
         #[arg(long, conflicts_with = "cri_endpoint")]
         no_cri: bool,
     },
+    /// Runtime evidence bundles: export, sign, verify; debug-path for build-ids.
+    Evidence(Box<zastava::evidence::cli::EvidenceArgs>),
 }
 
 /// Flags of `run`. Each one that is given overrides its configuration key (named in its
@@ -190,6 +192,7 @@ fn main() -> ExitCode {
     zastava_platform::logging::init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Evidence(args) => zastava::evidence::cli::run(*args),
         Command::Doctor {
             host_root,
             cri_endpoint,
