@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    input::Record,
+    input::{Field, Record},
     manifest::{BuildIdRow, CodeIdJson, ImageJson, WorkloadRow},
     time::{self, Instant},
     Stream,
@@ -45,7 +45,6 @@ fn note(set: &mut BTreeSet<String>, value: Option<&str>) {
 
 impl Identity {
     pub fn add(&mut self, stream: Stream, record: &Record<'_>) {
-        let json = &record.json;
         let workload = record.workload();
         let row = match self.rows.get_mut(workload) {
             Some(row) => row,
@@ -56,17 +55,17 @@ impl Identity {
             }),
         };
         row.sources.insert(stream);
-        note(&mut row.namespaces, json.str_of("namespace"));
-        note(&mut row.tenants, json.str_of("tenant"));
-        note(&mut row.projects, json.str_of("project"));
-        note(&mut row.components, json.str_of("component"));
-        note(&mut row.channels, json.str_of("channel"));
-        note(&mut row.nodes, json.str_of("node"));
-        note(&mut row.host_ids, json.str_of("hostId"));
-        if json.get("imageDigest").is_some() {
+        note(&mut row.namespaces, record.str(Field::Namespace));
+        note(&mut row.tenants, record.str(Field::Tenant));
+        note(&mut row.projects, record.str(Field::Project));
+        note(&mut row.components, record.str(Field::Component));
+        note(&mut row.channels, record.str(Field::Channel));
+        note(&mut row.nodes, record.str(Field::Node));
+        note(&mut row.host_ids, record.str(Field::HostId));
+        if record.has(Field::ImageDigest) {
             let image = ImageJson {
                 digest: record.image_digest().map(str::to_owned),
-                kind: json.str_of("imageDigestKind").map(str::to_owned),
+                kind: record.str(Field::ImageDigestKind).map(str::to_owned),
             };
             if !row.images.contains(&image) {
                 row.images.insert(image);
@@ -75,7 +74,7 @@ impl Identity {
         row.first = row.first.min(record.instant);
         row.last = row.last.max(record.instant);
 
-        if let Some(code_id) = json.str_of("code_id") {
+        if let Some(code_id) = record.str(Field::CodeId) {
             let digest = record.image_digest();
             let per_image = match self.build_ids.get_mut(&digest.map(str::to_owned)) {
                 Some(per_image) => per_image,
@@ -86,9 +85,9 @@ impl Identity {
                 None => per_image.entry(code_id.to_owned()).or_default(),
             };
             // The executable: a container's entrypoint, an exec's path.
-            let path = json.str_of("entrypoint").or_else(|| {
-                (json.str_of("edgeType") == Some("syscall"))
-                    .then(|| json.str_of("path"))
+            let path = record.str(Field::Entrypoint).or_else(|| {
+                (record.str(Field::EdgeType) == Some("syscall"))
+                    .then(|| record.str(Field::Path))
                     .flatten()
             });
             note(paths, path);

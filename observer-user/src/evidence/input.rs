@@ -97,10 +97,57 @@ impl Filters {
             && self.until.is_none_or(|until| record.instant < until)
             && (self.namespaces.is_empty()
                 || record
-                    .json
-                    .str_of("namespace")
+                    .str(Field::Namespace)
                     .is_some_and(|ns| self.namespaces.contains(ns)))
             && (self.workloads.is_empty() || self.workloads.contains(record.workload()))
+    }
+}
+
+/// The members a bundle reads. When present they must be strings (or `null`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    WorkloadId,
+    Timestamp,
+    EventType,
+    EdgeType,
+    Namespace,
+    Tenant,
+    Project,
+    Component,
+    Channel,
+    ImageDigest,
+    ImageDigestKind,
+    Node,
+    HostId,
+    CodeId,
+    Path,
+    Entrypoint,
+}
+
+const FIELDS: usize = 16;
+const ABSENT: u32 = u32::MAX;
+
+impl Field {
+    fn of(name: &str) -> Option<Field> {
+        Some(match name {
+            "workloadId" => Field::WorkloadId,
+            "timestamp" => Field::Timestamp,
+            "eventType" => Field::EventType,
+            "edgeType" => Field::EdgeType,
+            "namespace" => Field::Namespace,
+            "tenant" => Field::Tenant,
+            "project" => Field::Project,
+            "component" => Field::Component,
+            "channel" => Field::Channel,
+            "imageDigest" => Field::ImageDigest,
+            "imageDigestKind" => Field::ImageDigestKind,
+            "node" => Field::Node,
+            "hostId" => Field::HostId,
+            "code_id" => Field::CodeId,
+            "path" => Field::Path,
+            "entrypoint" => Field::Entrypoint,
+            _ => return None,
+        })
     }
 }
 
@@ -109,76 +156,97 @@ impl Filters {
 pub struct Record<'a> {
     pub json: Json<'a>,
     pub instant: Instant,
+    /// Where each [`Field`] is among the object's members.
+    at: [u32; FIELDS],
 }
 
 impl Record<'_> {
+    fn member(&self, field: Field) -> Option<&Json<'_>> {
+        let at = self.at[field as usize];
+        match &self.json {
+            Json::Object(members) if at != ABSENT => members.get(at as usize).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The string value of `field`, when it has one.
+    pub fn str(&self, field: Field) -> Option<&str> {
+        match self.member(field) {
+            Some(Json::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether the record has `field`, `null` or not.
+    pub fn has(&self, field: Field) -> bool {
+        self.at[field as usize] != ABSENT
+    }
+
     pub fn workload(&self) -> &str {
-        self.json.str_of("workloadId").unwrap_or_default()
+        self.str(Field::WorkloadId).unwrap_or_default()
     }
 
     /// What breaks ties of workload and time: `edgeType`, else `eventType`.
     pub fn kind(&self) -> &str {
-        self.json
-            .str_of("edgeType")
-            .or_else(|| self.json.str_of("eventType"))
+        self.str(Field::EdgeType)
+            .or_else(|| self.str(Field::EventType))
             .unwrap_or_default()
     }
 
     pub fn image_digest(&self) -> Option<&str> {
-        self.json.str_of("imageDigest")
+        self.str(Field::ImageDigest)
     }
 }
-
-/// Fields the bundle reads: when present they must be strings (or null).
-const STRING_FIELDS: [&str; 14] = [
-    "namespace",
-    "tenant",
-    "project",
-    "component",
-    "channel",
-    "imageDigest",
-    "imageDigestKind",
-    "node",
-    "hostId",
-    "code_id",
-    "path",
-    "entrypoint",
-    "edgeType",
-    "eventType",
-];
 
 /// Checks that `line` is a record of `stream`; the error says what is wrong.
 pub fn check(stream: Stream, line: &[u8]) -> Result<Record<'_>, String> {
     let json = Json::parse(line)?;
-    if !matches!(json, Json::Object(_)) {
+    let Json::Object(members) = &json else {
         return Err("not a JSON object".into());
-    }
-    let required: &[&str] = match stream {
-        Stream::Runtime => &["workloadId", "timestamp", "eventType"],
-        Stream::EntryTrace => &["workloadId", "timestamp", "namespace", "node", "edgeType"],
     };
-    for field in required {
-        match json.get(field) {
-            Some(Json::String(s)) if !s.is_empty() => {}
-            Some(_) => return Err(format!("`{field}` must be a non-empty string")),
-            None => return Err(format!("`{field}` is missing")),
+    let mut at = [ABSENT; FIELDS];
+    for (i, (name, value)) in members.iter().enumerate() {
+        if let Some(field) = Field::of(name) {
+            if !matches!(value, Json::String(_) | Json::Null) {
+                return Err(format!("`{name}` must be a string"));
+            }
+            at[field as usize] = u32::try_from(i).unwrap_or(ABSENT);
+        }
+    }
+    let record = Record {
+        json,
+        instant: 0,
+        at,
+    };
+    let required: &[(Field, &str)] = match stream {
+        Stream::Runtime => &[
+            (Field::WorkloadId, "workloadId"),
+            (Field::Timestamp, "timestamp"),
+            (Field::EventType, "eventType"),
+        ],
+        Stream::EntryTrace => &[
+            (Field::WorkloadId, "workloadId"),
+            (Field::Timestamp, "timestamp"),
+            (Field::Namespace, "namespace"),
+            (Field::Node, "node"),
+            (Field::EdgeType, "edgeType"),
+        ],
+    };
+    for (field, name) in required {
+        match record.str(*field) {
+            Some(s) if !s.is_empty() => {}
+            _ if record.has(*field) => return Err(format!("`{name}` must be a non-empty string")),
+            _ => return Err(format!("`{name}` is missing")),
         }
     }
     if stream == Stream::Runtime
-        && json.str_of("eventType") == Some("edge")
-        && json.str_of("edgeType").is_none()
+        && record.str(Field::EventType) == Some("edge")
+        && record.str(Field::EdgeType).is_none()
     {
         return Err("an edge event without `edgeType`".into());
     }
-    for field in STRING_FIELDS {
-        if let Some(value) = json.get(field) {
-            if !matches!(value, Json::String(_) | Json::Null) {
-                return Err(format!("`{field}` must be a string"));
-            }
-        }
-    }
-    let instant = time::parse(json.str_of("timestamp").unwrap_or_default())?;
-    Ok(Record { json, instant })
+    let instant = time::parse(record.str(Field::Timestamp).unwrap_or_default())?;
+    Ok(Record { instant, ..record })
 }
 
 /// An invalid line, as the manifest notes the first of an input's.

@@ -9,7 +9,8 @@
 //!
 //! [`input`] reads and checks lines → [`sort`] orders each stream within a memory budget →
 //! [`merge`] coalesces the two → [`export`] writes the files and the [`manifest`] (with the
-//! [`identity`] table); [`dsse`] signs, [`archive`] packs, [`verify`] checks all of it.
+//! [`identity`] table); [`dsse`] signs, [`archive`] packs, [`verify`] checks all of it
+//! (reading the bundle back with [`reread`], reporting [`problems`]).
 
 pub mod archive;
 pub mod canonical;
@@ -21,6 +22,8 @@ pub mod identity;
 pub mod input;
 pub mod manifest;
 pub mod merge;
+pub mod problems;
+pub mod reread;
 pub mod sort;
 pub mod time;
 pub mod verify;

@@ -1,80 +1,26 @@
 //! `evidence verify`: recomputes everything a bundle claims — each file's hash, each
 //! stream's order and records, the identity table, the coalesced merge, the signature — in
-//! one pass over the files, and names each problem with its file and line.
+//! one pass over the files ([`super::reread`]), and names each problem with its file and
+//! line.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
-    fs::File,
-    io::{self, BufRead as _, BufReader, Read as _},
+    io,
     path::Path,
 };
 
 use p256::ecdsa::VerifyingKey;
 use serde::Serialize;
-use sha2::Digest as _;
 
+pub use super::problems::Problem;
 use super::{
-    archive, canonical, dsse, hex,
-    identity::Identity,
-    input::{self, Filters, Hashing, MAX_LINE},
+    archive, canonical, dsse,
+    input::Filters,
     manifest::{check_run_id, Manifest, RunIdSource, RUN_ID_DIGITS, SCHEMA_VERSION},
-    merge::{coalesce, coalesced_line, Slot, Source},
+    problems::Problems,
+    reread::{check_content, Content},
     sha256_file, time, EvidenceError, Stream, BUNDLE_FILES, COALESCED, ENVELOPE, MANIFEST,
 };
-
-/// Problems kept per file; the rest are counted.
-const SHOWN_PER_FILE: usize = 20;
-
-/// Something that is not as the bundle claims.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    pub file: String,
-    pub line: Option<u64>,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{line}: {}", self.file, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
-        }
-    }
-}
-
-#[derive(Default)]
-struct Problems {
-    list: Vec<Problem>,
-    per_file: BTreeMap<String, usize>,
-}
-
-impl Problems {
-    fn add(&mut self, file: &str, line: Option<u64>, message: impl Into<String>) {
-        let count = self.per_file.entry(file.to_owned()).or_default();
-        *count += 1;
-        if *count <= SHOWN_PER_FILE {
-            self.list.push(Problem {
-                file: file.to_owned(),
-                line,
-                message: message.into(),
-            });
-        }
-    }
-
-    fn finish(mut self) -> Vec<Problem> {
-        for (file, count) in &self.per_file {
-            if *count > SHOWN_PER_FILE {
-                self.list.push(Problem {
-                    file: file.clone(),
-                    line: None,
-                    message: format!("{} more problems not shown", count - SHOWN_PER_FILE),
-                });
-            }
-        }
-        self.list
-    }
-}
 
 /// What verification found.
 #[derive(Debug)]
@@ -83,132 +29,6 @@ pub struct Report {
     pub manifest: Option<Manifest>,
     /// The key id whose signature verified.
     pub signed_by: Option<String>,
-}
-
-/// One stream file read back in order, checking each line as it goes.
-struct StreamReader<'a> {
-    stream: Stream,
-    input: BufReader<Hashing<File>>,
-    filters: &'a Filters,
-    line_number: u64,
-    buf: Vec<u8>,
-    slot: Slot,
-    previous: Slot,
-    has_head: bool,
-    records: u64,
-    first: Option<time::Instant>,
-    last: Option<time::Instant>,
-    identity: Identity,
-    problems: Problems,
-}
-
-impl<'a> StreamReader<'a> {
-    fn open(dir: &Path, stream: Stream, filters: &'a Filters) -> io::Result<StreamReader<'a>> {
-        let file = File::open(dir.join(stream.file_name()))?;
-        let mut reader = StreamReader {
-            stream,
-            input: BufReader::with_capacity(1 << 20, Hashing::new(file)),
-            filters,
-            line_number: 0,
-            buf: Vec::new(),
-            slot: Slot::default(),
-            previous: Slot::default(),
-            has_head: false,
-            records: 0,
-            first: None,
-            last: None,
-            identity: Identity::default(),
-            problems: Problems::default(),
-        };
-        reader.advance()?;
-        Ok(reader)
-    }
-
-    /// Reads lines until one is a valid record (the head) or the file ends.
-    fn read_next(&mut self) -> io::Result<bool> {
-        let name = self.stream.file_name();
-        loop {
-            self.buf.clear();
-            let n = (&mut self.input)
-                .take(MAX_LINE as u64 + 1)
-                .read_until(b'\n', &mut self.buf)?;
-            if n == 0 {
-                return Ok(false);
-            }
-            self.line_number += 1;
-            let at = Some(self.line_number);
-            if self.buf.last() == Some(&b'\n') {
-                self.buf.pop();
-            } else if self.buf.len() > MAX_LINE {
-                input::skip_line(&mut self.input)?;
-                self.problems.add(name, at, "line too long");
-                continue;
-            } else {
-                self.problems.add(name, at, "the last line has no newline");
-            }
-            let record = match input::check(self.stream, &self.buf) {
-                Ok(record) => record,
-                Err(reason) => {
-                    self.problems.add(name, at, reason);
-                    continue;
-                }
-            };
-            if record.json.to_bytes() != self.buf {
-                self.problems.add(
-                    name,
-                    at,
-                    "not canonical JSON (RFC 8785): the line was changed",
-                );
-            }
-            if !self.filters.admits(&record) {
-                self.problems
-                    .add(name, at, "a record the manifest's filters exclude");
-            }
-            self.identity.add(self.stream, &record);
-            self.records += 1;
-            self.first = Some(self.first.map_or(record.instant, |f| f.min(record.instant)));
-            self.last = Some(self.last.map_or(record.instant, |l| l.max(record.instant)));
-            std::mem::swap(&mut self.slot, &mut self.previous);
-            let slot = &mut self.slot;
-            slot.workload.clear();
-            slot.workload
-                .extend_from_slice(record.workload().as_bytes());
-            slot.instant = record.instant;
-            slot.kind.clear();
-            slot.kind.extend_from_slice(record.kind().as_bytes());
-            slot.digest = record.image_digest().map(|d| d.as_bytes().to_vec());
-            drop(record);
-            std::mem::swap(&mut self.slot.line, &mut self.buf);
-            if self.records > 1 {
-                match self.previous.rec().stream_cmp(&self.slot.rec()) {
-                    std::cmp::Ordering::Less => {}
-                    std::cmp::Ordering::Equal => self.problems.add(
-                        name,
-                        at,
-                        "repeats the record before it (export drops duplicates)",
-                    ),
-                    std::cmp::Ordering::Greater => self.problems.add(
-                        name,
-                        at,
-                        "out of order: records sort by (workloadId, timestamp, edgeType or \
-                         eventType, canonical bytes); this one belongs before the one above",
-                    ),
-                }
-            }
-            return Ok(true);
-        }
-    }
-}
-
-impl Source for StreamReader<'_> {
-    fn head(&self) -> Option<super::merge::Rec<'_>> {
-        self.has_head.then(|| self.slot.rec())
-    }
-
-    fn advance(&mut self) -> io::Result<()> {
-        self.has_head = self.read_next()?;
-        Ok(())
-    }
 }
 
 /// Differences between what the manifest says (`claimed`) and what the files show.
@@ -234,117 +54,6 @@ fn differences<T: Serialize>(what: &str, claimed: &T, actual: &T) -> Vec<String>
         _ if claimed != actual => vec![format!("{what} is {claimed}, the files say {actual}")],
         _ => Vec::new(),
     }
-}
-
-/// What one pass over the three files found.
-struct Content {
-    sha256: BTreeMap<&'static str, (String, u64)>,
-    records: BTreeMap<Stream, (u64, Option<time::Instant>, Option<time::Instant>)>,
-    coalesced_records: u64,
-    identity: Identity,
-}
-
-/// Reads both streams in coalesced order and the coalesced file beside them, comparing
-/// each coalesced line with the one the merge gives.
-fn check_content(dir: &Path, filters: &Filters, problems: &mut Problems) -> io::Result<Content> {
-    let mut entrytrace = StreamReader::open(dir, Stream::EntryTrace, filters)?;
-    let mut runtime = StreamReader::open(dir, Stream::Runtime, filters)?;
-    let mut coalesced =
-        BufReader::with_capacity(1 << 20, Hashing::new(File::open(dir.join(COALESCED))?));
-    let mut counts = [0u64; 2];
-    let mut line_number = 0u64;
-    let mut expected = Vec::new();
-    let mut found = Vec::new();
-    let mut differing = 0u64;
-    coalesce(&mut entrytrace, &mut runtime, |stream, rec| {
-        let count = &mut counts[usize::from(stream == Stream::Runtime)];
-        *count += 1;
-        expected.clear();
-        coalesced_line(stream, *count, &rec, &mut expected);
-        expected.push(b'\n');
-        found.clear();
-        (&mut coalesced)
-            .take(MAX_LINE as u64 * 2)
-            .read_until(b'\n', &mut found)?;
-        line_number += 1;
-        if found != expected {
-            differing += 1;
-            if differing == 1 {
-                let what = if found.is_empty() {
-                    "missing: the file ends early".to_owned()
-                } else {
-                    "differs".to_owned()
-                };
-                problems.add(
-                    COALESCED,
-                    Some(line_number),
-                    format!(
-                        "{what}; the stable merge of the streams puts here the {stream} record of \
-                         {} line {}",
-                        stream.file_name(),
-                        count
-                    ),
-                );
-            }
-        }
-        Ok::<(), io::Error>(())
-    })?;
-    if differing > 1 {
-        problems.add(
-            COALESCED,
-            None,
-            format!(
-                "{} more lines differ from the stable merge of the streams",
-                differing - 1
-            ),
-        );
-    }
-    let mut extra = 0u64;
-    loop {
-        found.clear();
-        if (&mut coalesced)
-            .take(MAX_LINE as u64 * 2)
-            .read_until(b'\n', &mut found)?
-            == 0
-        {
-            break;
-        }
-        extra += 1;
-    }
-    if extra > 0 {
-        problems.add(
-            COALESCED,
-            Some(line_number + 1),
-            format!("{extra} lines more than the streams' records"),
-        );
-    }
-    let mut content = Content {
-        sha256: BTreeMap::new(),
-        records: BTreeMap::new(),
-        coalesced_records: line_number + extra,
-        identity: Identity::default(),
-    };
-    let coalesced = coalesced.into_inner();
-    content.sha256.insert(
-        COALESCED,
-        (hex(&coalesced.hasher.finalize()), coalesced.bytes),
-    );
-    for reader in [entrytrace, runtime] {
-        // Anything after the last record was read by `advance` already; the hash is whole.
-        let file = reader.stream.file_name();
-        let hashing = reader.input.into_inner();
-        content
-            .sha256
-            .insert(file, (hex(&hashing.hasher.finalize()), hashing.bytes));
-        content
-            .records
-            .insert(reader.stream, (reader.records, reader.first, reader.last));
-        content.identity.merge(reader.identity);
-        for problem in reader.problems.finish() {
-            problems.add(&problem.file, problem.line, problem.message);
-        }
-    }
-    Ok(content)
 }
 
 /// The filters a manifest records, as export applied them.
