@@ -60,12 +60,15 @@ fn identity(w: usize) -> (String, String) {
     if w == WORKLOADS {
         return (format!("host:{HOST}"), r#""enrichment":"host""#.to_owned());
     }
-    let digest = format!("sha256:{:064x}", w as u64 * 0x9e37_79b9_7f4a_7c15);
+    let digest = format!(
+        "sha256:{:064x}",
+        (w as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    );
     (
         format!("tenant-{}/svc-{w}", w % 7),
         format!(
             r#""enrichment":"complete","workloadIdSource":"label","containerId":"{:064x}","namespace":"ns-{}","pod":"svc-{w}-7d4b9c8f6d-x2x7k","podUid":"{:08x}-8f1c-4c6e-9a2b-{:012x}","containerName":"app","imageRef":"registry.example/team/svc-{w}:1.{w}","imageDigest":"{digest}","imageDigestKind":"manifest","tenant":"tenant-{}","project":"project-{}","component":"svc-{w}","channel":"stable""#,
-            w as u64 * 0x5851_f42d_4c95_7f2d,
+            (w as u64).wrapping_mul(0x5851_f42d_4c95_7f2d),
             w % 9,
             w * 77,
             w * 1313,
@@ -99,14 +102,16 @@ fn record(rng: &mut Rng, ids: &[(String, String)], seq: u64, w: usize, ns: u64, 
             kind % 4,
             kind % 4,
             rng.below(1000),
-            (w as u64 + 1) * 0x1234_5678_9abc_def1 + kind % 4
+            (w as u64 + 1)
+                .wrapping_mul(0x1234_5678_9abc_def1)
+                .wrapping_add(kind % 4)
         ),
         _ => {
             let _ = write!(
                 out,
                 r#"{{"schemaVersion":1,"eventType":"containerStart","timestamp":"{}","node":"node-1","hostId":"{HOST}","osRelease":"Debian GNU/Linux 12 (bookworm)","workloadId":"{workload}",{fields},"initPid":{pid},"entrypoint":"/usr/bin/worker-0","code_id":"{:040x}"}}"#,
                 timestamp(ns),
-                (w as u64 + 1) * 0x1234_5678_9abc_def1
+                (w as u64 + 1).wrapping_mul(0x1234_5678_9abc_def1)
             );
             return;
         }
@@ -122,7 +127,7 @@ fn record(rng: &mut Rng, ids: &[(String, String)], seq: u64, w: usize, ns: u64, 
 
 /// Writes about `bytes` of observer NDJSON into `dir/logs/`, an EntryTrace file of about
 /// 1% of that at `dir/entrytrace.ndjson`, and `dir/logs/overlap.ndjson` repeating the
-/// first 10,000 records.
+/// first 1% of the records (at most 10,000).
 pub fn generate(dir: &Path, bytes: u64) -> Result<Generated> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -134,6 +139,8 @@ pub fn generate(dir: &Path, bytes: u64) -> Result<Generated> {
     let (mut total, mut records, mut seq, mut batch_no) = (0u64, 0u64, 0u64, 0u64);
     let mut batch: Vec<(usize, u64, String)> = Vec::with_capacity(BATCH);
     let mut line = String::new();
+    // Records are about 1 KiB.
+    let overlapping = (bytes >> 10).div_ceil(100).min(10_000);
     let ids: Vec<(String, String)> = (0..=WORKLOADS).map(identity).collect();
     while total < bytes {
         batch.clear();
@@ -162,7 +169,7 @@ pub fn generate(dir: &Path, bytes: u64) -> Result<Generated> {
             }
             total += text.len() as u64 + 1;
             records += 1;
-            if records <= 10_000 {
+            if records <= overlapping {
                 writeln!(overlap, "{text}")?;
             }
             if records % 100 == 0 && *w < WORKLOADS {
@@ -172,7 +179,7 @@ pub fn generate(dir: &Path, bytes: u64) -> Result<Generated> {
                     r#"{{"workloadId":"{workload}","namespace":"ns-{}","node":"node-1","edgeType":"syscall","timestamp":"{}","code_id":"{:040x}","path":"/usr/bin/worker-0","confidence":0.5}}"#,
                     w % 9,
                     timestamp(*ns),
-                    (*w as u64 + 1) * 0x1234_5678_9abc_def1
+                    (*w as u64 + 1).wrapping_mul(0x1234_5678_9abc_def1)
                 )?;
             }
         }
@@ -205,17 +212,18 @@ pub fn render(out: &mut String, figures: &Value) -> std::fmt::Result {
     writeln!(out)?;
     writeln!(
         out,
-        "| command | wall s | CPU s | MB/s (input) | peak RSS MiB |"
+        "| command | wall s | CPU s | input MB per wall s | input MB per CPU s | peak RSS MiB |"
     )?;
-    writeln!(out, "|---|---:|---:|---:|---:|")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
     for step in ["export", "verify"] {
         let s = &figures[step];
         writeln!(
             out,
-            "| {step} | {:.1} | {:.1} | {:.0} | {:.0} |",
+            "| {step} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} |",
             s["wallSeconds"].as_f64().unwrap_or(f64::NAN),
             s["cpuSeconds"].as_f64().unwrap_or(f64::NAN),
             s["megabytesPerSecond"].as_f64().unwrap_or(f64::NAN),
+            s["megabytesPerCpuSecond"].as_f64().unwrap_or(f64::NAN),
             s["peakRssMiB"].as_f64().unwrap_or(f64::NAN),
         )?;
     }

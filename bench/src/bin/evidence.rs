@@ -99,13 +99,14 @@ fn step(wall: f64, cpu: f64, rss_kib: u64, input: u64) -> Value {
         "wallSeconds": wall,
         "cpuSeconds": cpu,
         "megabytesPerSecond": input as f64 / 1e6 / wall,
+        "megabytesPerCpuSecond": input as f64 / 1e6 / cpu,
         "peakRssMiB": rss_kib as f64 / 1024.0,
     })
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let bytes = if cli.smoke { 16 << 20 } else { cli.bytes };
+    let bytes = if cli.smoke { 4 << 20 } else { cli.bytes };
     let [observer] = zastava_bench::programs(cli.bin_dir.as_deref(), ["zastava-observer"])?;
     if cli.dir.exists() {
         std::fs::remove_dir_all(&cli.dir)?;
