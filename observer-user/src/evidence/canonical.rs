@@ -287,7 +287,8 @@ impl<'de> Visitor<'de> for JsonVisitor {
             let value = map.next_value()?;
             members.push((name, value));
         }
-        members.sort_by(|a, b| compare_names(&a.0, &b.0));
+        // Equal names are refused below, so an unstable sort gives the one order.
+        members.sort_unstable_by(|a, b| compare_names(&a.0, &b.0));
         if let Some(pair) = members.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(de::Error::custom(format!(
                 "member {:?} appears twice in one object",

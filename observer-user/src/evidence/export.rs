@@ -18,7 +18,7 @@ use super::{
         check_run_id, CoalescedEntry, Deployment, FiltersJson, InputEntry, InvalidJson, Manifest,
         RunIdSource, StreamEntry, Streams, RUN_ID_DIGITS, SCHEMA_VERSION,
     },
-    merge::{coalesce, coalesced_line, Rec},
+    merge::{coalesce, coalesced_parts, Rec},
     sha256_file,
     sort::Sorter,
     time::{self, Instant},
@@ -104,11 +104,14 @@ impl Output {
         })
     }
 
-    fn line(&mut self, line: &[u8], instant: Instant) -> io::Result<()> {
+    /// Writes one line made of `parts`, and its newline.
+    fn line(&mut self, parts: &[&[u8]], instant: Instant) -> io::Result<()> {
         self.records += 1;
         self.first = Some(self.first.map_or(instant, |f| f.min(instant)));
         self.last = Some(self.last.map_or(instant, |l| l.max(instant)));
-        self.out.write_all(line)?;
+        for part in parts {
+            self.out.write_all(part)?;
+        }
         self.out.write_all(b"\n")
     }
 
@@ -161,23 +164,28 @@ pub fn export(options: &ExportOptions) -> Result<Exported, EvidenceError> {
 
     let mut identity = Identity::default();
     let mut summaries = Vec::new();
-    let mut scratch = Vec::with_capacity(4096);
     let mut read_stream = |files: &[input::InputFile], sorter: &mut Sorter| {
         for file in files {
-            let summary = input::read(file, &options.filters, options.skip_invalid, |record| {
-                scratch.clear();
-                record.json.write(&mut scratch);
-                identity.add(file.stream, record);
-                sorter
-                    .push(&Rec {
+            let summary = input::read(
+                file,
+                &options.filters,
+                options.skip_invalid,
+                |record, line| {
+                    identity.add(file.stream, record);
+                    let key = Rec {
                         workload: record.workload().as_bytes(),
                         instant: record.instant,
                         kind: record.kind().as_bytes(),
                         digest: record.image_digest().map(str::as_bytes),
-                        line: &scratch,
-                    })
-                    .map_err(EvidenceError::io("write a sort run in", sort_dir.path()))
-            })?;
+                        line: &[],
+                    };
+                    // Canonical text is never more than six times the input's: escapes only
+                    // shrink, and the longest number growth (`1e20`) is below that.
+                    sorter
+                        .push_with(&key, line.len() * 6 + 16, |arena| record.json.write(arena))
+                        .map_err(EvidenceError::io("write a sort run in", sort_dir.path()))
+                },
+            )?;
             summaries.push(summary);
         }
         Ok::<(), EvidenceError>(())
@@ -206,13 +214,14 @@ pub fn export(options: &ExportOptions) -> Result<Exported, EvidenceError> {
         Output::create(staging.path().join(Stream::Runtime.file_name()))?,
     ];
     let mut coalesced = Output::create(staging.path().join(COALESCED))?;
-    let mut line = Vec::with_capacity(4096);
+    let (mut head, mut tail) = (Vec::new(), Vec::new());
     coalesce(&mut entrytrace, &mut runtime, |stream, rec| {
         let output = &mut outputs[usize::from(stream == Stream::Runtime)];
-        output.line(rec.line, rec.instant)?;
-        line.clear();
-        coalesced_line(stream, output.records, &rec, &mut line);
-        coalesced.line(&line, rec.instant)
+        output.line(&[rec.line], rec.instant)?;
+        head.clear();
+        tail.clear();
+        coalesced_parts(stream, output.records, &rec, &mut head, &mut tail);
+        coalesced.line(&[&head, rec.line, &tail], rec.instant)
     })
     .map_err(EvidenceError::io("write the bundle in", staging.path()))?;
     let duplicates = [entrytrace.duplicates, runtime.duplicates];

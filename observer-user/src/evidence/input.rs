@@ -297,13 +297,13 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Reads `file`, handing each record the filters admit to `accept`. An invalid line fails
+/// Reads `file`, handing each record the filters admit, and its line, to `accept`. An invalid line fails
 /// the read unless `skip_invalid`, which counts it.
 pub fn read(
     file: &InputFile,
     filters: &Filters,
     skip_invalid: bool,
-    mut accept: impl FnMut(&Record<'_>) -> Result<(), EvidenceError>,
+    mut accept: impl FnMut(&Record<'_>, &[u8]) -> Result<(), EvidenceError>,
 ) -> Result<InputSummary, EvidenceError> {
     let path = &file.path;
     let handle = File::open(path).map_err(EvidenceError::io("open", path))?;
@@ -345,7 +345,7 @@ pub fn read(
             Ok(record) => {
                 summary.records += 1;
                 if filters.admits(&record) {
-                    accept(&record)?;
+                    accept(&record, &line)?;
                 } else {
                     summary.filtered_out += 1;
                 }

@@ -85,20 +85,33 @@ where
 /// The members are written in canonical order and the record is already canonical, so the
 /// line is canonical JSON.
 pub fn coalesced_line(stream: Stream, line_number: u64, rec: &Rec<'_>, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"imageDigest\":");
-    match rec.digest {
-        Some(digest) => write_string(&String::from_utf8_lossy(digest), out),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(b",\"line\":");
-    out.extend_from_slice(itoa::Buffer::new().format(line_number).as_bytes());
-    out.extend_from_slice(b",\"record\":");
+    let mut tail = Vec::new();
+    coalesced_parts(stream, line_number, rec, out, &mut tail);
     out.extend_from_slice(rec.line);
-    out.extend_from_slice(b",\"source\":\"");
-    out.extend_from_slice(stream.name().as_bytes());
-    out.extend_from_slice(b"\",\"workloadId\":");
-    write_string(&String::from_utf8_lossy(rec.workload), out);
-    out.push(b'}');
+    out.extend_from_slice(&tail);
+}
+
+/// The coalesced line without the record: what goes before it and what after.
+pub fn coalesced_parts(
+    stream: Stream,
+    line_number: u64,
+    rec: &Rec<'_>,
+    head: &mut Vec<u8>,
+    tail: &mut Vec<u8>,
+) {
+    head.extend_from_slice(b"{\"imageDigest\":");
+    match rec.digest {
+        Some(digest) => write_string(&String::from_utf8_lossy(digest), head),
+        None => head.extend_from_slice(b"null"),
+    }
+    head.extend_from_slice(b",\"line\":");
+    head.extend_from_slice(itoa::Buffer::new().format(line_number).as_bytes());
+    head.extend_from_slice(b",\"record\":");
+    tail.extend_from_slice(b",\"source\":\"");
+    tail.extend_from_slice(stream.name().as_bytes());
+    tail.extend_from_slice(b"\",\"workloadId\":");
+    write_string(&String::from_utf8_lossy(rec.workload), tail);
+    tail.push(b'}');
 }
 
 /// A record held in owned buffers that are reused from one record to the next.

@@ -103,10 +103,21 @@ impl Sorter {
 
     /// Adds a record; `line` is its canonical JSON.
     pub fn push(&mut self, rec: &Rec<'_>) -> io::Result<()> {
-        let size = rec.workload.len()
-            + rec.kind.len()
-            + rec.digest.map_or(0, <[u8]>::len)
-            + rec.line.len();
+        self.push_with(rec, rec.line.len(), |arena| {
+            arena.extend_from_slice(rec.line)
+        })
+    }
+
+    /// Adds a record whose canonical JSON, at most `max_line` bytes, `write_line` appends
+    /// straight into memory; `rec.line` is not used.
+    pub fn push_with(
+        &mut self,
+        rec: &Rec<'_>,
+        max_line: usize,
+        write_line: impl FnOnce(&mut Vec<u8>),
+    ) -> io::Result<()> {
+        let size =
+            rec.workload.len() + rec.kind.len() + rec.digest.map_or(0, <[u8]>::len) + max_line;
         if !self.entries.is_empty()
             && (self.arena.len() + size > self.arena_limit
                 || self.entries.len() >= self.entry_limit)
@@ -118,30 +129,28 @@ impl Sorter {
             self.arena.reserve_exact(self.arena_limit.max(size));
             self.entries.reserve_exact(self.entry_limit);
         }
-        let too_long = |n: usize| u32::try_from(n).map_err(|_| io::Error::other("record too long"));
-        let entry = Entry {
-            instant: rec.instant,
-            offset: self.arena.len(),
-            workload: too_long(rec.workload.len())?,
-            kind: too_long(rec.kind.len())?,
-            digest: match rec.digest {
-                Some(d) => too_long(d.len()).and_then(|n| {
-                    if n == NO_DIGEST {
-                        Err(io::Error::other("digest too long"))
-                    } else {
-                        Ok(n)
-                    }
-                })?,
-                None => NO_DIGEST,
-            },
-            line: too_long(rec.line.len())?,
+        let length = |n: usize| u32::try_from(n).map_err(|_| io::Error::other("record too long"));
+        let offset = self.arena.len();
+        let digest = match rec.digest {
+            Some(d) if d.len() < NO_DIGEST as usize => length(d.len())?,
+            Some(_) => return Err(io::Error::other("digest too long")),
+            None => NO_DIGEST,
         };
         self.arena.extend_from_slice(rec.workload);
         self.arena.extend_from_slice(rec.kind);
         if let Some(d) = rec.digest {
             self.arena.extend_from_slice(d);
         }
-        self.arena.extend_from_slice(rec.line);
+        let line_start = self.arena.len();
+        write_line(&mut self.arena);
+        let entry = Entry {
+            instant: rec.instant,
+            offset,
+            workload: length(rec.workload.len())?,
+            kind: length(rec.kind.len())?,
+            digest,
+            line: length(self.arena.len() - line_start)?,
+        };
         self.entries.push(entry);
         Ok(())
     }
