@@ -192,10 +192,11 @@ pub fn export(options: &ExportOptions) -> Result<Exported, EvidenceError> {
     };
     let mut runtime = Sorter::new(sort_dir.path(), "runtime", options.memory);
     read_stream(&runtime_files, &mut runtime)?;
-    // The EntryTrace stream gets what the runtime stream leaves of the budget; when that
-    // is little, the runtime stream goes to disk.
+    // The EntryTrace stream gets what the runtime stream leaves of the budget. A runtime
+    // stream that went to disk already (its memory was filled once), or that leaves
+    // little, goes to disk whole and frees its memory.
     let mut left = options.memory.saturating_sub(runtime.used());
-    if left < options.memory / 4 {
+    if runtime.runs() > 0 || left < options.memory / 4 {
         runtime
             .release()
             .map_err(EvidenceError::io("write a sort run in", sort_dir.path()))?;
