@@ -79,7 +79,7 @@ impl fmt::Display for Stream {
     }
 }
 
-/// Every file a signed bundle holds, in archive order.
+/// Every file a signed bundle holds (the archive sorts them by name).
 pub const BUNDLE_FILES: [&str; 5] = [
     MANIFEST,
     ENVELOPE,
