@@ -73,13 +73,14 @@ fn real_main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads eBPF programs and must run as root");
     }
-    let [observer, storm_bin, pipeline_bin, webhook_bin] = programs(
+    let [observer, storm_bin, pipeline_bin, webhook_bin, evidence_bin] = programs(
         cli.bin_dir.as_deref(),
         [
             "zastava-observer",
             "zastava-storm",
             "zastava-pipeline-bench",
             "zastava-webhook-bench",
+            "zastava-evidence-bench",
         ],
     )?;
     let reps = cli.reps.unwrap_or(if cli.smoke { 1 } else { 5 });
@@ -146,7 +147,17 @@ fn real_main() -> Result<()> {
 
     let pipeline = pipeline_figures(&pipeline_bin, cli.smoke)?;
     let webhook = webhook_figures(&webhook_bin, cli.smoke)?;
-    let report = render(&cli, reps, &ops, &cells, &pipeline, &webhook, &observer)?;
+    eprintln!("zastava-bench: evidence export and verify");
+    let mut evidence = Command::new(&evidence_bin);
+    evidence
+        .args(["--json", "--dir"])
+        .arg(cli.work_dir.join("evidence"));
+    if cli.smoke {
+        evidence.arg("--smoke");
+    }
+    let evidence = json_of(&mut evidence)?;
+    let mut report = render(&cli, reps, &ops, &cells, &pipeline, &webhook, &observer)?;
+    zastava_bench::evidence::render(&mut report, &evidence)?;
     print!("{report}");
     if let Some(path) = &cli.markdown {
         fs::write(path, &report).with_context(|| format!("write {}", path.display()))?;

@@ -10,12 +10,16 @@
 //! [`ops`] is what operators see (metrics endpoint, summary, doctor); [`daemon`] starts,
 //! runs and stops it all, from a [`config`].
 //!
+//! [`evidence`] is an offline command over the NDJSON files the daemon wrote (export, sign,
+//! verify evidence bundles); no stage uses it.
+//!
 //! The admission webhook is a crate of its own (`zastava-webhook`), sharing the identity
 //! contract (`observer-common`) and the backend client (`zastava-platform`) but not the
 //! probes.
 
 pub mod config;
 pub mod daemon;
+pub mod evidence;
 pub mod kernel;
 pub mod ops;
 pub mod output;

@@ -21,6 +21,7 @@ pub mod authority;
 pub mod backend;
 pub mod containerd;
 pub mod dockerd;
+pub mod evidence;
 pub mod webhook;
 
 use serde_json::Value;

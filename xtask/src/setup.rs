@@ -45,6 +45,8 @@ const PACKAGES: &[&str] = &[
     "jq",
     "nats-server",
     "redis-server",
+    // Independent checks of evidence bundles: archives.
+    "zstd",
 ];
 
 /// Major LLVM version of the nightly rustc (bpf-linker must link the same one).

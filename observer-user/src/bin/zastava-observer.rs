@@ -59,6 +59,8 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9467")]
         admin_addr: SocketAddr,
     },
+    /// Runtime evidence bundles: export, sign, verify; debug-path for build-ids.
+    Evidence(Box<zastava::evidence::cli::EvidenceArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -255,6 +257,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Evidence(args) => zastava::evidence::cli::run(*args),
         Command::Doctor {
             host_root,
             cri_endpoint,
