@@ -20,7 +20,9 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// and Compose, whose tests start a private dockerd), the peers the benchmark compares
 /// with, systemd-analyze and setpriv for the systemd unit's tests, and for the test
 /// Authority (tests/authority/authority.py) Debian's python3 with PyJWT and cryptography,
-/// and openssl, which makes the tests' DPoP keys.
+/// and openssl, which makes the tests' DPoP keys and checks the offline kit's signature; for
+/// `cargo xtask image` and `offline-kit`, umoci (OCI layouts without a daemon), binutils
+/// (objcopy), zstd and Debian's CA roots (ca-certificates, which the images carry).
 /// (The Kubernetes manifests' tests render them with `kubectl kustomize`, which this
 /// kind of machine has and Debian does not package.)
 const PACKAGES: &[&str] = &[
@@ -38,6 +40,10 @@ const PACKAGES: &[&str] = &[
     "python3-jwt",
     "python3-cryptography",
     "openssl",
+    "umoci",
+    "binutils",
+    "zstd",
+    "ca-certificates",
 ];
 
 /// Major LLVM version of the nightly rustc (bpf-linker must link the same one).
