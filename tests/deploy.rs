@@ -365,7 +365,13 @@ fn check_observer(overlay: &str, runtime_socket: &str) -> BTreeMap<String, Strin
     let pod = &daemonset["spec"]["template"]["spec"];
     let container = named(&pod["containers"], "observer");
     assert_eq!(pod["hostPID"], true, "/proc must be the host's");
-    assert_eq!(container["securityContext"]["privileged"], true);
+    // Least privilege: four capabilities, not a privileged container (tests/containerized.rs
+    // runs it so, under containerd).
+    assert_eq!(container["securityContext"]["privileged"], false);
+    assert_eq!(
+        container["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"])
+    );
     assert_eq!(
         pod["serviceAccountName"],
         object(&docs, "ServiceAccount", "zastava-observer")["metadata"]["name"]

@@ -21,6 +21,8 @@ pub mod authority;
 pub mod backend;
 pub mod containerd;
 pub mod dockerd;
+pub mod kubelet;
+pub mod release;
 pub mod webhook;
 
 use serde_json::Value;
