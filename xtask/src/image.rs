@@ -197,7 +197,10 @@ fn build_release(images: &[Image]) -> Result<PathBuf> {
                 // One separator that no flag contains, so no flag is split.
                 .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\u{1f}"))
                 .env_remove("RUSTFLAGS")
-                .env("CFLAGS", cflags.join(" ")),
+                .env("CFLAGS", cflags.join(" "))
+                // The image's time, not the binaries': ring's build script reruns when it
+                // changes, and the binaries would be rebuilt for every other epoch.
+                .env_remove("SOURCE_DATE_EPOCH"),
         )
         .with_context(|| format!("building {} for its image", image.binary()))?;
     }
