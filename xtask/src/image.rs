@@ -188,8 +188,28 @@ fn build_release(images: &[Image]) -> Result<PathBuf> {
     // dependencies, and the webhook built with the observer would differ from the webhook
     // built alone (`--only webhook`).
     for image in images {
+        let mut build = cargo();
+        // What cargo sets for a crate it runs (xtask itself, or a test that runs xtask)
+        // would reach the build scripts that read it (ring's), and rebuild them each time
+        // it differs.
+        for (name, _) in env::vars_os() {
+            let name = name.to_string_lossy();
+            let per_crate = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CFG_", "CARGO_BIN_"]
+                .iter()
+                .any(|p| name.starts_with(p))
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .contains(&name.as_ref());
+            if per_crate {
+                build.env_remove(name.as_ref());
+            }
+        }
         run_cmd(
-            cargo()
+            build
                 .current_dir(&root)
                 .args(["build", "--locked", "--release"])
                 .args(["-p", image.package(), "--bin", image.binary()])
