@@ -389,7 +389,13 @@ fn check_observer(overlay: &str, runtime_socket: &str) -> BTreeMap<String, Strin
     let pod = &daemonset["spec"]["template"]["spec"];
     let container = named(&pod["containers"], "observer");
     assert_eq!(pod["hostPID"], true, "/proc must be the host's");
-    assert_eq!(container["securityContext"]["privileged"], true);
+    // Least privilege: four capabilities, not a privileged container (tests/containerized.rs
+    // runs it so, under containerd).
+    assert_eq!(container["securityContext"]["privileged"], false);
+    assert_eq!(
+        container["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"])
+    );
     assert_eq!(
         pod["serviceAccountName"],
         object(&docs, "ServiceAccount", "zastava-observer")["metadata"]["name"]
@@ -1164,11 +1170,15 @@ fn metric_names(expr: &str) -> Vec<String> {
     while i < bytes.len() {
         let at_word_start =
             i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-        if at_word_start && (expr[i..].starts_with("zastava_") || expr[i..].starts_with("stella_"))
+        // Byte comparisons: the prefixes are ASCII, so a match starts on a char boundary
+        // and the name ends at the first byte outside [a-z0-9_], never inside a character.
+        if at_word_start
+            && (bytes[i..].starts_with(b"zastava_") || bytes[i..].starts_with(b"stella_"))
         {
-            let end = expr[i..]
-                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
-                .map_or(expr.len(), |n| i + n);
+            let end = bytes[i..]
+                .iter()
+                .position(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_'))
+                .map_or(bytes.len(), |n| i + n);
             names.push(expr[i..end].to_owned());
             i = end;
         } else {

@@ -22,6 +22,8 @@ pub mod backend;
 pub mod containerd;
 pub mod dockerd;
 pub mod evidence;
+pub mod kubelet;
+pub mod release;
 pub mod webhook;
 
 use serde_json::Value;

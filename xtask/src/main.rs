@@ -1,16 +1,21 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | test | run | bench`.
+//! Developer and release tasks:
+//! `cargo xtask setup | build-ebpf | test | run | bench | image | offline-kit`.
 //!
 //! `setup` installs everything a fresh Debian machine lacks and is a no-op when nothing is
 //! missing; `test` and `run` call it first, so each is one command on a new machine.
 
+mod archive;
 mod bench;
 mod cmd;
 mod ebpf;
+mod image;
+mod kit;
+mod provenance;
 mod run;
 mod setup;
 mod test;
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +57,22 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the OCI images of zastava-observer and zastava-webhook (reproducible: the
+    /// same commit gives the same digests) as OCI archives for `ctr images import`.
+    Image {
+        /// Only this image (the webhook's builds without the eBPF toolchain).
+        #[arg(long, value_enum)]
+        only: Option<image::Image>,
+        /// Take the binaries from this directory instead of building them in release mode.
+        #[arg(long, value_name = "DIR")]
+        binaries: Option<PathBuf>,
+        /// Where the archives go (default: target/images).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Build the signed offline kit (offline-kit/zastava-runtime-<version>.tar.zst), or
+    /// `verify` one.
+    OfflineKit(kit::KitArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +83,17 @@ fn main() -> ExitCode {
         Task::Test { cargo_test_args } => test::test(&cargo_test_args),
         Task::Run { args } => run::run(&args),
         Task::Bench { smoke, args } => bench::bench(smoke, &args),
+        Task::Image {
+            only,
+            binaries,
+            out,
+        } => image::image(&image::Options {
+            only,
+            binaries,
+            out: out.unwrap_or_else(image::default_out),
+        })
+        .map(drop),
+        Task::OfflineKit(args) => kit::offline_kit(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,10 +20,13 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// and Compose, whose tests start a private dockerd), the peers the benchmark compares
 /// with, systemd-analyze and setpriv for the systemd unit's tests, for the test Authority
 /// (tests/authority/authority.py) Debian's python3 with PyJWT and cryptography, and
-/// openssl, which makes the tests' DPoP keys, readelf (binutils), the tests' independent
-/// reader of build-ids, jq, with which the webhook's tests read its JSON log as an
-/// operator would, and nats-server and redis-server, which the event bus tests
-/// (tests/bus.rs) and the bus benchmark start privately on loopback.
+/// openssl, which makes the tests' DPoP keys and checks the offline kit's signature;
+/// readelf (binutils), the tests' independent reader of build-ids; jq, with which the
+/// webhook's tests read its JSON log as an operator would; nats-server and redis-server,
+/// which the event bus tests (tests/bus.rs) and the bus benchmark start privately on
+/// loopback; for `cargo xtask image` and `offline-kit`, umoci (OCI layouts without a
+/// daemon), binutils (objcopy), zstd (also for evidence archives) and Debian's CA roots
+/// (ca-certificates, which the images carry).
 /// (The Kubernetes manifests' tests render them with `kubectl kustomize`, which this
 /// kind of machine has and Debian does not package.)
 const PACKAGES: &[&str] = &[
@@ -45,8 +48,9 @@ const PACKAGES: &[&str] = &[
     "jq",
     "nats-server",
     "redis-server",
-    // Independent checks of evidence bundles: archives.
+    "umoci",
     "zstd",
+    "ca-certificates",
 ];
 
 /// Major LLVM version of the nightly rustc (bpf-linker must link the same one).

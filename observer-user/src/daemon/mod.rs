@@ -81,6 +81,20 @@ pub enum RunError {
     FilterWithoutCri(&'static str),
     #[error("no cgroup v2 hierarchy is mounted; mount cgroup2 (or set observer.cgroup_root) to attribute events to containers")]
     NoCgroup2,
+    #[error("observer.cgroup_root {} is not a cgroup v2 hierarchy and has none below it; set it to where cgroup2 is mounted (on hybrid hosts, the `unified` directory)", .0.display())]
+    NotCgroup2(PathBuf),
+    #[error(
+        "cannot load the probes: this process lacks {} (effective capabilities {caps:#x}); \
+         loading and attaching them takes CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN). \
+         In Kubernetes, add them to the container's securityContext.capabilities.add \
+         (deploy/kubernetes/base/observer.yaml grants BPF, PERFMON, SYS_PTRACE and DAC_READ_SEARCH); \
+         under systemd, to CapabilityBoundingSet; with Docker, --cap-add",
+        missing.join(" and ")
+    )]
+    Privileges {
+        caps: u64,
+        missing: Vec<&'static str>,
+    },
     #[error(
         "nothing to observe: zastava.attach.enabled is false and no container runtime is connected; set zastava.attach.enabled = true to observe the node's processes"
     )]
@@ -122,7 +136,8 @@ impl RunError {
         match self {
             RunError::NothingToObserve
             | RunError::FilterWithoutCri(_)
-            | RunError::KernelView(_) => 2,
+            | RunError::KernelView(_)
+            | RunError::Privileges { .. } => 2,
             _ => 1,
         }
     }

@@ -30,6 +30,7 @@ use crate::{
     config::{Config, CriConfig, DockerConfig, KernelView},
     kernel::{
         btf::{self, VMLINUX_BTF},
+        privileges,
         probes::{validate_ring_size, ProbeConfig, PROBES_OBJECT},
         tracefs::{self, Tracefs},
         KernelCounters, Probes,
@@ -51,7 +52,7 @@ use crate::{
     process::{ProcessTable, Tracker},
     record::HostIdentity,
     workload::{
-        cgroups::find_cgroup2_mount,
+        cgroups::{cgroup2_at_or_below, find_cgroup2_mount},
         cri::{self, CriClient},
         docker::{self, DockerClient},
         hub::{self, Hub},
@@ -76,12 +77,21 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
     for warning in &host.warnings {
         warn!("{warning}");
     }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let cgroup_root = match &config.observer.cgroup_root {
-        Some(root) => root.clone(),
-        None => {
-            find_cgroup2_mount(&std::fs::read_to_string("/proc/self/mounts").unwrap_or_default())
-                .ok_or(RunError::NoCgroup2)?
+        Some(root) => {
+            let v2 = cgroup2_at_or_below(root, &mounts)
+                .ok_or_else(|| RunError::NotCgroup2(root.clone()))?;
+            if v2 != *root {
+                info!(
+                    "observer.cgroup_root {} holds cgroup v1 hierarchies; using the v2 hierarchy at {}",
+                    root.display(),
+                    v2.display()
+                );
+            }
+            v2
         }
+        None => find_cgroup2_mount(&mounts).ok_or(RunError::NoCgroup2)?,
     };
     let metrics_handle = install_metrics(&config.runtime.common_labels());
     let (backend, spool) = open_delivery(config)?;
@@ -378,6 +388,16 @@ fn load_probes(
     config: &Config,
     observe_self: bool,
 ) -> Result<(Probes, RingBuf<MapData>), RunError> {
+    // Named here, before the kernel's EPERM on the first map says nothing of why.
+    if let Some(caps) = privileges::effective() {
+        let missing = privileges::missing_for_probes(caps);
+        if !missing.is_empty() {
+            return Err(RunError::Privileges { caps, missing });
+        }
+        for (cap, lost) in privileges::missing_for_processes(caps) {
+            warn!("running without {cap}: {lost}");
+        }
+    }
     let (tracefs, mounted) = Tracefs::find_or_mount()?;
     if mounted {
         info!("mounted tracefs at {}", tracefs.root().display());

@@ -1,5 +1,5 @@
 //! The kernel stage: finds the tracepoints ([`tracefs`]) and the kernel's struct offsets
-//! ([`btf`]), loads and attaches the probes and
+//! ([`btf`]), checks the capabilities ([`privileges`]), loads and attaches the probes and
 //! reads their counters ([`probes`], [`counters`]), and turns ring buffer records into typed
 //! events ([`decode`]) with boot-time stamps ([`clock`]). Hands on `KernelEvent`s.
 
@@ -7,6 +7,7 @@ pub mod btf;
 pub mod clock;
 pub mod counters;
 pub mod decode;
+pub mod privileges;
 pub mod probes;
 pub mod tracefs;
 

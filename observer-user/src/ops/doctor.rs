@@ -5,6 +5,7 @@ use std::{fmt, fs, path::Path};
 use crate::{
     kernel::{
         btf::{self, VMLINUX_BTF},
+        privileges,
         probes::{self as probes, ProbeConfig, Probes, DEFAULT_RING_BYTES, PROBES_OBJECT},
         tracefs::{self, Tracefs},
     },
@@ -14,10 +15,6 @@ use crate::{
 
 /// Oldest kernel with everything the probes use (BPF ring buffer: 5.8).
 const MIN_KERNEL: (u32, u32) = (5, 8);
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_SYS_PTRACE: u32 = 19;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -220,34 +217,27 @@ fn kernel_view() -> (Check, Option<observer_common::KernelOffsets>) {
     }
 }
 
-/// Effective capabilities of this process.
-fn effective_caps() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))?
-        .trim();
-    u64::from_str_radix(hex, 16).ok()
-}
-
 fn privileges() -> Check {
-    let caps = effective_caps().unwrap_or(0);
-    let has = |cap: u32| caps & (1 << cap) != 0;
-    let bpf = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
-    if !bpf {
+    let caps = privileges::effective().unwrap_or(0);
+    let missing = privileges::missing_for_probes(caps);
+    if !missing.is_empty() {
         return Check::bad(
             "privileges",
             Status::Fail,
-            format!("effective capabilities {caps:#x} lack CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN)"),
+            format!(
+                "effective capabilities {caps:#x} lack {} (or CAP_SYS_ADMIN)",
+                missing.join("+")
+            ),
             "run as root, or grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH",
         );
     }
-    if !has(CAP_SYS_PTRACE) {
+    let degraded = privileges::missing_for_processes(caps);
+    if let Some((cap, lost)) = degraded.first() {
         return Check::bad(
             "privileges",
             Status::Warn,
-            "can load probes, but lacks CAP_SYS_PTRACE",
-            "grant CAP_SYS_PTRACE so build-ids and the start-up scan of /proc see other users' processes",
+            format!("can load probes, but lacks {cap}: {lost}"),
+            "grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH",
         );
     }
     Check::ok("privileges", format!("effective capabilities {caps:#x}"))

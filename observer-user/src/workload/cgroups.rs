@@ -23,6 +23,28 @@ pub fn find_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
     })
 }
 
+/// The cgroup v2 hierarchy that `root` (`observer.cgroup_root`) names: `root` itself when
+/// it is one, else the cgroup2 mount below it — a hybrid host's `/sys/fs/cgroup` is a
+/// tmpfs of v1 hierarchies, with v2 at `unified/`, and a v1 directory's inode numbers are
+/// not the cgroup ids the probes report. `None` if there is no v2 hierarchy there.
+pub fn cgroup2_at_or_below(root: &Path, mounts: &str) -> Option<PathBuf> {
+    let found = mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_source, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(target)))
+        })
+        .filter(|mount| mount.starts_with(root))
+        .min_by_key(|mount| mount.components().count());
+    // A directory inside a v2 hierarchy (not itself a mount) has the v2 interface files.
+    found.or_else(|| {
+        root.join("cgroup.controllers")
+            .is_file()
+            .then(|| root.to_path_buf())
+    })
+}
+
 /// /proc/mounts escapes space, tab, newline and backslash as octal.
 fn unescape_mount_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
@@ -278,6 +300,30 @@ mod tests {
         assert_eq!(
             find_cgroup2_mount("cgroup2 /host\\040root/cg cgroup2 rw 0 0"),
             Some(PathBuf::from("/host root/cg"))
+        );
+    }
+
+    #[test]
+    fn a_hybrid_hosts_cgroup_root_leads_to_its_v2_hierarchy() {
+        // A hybrid node's cgroup tree mounted into the observer's container at /host.
+        let hybrid = "tmpfs /host/sys/fs/cgroup tmpfs ro 0 0\n\
+                      cgroup /host/sys/fs/cgroup/cpu cgroup ro 0 0\n\
+                      cgroup2 /host/sys/fs/cgroup/unified cgroup2 ro 0 0\n\
+                      cgroup2 /sys/fs/cgroup cgroup2 ro 0 0\n";
+        assert_eq!(
+            cgroup2_at_or_below(Path::new("/host/sys/fs/cgroup"), hybrid),
+            Some(PathBuf::from("/host/sys/fs/cgroup/unified"))
+        );
+        let unified = "cgroup2 /host/sys/fs/cgroup cgroup2 ro 0 0\n";
+        assert_eq!(
+            cgroup2_at_or_below(Path::new("/host/sys/fs/cgroup"), unified),
+            Some(PathBuf::from("/host/sys/fs/cgroup"))
+        );
+        // Not a prefix by characters: /host/sys/fs/cgroupX is not below /host/sys/fs/cgroup.
+        let elsewhere = "cgroup2 /host/sys/fs/cgroupX cgroup2 ro 0 0\n";
+        assert_eq!(
+            cgroup2_at_or_below(Path::new("/nonexistent/host/sys/fs/cgroup"), elsewhere),
+            None
         );
     }
 
