@@ -184,7 +184,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let (metrics, installed) =
-                metrics::install(Binary::Webhook, &config.runtime.common_labels());
+                metrics::install(Binary::Webhook, config.runtime.common_labels().iter());
             if !installed {
                 eprintln!(
                     "zastava-webhook: cannot set up metrics: a recorder is already installed"
