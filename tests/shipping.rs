@@ -281,6 +281,46 @@ fn batches_spooled_before_a_sigkill_are_delivered_after_a_restart() {
 }
 
 #[test]
+fn what_the_shutdown_grace_period_cannot_deliver_stays_spooled_is_reported_and_arrives_later() {
+    let setup = Setup::new(false);
+    let dir = TempDir::new("zastava-grace");
+    setup.receiver.set_default(Some(Reply::Status(503)));
+    let first = setup.observer(&["--set", "backend.shutdown_grace=\"1s\""]);
+    let paths = open_unique(dir.path(), "grace", 20, Duration::from_millis(5));
+    let last = paths.last().unwrap().clone();
+    first.wait_for("the last open in a closed batch", |e| {
+        e["path"] == last.as_str()
+    });
+    let stopped = first.stop();
+    let account = &stopped.summary["delivery"];
+    // Nothing could be shipped, nothing was dropped: all of it is in the spool, and the
+    // log says how much.
+    assert_eq!(account["shipped"], 0, "{account}");
+    assert_eq!(account["inFlightPipeline"], 0, "{account}");
+    assert_eq!(account["inFlightSpool"], account["seen"], "{account}");
+    let message = format!(
+        "{} events in {} spooled batches were not delivered within the shutdown grace period (1s); they stay in the spool and are sent after the next start",
+        account["seen"], account["spoolBatches"]
+    );
+    assert!(
+        stopped.stderr.contains(&message),
+        "{message}\n{}",
+        stopped.stderr
+    );
+
+    setup.receiver.set_default(None);
+    let second = setup.observer(&[]);
+    setup.receiver.wait_until("the first run's events", |_| {
+        all_delivered(&setup.receiver, &paths)
+    });
+    second.stop();
+    let delivered = delivered_paths(&setup.receiver);
+    for path in &paths {
+        assert_eq!(delivered.get(path), Some(&1), "{path}");
+    }
+}
+
+#[test]
 fn a_429_is_waited_out_and_the_same_batch_is_sent_again() {
     let setup = Setup::new(false);
     setup.receiver.script(vec![Reply::TooMany("1".into())]);

@@ -53,6 +53,27 @@ pub fn build_ebpf(release: bool) -> Result<()> {
     if release {
         cmd.arg("--release");
     }
+    // The object's BTF line info names every source file by absolute path: the checkout's,
+    // the registry's (aya-ebpf) and rust-src's (core, built from source). Remapped, the
+    // object (and the observer that embeds it) is the same wherever it is built. Given as
+    // --config, these join the `--btf` flag of observer-ebpf/.cargo/config.toml.
+    let cargo_home = cargo_bin().parent().map(PathBuf::from).unwrap_or_default();
+    let rustup_home = env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".rustup")))
+        .unwrap_or_else(|| PathBuf::from("/root/.rustup"));
+    let remaps: Vec<String> = [
+        (root(), "/zastava"),
+        (cargo_home, "/cargo"),
+        (rustup_home, "/rustup"),
+    ]
+    .iter()
+    .map(|(from, to)| format!("\"--remap-path-prefix={}={to}\"", from.display()))
+    .collect();
+    cmd.arg("--config").arg(format!(
+        "target.bpfel-unknown-none.rustflags=[{}]",
+        remaps.join(",")
+    ));
     // bpf-linker is found on PATH by rustc.
     let path = format!(
         "{}:{}",

@@ -206,6 +206,24 @@ fn the_same_commit_gives_the_same_images_holding_only_what_each_binary_needs() {
         let rootfs = dir.path().join("rootfs");
         let binary_path = rootfs.join("usr/local/bin").join(binary);
         let (interpreter, needed) = elf_needs(&binary_path);
+        // No path of the machine that built it (the checkout, cargo's and rustup's homes):
+        // the same commit gives the same binary from any checkout. The observer's embedded
+        // eBPF object, whose BTF line info names its sources, included.
+        let bytes = fs::read(&binary_path).unwrap();
+        let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        for machine_path in [
+            checkout.to_str().unwrap().to_owned(),
+            format!("{home}/.cargo"),
+            format!("{home}/.rustup"),
+        ] {
+            assert!(
+                !bytes
+                    .windows(machine_path.len())
+                    .any(|w| w == machine_path.as_bytes()),
+                "{binary} names {machine_path}"
+            );
+        }
         // The loader is also NEEDED (for its TLS functions): the interpreter is it.
         let loader = Path::new(&interpreter)
             .file_name()

@@ -521,4 +521,52 @@ mod tests {
         assert!(parse_label("a.b=c").is_err());
         assert!(parse_label("novalue").is_err());
     }
+
+    #[test]
+    fn common_labels_are_on_every_series_the_exporter_renders() {
+        let runtime: RuntimeConfig =
+            toml::from_str("deployment = \"eu-1\"\n[metrics.common_labels]\nteam = \"secops\"\n")
+                .unwrap();
+        let mut builder = metrics::exporter(metrics::Binary::Observer);
+        for (name, value) in runtime.common_labels().iter() {
+            builder = builder.add_global_label(name, value);
+        }
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        ::metrics::with_local_recorder(&recorder, || {
+            ::metrics::counter!(crate::metrics::BACKEND_REQUESTS.name, "outcome" => "ok")
+                .increment(3);
+            ::metrics::gauge!(crate::metrics::RUNTIME_CONNECTED.name, "runtime" => "cri").set(1.0);
+            ::metrics::histogram!(crate::metrics::EVENTS_LAG.name).record(0.7);
+        });
+        let text = handle.render();
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect();
+        // 3 series, the histogram with 9 buckets, +Inf, sum and count.
+        assert_eq!(
+            samples.len(),
+            2 + crate::metrics::EVENTS_LAG.buckets.len() + 3,
+            "{text}"
+        );
+        for sample in &samples {
+            assert!(
+                sample.contains("{cluster=\"eu-1\",team=\"secops\""),
+                "{sample}"
+            );
+        }
+        assert!(
+            text.contains(
+                "zastava_runtime_backend_requests_total{cluster=\"eu-1\",team=\"secops\",outcome=\"ok\"} 3\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "stella_runtime_events_lag_seconds_bucket{cluster=\"eu-1\",team=\"secops\",le=\"1\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
 }

@@ -4,8 +4,6 @@
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::deployment::CommonLabels;
-
 /// Which binary exports a metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Binary {
@@ -393,13 +391,16 @@ pub fn exporter(binary: Binary) -> PrometheusBuilder {
     builder
 }
 
-/// Installs the binary's recorder as the global one, every series carrying `common`
-/// (`runtime.metrics.common_labels`). Returns its handle for `/metrics`, and whether it
-/// became the global recorder (false if one was installed already, when the handle renders
-/// nothing).
-pub fn install(binary: Binary, common: &CommonLabels) -> (PrometheusHandle, bool) {
+/// Installs the binary's recorder as the global one, every series carrying the `common`
+/// labels (`runtime.metrics.common_labels`, validated by the configuration). Returns its
+/// handle for `/metrics`, and whether it became the global recorder (false if one was
+/// installed already, when the handle renders nothing).
+pub fn install<'a>(
+    binary: Binary,
+    common: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> (PrometheusHandle, bool) {
     let mut builder = exporter(binary);
-    for (name, value) in common.iter() {
+    for (name, value) in common {
         builder = builder.add_global_label(name, value);
     }
     let recorder = builder.build_recorder();
@@ -412,49 +413,6 @@ pub fn install(binary: Binary, common: &CommonLabels) -> (PrometheusHandle, bool
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
-
-    #[test]
-    fn common_labels_are_on_every_series_the_exporter_renders() {
-        let runtime: crate::deployment::RuntimeConfig =
-            toml::from_str("deployment = \"eu-1\"\n[metrics.common_labels]\nteam = \"secops\"\n")
-                .unwrap();
-        let mut builder = exporter(Binary::Observer);
-        for (name, value) in runtime.common_labels().iter() {
-            builder = builder.add_global_label(name, value);
-        }
-        let recorder = builder.build_recorder();
-        let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, || {
-            metrics::counter!(BACKEND_REQUESTS.name, "outcome" => "ok").increment(3);
-            metrics::gauge!(RUNTIME_CONNECTED.name, "runtime" => "cri").set(1.0);
-            metrics::histogram!(EVENTS_LAG.name).record(0.7);
-        });
-        let text = handle.render();
-        let samples: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .collect();
-        // 3 series, the histogram with 9 buckets, +Inf, sum and count.
-        assert_eq!(samples.len(), 2 + EVENTS_LAG.buckets.len() + 3, "{text}");
-        for sample in &samples {
-            assert!(
-                sample.contains("{cluster=\"eu-1\",team=\"secops\""),
-                "{sample}"
-            );
-        }
-        assert!(
-            text.contains(
-                "zastava_runtime_backend_requests_total{cluster=\"eu-1\",team=\"secops\",outcome=\"ok\"} 3\n"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "stella_runtime_events_lag_seconds_bucket{cluster=\"eu-1\",team=\"secops\",le=\"1\"} 1\n"
-            ),
-            "{text}"
-        );
-    }
 
     #[test]
     fn names_are_prometheus_names_and_unique_per_binary() {

@@ -29,6 +29,13 @@ impl Running {
             {
                 warn!("a sink did not stop within {grace:?}; what it had not delivered stays in the spool");
             }
+            let left = self.delivery.snapshot();
+            if left.in_flight_spool > 0 {
+                warn!(
+                    "{} events in {} spooled batches were not delivered within the shutdown grace period ({grace:?}); they stay in the spool and are sent after the next start",
+                    left.in_flight_spool, left.spool_batches
+                );
+            }
         }
         Ok(Summary::new(
             started.elapsed().as_secs_f64(),

@@ -204,7 +204,7 @@ pub(super) async fn start(options: &RunOptions) -> Result<Running, RunError> {
 /// The Prometheus recorder behind `/metrics`, with the observer's histogram buckets and
 /// the common labels.
 fn install_metrics(common: &CommonLabels) -> PrometheusHandle {
-    let (handle, installed) = metrics::install(Binary::Observer, common);
+    let (handle, installed) = metrics::install(Binary::Observer, common.iter());
     if !installed {
         warn!("a metrics recorder is already installed; /metrics shows only the event account");
     }

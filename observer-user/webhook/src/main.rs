@@ -189,7 +189,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let (metrics, installed) =
-                metrics::install(Binary::Webhook, &config.runtime.common_labels());
+                metrics::install(Binary::Webhook, config.runtime.common_labels().iter());
             if !installed {
                 logging::fatal(
                     "zastava-webhook",
