@@ -81,6 +81,8 @@ fn every_decision_is_one_json_log_line() {
             pick(&delete, &["decision", "operation", "not_judged"]),
             json!({"decision": "allow", "operation": "DELETE", "not_judged": "a deletion starts nothing"})
         );
+        // The log is read by a thread: the 400's line may come after its reply.
+        s.webhook.wait_for_log(r#""decision":"invalid""#);
         let invalid: Vec<Value> = s
             .webhook
             .json_lines()
