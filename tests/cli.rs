@@ -351,3 +351,105 @@ max_len = 200000
         "sinks.redis.url: holds credentials; put them in sinks.redis.user and sinks.redis.password_file",
     );
 }
+
+/// `zastava-observer ARGS` with only `RUST_LOG_FORMAT` (and `RUST_LOG`) in its environment.
+fn observer_with_format(format: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(observer_bin())
+        .args(args)
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .env("RUST_LOG_FORMAT", format)
+        .output()
+        .expect("run zastava-observer");
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
+
+/// `jq -r FILTER` over `log`, which must be JSON to the last line.
+fn jq(filter: &str, log: &str) -> String {
+    let file = std::env::temp_dir().join(common::unique("zastava-jq"));
+    std::fs::write(&file, log).unwrap();
+    let out = Command::new("jq")
+        .args(["-r", filter])
+        .arg(&file)
+        .output()
+        .expect("jq (installed by cargo xtask setup)");
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        out.status.success(),
+        "not JSON throughout: {}\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn json_logs_are_json_from_the_first_line_to_the_summary() {
+    require_root();
+    let dir = std::env::temp_dir().join(common::unique("zastava-json-log"));
+    let output = dir.join("events.ndjson");
+    // The flag wins over the variable.
+    let (code, stderr) = observer_with_format(
+        "text",
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--duration",
+            "1",
+            "--ring-buffer-bytes",
+            "1M",
+            "--ndjson",
+            output.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        jq(
+            r#"select(.message == "observer ready") | "\(.level) \(.ring_buffer_bytes)""#,
+            &stderr
+        ),
+        "INFO 1048576\n"
+    );
+    // The report on stopping is one object too, its text the message.
+    let summary = jq(
+        r#"select(.message | startswith("zastava-observer summary after")) | .level"#,
+        &stderr,
+    );
+    assert_eq!(summary, "INFO\n", "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // An error that stops it: one ERROR object naming the binary.
+    let (code, stderr) =
+        observer_with_format("json", &["run", "--config", "/nonexistent/observer.toml"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        jq(r#""\(.level) \(.binary) \(.message)""#, &stderr),
+        "ERROR zastava-observer invalid configuration:\n  --config: cannot read \
+         /nonexistent/observer.toml: No such file or directory (os error 2)\n"
+    );
+    // As text, the same words.
+    let (_, stderr) =
+        observer_with_format("text", &["run", "--config", "/nonexistent/observer.toml"]);
+    assert_eq!(
+        stderr,
+        "zastava-observer: invalid configuration:\n  --config: cannot read \
+         /nonexistent/observer.toml: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn a_log_format_that_is_neither_text_nor_json_is_refused_with_exit_2() {
+    let (code, stderr) = observer_with_format("xml", &["run", "--check-config"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        stderr,
+        "zastava-observer: RUST_LOG_FORMAT=\"xml\" is neither \"text\" nor \"json\": set one \
+         of them, or unset it for text (--log-format overrides it)\n"
+    );
+    let (code, stderr) = observer_with_format("text", &["--log-format", "xml", "doctor"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("invalid value 'xml' for '--log-format <FORMAT>'"),
+        "{stderr}"
+    );
+}

@@ -6,6 +6,8 @@
 mod common;
 #[path = "deploy/identity.rs"]
 mod identity;
+#[path = "deploy/logging.rs"]
+mod logging;
 #[path = "deploy/monitoring.rs"]
 mod monitoring;
 
@@ -547,6 +549,14 @@ fn the_observer_daemonset_attributes_a_pods_exec_as_deployed() {
         container_command(&fs, container, observer_bin()),
         "observer ready",
     );
+    // As deployed, the log is JSON to its first line.
+    assert_eq!(
+        logging::jq(
+            r#"select(.message == "observer ready") | .level"#,
+            seen.as_bytes()
+        ),
+        "INFO\n"
+    );
 
     let script = format!("exec sleep {}", 30 + std::process::id() % 7);
     let sandbox = containerd.run_pod(&PodSpec {
@@ -826,9 +836,17 @@ fn the_registered_webhook_serves_the_api_server_as_deployed() {
     // As the user the pod runs as, with no capabilities: the certificate and credentials
     // must be readable by it, as Secret volumes make them (mode 0644).
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
-    let (webhook, _log, _) = Running::start(
+    let (webhook, _log, seen) = Running::start(
         container_command_as(&fs, Some(pod), container, webhook_bin()),
         "webhook ready",
+    );
+    // As deployed, the log is JSON to its first line.
+    assert_eq!(
+        logging::jq(
+            r#"select(.message == "webhook ready") | .level"#,
+            seen.as_bytes()
+        ),
+        "INFO\n"
     );
 
     let status = std::fs::read_to_string(format!("/proc/{}/status", webhook.0.id())).unwrap();
@@ -1010,9 +1028,14 @@ fn the_systemd_unit_verifies_and_keeps_its_state_where_the_configuration_writes(
         format!("{} --check-config", unit["ExecStart"])
     );
     let args: Vec<&str> = unit["ExecStartPre"].split_whitespace().collect();
+    // With the unit's environment, as systemd starts it.
+    let environment = unit["Environment"]
+        .split_whitespace()
+        .filter_map(|a| a.split_once('='));
     let out = Command::new(args[0])
         .args(&args[1..])
         .env_clear()
+        .envs(environment)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

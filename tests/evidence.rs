@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 
 #[path = "evidence/capture.rs"]
 mod capture;
+#[path = "evidence/deployment.rs"]
+mod deployment;
 #[path = "evidence/tamper.rs"]
 mod tamper;
 

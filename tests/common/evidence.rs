@@ -32,9 +32,22 @@ impl Run {
 
 /// `zastava-observer evidence <args>`.
 pub fn evidence(args: &[&str]) -> Run {
-    let out = Command::new(observer_bin())
+    evidence_with_env(args, &[])
+}
+
+/// `zastava-observer evidence <args>` with these environment variables set too (and no
+/// `ZASTAVA__*` variable of the test's own environment).
+pub fn evidence_with_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(observer_bin());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ZASTAVA__") {
+            command.env_remove(name);
+        }
+    }
+    let out = command
         .arg("evidence")
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run zastava-observer evidence");
     Run {

@@ -150,8 +150,14 @@ fn the_documented_overlay_sets_tenant_environment_and_cluster_for_both_binaries(
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{binary}: {stderr}");
+        // As deployed, the log is JSON: one ERROR object.
+        let line: Value = serde_json::from_str(&stderr).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+        assert_eq!(line["level"], "ERROR", "{binary}: {stderr}");
         assert!(
-            stderr.contains("runtime.deployment: \"prod eu 1\" is not a valid value"),
+            line["message"]
+                .as_str()
+                .unwrap()
+                .contains("runtime.deployment: \"prod eu 1\" is not a valid value"),
             "{binary}: {stderr}"
         );
     }

@@ -82,6 +82,16 @@ fn a_capture_of_two_labelled_pods_exports_their_identity_and_coalesces_with_entr
         "ndjson.max_file_bytes=\"4K\"",
         "--set",
         "ndjson.max_files=100000",
+        // The installation on every record, as a fleet that reads files without their
+        // batch envelope sets it.
+        "--set",
+        "ndjson.include_deployment=true",
+        "--tenant",
+        "platform-a",
+        "--environment",
+        "prod",
+        "--deployment",
+        "eu-west-1a",
     ]);
     let mut containers = BTreeMap::new();
     for (pod_name, labels) in [("payments-1", &PAYMENTS), ("ledger-1", &LEDGER)] {
@@ -148,6 +158,13 @@ fn a_capture_of_two_labelled_pods_exports_their_identity_and_coalesces_with_entr
     let et = tmp.path().join("entrytrace.ndjson");
     write_lines(&et, entrytrace);
     let (key, public) = openssl_key(tmp.path(), "signer", true);
+    // The export is told the installation by the same [runtime] the observer would read.
+    let config = tmp.path().join("observer.toml");
+    std::fs::write(
+        &config,
+        "[runtime]\ntenant = \"platform-a\"\nenvironment = \"prod\"\ndeployment = \"eu-west-1a\"\n",
+    )
+    .unwrap();
     let dir = export(
         &tmp.path().join("offline"),
         &[&logs],
@@ -156,10 +173,15 @@ fn a_capture_of_two_labelled_pods_exports_their_identity_and_coalesces_with_entr
             et.to_str().unwrap(),
             "--key",
             key.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
         ],
     );
     let bundle = Path::new(&dir);
     let manifest = json_file(&bundle.join("manifest.json"));
+    let installation =
+        json!({"tenant": "platform-a", "environment": "prod", "cluster": "eu-west-1a"});
+    assert_eq!(manifest["deployment"], installation);
 
     // Every rotated file is an input, and every record of them is in the stream.
     let inputs = manifest["inputs"].as_array().unwrap();
@@ -169,6 +191,9 @@ fn a_capture_of_two_labelled_pods_exports_their_identity_and_coalesces_with_entr
     );
     let runtime = lines(&bundle.join("zastava.runtime.ndjson"));
     assert_eq!(runtime.len(), captured.len());
+    for record in &runtime {
+        assert_eq!(record["deployment"], installation, "{record}");
+    }
 
     // The identity table: both workloads, their labels, the image's manifest digest.
     let busybox_id = zastava::process::buildid::read_build_id(Path::new("/bin/busybox")).unwrap();

@@ -81,6 +81,8 @@ fn every_decision_is_one_json_log_line() {
             pick(&delete, &["decision", "operation", "not_judged"]),
             json!({"decision": "allow", "operation": "DELETE", "not_judged": "a deletion starts nothing"})
         );
+        // The log is read by a thread: the 400's line may come after its reply.
+        s.webhook.wait_for_log(r#""decision":"invalid""#);
         let invalid: Vec<Value> = s
             .webhook
             .json_lines()
@@ -155,4 +157,66 @@ fn text_logs_carry_the_decision_too() {
             "{stderr}"
         );
     });
+}
+
+/// `zastava-webhook ARGS` with `RUST_LOG_FORMAT` set to `format`: (exit code, stderr).
+fn webhook_with_format(format: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(crate::common::webhook_bin())
+        .args(args)
+        .env_clear()
+        .env("RUST_LOG_FORMAT", format)
+        .output()
+        .expect("run zastava-webhook");
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn the_log_format_is_one_switch_and_an_error_stays_in_it() {
+    let missing = ["serve", "--config", "/nonexistent/webhook.toml"];
+    let problem = "invalid configuration:\n  --config: cannot read /nonexistent/webhook.toml: No \
+                   such file or directory (os error 2)";
+    // As JSON: the error that stops it is one ERROR object, as jq reads it.
+    let (code, stderr) = webhook_with_format("json", &missing);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let line: Value = serde_json::from_str(&stderr).unwrap();
+    assert_eq!(
+        (&line["level"], &line["binary"], &line["message"]),
+        (&json!("ERROR"), &json!("zastava-webhook"), &json!(problem))
+    );
+    let dir = crate::common::TempDir::new("webhook-jq");
+    let log = dir.path().join("webhook.log");
+    std::fs::write(&log, &stderr).unwrap();
+    let out = std::process::Command::new("jq")
+        .args(["-r", r#"select(.level == "ERROR") | .binary"#])
+        .arg(&log)
+        .output()
+        .expect("jq (installed by cargo xtask setup)");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "zastava-webhook\n");
+
+    // The flag wins over the variable, either way.
+    let mut flagged = missing.to_vec();
+    flagged.extend(["--log-format", "text"]);
+    let (code, stderr) = webhook_with_format("json", &flagged);
+    assert_eq!(code, Some(2));
+    assert_eq!(stderr, format!("zastava-webhook: {problem}\n"));
+    flagged.pop();
+    flagged.push("json");
+    let (_, stderr) = webhook_with_format("text", &flagged);
+    assert!(serde_json::from_str::<Value>(&stderr).is_ok(), "{stderr}");
+
+    // A value that is neither: refused before anything else, exit 2.
+    let (code, stderr) = webhook_with_format("yaml", &missing);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        stderr,
+        "zastava-webhook: RUST_LOG_FORMAT=\"yaml\" is neither \"text\" nor \"json\": set one \
+         of them, or unset it for text (--log-format overrides it)\n"
+    );
+    let (code, stderr) = webhook_with_format("text", &["--log-format", "yaml", "serve"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("invalid value 'yaml' for '--log-format <FORMAT>'"),
+        "{stderr}"
+    );
 }

@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{config::Sources, metrics};
+use crate::{
+    config::{ConfigError, ConfigErrors, Sources},
+    metrics,
+};
 
 /// `[runtime]`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -242,6 +245,30 @@ impl RuntimeConfig {
         }
     }
 
+    /// `[runtime]` alone, layered from `sources` and checked: for a command that needs to
+    /// know only where it runs. The file's other tables are not read, so either binary's
+    /// configuration file will do.
+    pub fn from_sources(sources: &Sources) -> Result<RuntimeConfig, ConfigErrors> {
+        #[derive(Deserialize)]
+        struct Only {
+            #[serde(default)]
+            runtime: RuntimeConfig,
+        }
+        let runtime = sources.layered::<Only>()?.runtime;
+        let mut problems = Vec::new();
+        runtime.check(&mut |key, problem| {
+            problems.push(ConfigError {
+                key: key.to_owned(),
+                problem,
+            });
+        });
+        if problems.is_empty() {
+            Ok(runtime)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+
     /// `key = value` lines for `--check-config`.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
         let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
@@ -276,9 +303,10 @@ fn parse_label(assignment: &str) -> Result<(String, String), String> {
     Ok((name.to_owned(), value.to_owned()))
 }
 
-/// The flags that set `runtime.*`, the same for both binaries.
+/// The flags that say where a binary is deployed (`runtime.tenant`, `.environment`,
+/// `.deployment`): both binaries' `run`, and `zastava-observer evidence export`.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct RuntimeArgs {
+pub struct DeploymentArgs {
     /// [runtime.tenant] The tenant this installation serves (on every batch).
     #[arg(long, value_name = "TENANT")]
     pub tenant: Option<String>,
@@ -289,6 +317,24 @@ pub struct RuntimeArgs {
     /// --metric-label cluster=... says otherwise, on every metric.
     #[arg(long, value_name = "CLUSTER")]
     pub deployment: Option<String>,
+}
+
+impl DeploymentArgs {
+    /// Adds the flags that were given to `sources`.
+    pub fn apply(&self, sources: &mut Sources) {
+        sources.set_given([
+            ("runtime.tenant", &self.tenant),
+            ("runtime.environment", &self.environment),
+            ("runtime.deployment", &self.deployment),
+        ]);
+    }
+}
+
+/// The flags that set `runtime.*`, the same for both binaries.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RuntimeArgs {
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
     /// [runtime.metrics.common_labels.NAME] A label on every exported metric (repeatable).
     #[arg(long = "metric-label", value_name = "NAME=VALUE", value_parser = parse_label)]
     pub metric_labels: Vec<(String, String)>,
@@ -297,11 +343,7 @@ pub struct RuntimeArgs {
 impl RuntimeArgs {
     /// Adds the flags that were given to `sources`.
     pub fn apply(&self, sources: &mut Sources) {
-        sources.set_given([
-            ("runtime.tenant", &self.tenant),
-            ("runtime.environment", &self.environment),
-            ("runtime.deployment", &self.deployment),
-        ]);
+        self.deployment.apply(sources);
         for (name, value) in &self.metric_labels {
             sources.set(
                 &format!("runtime.metrics.common_labels.{name}"),
@@ -368,9 +410,11 @@ mod tests {
         // The environment overrides the file, the flags both; a numeric id from the
         // environment is a string.
         let args = RuntimeArgs {
-            deployment: Some("eu-west-1b".into()),
+            deployment: DeploymentArgs {
+                deployment: Some("eu-west-1b".into()),
+                ..Default::default()
+            },
             metric_labels: vec![("cluster".into(), "eu-1b".into())],
-            ..Default::default()
         };
         let runtime = layered(
             file,

@@ -14,6 +14,7 @@ use zastava_platform::{
     backend::BackendArgs,
     config::{parse_assignment, parse_bytes, parse_duration, Sources},
     deployment::RuntimeArgs,
+    logging::{self, LogArgs},
 };
 
 #[derive(Parser)]
@@ -25,6 +26,8 @@ use zastava_platform::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -230,8 +233,11 @@ fn configuration(args: &RunArgs) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    zastava_platform::logging::init();
     let cli = Cli::parse();
+    if let Err(err) = logging::init(&cli.log) {
+        eprintln!("zastava-observer: {err}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::InvalidateOpToken {
             audience: Audience::Scanner,
@@ -291,7 +297,7 @@ fn main() -> ExitCode {
             let config = match configuration(&args) {
                 Ok(config) => config,
                 Err(err) => {
-                    eprintln!("zastava-observer: {err}");
+                    logging::fatal("zastava-observer", &err);
                     return ExitCode::from(2);
                 }
             };
@@ -313,18 +319,23 @@ fn main() -> ExitCode {
             {
                 Ok(rt) => rt,
                 Err(err) => {
-                    eprintln!("zastava-observer: cannot start the async runtime: {err}");
+                    logging::fatal(
+                        "zastava-observer",
+                        &format!("cannot start the async runtime: {err}"),
+                    );
                     return ExitCode::FAILURE;
                 }
             };
             match runtime.block_on(daemon::run(options)) {
                 Ok(summary) => {
-                    eprintln!("{summary}");
+                    logging::report(&summary.to_string());
                     ExitCode::SUCCESS
                 }
                 Err(err) => {
-                    eprintln!("zastava-observer: {err}");
-                    eprintln!("run `zastava-observer doctor` to check this node");
+                    logging::fatal(
+                        "zastava-observer",
+                        &format!("{err}\nrun `zastava-observer doctor` to check this node"),
+                    );
                     ExitCode::from(err.exit_code())
                 }
             }

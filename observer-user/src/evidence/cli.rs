@@ -4,10 +4,15 @@
 
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
+use zastava_platform::{
+    config::Sources,
+    deployment::{Deployment, DeploymentArgs, RuntimeConfig},
+};
+
 use super::{
     archive,
     debug_path::{self, Presence},
-    dsse,
+    deployment, dsse,
     export::{self, ExportOptions, Exported},
     input::Filters,
     sha256_file,
@@ -26,7 +31,7 @@ pub struct EvidenceArgs {
 enum EvidenceCommand {
     /// Write a runtime evidence bundle, offline/runtime/<runId>/, from the observer's
     /// NDJSON files (and a Scanner EntryTrace file); prints the bundle's directory.
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// Sign a bundle: manifest.dsse.json, a DSSE envelope over an in-toto Statement of the
     /// bundle's files, with an ECDSA P-256 key.
     Sign(SignArgs),
@@ -80,6 +85,13 @@ struct ExportArgs {
     /// Where sort runs go (default: <DIR>/runtime/).
     #[arg(long, value_name = "DIR")]
     tmp_dir: Option<PathBuf>,
+    /// A configuration file (the observer's or the webhook's); only its [runtime] table is
+    /// read: the deployment the records come from. `ZASTAVA__RUNTIME__*` variables and the
+    /// flags below override it, as for `run`.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    deployment: DeploymentArgs,
 }
 
 #[derive(clap::Args)]
@@ -135,7 +147,7 @@ fn parse_memory(text: &str) -> Result<u64, String> {
 /// Runs an evidence command.
 pub fn run(args: EvidenceArgs) -> ExitCode {
     let result = match args.command {
-        EvidenceCommand::Export(args) => run_export(args),
+        EvidenceCommand::Export(args) => run_export(*args),
         EvidenceCommand::Sign(args) => run_sign(args),
         EvidenceCommand::Verify(args) => run_verify(args),
         EvidenceCommand::DebugPath(args) => return run_debug_path(&args),
@@ -149,7 +161,22 @@ pub fn run(args: EvidenceArgs) -> ExitCode {
     }
 }
 
+/// The deployment `export` was told: file, then environment, then flags.
+fn given_deployment(args: &ExportArgs) -> Result<Deployment, String> {
+    let mut sources = Sources::from_process(args.config.as_deref()).map_err(|e| e.to_string())?;
+    args.deployment.apply(&mut sources);
+    let runtime = RuntimeConfig::from_sources(&sources).map_err(|e| e.to_string())?;
+    Ok(runtime.deployment())
+}
+
 fn run_export(args: ExportArgs) -> Result<ExitCode, EvidenceError> {
+    let deployment = match given_deployment(&args) {
+        Ok(deployment) => deployment,
+        Err(err) => {
+            eprintln!("zastava-observer evidence export: {err}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let signing_key = args
         .key
         .as_deref()
@@ -169,7 +196,7 @@ fn run_export(args: ExportArgs) -> Result<ExitCode, EvidenceError> {
         skip_invalid: args.skip_invalid,
         memory: usize::try_from(args.memory).unwrap_or(usize::MAX),
         tmp_dir: args.tmp_dir,
-        deployment: None,
+        deployment: Some(deployment),
     };
     let Exported {
         dir,
@@ -181,8 +208,8 @@ fn run_export(args: ExportArgs) -> Result<ExitCode, EvidenceError> {
     let streams = &manifest.streams;
     eprintln!(
         "{} {}: {} runtime records ({} duplicates dropped), {} EntryTrace records ({} \
-         duplicates dropped), {} workloads; {filtered} records filtered out, {invalid} invalid \
-         lines skipped",
+         duplicates dropped), {} workloads, deployment {}; {filtered} records filtered out, \
+         {invalid} invalid lines skipped",
         if already_present {
             "already exported, identical:"
         } else {
@@ -194,6 +221,7 @@ fn run_export(args: ExportArgs) -> Result<ExitCode, EvidenceError> {
         streams.entrytrace.records,
         streams.entrytrace.duplicates_dropped,
         manifest.workloads.len(),
+        deployment::describe(&deployment::from_manifest(manifest.deployment.as_ref())),
     );
     if let Some(key) = &signing_key {
         let files = bundle_hashes(&dir)?;

@@ -9,14 +9,16 @@ use std::{
 };
 
 use sha2::{Digest as _, Sha256};
+use zastava_platform::deployment::Deployment;
 
 use super::{
+    deployment::{self, Deployments},
     hex,
     identity::Identity,
     input::{self, Filters, InputSummary},
     manifest::{
-        check_run_id, CoalescedEntry, Deployment, FiltersJson, InputEntry, InvalidJson, Manifest,
-        RunIdSource, StreamEntry, Streams, RUN_ID_DIGITS, SCHEMA_VERSION,
+        check_run_id, CoalescedEntry, FiltersJson, InputEntry, InvalidJson, Manifest, RunIdSource,
+        StreamEntry, Streams, RUN_ID_DIGITS, SCHEMA_VERSION,
     },
     merge::{coalesce, coalesced_parts, Rec},
     sha256_file,
@@ -41,6 +43,7 @@ pub struct ExportOptions {
     pub memory: usize,
     /// Where sort runs go (default: beside the bundles).
     pub tmp_dir: Option<PathBuf>,
+    /// The deployment being exported (`None`: the one the records name, if any).
     pub deployment: Option<Deployment>,
 }
 
@@ -164,12 +167,14 @@ pub fn export(options: &ExportOptions) -> Result<Exported, EvidenceError> {
 
     let mut identity = Identity::default();
     let mut summaries = Vec::new();
+    let mut deployments = Deployments::new(options.deployment.clone());
     let mut read_stream = |files: &[input::InputFile], sorter: &mut Sorter| {
         for file in files {
             let summary = input::read(
                 file,
                 &options.filters,
                 options.skip_invalid,
+                &mut deployments,
                 |record, line| {
                     identity.add(file.stream, record);
                     let key = Rec {
@@ -259,7 +264,7 @@ pub fn export(options: &ExportOptions) -> Result<Exported, EvidenceError> {
         schema_version: SCHEMA_VERSION,
         run_id: String::new(),
         run_id_source: RunIdSource::Content,
-        deployment: options.deployment.clone(),
+        deployment: deployment::to_manifest(&deployments.deployment()),
         filters: filters_json(&options.filters),
         inputs: input_entries(summaries),
         streams,

@@ -10,8 +10,11 @@ use std::{
 
 use sha2::{Digest as _, Sha256};
 
+use zastava_platform::deployment::Deployment;
+
 use super::{
     canonical::Json,
+    deployment::{self, Deployments, Verdict},
     hex,
     time::{self, Instant},
     EvidenceError, Stream,
@@ -158,6 +161,8 @@ pub struct Record<'a> {
     pub instant: Instant,
     /// Where each [`Field`] is among the object's members.
     at: [u32; FIELDS],
+    /// An observer record's `deployment` object, when it has one.
+    pub deployment: Option<Deployment>,
 }
 
 impl Record<'_> {
@@ -205,8 +210,11 @@ pub fn check(stream: Stream, line: &[u8]) -> Result<Record<'_>, String> {
         return Err("not a JSON object".into());
     };
     let mut at = [ABSENT; FIELDS];
+    let mut deployment = None;
     for (i, (name, value)) in members.iter().enumerate() {
-        if let Some(field) = Field::of(name) {
+        if stream == Stream::Runtime && name == "deployment" {
+            deployment = Some(deployment::parse(value)?);
+        } else if let Some(field) = Field::of(name) {
             if !matches!(value, Json::String(_) | Json::Null) {
                 return Err(format!("`{name}` must be a string"));
             }
@@ -217,6 +225,7 @@ pub fn check(stream: Stream, line: &[u8]) -> Result<Record<'_>, String> {
         json,
         instant: 0,
         at,
+        deployment,
     };
     let required: &[(Field, &str)] = match stream {
         Stream::Runtime => &[
@@ -297,12 +306,15 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Reads `file`, handing each record the filters admit, and its line, to `accept`. An invalid line fails
-/// the read unless `skip_invalid`, which counts it.
+/// Reads `file`, handing each record the filters admit, and its line, to `accept`. An
+/// invalid line fails the read unless `skip_invalid`, which counts it; so does an observer
+/// record of another deployment than the one `deployments` holds the export to. Records of
+/// two deployments, when the export was given none, fail it whatever `skip_invalid` says.
 pub fn read(
     file: &InputFile,
     filters: &Filters,
     skip_invalid: bool,
+    deployments: &mut Deployments,
     mut accept: impl FnMut(&Record<'_>, &[u8]) -> Result<(), EvidenceError>,
 ) -> Result<InputSummary, EvidenceError> {
     let path = &file.path;
@@ -341,30 +353,51 @@ pub fn read(
                 format!("{e} (the last line has no newline: is the file still being written?)")
             })
         };
-        match outcome {
-            Ok(record) => {
+        let (reason, other_deployment) = match outcome {
+            Ok(record) if !filters.admits(&record) => {
                 summary.records += 1;
-                if filters.admits(&record) {
-                    accept(&record, &line)?;
-                } else {
-                    summary.filtered_out += 1;
+                summary.filtered_out += 1;
+                continue;
+            }
+            Ok(mut record) => {
+                match deployments.check(record.deployment.take(), path, summary.lines) {
+                    Verdict::Agrees => {
+                        summary.records += 1;
+                        accept(&record, &line)?;
+                        continue;
+                    }
+                    Verdict::NotTheGiven(reason) => (reason, true),
+                    Verdict::Mixed(reason) => {
+                        return Err(EvidenceError::MixedDeployments {
+                            path: path.clone(),
+                            line: summary.lines,
+                            reason,
+                        })
+                    }
                 }
             }
-            Err(reason) if skip_invalid => {
-                summary.invalid += 1;
-                summary.first_invalid.get_or_insert(Invalid {
-                    line: summary.lines,
-                    reason,
-                });
-            }
-            Err(reason) => {
-                return Err(EvidenceError::InvalidLine {
+            Err(reason) => (reason, false),
+        };
+        if !skip_invalid {
+            return Err(if other_deployment {
+                EvidenceError::OtherDeployment {
                     path: path.clone(),
                     line: summary.lines,
                     reason,
-                })
-            }
+                }
+            } else {
+                EvidenceError::InvalidLine {
+                    path: path.clone(),
+                    line: summary.lines,
+                    reason,
+                }
+            });
         }
+        summary.invalid += 1;
+        summary.first_invalid.get_or_insert(Invalid {
+            line: summary.lines,
+            reason,
+        });
     }
     let hashing = reader.into_inner();
     summary.sha256 = hex(&hashing.hasher.finalize());

@@ -16,7 +16,8 @@ pub struct Manifest {
     pub schema_version: u32,
     pub run_id: String,
     pub run_id_source: RunIdSource,
-    /// The deployment the evidence comes from, when it is configured.
+    /// The deployment the records come from: the one the export was given, else the one
+    /// the records' `deployment` objects name; absent when neither says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<Deployment>,
     pub filters: FiltersJson,
@@ -36,12 +37,18 @@ pub enum RunIdSource {
     Given,
 }
 
-/// The deployment's identity (tenant, environment, cluster): the place for the optional
-/// fields that name where a bundle was captured. None are defined yet, so the member is
-/// absent from manifests.
+/// Where the records were captured: the installation's `[runtime]` tenant, environment and
+/// cluster id, those that are set (at least one; the member is absent when none is).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Deployment {}
+pub struct Deployment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -16,6 +16,7 @@ pub mod archive;
 pub mod canonical;
 pub mod cli;
 pub mod debug_path;
+pub mod deployment;
 pub mod dsse;
 pub mod export;
 pub mod identity;
@@ -103,6 +104,27 @@ pub enum EvidenceError {
         path.display()
     )]
     InvalidLine {
+        path: PathBuf,
+        line: u64,
+        reason: String,
+    },
+    #[error(
+        "{}:{line}: {reason}\n  export only this installation's records, or export with \
+         --skip-invalid to leave out those of others (they are counted in the manifest)",
+        path.display()
+    )]
+    OtherDeployment {
+        path: PathBuf,
+        line: u64,
+        reason: String,
+    },
+    #[error(
+        "{}:{line}: {reason}\n  export each installation's files on their own, or name the \
+         deployment to export (--tenant, --environment, --deployment or [runtime] in \
+         --config) and leave out the others' records with --skip-invalid",
+        path.display()
+    )]
+    MixedDeployments {
         path: PathBuf,
         line: u64,
         reason: String,

@@ -1,6 +1,7 @@
 //! Reading a bundle back for verification: both streams in coalesced order, each line
-//! checked as it goes (valid, canonical, in order, inside the filters), and the coalesced
-//! file compared line for line with the merge they give — one pass over the three files.
+//! checked as it goes (valid, canonical, in order, inside the filters, of the manifest's
+//! deployment), and the coalesced file compared line for line with the merge they give —
+//! one pass over the three files.
 
 use std::{
     collections::BTreeMap,
@@ -10,9 +11,10 @@ use std::{
 };
 
 use sha2::Digest as _;
+use zastava_platform::deployment::Deployment;
 
 use super::{
-    hex,
+    deployment, hex,
     identity::Identity,
     input::{self, Filters, Hashing, MAX_LINE},
     merge::{coalesce, coalesced_line, Rec, Slot, Source},
@@ -25,6 +27,8 @@ struct StreamReader<'a> {
     stream: Stream,
     input: BufReader<Hashing<File>>,
     filters: &'a Filters,
+    /// The manifest's deployment, which every observer record naming one must name.
+    deployment: &'a Deployment,
     line_number: u64,
     buf: Vec<u8>,
     slot: Slot,
@@ -38,12 +42,18 @@ struct StreamReader<'a> {
 }
 
 impl<'a> StreamReader<'a> {
-    fn open(dir: &Path, stream: Stream, filters: &'a Filters) -> io::Result<StreamReader<'a>> {
+    fn open(
+        dir: &Path,
+        stream: Stream,
+        filters: &'a Filters,
+        deployment: &'a Deployment,
+    ) -> io::Result<StreamReader<'a>> {
         let file = File::open(dir.join(stream.file_name()))?;
         let mut reader = StreamReader {
             stream,
             input: BufReader::with_capacity(1 << 20, Hashing::new(file)),
             filters,
+            deployment,
             line_number: 0,
             buf: Vec::new(),
             slot: Slot::default(),
@@ -98,6 +108,19 @@ impl<'a> StreamReader<'a> {
             if !self.filters.admits(&record) {
                 self.problems
                     .add(name, at, "a record the manifest's filters exclude");
+            }
+            if let Some(theirs) = &record.deployment {
+                if theirs != self.deployment {
+                    self.problems.add(
+                        name,
+                        at,
+                        format!(
+                            "deployment {} is not the manifest's ({})",
+                            deployment::describe(theirs),
+                            deployment::describe(self.deployment)
+                        ),
+                    );
+                }
             }
             self.identity.add(self.stream, &record);
             self.records += 1;
@@ -159,10 +182,11 @@ pub struct Content {
 pub fn check_content(
     dir: &Path,
     filters: &Filters,
+    deployment: &Deployment,
     problems: &mut Problems,
 ) -> io::Result<Content> {
-    let mut entrytrace = StreamReader::open(dir, Stream::EntryTrace, filters)?;
-    let mut runtime = StreamReader::open(dir, Stream::Runtime, filters)?;
+    let mut entrytrace = StreamReader::open(dir, Stream::EntryTrace, filters, deployment)?;
+    let mut runtime = StreamReader::open(dir, Stream::Runtime, filters, deployment)?;
     let mut coalesced =
         BufReader::with_capacity(1 << 20, Hashing::new(File::open(dir.join(COALESCED))?));
     let mut counts = [0u64; 2];

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 pub use super::problems::Problem;
 use super::{
-    archive, canonical, dsse,
+    archive, canonical, deployment, dsse,
     input::Filters,
     manifest::{check_run_id, Manifest, RunIdSource, RUN_ID_DIGITS, SCHEMA_VERSION},
     problems::Problems,
@@ -126,7 +126,8 @@ pub fn verify_dir(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report, Evid
     };
     check_manifest_itself(&manifest, dir, &mut problems);
     let filters = filters_of(&manifest, &mut problems);
-    let content = check_content(dir, &filters, &mut problems)
+    let deployment = deployment::from_manifest(manifest.deployment.as_ref());
+    let content = check_content(dir, &filters, &deployment, &mut problems)
         .map_err(EvidenceError::io("read the bundle in", dir))?;
     compare(&manifest, &content, &mut problems);
 
@@ -177,6 +178,11 @@ fn check_manifest_itself(manifest: &Manifest, dir: &Path, problems: &mut Problem
     }
     if let Err(e) = check_run_id(&manifest.run_id) {
         problems.add(MANIFEST, None, e);
+    }
+    if let Some(deployment) = &manifest.deployment {
+        for problem in deployment::check_manifest(deployment) {
+            problems.add(MANIFEST, None, problem);
+        }
     }
     let dir_name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
     if dir_name.as_deref() != Some(manifest.run_id.as_str()) {

@@ -8,7 +8,7 @@ use zastava_platform::{
     backend::BackendArgs,
     config::{parse_assignment, Sources},
     deployment::RuntimeArgs,
-    logging::LogFormat,
+    logging::{self, LogArgs},
     metrics::{self, Binary},
 };
 use zastava_webhook::{self as webhook, config::WebhookConfig};
@@ -22,9 +22,8 @@ use zastava_webhook::{self as webhook, config::WebhookConfig};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log lines as text or as JSON objects (default: `RUST_LOG_FORMAT`, else text).
-    #[arg(long, value_enum, global = true, value_name = "FORMAT")]
-    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -143,7 +142,10 @@ fn configuration(args: &ServeArgs) -> Result<WebhookConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    zastava_platform::logging::init_with(cli.log_format);
+    if let Err(err) = logging::init(&cli.log) {
+        eprintln!("zastava-webhook: {err}");
+        return ExitCode::from(2);
+    }
     // Plain-HTTP clients (the admin command) need a process-wide TLS provider to exist.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -152,7 +154,10 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("zastava-webhook: cannot start the async runtime: {err}");
+            logging::fatal(
+                "zastava-webhook",
+                &format!("cannot start the async runtime: {err}"),
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -174,7 +179,7 @@ fn main() -> ExitCode {
             let config = match configuration(&args) {
                 Ok(config) => config,
                 Err(err) => {
-                    eprintln!("zastava-webhook: {err}");
+                    logging::fatal("zastava-webhook", &err);
                     return ExitCode::from(2);
                 }
             };
@@ -186,15 +191,16 @@ fn main() -> ExitCode {
             let (metrics, installed) =
                 metrics::install(Binary::Webhook, config.runtime.common_labels().iter());
             if !installed {
-                eprintln!(
-                    "zastava-webhook: cannot set up metrics: a recorder is already installed"
+                logging::fatal(
+                    "zastava-webhook",
+                    "cannot set up metrics: a recorder is already installed",
                 );
                 return ExitCode::FAILURE;
             }
             match runtime.block_on(webhook::serve(config, metrics)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
-                    eprintln!("zastava-webhook: {err}");
+                    logging::fatal("zastava-webhook", &err.to_string());
                     ExitCode::FAILURE
                 }
             }
