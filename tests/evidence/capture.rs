@@ -101,7 +101,12 @@ fn a_capture_of_two_labelled_pods_exports_their_identity_and_coalesces_with_entr
             labels,
         });
         let marker = format!("/{}", unique("marker"));
-        let script = format!("echo x > {marker}; cat /proc/self/status > /dev/null; exec sleep 30");
+        // Again and again until the pod stops: with `--namespace`, the pod's events pass the
+        // kernel's filter once the observer has learned the pod from the runtime, which on
+        // a loaded machine can be after the container's first steps.
+        let script = format!(
+            "while :; do echo x > {marker}; cat /proc/self/status > /dev/null; sleep 0.2; done"
+        );
         let id = containerd.run_container(&pod, "main", BUSYBOX, &["/bin/sh", "-c", &script]);
         containers.insert(labels[0].1, (pod, id, marker));
     }
@@ -137,7 +142,7 @@ fn a_capture_of_two_labelled_pods_exports_their_identity_and_coalesces_with_entr
             .collect();
         assert!(
             execs.len() >= 2,
-            "{workload}: sh and sleep at least: {execs:?}"
+            "{workload}: cat and sleep at least: {execs:?}"
         );
         for (step, exec) in execs.iter().enumerate() {
             entrytrace.push(json!({
