@@ -328,3 +328,143 @@ fn the_profile_gives_the_observer_a_configuration_it_accepts_on_host_directories
         }
     }
 }
+
+/// Shell words of a command line: blanks separate words, double quotes keep theirs.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let (mut quoted, mut in_word) = (false, false);
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+/// The `docker run` command docs/deployment.md gives for hosts without Compose runs the
+/// container the Compose profile describes: the same image and command, capabilities,
+/// security options, namespaces, read-only root, volumes and environment.
+#[test]
+fn the_docker_run_command_in_the_docs_is_the_compose_service() {
+    let doc = std::fs::read_to_string(compose_dir().join("../../docs/deployment.md")).unwrap();
+    let block = doc
+        .split("```sh\ndocker run ")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("deployment.md shows how to run the observer with docker run");
+    let words = shell_words(&block.replace("\\\n", " "));
+    let (mut caps_added, mut caps_dropped, mut security, mut env, mut mounts) = (
+        BTreeSet::new(),
+        Vec::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+    );
+    let (mut pid, mut network, mut read_only, mut name) = (None, None, false, None);
+    let mut rest = words.iter();
+    let image = loop {
+        let word = rest.next().expect("an image after the options").as_str();
+        let mut value = || rest.next().expect("a value after an option").clone();
+        match word {
+            "-d" => {}
+            "--name" => name = Some(value()),
+            "--restart" => assert_eq!(value(), "unless-stopped"),
+            "--pid" => pid = Some(value()),
+            "--network" => network = Some(value()),
+            "--read-only" => read_only = true,
+            "--cap-drop" => caps_dropped.push(value()),
+            "--cap-add" => {
+                caps_added.insert(value());
+            }
+            // Compose writes `no-new-privileges:true` and `apparmor:unconfined`.
+            "--security-opt" => {
+                let opt = value().replace('=', ":");
+                security.insert(if opt.contains(':') {
+                    opt
+                } else {
+                    format!("{opt}:true")
+                });
+            }
+            "-e" => {
+                env.insert(value().split_once('=').expect("-e NAME=VALUE").0.to_owned());
+            }
+            "-v" => {
+                let v = value();
+                let parts: Vec<&str> = v.split(':').collect();
+                let host = if parts[0].ends_with("/deploy/compose/observer.toml") {
+                    "observer.toml".to_owned()
+                } else {
+                    parts[0].to_owned()
+                };
+                mounts.insert((host, parts[1].to_owned(), parts.get(2) == Some(&"ro")));
+            }
+            option if option.starts_with('-') => {
+                panic!("an option the test does not know: {option}")
+            }
+            image => break image.to_owned(),
+        }
+    };
+    let command: Vec<String> = rest.cloned().collect();
+
+    let rendered = config(
+        &compose_dir().join("env/prod.env.example"),
+        &["docker-compose.yaml"],
+        &[],
+    )
+    .unwrap();
+    let service = &rendered["services"]["observer"];
+    assert_eq!(name.as_deref(), service["container_name"].as_str());
+    assert_eq!(image, service["image"].as_str().unwrap());
+    assert_eq!(command, strings(&service["command"]));
+    assert_eq!(pid.as_deref(), Some("host"));
+    assert_eq!(service["pid"], "host");
+    assert_eq!(network.as_deref(), service["network_mode"].as_str());
+    assert!(read_only && service["read_only"] == true);
+    assert_eq!(caps_dropped, strings(&service["cap_drop"]));
+    let compose_caps: BTreeSet<String> = strings(&service["cap_add"]).into_iter().collect();
+    assert_eq!(caps_added, compose_caps);
+    let compose_security: BTreeSet<String> =
+        strings(&service["security_opt"]).into_iter().collect();
+    assert_eq!(security, compose_security);
+    let compose_mounts: BTreeSet<(String, String, bool)> = volumes(service)
+        .into_iter()
+        .map(|(host, inside, ro)| {
+            let host = if host.ends_with("/deploy/compose/observer.toml") {
+                "observer.toml".to_owned()
+            } else {
+                host
+            };
+            (host, inside, ro)
+        })
+        .collect();
+    assert_eq!(mounts, compose_mounts);
+    // The variables it sets are the profile's; the profile's others are optional there
+    // (log level, the installation's identity), but not the node name and the log format.
+    let compose_env: BTreeSet<String> = service["environment"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert!(env.is_subset(&compose_env), "{env:?} vs {compose_env:?}");
+    for required in ["ZASTAVA__OBSERVER__NODE_NAME", "RUST_LOG_FORMAT"] {
+        assert!(env.contains(required), "{env:?}");
+    }
+}
