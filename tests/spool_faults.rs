@@ -202,10 +202,12 @@ fn a_spool_that_fills_its_disk_during_an_outage_ships_what_it_held_and_counts_th
     });
     let shipped = value(&drained, "zastava_runtime_events_shipped_total", "");
     assert!(shipped > 0.0, "{}", drained.0);
-    assert_eq!(
-        shipped,
-        delivered_occurrences(&setup.receiver) as f64,
-        "shipped is what the backend accepted:\n{}",
+    // The node keeps making events, so the backend may have accepted more since the
+    // scrape; never less than what is called shipped (exact at shutdown, below).
+    let accepted = delivered_occurrences(&setup.receiver) as f64;
+    assert!(
+        shipped <= accepted,
+        "shipped {shipped} > accepted {accepted}:\n{}",
         drained.0
     );
     assert_eq!(
@@ -257,16 +259,21 @@ fn a_spool_that_fills_its_disk_during_an_outage_ships_what_it_held_and_counts_th
     assert_eq!(account["inFlightSpool"], 0, "{account}");
     let refused = account["dropped"]["spool_full"].as_u64().unwrap();
     assert!(refused > 0, "{account}");
-    assert_eq!(
-        account["seen"].as_u64().unwrap(),
-        account["shipped"].as_u64().unwrap() + refused,
-        "nothing but the refused batches is missing: {account}"
-    );
+    // Of the delivery stages only the refused batches: nothing evicted, nothing
+    // dead-lettered (the kernel-side stages count what the busy node did meanwhile).
+    for stage in ["spool_eviction", "dead_letter"] {
+        assert!(
+            account["dropped"].get(stage).is_none(),
+            "{stage}: {account}"
+        );
+    }
     assert!(
         stopped.stderr.contains("balanced") && !stopped.stderr.contains("UNBALANCED"),
         "{}",
         stopped.stderr
     );
+    // The figures docs/RELIABILITY.md quotes (with --nocapture).
+    eprintln!("account at shutdown: {account}");
 }
 
 #[test]
