@@ -238,16 +238,11 @@ impl Spool {
                 }
             }
         }
-        while self.pending_bytes + bytes > self.max_bytes {
-            match self.when_full {
-                WhenFull::DropNewest => return Ok(appended),
-                WhenFull::DropOldest => {
-                    if !self.evict_head(&mut appended)? {
-                        break;
-                    }
-                }
-            }
+        if self.when_full == WhenFull::DropNewest && self.pending_bytes + bytes > self.max_bytes {
+            return Ok(appended);
         }
+        // Older batches are evicted only once the new one is written: a write that fails
+        // leaves the spool (and so the account) exactly as it was.
         if self.tail.is_none() || self.tail_size >= SEGMENT_BYTES {
             if self.tail_size >= SEGMENT_BYTES || (self.tail.is_none() && self.tail_size > 0) {
                 self.tail_segment += 1;
@@ -289,6 +284,11 @@ impl Spool {
         for cursor in &mut self.cursors {
             cursor.pending_events += entry.events;
             cursor.pending_batches += 1;
+        }
+        while self.pending_bytes > self.max_bytes && self.pending.len() > 1 {
+            if !self.evict_head(&mut appended)? {
+                break;
+            }
         }
         appended.stored = true;
         Ok(appended)

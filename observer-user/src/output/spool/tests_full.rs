@@ -152,3 +152,35 @@ fn without_its_reserve_the_spool_refuses_new_batches_until_space_returns() {
         .collect();
     assert_eq!(ids, ["full-4", "full-6"]);
 }
+
+#[test]
+fn a_write_the_full_disk_refuses_evicts_nothing() {
+    let disk = Tmpfs::mount("zastava-spool-evict", 512 << 10);
+    // Room for three batches of 20 KiB by the spool's own limit.
+    let mut spool = Spool::open(disk.path(), 64 << 10, WhenFull::DropOldest, &["https"]).unwrap();
+    for n in 1..=3 {
+        assert!(spool.append(&entry(n, 20 << 10)).unwrap().stored);
+    }
+    let before = (spool.len(), spool.pending_events(), spool.pending_for(0));
+    let filler = disk.fill("filler");
+
+    // The fourth would evict the first, but the disk refuses it: nothing is evicted
+    // (an eviction the caller never hears of would be lost from the account).
+    let err = spool.append(&entry(4, 20 << 10)).unwrap_err();
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+    assert_eq!(
+        (spool.len(), spool.pending_events(), spool.pending_for(0)),
+        before
+    );
+    assert_eq!(spool.peek(0).unwrap().unwrap().1.batch_id, "full-1");
+
+    // With room again the same append evicts the oldest and says so.
+    disk.unfill(&filler);
+    let appended = spool.append(&entry(4, 20 << 10)).unwrap();
+    assert!(appended.stored);
+    assert_eq!(appended.evicted_batches, 1);
+    assert_eq!(appended.evicted_events, 1);
+    assert_eq!(appended.evicted_unsettled, vec![1]);
+    assert_eq!(spool.pending_events(), 2 + 3 + 4);
+    assert_eq!(spool.peek(0).unwrap().unwrap().1.batch_id, "full-2");
+}
