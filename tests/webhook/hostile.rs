@@ -1,6 +1,7 @@
 //! Hostile clients: hundreds of connections that never start TLS, connections that send
 //! half a request and stall, protocol versions the webhook does not speak, garbage and
-//! deeply nested JSON — and a real review arriving meanwhile is still decided.
+//! deeply nested JSON — and a real review arriving meanwhile is still decided; and a
+//! kept-alive connection idle between reviews is not mistaken for a stalled one.
 
 use std::{process::Command, time::Duration};
 
@@ -67,19 +68,10 @@ fn idle_and_stalled_connections_do_not_keep_a_review_from_being_decided() {
         }
         decided(&s, "uid-among-idle").await;
 
-        // The stalled requests are dropped by the server, connection and all: each read
-        // ends (EOF, or a 408 and then EOF) instead of waiting for ever.
-        for mut stream in stalled {
-            let mut rest = Vec::new();
-            let read = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut rest))
-                .await
-                .expect("the webhook closes a connection whose headers never end");
-            let text = String::from_utf8_lossy(&rest);
-            assert!(
-                read.is_err() || rest.is_empty() || text.starts_with("HTTP/1.1 408"),
-                "{text}"
-            );
-        }
+        // The stalled requests still hold their connections: the webhook has no timeout for
+        // headers that never end (hyper's would also close kept-alive connections idle
+        // between reviews, see below), so they are only closed here, by the client.
+        drop(stalled);
         // The idle ones are dropped when their handshake times out, and counted.
         for mut tcp in idle.drain(..50) {
             let mut buf = [0u8; 16];
@@ -164,5 +156,62 @@ fn garbage_and_deeply_nested_json_get_400_and_the_next_review_is_decided() {
             );
         }
         decided(&s, "uid-after-garbage").await;
+    });
+}
+
+#[test]
+fn a_kept_alive_connection_idle_for_15_s_serves_the_next_review() {
+    let s = setup(&[]);
+    s.backend.set_verdict(DIGEST, "allow", &[], Some(300));
+    block_on(async {
+        let tls = std::sync::Arc::new(tls_client_config(&s.serving.ca));
+        let tcp = tokio::net::TcpStream::connect(s.webhook.https)
+            .await
+            .unwrap();
+        let mut stream = tokio_rustls::TlsConnector::from(tls)
+            .connect("127.0.0.1".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        for (i, pause) in [0_u64, 15].into_iter().enumerate() {
+            // Idle between requests, as an API server's pooled connection may be: a timeout
+            // for stalled headers must not close it (hyper's header_read_timeout does).
+            tokio::time::sleep(Duration::from_secs(pause)).await;
+            let uid = format!("uid-kept-alive-{i}");
+            let body = serde_json::to_vec(&pod_review(
+                &uid,
+                "shop",
+                &[(
+                    "containers",
+                    "app",
+                    &format!("registry.example/shop/app@{DIGEST}"),
+                )],
+            ))
+            .unwrap();
+            let head = format!(
+                "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(&body).await.unwrap();
+            let mut reply = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&reply).contains(&format!("\"uid\":\"{uid}\"")) {
+                let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+                    .await
+                    .expect("a reply")
+                    .unwrap();
+                assert!(
+                    n > 0,
+                    "closed after {pause} s idle: {}",
+                    String::from_utf8_lossy(&reply)
+                );
+                reply.extend_from_slice(&buf[..n]);
+            }
+            assert!(
+                reply.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
     });
 }

@@ -25,7 +25,7 @@ use axum::{
     Router,
 };
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioIo},
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
@@ -44,10 +44,6 @@ use crate::{
     admission::{Decision, Review},
     policy::Policy,
 };
-
-/// A request whose headers take longer than this to arrive is dropped with its connection
-/// (a slow or stalled client must not hold a connection, and its memory, for ever).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -287,11 +283,7 @@ pub async fn serve_https(
                     return;
                 }
             };
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
+            let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             if let Err(err) = watcher.watch(connection.into_owned()).await {
                 debug!("connection from {peer} ended: {err}");
