@@ -130,7 +130,7 @@ fn run_stops_by_itself_after_duration_and_accounts_for_what_it_saw() {
         "kernel ring_full",
         "kernel pending_map_full",
         "decode errors",
-        "lost events",
+        "lost before decoding",
     ] {
         assert!(summary.contains(line), "summary lacks `{line}`:\n{summary}");
     }

@@ -1110,7 +1110,7 @@ fn the_observer_works_with_only_the_capabilities_the_unit_grants() {
     );
     assert_eq!(process["args"][0], "/bin/sh", "{event}");
     assert!(
-        stopped.stderr.contains("lost events              0"),
+        stopped.stderr.contains("lost before decoding     0"),
         "{}",
         stopped.stderr
     );

@@ -8,12 +8,15 @@
 //!   in a namespace that fails open;
 //! - `protocol`: bodies that are not reviews, objects that cannot be read, `TCP_NODELAY`;
 //! - `logging`: the log line of every decision, as JSON and as text;
-//! - `operations`: certificate rotation, dropping credentials, configuration errors.
+//! - `operations`: certificate rotation, dropping credentials, configuration errors;
+//! - `hostile`: idle and stalled connections, old TLS versions, garbage and nested JSON.
 
 mod common;
 
 #[path = "webhook/fixtures.rs"]
 mod fixtures;
+#[path = "webhook/hostile.rs"]
+mod hostile;
 #[path = "webhook/logging.rs"]
 mod logging;
 #[path = "webhook/operations.rs"]

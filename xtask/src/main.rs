@@ -1,5 +1,5 @@
 //! Developer and release tasks:
-//! `cargo xtask setup | build-ebpf | test | run | bench | image | offline-kit`.
+//! `cargo xtask setup | build-ebpf | test | run | bench | image | offline-kit | fuzz`.
 //!
 //! `setup` installs everything a fresh Debian machine lacks and is a no-op when nothing is
 //! missing; `test` and `run` call it first, so each is one command on a new machine.
@@ -8,6 +8,7 @@ mod archive;
 mod bench;
 mod cmd;
 mod ebpf;
+mod fuzz;
 mod image;
 mod kit;
 mod provenance;
@@ -70,6 +71,15 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Build the fuzz targets (nightly, cargo-fuzz) and run each for a while; a crash fails
+    /// with its reproducer saved under fuzz/artifacts/<target>/.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
     /// Build the signed offline kit (offline-kit/zastava-runtime-<version>.tar.zst), or
     /// `verify` one.
     OfflineKit(kit::KitArgs),
@@ -94,6 +104,9 @@ fn main() -> ExitCode {
         })
         .map(drop),
         Task::OfflineKit(args) => kit::offline_kit(&args),
+        Task::Fuzz { seconds, targets } => {
+            setup::setup().and_then(|()| fuzz::fuzz(seconds, &targets))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -183,6 +183,7 @@ pub fn setup() -> Result<()> {
     packages.extend(PACKAGES.iter().map(|p| (*p).to_owned()));
     apt_install(&packages)?;
     fetch_promtool()?;
+    crate::fuzz::install_cargo_fuzz()?;
 
     let linker = cargo_bin().join("bpf-linker");
     let installed = output(Command::new(&linker).arg("--version")).ok();

@@ -1,5 +1,5 @@
 //! `cargo xtask test`: setup, build, format and lint checks, every test (as root: they
-//! load the probes), then a smoke run of the benchmark.
+//! load the probes), then a smoke run of the benchmark and 30 s of every fuzz target.
 
 use anyhow::{bail, Result};
 
@@ -7,6 +7,7 @@ use crate::{
     bench::bench,
     cmd::{cargo, nightly_cargo, output, root, run_cmd, step},
     ebpf::{build_ebpf, ebpf_dir},
+    fuzz::fuzz,
     setup::setup,
 };
 
@@ -62,6 +63,8 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
     if cargo_test_args.is_empty() {
         // Benchmarks are not tests; this only checks that the bench still runs.
         bench(true, &[])?;
+        // Every parser of untrusted input, 30 s each, as many at once as there are cores.
+        fuzz(30, &[])?;
     }
     Ok(())
 }

@@ -35,7 +35,8 @@ pub struct Summary {
     pub attribution: AttributionSummary,
     pub cri: RuntimeSummary,
     pub docker: RuntimeSummary,
-    /// Events lost anywhere: ring full + pairing map full + rejected records.
+    /// Records lost before they reached the pipeline: ring full + pairing map full +
+    /// rejected records. Not the event account's drops, which count every stage.
     pub lost: u64,
     /// The event account: seen = shipped + dropped + in flight.
     pub delivery: Snapshot,
@@ -95,6 +96,20 @@ impl From<&RuntimeStatus> for RuntimeSummary {
             connected: s.connected,
             disconnects: s.disconnects,
         }
+    }
+}
+
+/// ` (stage=n ...)` for the stages that dropped anything; empty when none did.
+fn by_stage(dropped: &BTreeMap<&'static str, u64>) -> String {
+    let stages: Vec<String> = dropped
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(stage, n)| format!("{stage}={n}"))
+        .collect();
+    if stages.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", stages.join(" "))
     }
 }
 
@@ -253,16 +268,17 @@ impl fmt::Display for Summary {
                 runtime.disconnects
             )?;
         }
-        writeln!(f, "  {:<24} {}", "lost events", self.lost)?;
+        writeln!(f, "  {:<24} {}", "lost before decoding", self.lost)?;
         let d = &self.delivery;
         let dropped: u64 = d.dropped.values().sum();
         write!(
             f,
-            "  {:<24} seen={} shipped={} dropped={} in_flight={} (spool: {} batches) {}",
+            "  {:<24} seen={} shipped={} dropped={}{} in_flight={} (spool: {} batches) {}",
             "event account",
             d.seen,
             d.shipped,
             dropped,
+            by_stage(&d.dropped),
             d.in_flight(),
             d.spool_batches,
             if d.balanced() {
@@ -274,10 +290,11 @@ impl fmt::Display for Summary {
         for (name, sink) in &d.sinks {
             write!(
                 f,
-                "\n  {:<24} shipped={} dropped={} in_flight={} (spool: {} batches)",
+                "\n  {:<24} shipped={} dropped={}{} in_flight={} (spool: {} batches)",
                 format!("sink {name}"),
                 sink.shipped,
                 sink.dropped.values().sum::<u64>(),
+                by_stage(&sink.dropped),
                 d.in_flight_pipeline + sink.in_flight_spool,
                 sink.pending_batches
             )?;

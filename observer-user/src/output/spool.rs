@@ -22,16 +22,18 @@ use std::{
 };
 
 use serde::Deserialize;
-use tracing::warn;
+use tracing::{info, warn};
 use zastava_platform::config::bytes;
 
 use cursor::Cursor;
 pub use frame::SpoolEntry;
 use frame::{read_frame, read_head, write_head, Frame, FRAME_HEADER};
+use reserve::Reserve;
 
 mod cursor;
 mod frame;
 mod open;
+mod reserve;
 
 /// A new segment starts when the current one reaches this size.
 const SEGMENT_BYTES: u64 = 8 << 20;
@@ -157,6 +159,8 @@ pub struct Spool {
     tail_segment: u64,
     tail_size: u64,
     tail: Option<File>,
+    /// Room kept for cursor and head updates on a full filesystem.
+    reserve: Reserve,
     stats: SpoolStats,
 }
 
@@ -225,16 +229,20 @@ impl Spool {
         if bytes > self.max_bytes {
             return Ok(appended);
         }
-        while self.pending_bytes + bytes > self.max_bytes {
-            match self.when_full {
-                WhenFull::DropNewest => return Ok(appended),
-                WhenFull::DropOldest => {
-                    if !self.evict_head(&mut appended)? {
-                        break;
-                    }
+        // Without its reserve the spool could not record deliveries on a full disk: the
+        // batch is refused rather than taking that room.
+        if !self.reserve.held() {
+            if let Err(err) = self.reserve.take() {
+                if reserve::is_full(&err) {
+                    return Err(io_err(&self.dir)(err));
                 }
             }
         }
+        if self.when_full == WhenFull::DropNewest && self.pending_bytes + bytes > self.max_bytes {
+            return Ok(appended);
+        }
+        // Older batches are evicted only once the new one is written: a write that fails
+        // leaves the spool (and so the account) exactly as it was.
         if self.tail.is_none() || self.tail_size >= SEGMENT_BYTES {
             if self.tail_size >= SEGMENT_BYTES || (self.tail.is_none() && self.tail_size > 0) {
                 self.tail_segment += 1;
@@ -251,9 +259,16 @@ impl Spool {
         let path = segment_path(&self.dir, self.tail_segment);
         let frame = frame::encode(&payload);
         if let Some(file) = self.tail.as_mut() {
-            file.write_all(&frame)
-                .and_then(|()| file.sync_data())
-                .map_err(io_err(&path))?;
+            if let Err(err) = file.write_all(&frame).and_then(|()| file.sync_data()) {
+                // A frame written in part would sit where the next one is expected: cut
+                // it off (which also gives its space back), or start a new segment.
+                if file.set_len(self.tail_size).is_err() {
+                    self.tail = None;
+                    self.tail_segment += 1;
+                    self.tail_size = 0;
+                }
+                return Err(io_err(&path)(err));
+            }
         }
         self.pending.push_back(Pending {
             seq: self.next_seq,
@@ -269,6 +284,11 @@ impl Spool {
         for cursor in &mut self.cursors {
             cursor.pending_events += entry.events;
             cursor.pending_batches += 1;
+        }
+        while self.pending_bytes > self.max_bytes && self.pending.len() > 1 {
+            if !self.evict_head(&mut appended)? {
+                break;
+            }
         }
         appended.stored = true;
         Ok(appended)
@@ -345,7 +365,10 @@ impl Spool {
         if !delivered {
             given_up.push(entry.position());
         }
-        cursor::write(&self.dir, &cursor.name, next_at, &given_up).map_err(io_err(&self.dir))?;
+        let (dir, name) = (&self.dir, &cursor.name);
+        self.reserve
+            .write_with(|| cursor::write(dir, name, next_at, &given_up))
+            .map_err(io_err(&self.dir))?;
         cursor.next = seq + 1;
         cursor.pending_events -= events;
         cursor.pending_batches -= 1;
@@ -402,22 +425,38 @@ impl Spool {
         for cursor in &mut self.cursors {
             given_up |= cursor.given_up.remove(&first.seq);
         }
+        if self.pending.is_empty() && self.tail_size > 0 {
+            // Nothing is left to send: the next batch starts a new segment, so the whole
+            // tail can go now rather than once it has grown to a full segment — on a
+            // small or full disk that is the space new batches need.
+            self.tail = None;
+            self.tail_segment += 1;
+            self.tail_size = 0;
+        }
         let (segment, offset) = self
             .pending
             .front()
             .map_or((self.tail_segment, self.tail_size), Pending::position);
-        if let Err(err) = write_head(&self.dir, segment, offset) {
+        let dir = &self.dir;
+        if let Err(err) = self.reserve.write_with(|| write_head(dir, segment, offset)) {
             warn!("spool {}: cannot move the head: {err}", self.dir.display());
             return Some((first, given_up));
         }
         // Segments before the head are done.
+        let mut freed = false;
         for seq in first.segment..segment {
             let path = segment_path(&self.dir, seq);
             match fs::remove_file(&path) {
-                Ok(()) => {}
+                Ok(()) => freed = true,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => warn!("cannot remove {}: {e}", path.display()),
             }
+        }
+        if freed && !self.reserve.held() && self.reserve.take().is_ok() {
+            info!(
+                "spool {}: space is back; new batches are spooled again",
+                self.dir.display()
+            );
         }
         Some((first, given_up))
     }
@@ -427,3 +466,5 @@ impl Spool {
 mod tests;
 #[cfg(test)]
 mod tests_cursors;
+#[cfg(test)]
+mod tests_full;

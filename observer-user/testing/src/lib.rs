@@ -1,7 +1,8 @@
 //! Test support shared by the tests and the benchmarks, never part of a release binary:
 //! ring buffer records built in memory ([`records`]), the CRI API from the test side
 //! ([`cri`]: a client for real runtimes and a scriptable runtime), generated
-//! certificates ([`pki`]), and private NATS and Redis servers ([`nats`], [`redis`]).
+//! certificates ([`pki`]), private NATS and Redis servers ([`nats`], [`redis`]), and a
+//! small tmpfs that fills up on demand ([`tmpfs`]).
 #![allow(
     clippy::unwrap_used,
     clippy::missing_panics_doc,
@@ -14,6 +15,7 @@ pub mod pki;
 pub mod records;
 pub mod redis;
 pub mod servers;
+pub mod tmpfs;
 
 /// A new, empty directory under the system temp dir, named after `prefix`, the process and
 /// a counter, so concurrent tests never share one.

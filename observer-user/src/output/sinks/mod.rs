@@ -277,7 +277,12 @@ impl<S: Sink> SinkTask<S> {
                     let lag_ns = now_ns().saturating_sub(entry.oldest_ns).max(0);
                     #[allow(clippy::cast_precision_loss, reason = "seconds of lag fit an f64")]
                     metrics::histogram!(SINK_LAG.name, "sink" => name).record(lag_ns as f64 / 1e9);
-                    self.settle(seq, &entry, SinkResult::Delivered);
+                    if !self
+                        .settle(seq, &entry, SinkResult::Delivered, &mut attempt)
+                        .await
+                    {
+                        return;
+                    }
                 }
                 Outcome::Rejected { status, reason } => {
                     attempt = 0;
@@ -289,7 +294,12 @@ impl<S: Sink> SinkTask<S> {
                         self.dead_letter.path().display()
                     );
                     self.dead_letter.write(&entry, status, &reason);
-                    self.settle(seq, &entry, SinkResult::GaveUp);
+                    if !self
+                        .settle(seq, &entry, SinkResult::GaveUp, &mut attempt)
+                        .await
+                    {
+                        return;
+                    }
                 }
                 Outcome::Throttled(wait) => {
                     info!("{name}: the server asks to wait {wait:?}");
@@ -309,13 +319,27 @@ impl<S: Sink> SinkTask<S> {
         }
     }
 
-    fn settle(&self, seq: u64, entry: &SpoolEntry, result: SinkResult) {
-        if let Err(err) = self.delivery.settle(self.index, seq, entry, result) {
-            warn!(
-                "{}: cannot move past batch {} in the spool: {err}; it may be sent again",
-                self.sink.name(),
-                entry.batch_id
-            );
+    /// Moves the cursor past a batch the sink settled. When that cannot be recorded the
+    /// batch stays unsettled (and in flight in the account) and is sent again after a
+    /// backoff — the sink drops it as a duplicate then. False when it is time to stop.
+    async fn settle(
+        &mut self,
+        seq: u64,
+        entry: &SpoolEntry,
+        result: SinkResult,
+        attempt: &mut u32,
+    ) -> bool {
+        match self.delivery.settle(self.index, seq, entry, result) {
+            Ok(_) => true,
+            Err(err) => {
+                let failure = Failure::new(
+                    "spool",
+                    format!(
+                        "cannot record in the spool that it was settled: {err}; it will be sent again (free space on the spool's filesystem)"
+                    ),
+                );
+                self.failed(&failure, Some(&entry.batch_id), attempt).await
+            }
         }
     }
 }

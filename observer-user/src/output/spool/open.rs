@@ -10,8 +10,9 @@ use std::{
 
 use super::{
     cursor::{self, Cursor},
-    io_err, read_frame, read_head, segment_path, segment_seq, Frame, Pending, Position, Spool,
-    SpoolError, SpoolStats, WhenFull,
+    io_err, read_frame, read_head,
+    reserve::Reserve,
+    segment_path, segment_seq, Frame, Pending, Position, Spool, SpoolError, SpoolStats, WhenFull,
 };
 
 impl Spool {
@@ -44,6 +45,7 @@ impl Spool {
             tail_segment: segments.last().copied().unwrap_or(0).max(head.0),
             tail_size: 0,
             tail: None,
+            reserve: Reserve::new(dir),
             stats: SpoolStats::default(),
         };
         for &seq in &segments {

@@ -1,0 +1,217 @@
+//! Hostile clients: hundreds of connections that never start TLS, connections that send
+//! half a request and stall, protocol versions the webhook does not speak, garbage and
+//! deeply nested JSON — and a real review arriving meanwhile is still decided; and a
+//! kept-alive connection idle between reviews is not mistaken for a stalled one.
+
+use std::{process::Command, time::Duration};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::common::webhook::{pod_review, tls_client_config};
+use crate::{block_on, response, send, send_raw, setup, Setup};
+
+const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn decided(s: &Setup, uid: &str) {
+    let review = pod_review(
+        uid,
+        "shop",
+        &[(
+            "containers",
+            "app",
+            &format!("registry.example/shop/app@{DIGEST}"),
+        )],
+    );
+    let (status, body) = send(s, &review).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(response(&body)["uid"], uid);
+    assert_eq!(response(&body)["allowed"], true, "{body}");
+}
+
+#[test]
+fn idle_and_stalled_connections_do_not_keep_a_review_from_being_decided() {
+    let s = setup(&[]);
+    s.backend.set_verdict(DIGEST, "allow", &[], Some(300));
+    block_on(async {
+        // 300 connections that never say a word.
+        let mut idle = Vec::new();
+        for _ in 0..300 {
+            idle.push(
+                tokio::net::TcpStream::connect(s.webhook.https)
+                    .await
+                    .unwrap(),
+            );
+        }
+        // 20 that finish TLS, then send half a request's headers and stall.
+        let tls = std::sync::Arc::new(tls_client_config(&s.serving.ca));
+        let mut stalled = Vec::new();
+        for _ in 0..20 {
+            let tcp = tokio::net::TcpStream::connect(s.webhook.https)
+                .await
+                .unwrap();
+            let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect("127.0.0.1".try_into().unwrap(), tcp)
+                .await
+                .unwrap();
+            stream
+                .write_all(b"POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: appl")
+                .await
+                .unwrap();
+            stalled.push(stream);
+        }
+        decided(&s, "uid-among-idle").await;
+
+        // The stalled requests still hold their connections: the webhook has no timeout for
+        // headers that never end (hyper's would also close kept-alive connections idle
+        // between reviews, see below), so they are only closed here, by the client.
+        drop(stalled);
+        // The idle ones are dropped when their handshake times out, and counted.
+        for mut tcp in idle.drain(..50) {
+            let mut buf = [0u8; 16];
+            let read = tokio::time::timeout(Duration::from_secs(60), tcp.read(&mut buf))
+                .await
+                .expect("the webhook closes a connection that never starts TLS");
+            assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        }
+        let metrics = s.webhook.metrics().await;
+        assert!(
+            metric(&metrics, "zastava_admission_tls_handshake_failures_total") >= 50.0,
+            "{metrics}"
+        );
+        decided(&s, "uid-after-idle").await;
+    });
+}
+
+#[test]
+fn old_tls_versions_are_refused_and_counted() {
+    let s = setup(&[]);
+    s.backend.set_verdict(DIGEST, "allow", &[], Some(300));
+    let before = block_on(s.webhook.metrics());
+    for version in ["-tls1", "-tls1_1"] {
+        let out = Command::new("openssl")
+            .args([
+                "s_client",
+                version,
+                "-cipher",
+                "DEFAULT@SECLEVEL=0",
+                "-connect",
+            ])
+            .arg(s.webhook.https.to_string())
+            .arg("-servername")
+            .arg("127.0.0.1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run openssl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success(),
+            "openssl {version} got through:\n{text}"
+        );
+        assert!(
+            // rustls answers a ClientHello below TLS 1.2 with a handshake_failure alert.
+            text.contains("alert handshake failure") || text.contains("alert protocol version"),
+            "openssl {version}:\n{text}"
+        );
+    }
+    block_on(async {
+        let after = s.webhook.metrics().await;
+        assert_eq!(
+            metric(&after, "zastava_admission_tls_handshake_failures_total")
+                - metric(&before, "zastava_admission_tls_handshake_failures_total"),
+            2.0,
+            "{after}"
+        );
+        decided(&s, "uid-after-old-tls").await;
+    });
+}
+
+#[test]
+fn garbage_and_deeply_nested_json_get_400_and_the_next_review_is_decided() {
+    let s = setup(&[]);
+    s.backend.set_verdict(DIGEST, "allow", &[], Some(300));
+    block_on(async {
+        let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let mut garbage = vec![0xFFu8; 64 << 10];
+        garbage[..9].copy_from_slice(b"{\"kind\":\x00");
+        for body in [nested.into_bytes(), garbage] {
+            let (status, reply) = send_raw(&s, body).await;
+            assert_eq!(status, 400, "{reply}");
+            assert!(
+                reply
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("the body is not JSON:"),
+                "{reply}"
+            );
+        }
+        decided(&s, "uid-after-garbage").await;
+    });
+}
+
+#[test]
+fn a_kept_alive_connection_idle_for_15_s_serves_the_next_review() {
+    let s = setup(&[]);
+    s.backend.set_verdict(DIGEST, "allow", &[], Some(300));
+    block_on(async {
+        let tls = std::sync::Arc::new(tls_client_config(&s.serving.ca));
+        let tcp = tokio::net::TcpStream::connect(s.webhook.https)
+            .await
+            .unwrap();
+        let mut stream = tokio_rustls::TlsConnector::from(tls)
+            .connect("127.0.0.1".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        for (i, pause) in [0_u64, 15].into_iter().enumerate() {
+            // Idle between requests, as an API server's pooled connection may be: a timeout
+            // for stalled headers must not close it (hyper's header_read_timeout does).
+            tokio::time::sleep(Duration::from_secs(pause)).await;
+            let uid = format!("uid-kept-alive-{i}");
+            let body = serde_json::to_vec(&pod_review(
+                &uid,
+                "shop",
+                &[(
+                    "containers",
+                    "app",
+                    &format!("registry.example/shop/app@{DIGEST}"),
+                )],
+            ))
+            .unwrap();
+            let head = format!(
+                "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(&body).await.unwrap();
+            let mut reply = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&reply).contains(&format!("\"uid\":\"{uid}\"")) {
+                let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+                    .await
+                    .expect("a reply")
+                    .unwrap();
+                assert!(
+                    n > 0,
+                    "closed after {pause} s idle: {}",
+                    String::from_utf8_lossy(&reply)
+                );
+                reply.extend_from_slice(&buf[..n]);
+            }
+            assert!(
+                reply.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
+    });
+}

@@ -1,0 +1,250 @@
+//! `cargo xtask fuzz [--seconds N] [TARGET...]`: builds the libFuzzer targets in fuzz/
+//! (nightly, AddressSanitizer) and runs each for N seconds, as many at once as there are
+//! cores, from its checked-in seed corpus (fuzz/seeds/<target>, read only) and a working
+//! corpus under the target dir. A crash, a leak or a hang fails the run; libFuzzer saves
+//! the reproducer under fuzz/artifacts/<target>/, and the failure names the file and the
+//! command that replays it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cmd::{nightly_cargo, root, run_cmd, step};
+
+/// Every target: one per parser of untrusted input.
+pub const TARGETS: &[&str] = &[
+    "decode",
+    "admission",
+    "config",
+    "spool",
+    "cri",
+    "docker",
+    "entrytrace",
+    "authority",
+];
+
+/// The target triple cargo-fuzz builds for (it always passes one).
+const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
+pub fn fuzz_dir() -> PathBuf {
+    root().join("fuzz")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), PathBuf::from)
+        .join("fuzz")
+}
+
+/// What one target's run did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub target: String,
+    pub execs: u64,
+    /// libFuzzer's `cov:` (edges covered) at the end.
+    pub coverage: u64,
+    pub corpus: u64,
+    pub seconds: u64,
+    /// The reproducer, when it failed.
+    pub crash: Option<PathBuf>,
+    pub ok: bool,
+}
+
+pub fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
+    let targets: Vec<String> = if targets.is_empty() {
+        TARGETS.iter().map(|t| (*t).to_owned()).collect()
+    } else {
+        for t in targets {
+            if !TARGETS.contains(&t.as_str()) {
+                bail!(
+                    "no fuzz target {t:?}; the targets are {}",
+                    TARGETS.join(", ")
+                );
+            }
+        }
+        targets.to_vec()
+    };
+    build()?;
+    let jobs = thread::available_parallelism().map_or(1, usize::from);
+    step(&format!(
+        "fuzzing {} for {seconds} s each, {jobs} at a time",
+        targets.join(", ")
+    ));
+    let mut reports = Vec::new();
+    for chunk in targets.chunks(jobs) {
+        let running: Vec<_> = chunk
+            .iter()
+            .map(|t| {
+                let t = t.clone();
+                thread::spawn(move || run_one(&t, seconds))
+            })
+            .collect();
+        for handle in running {
+            let report = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a fuzz runner panicked"))??;
+            reports.push(report);
+        }
+    }
+    println!("| target | seconds | executions | coverage (edges) | corpus | crashes |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in &reports {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.target,
+            r.seconds,
+            r.execs,
+            r.coverage,
+            r.corpus,
+            u8::from(!r.ok)
+        );
+    }
+    let failed: Vec<&Report> = reports.iter().filter(|r| !r.ok).collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    for r in &failed {
+        match &r.crash {
+            Some(path) => eprintln!(
+                "xtask: fuzz target {} failed; reproducer saved at {} (replay: {} {})",
+                r.target,
+                path.display(),
+                binary(&r.target).display(),
+                path.display()
+            ),
+            None => eprintln!(
+                "xtask: fuzz target {} failed without a reproducer; see its log at {}",
+                r.target,
+                log_path(&r.target).display()
+            ),
+        }
+    }
+    bail!("{} of {} fuzz targets failed", failed.len(), reports.len())
+}
+
+/// Installs cargo-fuzz when it is missing (for `cargo xtask setup`).
+pub fn install_cargo_fuzz() -> Result<()> {
+    let has = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        step("installing cargo-fuzz 0.13.2");
+        run_cmd(Command::new("cargo").args(["install", "--locked", "cargo-fuzz@0.13.2"]))?;
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    step("building the fuzz targets (nightly, AddressSanitizer)");
+    run_cmd(
+        nightly_cargo()
+            .current_dir(fuzz_dir())
+            .args(["fuzz", "build", "--fuzz-dir"])
+            .arg(fuzz_dir())
+            .arg("--target-dir")
+            .arg(target_dir()),
+    )
+}
+
+fn binary(target: &str) -> PathBuf {
+    target_dir().join(TRIPLE).join("release").join(target)
+}
+
+fn log_path(target: &str) -> PathBuf {
+    target_dir().join("logs").join(format!("{target}.log"))
+}
+
+fn run_one(target: &str, seconds: u64) -> Result<Report> {
+    let corpus = target_dir().join("corpus").join(target);
+    let seeds = fuzz_dir().join("seeds").join(target);
+    let artifacts = fuzz_dir().join("artifacts").join(target);
+    let log = log_path(target);
+    for dir in [&corpus, &artifacts] {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    fs::create_dir_all(log.parent().unwrap_or(Path::new(".")))?;
+    let before = crashes(&artifacts);
+    let status = Command::new(binary(target))
+        .arg(format!("-max_total_time={seconds}"))
+        .arg("-timeout=10")
+        .arg("-rss_limit_mb=2048")
+        .arg("-print_final_stats=1")
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .arg(&corpus)
+        .arg(&seeds)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log)?)
+        .status()
+        .with_context(|| format!("cannot run {}", binary(target).display()))?;
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    let crash = crashes(&artifacts)
+        .into_iter()
+        .find(|p| !before.contains(p));
+    Ok(Report {
+        target: target.to_owned(),
+        execs: stat(&text, "stat::number_of_executed_units:"),
+        coverage: last_field(&text, "cov:"),
+        corpus: last_field(&text, "corp:"),
+        seconds,
+        ok: status.success() && crash.is_none(),
+        crash,
+    })
+}
+
+fn crashes(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// `stat::name: N` from libFuzzer's final stats.
+fn stat(log: &str, name: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix(name))
+        .filter_map(|v| v.trim().parse().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+/// The number after the last `name` in libFuzzer's status lines (`cov: 1234`,
+/// `corp: 56/7890b`).
+fn last_field(log: &str, name: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = &l[l.find(name)? + name.len()..];
+            let digits: String = rest
+                .trim_start()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .next_back()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_libfuzzer_status_and_final_stats() {
+        let log = "INFO: Seed: 1\n#2\tINITED cov: 12 ft: 13 corp: 1/4b exec/s: 0 rss: 30Mb\n\
+                   #4096\tpulse  cov: 345 ft: 400 corp: 28/1290b lim: 43 exec/s: 2048 rss: 40Mb\n\
+                   Done 81920 runs in 31 second(s)\nstat::number_of_executed_units: 81920\n\
+                   stat::peak_rss_mb: 41\n";
+        assert_eq!(stat(log, "stat::number_of_executed_units:"), 81920);
+        assert_eq!(last_field(log, "cov:"), 345);
+        assert_eq!(last_field(log, "corp:"), 28);
+        assert_eq!(last_field("no status here", "cov:"), 0);
+    }
+}
