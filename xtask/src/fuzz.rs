@@ -1,5 +1,6 @@
-//! `cargo xtask fuzz [--seconds N] [TARGET...]`: builds the libFuzzer targets in fuzz/
-//! (nightly, AddressSanitizer) and runs each for N seconds, as many at once as there are
+//! `cargo xtask fuzz [--seconds N] [--quick] [TARGET...]`: builds the libFuzzer targets in
+//! fuzz/ (nightly; AddressSanitizer and optimised, or with `--quick` the dev profile without
+//! a sanitizer) and runs each for N seconds, as many at once as there are
 //! cores, from its checked-in seed corpus (fuzz/seeds/<target>, read only) and a working
 //! corpus under the target dir. A crash, a leak or a hang fails the run; libFuzzer saves
 //! the reproducer under fuzz/artifacts/<target>/, and the failure names the file and the
@@ -7,8 +8,9 @@
 
 use std::{
     fs,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     thread,
 };
 
@@ -41,6 +43,33 @@ fn target_dir() -> PathBuf {
         .join("fuzz")
 }
 
+/// How the targets are built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// Optimised, with AddressSanitizer (and debug assertions, as cargo-fuzz builds).
+    Sanitized,
+    /// The dev profile without a sanitizer: a fraction of the build time, for CI's short
+    /// runs. Panics, overflows (debug assertions) and hangs still fail a run; what only the
+    /// sanitizer sees (memory errors in unsafe code, leaks) needs the sanitized build.
+    Quick,
+}
+
+impl Build {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Build::Sanitized => &[],
+            Build::Quick => &["--dev", "--sanitizer", "none"],
+        }
+    }
+
+    fn profile_dir(self) -> &'static str {
+        match self {
+            Build::Sanitized => "release",
+            Build::Quick => "debug",
+        }
+    }
+}
+
 /// What one target's run did.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -55,7 +84,7 @@ pub struct Report {
     pub ok: bool,
 }
 
-pub fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
+pub fn fuzz(seconds: u64, targets: &[String], how: Build) -> Result<()> {
     let targets: Vec<String> = if targets.is_empty() {
         TARGETS.iter().map(|t| (*t).to_owned()).collect()
     } else {
@@ -69,7 +98,12 @@ pub fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
         }
         targets.to_vec()
     };
-    build()?;
+    build(how)?;
+    run_built(seconds, &targets, how)
+}
+
+/// Runs targets built already (by `build` or a `BackgroundBuild`).
+pub fn run_built(seconds: u64, targets: &[String], how: Build) -> Result<()> {
     let jobs = thread::available_parallelism().map_or(1, usize::from);
     step(&format!(
         "fuzzing {} for {seconds} s each, {jobs} at a time",
@@ -81,7 +115,7 @@ pub fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
             .iter()
             .map(|t| {
                 let t = t.clone();
-                thread::spawn(move || run_one(&t, seconds))
+                thread::spawn(move || run_one(&t, seconds, how))
             })
             .collect();
         for handle in running {
@@ -114,7 +148,7 @@ pub fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
                 "xtask: fuzz target {} failed; reproducer saved at {} (replay: {} {})",
                 r.target,
                 path.display(),
-                binary(&r.target).display(),
+                binary(&r.target, how).display(),
                 path.display()
             ),
             None => eprintln!(
@@ -142,27 +176,119 @@ pub fn install_cargo_fuzz() -> Result<()> {
     Ok(())
 }
 
-fn build() -> Result<()> {
-    step("building the fuzz targets (nightly, AddressSanitizer)");
-    run_cmd(
-        nightly_cargo()
-            .current_dir(fuzz_dir())
-            .args(["fuzz", "build", "--fuzz-dir"])
-            .arg(fuzz_dir())
-            .arg("--target-dir")
-            .arg(target_dir()),
-    )
+fn build_command(how: Build) -> Command {
+    let mut cmd = nightly_cargo();
+    cmd.current_dir(fuzz_dir())
+        .args(["fuzz", "build"])
+        .args(how.args())
+        .arg("--fuzz-dir")
+        .arg(fuzz_dir())
+        .arg("--target-dir")
+        .arg(target_dir());
+    cmd
 }
 
-fn binary(target: &str) -> PathBuf {
-    target_dir().join(TRIPLE).join("release").join(target)
+fn describe(how: Build) -> &'static str {
+    match how {
+        Build::Sanitized => "building the fuzz targets (nightly, AddressSanitizer)",
+        Build::Quick => "building the fuzz targets (nightly, dev profile, no sanitizer)",
+    }
+}
+
+fn build(how: Build) -> Result<()> {
+    step(describe(how));
+    run_cmd(&mut build_command(how))
+}
+
+/// The targets' build at the lowest CPU priority, in its own process group, while other
+/// work (the tests, which mostly wait on servers and containers) goes on; its output goes
+/// to a log. Dropped unfinished, the build is stopped.
+pub struct BackgroundBuild {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl BackgroundBuild {
+    pub fn start(how: Build) -> Result<BackgroundBuild> {
+        step(&format!("{} in the background", describe(how)));
+        let log = target_dir().join("logs").join("build.log");
+        fs::create_dir_all(log.parent().unwrap_or(Path::new(".")))?;
+        let cargo = build_command(how);
+        let out = fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new("nice");
+        cmd.arg("-n")
+            .arg("19")
+            .arg(cargo.get_program())
+            .args(cargo.get_args())
+            .current_dir(fuzz_dir())
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (name, value) in cargo.get_envs() {
+            match value {
+                Some(value) => cmd.env(name, value),
+                None => cmd.env_remove(name),
+            };
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start the fuzz build ({cmd:?})"))?;
+        Ok(BackgroundBuild {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// Waits for the build; its log's end is in the error when it failed.
+    pub fn finish(mut self) -> Result<()> {
+        step("waiting for the fuzz targets' build");
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let status = child.wait().context("waiting for the fuzz build")?;
+        if status.success() {
+            return Ok(());
+        }
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "building the fuzz targets failed with {status} (log: {}):\n{}",
+            self.log.display(),
+            tail.join("\n")
+        )
+    }
+}
+
+impl Drop for BackgroundBuild {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = child.try_wait() {
+                if let Ok(group) = i32::try_from(child.id()) {
+                    // SAFETY: kill has no preconditions; the group is the build's own
+                    // (process_group(0) made the child its leader).
+                    unsafe { libc::kill(-group, libc::SIGTERM) };
+                }
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+fn binary(target: &str, how: Build) -> PathBuf {
+    target_dir()
+        .join(TRIPLE)
+        .join(how.profile_dir())
+        .join(target)
 }
 
 fn log_path(target: &str) -> PathBuf {
     target_dir().join("logs").join(format!("{target}.log"))
 }
 
-fn run_one(target: &str, seconds: u64) -> Result<Report> {
+fn run_one(target: &str, seconds: u64, how: Build) -> Result<Report> {
     let corpus = target_dir().join("corpus").join(target);
     let seeds = fuzz_dir().join("seeds").join(target);
     let artifacts = fuzz_dir().join("artifacts").join(target);
@@ -172,7 +298,7 @@ fn run_one(target: &str, seconds: u64) -> Result<Report> {
     }
     fs::create_dir_all(log.parent().unwrap_or(Path::new(".")))?;
     let before = crashes(&artifacts);
-    let status = Command::new(binary(target))
+    let status = Command::new(binary(target, how))
         .arg(format!("-max_total_time={seconds}"))
         .arg("-timeout=10")
         .arg("-rss_limit_mb=2048")
@@ -183,7 +309,7 @@ fn run_one(target: &str, seconds: u64) -> Result<Report> {
         .stdout(Stdio::null())
         .stderr(fs::File::create(&log)?)
         .status()
-        .with_context(|| format!("cannot run {}", binary(target).display()))?;
+        .with_context(|| format!("cannot run {}", binary(target, how).display()))?;
     let text = fs::read_to_string(&log).unwrap_or_default();
     let crash = crashes(&artifacts)
         .into_iter()

@@ -77,6 +77,10 @@ enum Task {
         /// How long each target runs.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// Build in the dev profile without AddressSanitizer (much faster to build; what
+        /// CI runs).
+        #[arg(long)]
+        quick: bool,
         /// Only these targets (default: all).
         targets: Vec<String>,
     },
@@ -104,8 +108,17 @@ fn main() -> ExitCode {
         })
         .map(drop),
         Task::OfflineKit(args) => kit::offline_kit(&args),
-        Task::Fuzz { seconds, targets } => {
-            setup::setup().and_then(|()| fuzz::fuzz(seconds, &targets))
+        Task::Fuzz {
+            seconds,
+            quick,
+            targets,
+        } => {
+            let how = if quick {
+                fuzz::Build::Quick
+            } else {
+                fuzz::Build::Sanitized
+            };
+            setup::setup().and_then(|()| fuzz::fuzz(seconds, &targets, how))
         }
     };
     match result {

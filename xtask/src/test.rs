@@ -7,7 +7,7 @@ use crate::{
     bench::bench,
     cmd::{cargo, nightly_cargo, output, root, run_cmd, step},
     ebpf::{build_ebpf, ebpf_dir},
-    fuzz::fuzz,
+    fuzz::{run_built, BackgroundBuild, Build, TARGETS},
     setup::setup,
 };
 
@@ -53,6 +53,20 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the tests load eBPF programs and must run as root");
     }
+    step("building the tests");
+    run_cmd(
+        cargo()
+            .current_dir(&root)
+            .args(["test", "--locked", "--workspace", "--no-run"])
+            .args(cargo_test_args),
+    )?;
+    // The whole run: the fuzz targets build (quick: no sanitizer) while the tests, which
+    // mostly wait on servers and containers, run; stopped if they fail.
+    let fuzz_build = if cargo_test_args.is_empty() {
+        Some(BackgroundBuild::start(Build::Quick)?)
+    } else {
+        None
+    };
     step("running tests");
     run_cmd(
         cargo()
@@ -60,11 +74,13 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
             .args(["test", "--locked", "--workspace"])
             .args(cargo_test_args),
     )?;
-    if cargo_test_args.is_empty() {
+    if let Some(fuzz_build) = fuzz_build {
         // Benchmarks are not tests; this only checks that the bench still runs.
         bench(true, &[])?;
         // Every parser of untrusted input, 30 s each, as many at once as there are cores.
-        fuzz(30, &[])?;
+        fuzz_build.finish()?;
+        let targets: Vec<String> = TARGETS.iter().map(|t| (*t).to_owned()).collect();
+        run_built(30, &targets, Build::Quick)?;
     }
     Ok(())
 }
