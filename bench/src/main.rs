@@ -37,6 +37,9 @@ struct Cli {
     /// Only these storms (default: all).
     #[arg(long, value_delimiter = ',')]
     storms: Option<Vec<String>>,
+    /// Only the storms: no pipeline, webhook or evidence figures.
+    #[arg(long)]
+    storms_only: bool,
     /// An earlier build of zastava-observer, run as one more condition beside this one.
     #[arg(long)]
     observer_before: Option<PathBuf>,
@@ -175,8 +178,17 @@ fn real_main() -> Result<()> {
         }
     }
 
+    let mut report = render(&cli, reps, &storms, &cells, &observer, &before)?;
+    if cli.storms_only {
+        print!("{report}");
+        if let Some(path) = &cli.markdown {
+            fs::write(path, &report).with_context(|| format!("write {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let pipeline = pipeline_figures(&pipeline_bin, cli.smoke)?;
     let webhook = webhook_figures(&webhook_bin, cli.smoke)?;
+    render_extras(&mut report, &pipeline, &webhook)?;
     eprintln!("zastava-bench: evidence export and verify");
     let mut evidence = Command::new(&evidence_bin);
     evidence
@@ -186,9 +198,6 @@ fn real_main() -> Result<()> {
         evidence.arg("--smoke");
     }
     let evidence = json_of(&mut evidence)?;
-    let mut report = render(
-        &cli, reps, &storms, &cells, &pipeline, &webhook, &observer, &before,
-    )?;
     zastava_bench::evidence::render(&mut report, &evidence)?;
     print!("{report}");
     if let Some(path) = &cli.markdown {
@@ -343,14 +352,11 @@ fn dpkg_version(package: &str) -> String {
         .unwrap_or_else(|| "not installed".into())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn render(
     cli: &Cli,
     reps: usize,
     storms: &[(usize, u64)],
     cells: &Cells,
-    pipeline: &[Value],
-    webhook: &Value,
     observer: &Path,
     before: &Option<PathBuf>,
 ) -> Result<String> {
@@ -365,7 +371,11 @@ fn render(
     if let Some(before) = before {
         writeln!(out, "Zastava before: {}", before.display())?;
     }
-    writeln!(out, "Load average at the end: {}", load_average())?;
+    writeln!(
+        out,
+        "Load average (1, 5, 15 min) after the storms: {}",
+        load_average()
+    )?;
     writeln!(
         out,
         "Peers: bpftrace {}; libbpf-tools {}",
@@ -380,6 +390,11 @@ fn render(
     }
     writeln!(out)?;
     table::render(&mut out, storms, cells)?;
+    Ok(out)
+}
+
+/// The pipeline and webhook figures.
+fn render_extras(out: &mut String, pipeline: &[Value], webhook: &Value) -> Result<()> {
     writeln!(out)?;
     writeln!(
         out,
@@ -443,5 +458,5 @@ fn render(
         "Backend calls during the warm-cache scenario: {}.",
         webhook["backendCallsDuringWarmScenario"]
     )?;
-    Ok(out)
+    Ok(())
 }
