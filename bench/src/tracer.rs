@@ -173,7 +173,7 @@ pub struct Seen {
     pub dropped: Option<u64>,
     /// CPU seconds from ready to exit.
     pub cpu_seconds: f64,
-    /// Peak resident set, KiB.
+    /// Peak resident set from start to the end of the storm's settling time, KiB.
     pub max_rss_kib: u64,
     /// Resident set after the storm, before the tracer was stopped, KiB.
     pub rss_after_kib: u64,
@@ -271,11 +271,14 @@ impl Tracer {
         if let Some(tail) = &self.tail {
             tail.stop_measuring_lag();
         }
-        let rss_after_kib = process_rss_kib(self.pid).unwrap_or(0);
-        let (cpu, rss) = self.stop(STOP_TIMEOUT)?;
+        let rss_after_kib = process_status_kib(self.pid, "VmRSS:").unwrap_or(0);
+        // The peak of the tracer's own memory since it was exec'd. `wait4`'s ru_maxrss is
+        // not: a child's starts from the harness's resident set at fork.
+        let peak_kib = process_status_kib(self.pid, "VmHWM:").unwrap_or(0);
+        let (cpu, _) = self.stop(STOP_TIMEOUT)?;
         let mut seen = Seen {
             cpu_seconds: (cpu - self.cpu_at_ready).max(0.0),
-            max_rss_kib: rss,
+            max_rss_kib: peak_kib,
             rss_after_kib,
             ..Seen::default()
         };
@@ -345,12 +348,12 @@ pub fn process_cpu_seconds(pid: libc::pid_t) -> Option<f64> {
     Some(ticks as f64 / hz.max(1) as f64)
 }
 
-/// Resident set of a live process, KiB.
-fn process_rss_kib(pid: libc::pid_t) -> Option<u64> {
+/// A KiB figure of a live process's /proc status (`VmRSS:`, `VmHWM:`).
+fn process_status_kib(pid: libc::pid_t, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .trim()
         .trim_end_matches("kB")
         .trim()
