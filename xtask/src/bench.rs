@@ -38,7 +38,7 @@ pub fn bench(smoke: bool, args: &[String]) -> Result<()> {
     step(if smoke {
         "benchmark smoke run"
     } else {
-        "benchmarking (about 15 minutes)"
+        "benchmarking (about 50 minutes)"
     });
     let mut cmd = Command::new(bin_dir.join("zastava-bench"));
     cmd.current_dir(&root)
