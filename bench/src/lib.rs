@@ -2,8 +2,10 @@
 //! under, and the figures made of them.
 
 pub mod evidence;
+pub mod peers;
 pub mod report;
 pub mod storm;
+pub mod table;
 pub mod tracer;
 
 use std::path::{Path, PathBuf};

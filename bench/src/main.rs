@@ -4,7 +4,6 @@
 //! Markdown report.
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
@@ -18,9 +17,9 @@ use serde_json::Value;
 
 use zastava_bench::{
     programs,
-    report::{median, percentile},
     storm::{self, Storm},
-    tracer::{Condition, Seen, Tracer},
+    table::{self, Cells, Sample},
+    tracer::{Condition, Tracer},
 };
 
 #[derive(Parser)]
@@ -32,9 +31,18 @@ struct Cli {
     /// Repetitions of every storm under every condition.
     #[arg(long)]
     reps: Option<usize>,
-    /// Operations per storm: open, exec, connect.
+    /// Operations per storm: open, open-relative, open-distinct, exec, connect, getppid.
     #[arg(long, value_delimiter = ',')]
     ops: Option<Vec<u64>>,
+    /// Only these storms (default: all).
+    #[arg(long, value_delimiter = ',')]
+    storms: Option<Vec<String>>,
+    /// Only the storms: no pipeline, webhook or evidence figures.
+    #[arg(long)]
+    storms_only: bool,
+    /// An earlier build of zastava-observer, run as one more condition beside this one.
+    #[arg(long)]
+    observer_before: Option<PathBuf>,
     /// Where zastava-observer, zastava-webhook and the bench programs are (default: beside
     /// this program).
     #[arg(long)]
@@ -45,19 +53,6 @@ struct Cli {
     /// Also write the report here.
     #[arg(long)]
     markdown: Option<PathBuf>,
-}
-
-/// One storm under one condition.
-struct Sample {
-    seconds: f64,
-    ops: u64,
-    seen: Option<Seen>,
-}
-
-#[derive(Default)]
-struct Cell {
-    samples: Vec<Sample>,
-    error: Option<String>,
 }
 
 fn main() {
@@ -84,16 +79,48 @@ fn real_main() -> Result<()> {
         ],
     )?;
     let reps = cli.reps.unwrap_or(if cli.smoke { 1 } else { 5 });
-    if cli.ops.as_ref().is_some_and(|ops| ops.len() != 3) {
-        bail!("--ops takes three counts: open,exec,connect");
+    if cli
+        .ops
+        .as_ref()
+        .is_some_and(|ops| ops.len() != Storm::ALL.len())
+    {
+        bail!("--ops takes six counts: open,open-relative,open-distinct,exec,connect,getppid");
     }
     let ops: Vec<u64> = cli.ops.clone().unwrap_or_else(|| {
         if cli.smoke {
-            vec![2_000, 20, 200]
+            vec![2_000, 2_000, 2_000, 20, 200, 20_000]
         } else {
-            vec![1_000_000, 2_000, 100_000]
+            vec![1_000_000, 1_000_000, 200_000, 2_000, 100_000, 5_000_000]
         }
     });
+    let mut storms: Vec<(usize, u64)> = Vec::new();
+    for (s, storm) in Storm::ALL.iter().enumerate() {
+        if cli
+            .storms
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == storm.name()))
+        {
+            storms.push((s, ops[s]));
+        }
+    }
+    if let Some(names) = &cli.storms {
+        if let Some(unknown) = names
+            .iter()
+            .find(|n| !Storm::ALL.iter().any(|s| s.name() == n.as_str()))
+        {
+            bail!("--storms: no storm is called {unknown:?}");
+        }
+    }
+    let before = match &cli.observer_before {
+        Some(path) if !path.is_file() => {
+            bail!("--observer-before: {} is not a file", path.display())
+        }
+        other => other.clone(),
+    };
+    let conditions: Vec<Condition> = Condition::ALL
+        .into_iter()
+        .filter(|&c| c != Condition::ZastavaBefore || before.is_some())
+        .collect();
     // Long enough for the observer to ship everything in its normal course (reorder window
     // plus batch age), so that lag is measured on records delivered while it runs.
     let settle = Duration::from_millis(if cli.smoke { 300 } else { 3_000 });
@@ -101,14 +128,20 @@ fn real_main() -> Result<()> {
         fs::remove_dir_all(&cli.work_dir)?;
     }
 
-    let mut cells: BTreeMap<(usize, usize), Cell> = BTreeMap::new();
+    let mut cells = Cells::new();
     for rep in 0..reps {
-        for (s, &storm) in Storm::ALL.iter().enumerate() {
+        for &(s, ops) in &storms {
+            let storm = Storm::ALL[s];
+            let here: Vec<Condition> = conditions
+                .iter()
+                .copied()
+                .filter(|c| c.applies(storm))
+                .collect();
             // A different condition goes first each repetition.
-            let n = Condition::ALL.len();
+            let n = here.len();
             for k in 0..n {
-                let c = (k + rep) % n;
-                let condition = Condition::ALL[c];
+                let condition = here[(k + rep) % n];
+                let c = table::index_of(condition);
                 let cell = cells.entry((s, c)).or_default();
                 if cell.error.is_some() {
                     continue;
@@ -120,9 +153,11 @@ fn real_main() -> Result<()> {
                     storm.name(),
                     condition.name()
                 );
-                match run_one(
-                    storm, ops[s], condition, &observer, &storm_bin, &dir, settle,
-                ) {
+                let build = match condition {
+                    Condition::ZastavaBefore => before.as_deref().unwrap_or(&observer),
+                    _ => &observer,
+                };
+                match run_one(storm, ops, condition, build, &storm_bin, &dir, settle) {
                     Ok(sample) => cell.samples.push(sample),
                     Err(err) => {
                         eprintln!("zastava-bench:   {err:#}");
@@ -133,20 +168,27 @@ fn real_main() -> Result<()> {
             }
         }
     }
-    for (s, &storm) in Storm::ALL.iter().enumerate() {
+    for &(s, _) in &storms {
+        let storm = Storm::ALL[s];
         for required in [Condition::Baseline, Condition::Zastava] {
-            let c = Condition::ALL
-                .iter()
-                .position(|&x| x == required)
-                .unwrap_or(0);
+            let c = table::index_of(required);
             if let Some(err) = cells.get(&(s, c)).and_then(|cell| cell.error.as_ref()) {
                 bail!("{} storm under {}: {err}", storm.name(), required.name());
             }
         }
     }
 
+    let mut report = render(&cli, reps, &storms, &cells, &observer, &before)?;
+    if cli.storms_only {
+        print!("{report}");
+        if let Some(path) = &cli.markdown {
+            fs::write(path, &report).with_context(|| format!("write {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let pipeline = pipeline_figures(&pipeline_bin, cli.smoke)?;
     let webhook = webhook_figures(&webhook_bin, cli.smoke)?;
+    render_extras(&mut report, &pipeline, &webhook)?;
     eprintln!("zastava-bench: evidence export and verify");
     let mut evidence = Command::new(&evidence_bin);
     evidence
@@ -156,7 +198,6 @@ fn real_main() -> Result<()> {
         evidence.arg("--smoke");
     }
     let evidence = json_of(&mut evidence)?;
-    let mut report = render(&cli, reps, &ops, &cells, &pipeline, &webhook, &observer)?;
     zastava_bench::evidence::render(&mut report, &evidence)?;
     print!("{report}");
     if let Some(path) = &cli.markdown {
@@ -185,7 +226,7 @@ fn run_one(
     };
     Ok(Sample {
         seconds: report.seconds,
-        ops: report.ops,
+        expected: report.expected(),
         seen,
     })
 }
@@ -277,6 +318,12 @@ fn machine() -> String {
     format!("{cpus} × {cpu}, {memory}, Linux {kernel}")
 }
 
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn version_of(tool: &str, arg: &str) -> String {
     Command::new(tool)
         .arg(arg)
@@ -308,11 +355,10 @@ fn dpkg_version(package: &str) -> String {
 fn render(
     cli: &Cli,
     reps: usize,
-    ops: &[u64],
-    cells: &BTreeMap<(usize, usize), Cell>,
-    pipeline: &[Value],
-    webhook: &Value,
+    storms: &[(usize, u64)],
+    cells: &Cells,
     observer: &Path,
+    before: &Option<PathBuf>,
 ) -> Result<String> {
     let mut out = String::new();
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
@@ -321,6 +367,14 @@ fn render(
         out,
         "Date: {date}; {reps} repetition(s), conditions interleaved; observer {}",
         observer.display()
+    )?;
+    if let Some(before) = before {
+        writeln!(out, "Zastava before: {}", before.display())?;
+    }
+    writeln!(
+        out,
+        "Load average (1, 5, 15 min) after the storms: {}",
+        load_average()
     )?;
     writeln!(
         out,
@@ -335,84 +389,12 @@ fn render(
         )?;
     }
     writeln!(out)?;
-    writeln!(
-        out,
-        "| storm | condition | median s | × baseline | delivered / expected | lost | tracer CPU s | tracer RSS MiB: after storm / peak | lag p50 / p95 s |"
-    )?;
-    writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
-    for (s, &storm) in Storm::ALL.iter().enumerate() {
-        let baseline = cells
-            .get(&(s, 0))
-            .map(|c| median(&c.samples.iter().map(|x| x.seconds).collect::<Vec<_>>()));
-        for (c, &condition) in Condition::ALL.iter().enumerate() {
-            let Some(cell) = cells.get(&(s, c)) else {
-                continue;
-            };
-            let label = storm.describe(ops[s]);
-            if let Some(err) = &cell.error {
-                let reason = err.lines().next().unwrap_or("").replace('|', "/");
-                writeln!(
-                    out,
-                    "| {label} | {} | did not run: {reason} | | | | | | |",
-                    condition.name()
-                )?;
-                continue;
-            }
-            let seconds: Vec<f64> = cell.samples.iter().map(|x| x.seconds).collect();
-            let med = median(&seconds);
-            let ratio = baseline.map_or("".into(), |b| format!("{:.2}", med / b));
-            let seen: Vec<&Seen> = cell
-                .samples
-                .iter()
-                .filter_map(|x| x.seen.as_ref())
-                .collect();
-            let (delivered, lost, cpu, rss, lag) = if seen.is_empty() {
-                (
-                    "—".to_owned(),
-                    "—".to_owned(),
-                    "—".to_owned(),
-                    "—".to_owned(),
-                    "—".to_owned(),
-                )
-            } else {
-                let expected: u64 = cell.samples.iter().map(|x| x.ops).sum();
-                let delivered = seen.iter().map(|x| x.delivered.unwrap_or(0)).sum::<u64>();
-                let lost = seen.iter().map(|x| x.dropped.unwrap_or(0)).sum::<u64>();
-                let cpu = median(&seen.iter().map(|x| x.cpu_seconds).collect::<Vec<_>>());
-                let rss = seen.iter().map(|x| x.max_rss_kib).max().unwrap_or(0);
-                let rss_after = seen.iter().map(|x| x.rss_after_kib).max().unwrap_or(0);
-                let lags: Vec<f64> = seen.iter().flat_map(|x| x.lags.iter().copied()).collect();
-                let lag = if lags.is_empty() {
-                    "—".to_owned()
-                } else {
-                    format!(
-                        "{:.2} / {:.2}",
-                        percentile(&lags, 50.0),
-                        percentile(&lags, 95.0)
-                    )
-                };
-                (
-                    format!(
-                        "{delivered} / {expected} ({:.1}%)",
-                        100.0 * delivered as f64 / expected.max(1) as f64
-                    ),
-                    lost.to_string(),
-                    format!("{cpu:.2}"),
-                    format!(
-                        "{:.0} / {:.0}",
-                        rss_after as f64 / 1024.0,
-                        rss as f64 / 1024.0
-                    ),
-                    lag,
-                )
-            };
-            writeln!(
-                out,
-                "| {label} | {} | {med:.3} | {ratio} | {delivered} | {lost} | {cpu} | {rss} | {lag} |",
-                condition.name()
-            )?;
-        }
-    }
+    table::render(&mut out, storms, cells)?;
+    Ok(out)
+}
+
+/// The pipeline and webhook figures.
+fn render_extras(out: &mut String, pipeline: &[Value], webhook: &Value) -> Result<()> {
     writeln!(out)?;
     writeln!(
         out,
@@ -476,5 +458,5 @@ fn render(
         "Backend calls during the warm-cache scenario: {}.",
         webhook["backendCallsDuringWarmScenario"]
     )?;
-    Ok(out)
+    Ok(())
 }

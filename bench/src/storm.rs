@@ -10,30 +10,60 @@ use serde_json::Value;
 pub const WORKER: &str = "zstorm-work";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Storm {
     Open,
+    OpenRelative,
+    OpenDistinct,
     Exec,
     Connect,
+    Getppid,
 }
 
 impl Storm {
-    pub const ALL: [Storm; 3] = [Storm::Open, Storm::Exec, Storm::Connect];
+    pub const ALL: [Storm; 6] = [
+        Storm::Open,
+        Storm::OpenRelative,
+        Storm::OpenDistinct,
+        Storm::Exec,
+        Storm::Connect,
+        Storm::Getppid,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Storm::Open => "open",
+            Storm::OpenRelative => "open-relative",
+            Storm::OpenDistinct => "open-distinct",
             Storm::Exec => "exec",
             Storm::Connect => "connect",
+            Storm::Getppid => "getppid",
         }
     }
 
     pub fn describe(self, ops: u64) -> String {
         match self {
             Storm::Open => format!("{ops} × open+close of 4 files"),
+            Storm::OpenRelative => format!("{ops} × open+close of 4 files by relative path"),
+            Storm::OpenDistinct => format!("{ops} × failing open of a path never opened before"),
             Storm::Exec => format!("{ops} × fork+exec of /bin/true"),
             Storm::Connect => format!("{ops} × TCP connect to 127.0.0.1"),
+            Storm::Getppid => format!("{ops} × getppid (traced by nobody)"),
         }
+    }
+
+    /// Whether a tracer is expected to report the storm's operations (`getppid` is the
+    /// syscall every process pays for once any syscall tracepoint is attached; nobody
+    /// traces it).
+    pub fn is_traced(self) -> bool {
+        self != Storm::Getppid
+    }
+
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            Storm::Open | Storm::OpenRelative | Storm::OpenDistinct
+        )
     }
 }
 
@@ -45,8 +75,15 @@ pub struct StormReport {
     pub failed: u64,
     pub seconds: f64,
     pub pid: u32,
+    /// The absolute paths of the files a storm opens.
     #[serde(default)]
     pub paths: Vec<String>,
+    /// The names the storm passes to `open`, when they are not `paths` (relative opens).
+    #[serde(default)]
+    pub requested: Vec<String>,
+    /// What every path of the distinct-path storm starts with.
+    #[serde(default)]
+    pub prefix: Option<String>,
     #[serde(default)]
     pub program: Option<String>,
     #[serde(default)]
@@ -81,6 +118,35 @@ pub fn run(binary: &Path, storm: Storm, ops: u64) -> Result<StormReport> {
         );
     }
     Ok(report)
+}
+
+impl StormReport {
+    /// Whether `name`, as a peer prints the name a process passed to `open`, is one the
+    /// storm passed.
+    pub fn is_requested(&self, name: &str) -> bool {
+        match self.storm {
+            Storm::Open => self.paths.iter().any(|p| p == name),
+            Storm::OpenRelative => self.requested.iter().any(|p| p == name),
+            Storm::OpenDistinct => self.is_distinct_path(name),
+            _ => false,
+        }
+    }
+
+    fn is_distinct_path(&self, path: &str) -> bool {
+        self.prefix.as_deref().is_some_and(|prefix| {
+            path.strip_prefix(prefix)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+    }
+
+    /// Operations a tracer should report.
+    pub fn expected(&self) -> u64 {
+        if self.storm.is_traced() {
+            self.ops
+        } else {
+            0
+        }
+    }
 }
 
 /// The parts of an edge record a storm's events are recognised by.
@@ -126,12 +192,23 @@ impl StormReport {
     pub fn matches(&self, edge: &Edge) -> u64 {
         let pid = u64::from(self.pid);
         let is_one = match self.storm {
-            Storm::Open => {
+            // Relative opens too: the observer reports the file the kernel opened.
+            Storm::Open | Storm::OpenRelative => {
                 edge.edge_type == "fs"
                     && edge.pid == pid
                     && edge.result.is_some_and(|r| r >= 0)
                     && edge.path.as_ref().is_some_and(|p| self.paths.contains(p))
             }
+            Storm::OpenDistinct => {
+                edge.edge_type == "fs"
+                    && edge.pid == pid
+                    && edge.result == Some(-i64::from(libc::ENOENT))
+                    && edge
+                        .path
+                        .as_deref()
+                        .is_some_and(|p| self.is_distinct_path(p))
+            }
+            Storm::Getppid => false,
             Storm::Exec => {
                 edge.edge_type == "syscall"
                     && edge.ppid == Some(pid)

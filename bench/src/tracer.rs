@@ -2,7 +2,6 @@
 //! stopped, and what its output says was seen.
 
 use std::{
-    collections::HashSet,
     fs,
     io::{BufReader, Read as _, Seek as _, SeekFrom},
     path::{Path, PathBuf},
@@ -18,7 +17,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
-use crate::storm::{Edge, Storm, StormReport};
+use crate::{
+    peers,
+    storm::{Edge, Storm, StormReport},
+};
 
 /// The conditions a storm runs under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +31,8 @@ pub enum Condition {
     Zastava,
     /// The same without the in-kernel dedup of repeated edges.
     ZastavaNoKernelDedup,
+    /// An earlier build of `zastava-observer` (`--observer-before`), run the same way.
+    ZastavaBefore,
     /// Debian's libbpf-tools: opensnoop, execsnoop, tcpconnect, output to a file.
     LibbpfTools,
     /// A bpftrace one-liner counting the storm's syscall tracepoint in a map.
@@ -38,10 +42,11 @@ pub enum Condition {
 }
 
 impl Condition {
-    pub const ALL: [Condition; 6] = [
+    pub const ALL: [Condition; 7] = [
         Condition::Baseline,
         Condition::Zastava,
         Condition::ZastavaNoKernelDedup,
+        Condition::ZastavaBefore,
         Condition::LibbpfTools,
         Condition::BpftraceCount,
         Condition::BpftracePrintf,
@@ -52,6 +57,7 @@ impl Condition {
             Condition::Baseline => "baseline",
             Condition::Zastava => "zastava",
             Condition::ZastavaNoKernelDedup => "zastava, no kernel dedup",
+            Condition::ZastavaBefore => "zastava before",
             Condition::LibbpfTools => "libbpf-tools",
             Condition::BpftraceCount => "bpftrace count",
             Condition::BpftracePrintf => "bpftrace printf",
@@ -59,10 +65,27 @@ impl Condition {
     }
 
     fn is_zastava(self) -> bool {
-        matches!(self, Condition::Zastava | Condition::ZastavaNoKernelDedup)
+        matches!(
+            self,
+            Condition::Zastava | Condition::ZastavaNoKernelDedup | Condition::ZastavaBefore
+        )
+    }
+
+    /// Whether the condition says anything about the storm: no peer traces `getppid`
+    /// (only the floor's tax and the observer's are measured), and without repeats the
+    /// kernel dedup has nothing to do.
+    pub fn applies(self, storm: Storm) -> bool {
+        match self {
+            Condition::LibbpfTools | Condition::BpftracePrintf => storm.is_traced(),
+            Condition::ZastavaNoKernelDedup => {
+                !matches!(storm, Storm::Getppid | Storm::OpenDistinct)
+            }
+            _ => true,
+        }
     }
 
     /// The command line this condition runs for a storm (None for the baseline).
+    /// `observer` is the build the condition runs.
     pub fn command(self, storm: Storm, observer: &Path, dir: &Path) -> Option<Vec<String>> {
         let worker = crate::storm::WORKER;
         let bpftrace = |program: String| {
@@ -72,15 +95,20 @@ impl Condition {
                 format!("BEGIN {{ printf(\"ready\\n\"); }} {program}"),
             ]
         };
+        // The floor: one tracepoint that sees the storm's event (for getppid, which nobody
+        // traces, the one the open storms count: any syscall tracepoint costs every
+        // syscall of every process its slow path).
         let probe = match storm {
-            Storm::Open => "tracepoint:syscalls:sys_enter_openat",
+            Storm::Open | Storm::OpenRelative | Storm::OpenDistinct | Storm::Getppid => {
+                "tracepoint:syscalls:sys_enter_openat"
+            }
             Storm::Exec => "tracepoint:syscalls:sys_enter_execve",
             Storm::Connect => "tracepoint:syscalls:sys_exit_connect",
         };
         let path = |name: &str| dir.join(name).display().to_string();
         Some(match self {
             Condition::Baseline => return None,
-            Condition::Zastava | Condition::ZastavaNoKernelDedup => {
+            Condition::Zastava | Condition::ZastavaNoKernelDedup | Condition::ZastavaBefore => {
                 let mut cmd = vec![
                     observer.display().to_string(),
                     "run".into(),
@@ -104,21 +132,21 @@ impl Condition {
                 "stdbuf".to_owned(),
                 "-oL".to_owned(),
                 match storm {
-                    Storm::Open => "opensnoop".to_owned(),
                     Storm::Exec => "execsnoop".to_owned(),
                     Storm::Connect => "tcpconnect".to_owned(),
+                    _ => "opensnoop".to_owned(),
                 },
             ],
             Condition::BpftraceCount => {
                 bpftrace(format!("{probe} /comm == \"{worker}\"/ {{ @ = count(); }}"))
             }
             Condition::BpftracePrintf => bpftrace(match storm {
-                Storm::Open | Storm::Exec => format!(
-                    "{probe} /comm == \"{worker}\"/ {{ printf(\"%s\\n\", str(args->filename)); }}"
-                ),
                 Storm::Connect => {
                     format!("{probe} /comm == \"{worker}\"/ {{ printf(\"%d\\n\", args->ret); }}")
                 }
+                _ => format!(
+                    "{probe} /comm == \"{worker}\"/ {{ printf(\"%s\\n\", str(args->filename)); }}"
+                ),
             }),
         })
     }
@@ -145,7 +173,7 @@ pub struct Seen {
     pub dropped: Option<u64>,
     /// CPU seconds from ready to exit.
     pub cpu_seconds: f64,
-    /// Peak resident set, KiB.
+    /// Peak resident set from start to the end of the storm's settling time, KiB.
     pub max_rss_kib: u64,
     /// Resident set after the storm, before the tracer was stopped, KiB.
     pub rss_after_kib: u64,
@@ -224,7 +252,7 @@ impl Tracer {
     fn is_ready(&self) -> bool {
         let text = |p: &Path| fs::read_to_string(p).unwrap_or_default();
         match self.condition {
-            Condition::Zastava | Condition::ZastavaNoKernelDedup => {
+            Condition::Zastava | Condition::ZastavaNoKernelDedup | Condition::ZastavaBefore => {
                 text(&self.stderr).contains("observer ready")
             }
             // BEGIN runs once every probe is attached.
@@ -243,11 +271,14 @@ impl Tracer {
         if let Some(tail) = &self.tail {
             tail.stop_measuring_lag();
         }
-        let rss_after_kib = process_rss_kib(self.pid).unwrap_or(0);
-        let (cpu, rss) = self.stop(STOP_TIMEOUT)?;
+        let rss_after_kib = process_status_kib(self.pid, "VmRSS:").unwrap_or(0);
+        // The peak of the tracer's own memory since it was exec'd. `wait4`'s ru_maxrss is
+        // not: a child's starts from the harness's resident set at fork.
+        let peak_kib = process_status_kib(self.pid, "VmHWM:").unwrap_or(0);
+        let (cpu, _) = self.stop(STOP_TIMEOUT)?;
         let mut seen = Seen {
             cpu_seconds: (cpu - self.cpu_at_ready).max(0.0),
-            max_rss_kib: rss,
+            max_rss_kib: peak_kib,
             rss_after_kib,
             ..Seen::default()
         };
@@ -268,8 +299,8 @@ impl Tracer {
             None => {
                 let stdout = fs::read_to_string(&self.stdout)?;
                 let stderr = fs::read_to_string(&self.stderr)?;
-                seen.delivered = Some(count_peer_output(self.condition, storm, &stdout));
-                seen.dropped = Some(lost_reports(&stdout) + lost_reports(&stderr));
+                seen.delivered = Some(peers::count(self.condition, storm, &stdout));
+                seen.dropped = Some(peers::lost_reports(&stdout) + peers::lost_reports(&stderr));
             }
         }
         Ok(seen)
@@ -317,76 +348,17 @@ pub fn process_cpu_seconds(pid: libc::pid_t) -> Option<f64> {
     Some(ticks as f64 / hz.max(1) as f64)
 }
 
-/// Resident set of a live process, KiB.
-fn process_rss_kib(pid: libc::pid_t) -> Option<u64> {
+/// A KiB figure of a live process's /proc status (`VmRSS:`, `VmHWM:`).
+fn process_status_kib(pid: libc::pid_t, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
         .ok()
-}
-
-/// Events of the storm in a peer's output.
-fn count_peer_output(condition: Condition, storm: &StormReport, stdout: &str) -> u64 {
-    let paths: HashSet<&str> = storm.paths.iter().map(String::as_str).collect();
-    let pid = storm.pid.to_string();
-    let mut lines = stdout.lines();
-    let n = match (condition, storm.storm) {
-        // PID COMM FD ERR PATH
-        (Condition::LibbpfTools, Storm::Open) => lines
-            .filter(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.get(1) == Some(&crate::storm::WORKER)
-                    && f.last().is_some_and(|p| paths.contains(p))
-            })
-            .count(),
-        // PCOMM PID PPID RET ARGS
-        (Condition::LibbpfTools, Storm::Exec) => lines
-            .filter(|l| l.split_whitespace().nth(2) == Some(pid.as_str()))
-            .count(),
-        // PID COMM IP SADDR DADDR DPORT
-        (Condition::LibbpfTools, Storm::Connect) => {
-            let port = storm.port.map(|p| p.to_string()).unwrap_or_default();
-            lines
-                .filter(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    f.first() == Some(&pid.as_str()) && f.last() == Some(&port.as_str())
-                })
-                .count()
-        }
-        (Condition::BpftraceCount, _) => {
-            return lines
-                .find_map(|l| l.strip_prefix("@: "))
-                .and_then(|n| n.trim().parse().ok())
-                .unwrap_or(0)
-        }
-        (Condition::BpftracePrintf, Storm::Open) => lines.filter(|l| paths.contains(l)).count(),
-        (Condition::BpftracePrintf, Storm::Exec) => {
-            let program = storm.program.as_deref().unwrap_or("");
-            lines.filter(|l| *l == program).count()
-        }
-        (Condition::BpftracePrintf, Storm::Connect) => lines.filter(|l| *l == "0").count(),
-        _ => 0,
-    };
-    n as u64
-}
-
-/// The sum of "Lost N events" reports in a tool's output.
-fn lost_reports(text: &str) -> u64 {
-    text.lines()
-        .filter_map(|line| {
-            let at = line.to_ascii_lowercase().find("lost ")?;
-            line[at + 5..]
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
 }
 
 /// Follows the NDJSON file as the observer writes it, noting when each record became

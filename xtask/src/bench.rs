@@ -7,6 +7,7 @@ use anyhow::Result;
 use crate::{
     cmd::{cargo, root, run_cmd, step},
     ebpf::build_ebpf,
+    image::target_dir,
     setup::setup,
 };
 
@@ -25,24 +26,26 @@ pub fn bench(smoke: bool, args: &[String]) -> Result<()> {
         "-p",
         "observer-user",
         "-p",
+        "zastava-webhook",
+        "-p",
         "zastava-bench",
     ]);
     if !smoke {
         build.arg("--release");
     }
     run_cmd(&mut build)?;
-    let bin_dir = root.join("target").join(profile);
+    let bin_dir = target_dir().join(profile);
     step(if smoke {
         "benchmark smoke run"
     } else {
-        "benchmarking (about 15 minutes)"
+        "benchmarking (about 50 minutes)"
     });
     let mut cmd = Command::new(bin_dir.join("zastava-bench"));
     cmd.current_dir(&root)
         .arg("--bin-dir")
         .arg(&bin_dir)
         .arg("--work-dir")
-        .arg(root.join("target/bench"));
+        .arg(target_dir().join("bench"));
     if smoke {
         cmd.arg("--smoke");
     }

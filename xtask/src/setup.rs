@@ -38,6 +38,8 @@ const PACKAGES: &[&str] = &[
     "docker-compose",
     "libbpf-tools",
     "bpftrace",
+    // perf: the profiles docs/PERFORMANCE.md gives commands for.
+    "linux-perf",
     "systemd",
     "util-linux",
     "python3",

@@ -1,9 +1,11 @@
 //! A syscall storm: the traced workload of the benchmark.
 //!
-//! `zastava-storm open|exec|connect N` makes N opens (+ close) of a few files, N fork+execs
-//! of `/bin/true`, or N TCP connects to a loopback listener of its own, in a thread named
-//! `zstorm-work` (so tracers can select exactly the storm's syscalls by `comm`), and prints
-//! one JSON line: what it did, how long the loop took, and what a tracer should have seen.
+//! `zastava-storm open|open-relative|open-distinct|exec|connect|getppid N` makes N opens
+//! (+ close) of a few files by absolute or relative path, N failing opens of paths never
+//! opened before, N fork+execs of `/bin/true`, N TCP connects to a loopback listener of its
+//! own, or N `getppid` calls, in a thread named `zstorm-work` (so tracers can select exactly
+//! the storm's syscalls by `comm`), and prints one JSON line: what it did, how long the loop
+//! took, and what a tracer should have seen.
 
 use std::{
     ffi::CString,
@@ -39,6 +41,22 @@ enum Storm {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// N times: open one of a few files read-only by a relative path (the process first
+    /// changes into their directory), then close it.
+    OpenRelative {
+        count: u64,
+        #[arg(long, default_value_t = 4)]
+        files: usize,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// N times: open a path that was never opened before and does not exist (every
+    /// operation a new edge: nothing to deduplicate anywhere).
+    OpenDistinct {
+        count: u64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// N times: fork, exec the program, wait for it.
     Exec {
         count: u64,
@@ -47,6 +65,9 @@ enum Storm {
     },
     /// N times: a TCP connect to a listener on 127.0.0.1, closed with a reset.
     Connect { count: u64 },
+    /// N times: `getppid`, a syscall no tracer traces: what every process pays once any
+    /// syscall tracepoint is attached.
+    Getppid { count: u64 },
 }
 
 /// What the worker thread runs: the loop, which returns how many operations failed.
@@ -57,19 +78,27 @@ fn main() {
     // Setup happens here, on the main thread, so that the worker makes only the storm's
     // syscalls.
     let mut cleanup = None;
+    let mut scratch = |dir: Option<PathBuf>| {
+        let own = dir.is_none();
+        let dir = dir.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("zastava-storm-{}", std::process::id()))
+        });
+        if own {
+            cleanup = Some(dir.clone());
+        }
+        dir
+    };
     let prepared = match cli.storm {
         Storm::Open { count, files, dir } => {
-            let own = dir.is_none();
-            let dir = dir.unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("zastava-storm-{}", std::process::id()))
-            });
-            if own {
-                cleanup = Some(dir.clone());
-            }
-            prepare_open(count, files.max(1), &dir)
+            prepare_open(count, files.max(1), &scratch(dir), false)
         }
+        Storm::OpenRelative { count, files, dir } => {
+            prepare_open(count, files.max(1), &scratch(dir), true)
+        }
+        Storm::OpenDistinct { count, dir } => prepare_distinct(count, &scratch(dir)),
         Storm::Exec { count, program } => prepare_exec(count, &program),
         Storm::Connect { count } => prepare_connect(count),
+        Storm::Getppid { count } => Ok(prepare_getppid(count)),
     };
     let result = prepared.and_then(|(mut report, job)| {
         let worker = std::thread::Builder::new()
@@ -102,17 +131,28 @@ fn main() {
     }
 }
 
-fn prepare_open(count: u64, files: usize, dir: &Path) -> Result<(Value, Job)> {
+fn prepare_open(count: u64, files: usize, dir: &Path, relative: bool) -> Result<(Value, Job)> {
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = fs::canonicalize(dir)?;
-    let paths: Vec<PathBuf> = (0..files).map(|i| dir.join(format!("f{i}"))).collect();
+    let names: Vec<String> = (0..files).map(|i| format!("f{i}")).collect();
+    let paths: Vec<PathBuf> = names.iter().map(|name| dir.join(name)).collect();
     for path in &paths {
         fs::write(path, b"storm\n").with_context(|| format!("create {}", path.display()))?;
     }
-    let cpaths: Vec<CString> = paths
-        .iter()
-        .map(|p| CString::new(p.as_os_str().as_bytes()))
-        .collect::<Result<_, _>>()?;
+    let cpaths: Vec<CString> = if relative {
+        // The working directory is the process's: the worker inherits it.
+        std::env::set_current_dir(&dir)
+            .with_context(|| format!("change into {}", dir.display()))?;
+        names
+            .iter()
+            .map(|n| CString::new(n.as_bytes()))
+            .collect::<Result<_, _>>()?
+    } else {
+        paths
+            .iter()
+            .map(|p| CString::new(p.as_os_str().as_bytes()))
+            .collect::<Result<_, _>>()?
+    };
     let job = move || {
         let mut failed = 0;
         for i in 0..count {
@@ -128,8 +168,55 @@ fn prepare_open(count: u64, files: usize, dir: &Path) -> Result<(Value, Job)> {
         }
         failed
     };
-    let report = json!({ "storm": "open", "ops": count, "paths": paths });
+    let report = if relative {
+        json!({ "storm": "open-relative", "ops": count, "paths": paths, "requested": names })
+    } else {
+        json!({ "storm": "open", "ops": count, "paths": paths })
+    };
     Ok((report, Box::new(job)))
+}
+
+/// Every operation opens `DIR/miss-<i>`, which does not exist: `ENOENT`, a new edge each.
+fn prepare_distinct(count: u64, dir: &Path) -> Result<(Value, Job)> {
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let dir = fs::canonicalize(dir)?;
+    let prefix = format!("{}/miss-", dir.display());
+    // Made before the loop, so that the loop times only the syscalls.
+    let paths: Vec<CString> = (0..count)
+        .map(|i| CString::new(format!("{prefix}{i}")))
+        .collect::<Result<_, _>>()?;
+    let job = move || {
+        let mut failed = 0;
+        for path in &paths {
+            // SAFETY: a NUL-terminated path; an fd, should one be opened, is closed.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd >= 0 {
+                failed += 1;
+                unsafe { libc::close(fd) };
+            } else if io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
+                failed += 1;
+            }
+        }
+        failed
+    };
+    let report = json!({ "storm": "open-distinct", "ops": count, "prefix": prefix });
+    Ok((report, Box::new(job)))
+}
+
+fn prepare_getppid(count: u64) -> (Value, Job) {
+    let job = move || {
+        let parent = std::os::unix::process::parent_id();
+        let mut failed = 0;
+        for _ in 0..count {
+            // SAFETY: getppid has no preconditions. Called directly: libc does not cache it.
+            let ppid = unsafe { libc::getppid() };
+            if ppid as u32 != parent {
+                failed += 1;
+            }
+        }
+        failed
+    };
+    (json!({ "storm": "getppid", "ops": count }), Box::new(job))
 }
 
 fn prepare_exec(count: u64, program: &Path) -> Result<(Value, Job)> {

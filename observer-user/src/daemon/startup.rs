@@ -417,7 +417,19 @@ fn load_probes(
         },
     )?;
     let ring = probes.take_ring()?;
+    return_freed_memory();
     Ok((probes, ring))
+}
+
+/// Parsing the kernel's BTF (ours for the offsets, the loader's for relocations) takes
+/// tens of MiB of heap that is free once the programs are loaded; the allocator keeps
+/// freed pages unless told, and they would count in the daemon's resident set for good.
+fn return_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The struct offsets of the kernel view, as `observer.kernel_view` asks.
