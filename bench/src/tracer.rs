@@ -294,7 +294,12 @@ impl Tracer {
                     .collect();
                 let stats: Value = serde_json::from_slice(&fs::read(self.dir.join("stats.json"))?)
                     .context("read the observer's shutdown summary")?;
-                seen.dropped = stats["lost"].as_u64();
+                // Everything the observer's account says it lost: before decoding, and
+                // dropped at any stage after (summed over stages).
+                let dropped: u64 = stats["delivery"]["dropped"]
+                    .as_object()
+                    .map_or(0, |d| d.values().filter_map(Value::as_u64).sum());
+                seen.dropped = stats["lost"].as_u64().map(|lost| lost + dropped);
             }
             None => {
                 let stdout = fs::read_to_string(&self.stdout)?;

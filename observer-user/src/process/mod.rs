@@ -5,6 +5,7 @@
 
 pub mod buildid;
 pub mod paths;
+pub mod recent;
 pub mod repeats;
 pub mod table;
 pub mod tracker;

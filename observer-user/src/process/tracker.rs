@@ -2,13 +2,15 @@
 //! exec, open and connect records become owned [`EdgeEvent`]s carrying a snapshot of their
 //! process.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use observer_common::{
     addr_source, flags, open_base, walk, DedupKey, DedupState, EventHeader, EventKind, Repeats,
 };
 
-use super::{buildid::BuildIdCache, paths, repeats::DedupAccount, table::ProcessTable};
+use super::{
+    buildid::BuildIdCache, paths, recent::Recent, repeats::DedupAccount, table::ProcessTable,
+};
 use crate::{
     kernel::decode::{ConnectEvent, ExecEvent, KernelEvent, OpenEvent, SocketAddress},
     record::{EdgeDetail, EdgeEvent, HeldRepeats, Image, ProcessSnapshot, Raw, SocketTarget},
@@ -70,7 +72,7 @@ pub struct Tracker {
     build_ids: BuildIdCache,
     /// The last report of each edge the kernel deduplicates, to name the repeats of edges
     /// that went quiet.
-    reports: HashMap<DedupKey, EdgeEvent>,
+    reports: Recent<DedupKey, EdgeEvent>,
     dedup: DedupAccount,
 }
 
@@ -84,7 +86,7 @@ impl Tracker {
             next_seq: 1,
             stats: TrackStats::default(),
             build_ids: BuildIdCache::default(),
-            reports: HashMap::new(),
+            reports: Recent::new(REPORTS_CAPACITY),
             dedup: DedupAccount::default(),
         }
     }
@@ -182,9 +184,6 @@ impl Tracker {
             };
         }
         edge.dedup_key = Some(key);
-        if self.reports.len() >= REPORTS_CAPACITY {
-            self.reports.clear();
-        }
         let mut remembered = edge.clone();
         remembered.repeats = HeldRepeats::default();
         self.reports.insert(key, remembered);
