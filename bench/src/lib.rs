@@ -1,6 +1,7 @@
 //! Benchmark harness of zastava-observer: the storms that are traced, the tracers they run
 //! under, and the figures made of them.
 
+pub mod condition;
 pub mod evidence;
 pub mod peers;
 pub mod report;

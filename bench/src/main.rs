@@ -16,10 +16,11 @@ use clap::Parser;
 use serde_json::Value;
 
 use zastava_bench::{
+    condition::Condition,
     programs,
     storm::{self, Storm},
     table::{self, Cells, Sample},
-    tracer::{Condition, Tracer},
+    tracer::Tracer,
 };
 
 #[derive(Parser)]

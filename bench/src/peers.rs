@@ -1,8 +1,8 @@
 //! What a peer's output says it saw of a storm.
 
 use crate::{
+    condition::Condition,
     storm::{Storm, StormReport},
-    tracer::Condition,
 };
 
 /// Events of the storm in a peer's output.

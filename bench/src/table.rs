@@ -5,9 +5,10 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use crate::{
+    condition::Condition,
     report::{median, percentile},
     storm::Storm,
-    tracer::{Condition, Seen},
+    tracer::Seen,
 };
 
 /// One storm under one condition.
