@@ -50,6 +50,23 @@ impl Tmpfs {
         stat.f_bavail * stat.f_frsize
     }
 
+    /// Waits until at least `bytes` are free, for up to ten seconds. The space of a
+    /// removed file comes back once its last descriptor is closed, and a process that
+    /// another thread forks at that moment holds copies of this process's descriptors
+    /// until its exec closes them.
+    pub fn wait_until_free(&self, bytes: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.free_bytes() < bytes {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: {} bytes free, {bytes} expected after removing files",
+                self.dir.display(),
+                self.free_bytes()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Fills the filesystem: writes `name` until the kernel says ENOSPC. Returns its path
     /// (remove it to give the space back).
     pub fn fill(&self, name: &str) -> PathBuf {
