@@ -60,9 +60,50 @@ impl Received {
     }
 }
 
+/// What accepted batches carried under a path prefix: kept instead of whole bodies, so a
+/// run of millions of events costs a map of paths, not their JSON.
+#[derive(Debug, Default)]
+pub struct Tally {
+    prefix: String,
+    /// Occurrences of each path under the prefix, counted from each batch id once.
+    pub paths: std::collections::HashMap<String, u64>,
+    /// Accepted batches, each id once.
+    pub accepted_batches: u64,
+    /// Accepted batches whose id had been accepted before (sent again after a crash).
+    pub duplicate_batches: u64,
+    /// When a path under the prefix last arrived for the first time.
+    pub last_new_path_at: Option<Instant>,
+    batch_ids: std::collections::HashSet<String>,
+}
+
+impl Tally {
+    fn add(&mut self, body: &Value) {
+        let id = body["batchId"].as_str().unwrap_or_default();
+        if !self.batch_ids.insert(id.to_owned()) {
+            self.duplicate_batches += 1;
+            return;
+        }
+        self.accepted_batches += 1;
+        for event in body["events"].as_array().into_iter().flatten() {
+            let Some(path) = event["path"].as_str() else {
+                continue;
+            };
+            if path.starts_with(&self.prefix) {
+                let count = event["count"].as_u64().unwrap_or(1);
+                let seen = self.paths.entry(path.to_owned()).or_default();
+                if *seen == 0 {
+                    self.last_new_path_at = Some(Instant::now());
+                }
+                *seen += count;
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     received: Vec<Received>,
+    tally: Option<Tally>,
     script: VecDeque<Reply>,
     default: Option<Reply>,
     accept_token: Option<String>,
@@ -204,6 +245,36 @@ impl Receiver {
         self.state.lock().unwrap().accept_token = Some(token.to_owned());
     }
 
+    /// From now on, accepted batches are tallied by the paths under `prefix` and their
+    /// bodies are not kept.
+    pub fn tally_paths(&self, prefix: &str) {
+        self.state.lock().unwrap().tally = Some(Tally {
+            prefix: prefix.to_owned(),
+            ..Tally::default()
+        });
+    }
+
+    /// Looks at the tally (see [`Receiver::tally_paths`]).
+    pub fn with_tally<T>(&self, look: impl FnOnce(&Tally) -> T) -> T {
+        look(
+            self.state
+                .lock()
+                .unwrap()
+                .tally
+                .as_ref()
+                .expect("tally_paths was called"),
+        )
+    }
+
+    /// Requests received so far, by status.
+    pub fn statuses(&self) -> std::collections::BTreeMap<u16, u64> {
+        let mut by_status = std::collections::BTreeMap::new();
+        for r in &self.state.lock().unwrap().received {
+            *by_status.entry(r.status).or_default() += 1;
+        }
+        by_status
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
     }
@@ -295,16 +366,26 @@ async fn handle(
             (200, None)
         }
     };
-    state.lock().unwrap().received.push(Received {
-        at: Instant::now(),
-        path: parts.uri.path().to_owned(),
-        status,
-        idempotency_key: header("idempotency-key"),
-        authorization,
-        content_encoding,
-        client_certificate,
-        body: json.as_ref().and_then(|t| serde_json::from_str(t).ok()),
-    });
+    let mut body: Option<Value> = json.as_ref().and_then(|t| serde_json::from_str(t).ok());
+    {
+        let mut state = state.lock().unwrap();
+        if let Some(tally) = &mut state.tally {
+            if let (true, Some(body)) = ((200..300).contains(&status), &body) {
+                tally.add(body);
+            }
+            body = None;
+        }
+        state.received.push(Received {
+            at: Instant::now(),
+            path: parts.uri.path().to_owned(),
+            status,
+            idempotency_key: header("idempotency-key"),
+            authorization,
+            content_encoding,
+            client_certificate,
+            body,
+        });
+    }
     let mut response = Response::builder().status(status);
     if let Some(after) = retry_after {
         response = response.header("retry-after", after);

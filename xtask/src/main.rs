@@ -1,11 +1,12 @@
 //! Developer and release tasks:
-//! `cargo xtask setup | build-ebpf | test | run | bench | image | offline-kit | fuzz`.
+//! `cargo xtask setup | build-ebpf | test | run | bench | chaos | image | offline-kit | fuzz`.
 //!
 //! `setup` installs everything a fresh Debian machine lacks and is a no-op when nothing is
 //! missing; `test` and `run` call it first, so each is one command on a new machine.
 
 mod archive;
 mod bench;
+mod chaos;
 mod cmd;
 mod ebpf;
 mod fuzz;
@@ -58,6 +59,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, then the chaos cases (outages, kills, a full spool disk, an overrun ring
+    /// buffer under load) at full scale in release mode, and their figures as tables.
+    Chaos {
+        /// The small run the test suite makes (about 2 minutes).
+        #[arg(long)]
+        smoke: bool,
+        /// Only the cases whose test names contain these words (default: all).
+        cases: Vec<String>,
+    },
     /// Build the OCI images of zastava-observer and zastava-webhook (reproducible: the
     /// same commit gives the same digests) as OCI archives for `ctr images import`.
     Image {
@@ -97,6 +107,7 @@ fn main() -> ExitCode {
         Task::Test { cargo_test_args } => test::test(&cargo_test_args),
         Task::Run { args } => run::run(&args),
         Task::Bench { smoke, args } => bench::bench(smoke, &args),
+        Task::Chaos { smoke, cases } => chaos::chaos(smoke, &cases),
         Task::Image {
             only,
             binaries,
