@@ -15,7 +15,11 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use common::{backend::Reply, TempDir};
+use common::{
+    backend::Reply,
+    containerd::{Containerd, PodSpec, BUSYBOX},
+    TempDir,
+};
 use harness::{
     account, one_at_a_time, report, scraping, secs, wait_balanced, Backend, Daemon, Load, Outcome,
     Scale,
@@ -420,4 +424,125 @@ fn an_overrun_ring_buffer_counts_every_loss_and_memory_stays_bounded() {
     assert_eq!(oa.repeated + ob.repeated, 0, "edges delivered twice");
     // Bounded, not a figure: docs/PERFORMANCE.md has the figures.
     assert!(peak_rss < 256 << 20, "peak RSS {peak_rss} bytes");
+}
+
+#[test]
+fn containerd_killed_and_restarted_under_load_never_gives_an_edge_the_wrong_pod() {
+    let _one = one_at_a_time();
+    let scale = Scale::get();
+    let cycles: u64 = scale.pick(1, 3);
+    let down = scale.pick(Duration::from_secs(2), Duration::from_secs(10));
+    let period = scale.pick(Duration::from_secs(3), Duration::from_secs(20));
+    let marker = format!("/{}", common::unique("chaos"));
+    let backend = Backend::start(&marker);
+    backend.receiver.tally_paths_and_pods(&marker);
+    let mut containerd = Containerd::start();
+    let spool = TempDir::new("zastava-chaos-spool");
+    let socket = containerd.socket.to_str().unwrap().to_owned();
+    let args = backend.args_with(
+        spool.path(),
+        &["--cri-endpoint", &socket, "--cri-poll-interval", "0.1"],
+    );
+    let daemon = Daemon::start(&args, &spool.path().with_extension("log"));
+
+    // Each pod's container opens paths that name the pod, about 2 000 a second.
+    let mut pods = Vec::new();
+    let mut start_pod = |containerd: &mut Containerd, name: String| {
+        let pod = containerd.run_pod(&PodSpec {
+            name: &name,
+            namespace: "chaos",
+            labels: &[],
+        });
+        let script = format!(
+            "i=0; while :; do for j in 0 1 2 3 4 5 6 7 8 9; do true < {marker}-{name}-$i-$j; done; i=$((i+1)); busybox usleep 5000; done 2>/dev/null"
+        );
+        containerd.run_container(&pod, "load", BUSYBOX, &["/bin/sh", "-c", &script]);
+        pods.push((name, pod));
+    };
+    start_pod(&mut containerd, "steady-a".to_owned());
+    start_pod(&mut containerd, "steady-b".to_owned());
+    let pause = |d: Duration| {
+        let until = Instant::now() + d;
+        scraping(&daemon, Duration::from_millis(500), |_| {
+            Instant::now() < until
+        })
+    };
+    let mut scrapes = pause(period);
+    for cycle in 0..cycles {
+        containerd.kill_daemon();
+        scrapes += pause(down);
+        containerd.start_daemon();
+        let back = wait_balanced(&daemon, common::TIMEOUT, |_| {
+            daemon.log_text().matches("container runtime back").count() as u64 > cycle
+        });
+        assert!(
+            back,
+            "no reconnect after containerd restarted:\n{}",
+            daemon.log_text()
+        );
+        start_pod(&mut containerd, format!("after-{cycle}"));
+        scrapes += pause(period);
+    }
+    for (_, pod) in &pods {
+        containerd.stop_pod(pod);
+    }
+    let mut last = (0, Instant::now());
+    wait_balanced(&daemon, common::TIMEOUT, |_| {
+        let n = backend.receiver.with_tally(|t| t.paths.len());
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        last.1.elapsed() > Duration::from_secs(3)
+    });
+    let summary = daemon.stop();
+    assert_summary_balanced(&summary);
+
+    // Every edge names its pod in its path: attributed to it (by the edge itself or by a
+    // patch for it), or to no pod (sent as unknown), never to another.
+    let mut right = std::collections::BTreeMap::<String, u64>::new();
+    let (mut no_pod, mut wrong) = (0_u64, Vec::new());
+    backend.receiver.with_tally(|t| {
+        for (path, attributed) in t.pods.as_ref().unwrap() {
+            let rest = &path[marker.len() + 1..];
+            let mut parts = rest.rsplitn(3, '-');
+            let (_, _, pod) = (parts.next(), parts.next(), parts.next().unwrap_or_default());
+            let others: Vec<&String> = attributed
+                .iter()
+                .filter(|p| !p.is_empty() && *p != pod)
+                .collect();
+            if !others.is_empty() {
+                wrong.push(format!("{path} attributed to {others:?}"));
+            } else if attributed.contains(pod) {
+                *right.entry(pod.to_owned()).or_default() += 1;
+            } else {
+                no_pod += 1;
+            }
+        }
+    });
+    report(
+        "containerd killed and restarted under load",
+        json!({
+            "pods": pods.len(),
+            "kills": cycles,
+            "down_seconds": down.as_secs(),
+            "edges_with_their_pod": right.values().sum::<u64>(),
+            "edges_by_pod": right,
+            "edges_without_a_pod": no_pod,
+            "edges_without_a_pod_by_enrichment": backend.receiver.with_tally(|t| t.without_pod.clone()),
+            "patches_by_enrichment": backend.receiver.with_tally(|t| t.patches.clone()),
+            "edges_with_another_pod": wrong.len(),
+            "runtime_disconnects": summary["cri"]["disconnects"],
+            "attribution": summary["attribution"],
+            "scrapes_balanced": scrapes,
+            "account": account(&summary),
+        }),
+    );
+    assert_eq!(wrong, Vec::<String>::new(), "edges given another pod");
+    for (name, _) in &pods {
+        assert!(
+            right.get(name).copied().unwrap_or(0) > 0,
+            "no edge of {name} was attributed to it: {right:?}"
+        );
+    }
+    assert!(summary["cri"]["disconnects"].as_u64().unwrap() >= cycles);
 }

@@ -96,22 +96,27 @@ impl Backend {
 
     /// The arguments that make an observer on the node alone ship here.
     pub fn args(&self, spool: &Path) -> Vec<String> {
-        [
-            "--no-cri",
-            "--backend",
-            &self.receiver.url,
-            "--ca-file",
-            self.pki.ca.to_str().unwrap(),
-            "--token-file",
-            self.token.path().join("token").to_str().unwrap(),
-            "--spool-dir",
-            spool.to_str().unwrap(),
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+        self.args_with(spool, &["--no-cri"])
+    }
+
+    /// As [`Backend::args`], with the container runtime given by `runtime`.
+    pub fn args_with(&self, spool: &Path, runtime: &[&str]) -> Vec<String> {
+        runtime
+            .iter()
+            .chain(&[
+                "--backend",
+                &self.receiver.url,
+                "--ca-file",
+                self.pki.ca.to_str().unwrap(),
+                "--token-file",
+                self.token.path().join("token").to_str().unwrap(),
+                "--spool-dir",
+                spool.to_str().unwrap(),
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .map(|s| (*s).to_owned())
+            .collect()
     }
 
     /// Occurrences delivered of each of `paths` (0 for those that never arrived).

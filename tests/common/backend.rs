@@ -73,6 +73,14 @@ pub struct Tally {
     pub duplicate_batches: u64,
     /// When a path under the prefix last arrived for the first time.
     pub last_new_path_at: Option<Instant>,
+    /// The pods each path under the prefix was attributed to (`""`: none), when asked for.
+    pub pods: Option<std::collections::HashMap<String, std::collections::BTreeSet<String>>>,
+    /// Edges under the prefix without a pod, by their `enrichment`, when pods are noted.
+    pub without_pod: std::collections::BTreeMap<String, u64>,
+    /// Enrichment patches received, by their `enrichment`.
+    pub patches: std::collections::BTreeMap<String, u64>,
+    /// Paths of edges sent without a pod, by event id, until a patch names their pod.
+    pending: std::collections::HashMap<String, String>,
     batch_ids: std::collections::HashSet<String>,
 }
 
@@ -84,17 +92,47 @@ impl Tally {
             return;
         }
         self.accepted_batches += 1;
-        for event in body["events"].as_array().into_iter().flatten() {
+        let events = body["events"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for event in events {
             let Some(path) = event["path"].as_str() else {
                 continue;
             };
             if path.starts_with(&self.prefix) {
+                if let Some(pods) = &mut self.pods {
+                    let pod = event["pod"].as_str().unwrap_or_default().to_owned();
+                    if pod.is_empty() {
+                        let state = event["enrichment"].as_str().unwrap_or_default().to_owned();
+                        *self.without_pod.entry(state).or_default() += 1;
+                        if let Some(id) = event["eventId"].as_str() {
+                            self.pending.insert(id.to_owned(), path.to_owned());
+                        }
+                    }
+                    pods.entry(path.to_owned()).or_default().insert(pod);
+                }
                 let count = event["count"].as_u64().unwrap_or(1);
                 let seen = self.paths.entry(path.to_owned()).or_default();
                 if *seen == 0 {
                     self.last_new_path_at = Some(Instant::now());
                 }
                 *seen += count;
+            }
+        }
+        // A patch gives events sent `pending` their pod: noted as the edge's own would be.
+        for patch in events
+            .iter()
+            .filter(|e| e["eventType"] == "enrichmentPatch")
+        {
+            let state = patch["enrichment"].as_str().unwrap_or_default().to_owned();
+            *self.patches.entry(state).or_default() += 1;
+            let Some(pods) = &mut self.pods else { continue };
+            let pod = patch["pod"].as_str().unwrap_or_default();
+            for id in patch["eventIds"].as_array().into_iter().flatten() {
+                if let Some(path) = id.as_str().and_then(|id| self.pending.remove(id)) {
+                    pods.entry(path).or_default().insert(pod.to_owned());
+                }
             }
         }
     }
@@ -250,6 +288,15 @@ impl Receiver {
     pub fn tally_paths(&self, prefix: &str) {
         self.state.lock().unwrap().tally = Some(Tally {
             prefix: prefix.to_owned(),
+            ..Tally::default()
+        });
+    }
+
+    /// As [`Receiver::tally_paths`], noting the pod each path was attributed to as well.
+    pub fn tally_paths_and_pods(&self, prefix: &str) {
+        self.state.lock().unwrap().tally = Some(Tally {
+            prefix: prefix.to_owned(),
+            pods: Some(std::collections::HashMap::new()),
             ..Tally::default()
         });
     }

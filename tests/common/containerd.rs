@@ -189,6 +189,17 @@ impl Containerd {
         self.cri = None;
     }
 
+    /// Kills containerd (SIGKILL), as a crash or the OOM killer would; containers keep
+    /// running under their shims.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling the containerd this harness started.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            child.wait().unwrap();
+        }
+        self.cri = None;
+    }
+
     /// Starts containerd again on the same state.
     pub fn start_daemon(&mut self) {
         self.spawn();
