@@ -1,6 +1,6 @@
-//! `cargo xtask fuzz [--seconds N] [--quick] [TARGET...]`: builds the libFuzzer targets in
-//! fuzz/ (nightly; AddressSanitizer and optimised, or with `--quick` the dev profile without
-//! a sanitizer) and runs each for N seconds, as many at once as there are
+//! `cargo xtask fuzz [--seconds N] [--runs N] [--quick] [TARGET...]`: builds the libFuzzer
+//! targets in fuzz/ (nightly; AddressSanitizer and optimised, or with `--quick` the dev
+//! profile without a sanitizer) and runs each for N seconds (or N executions), as many at once as there are
 //! cores, from its checked-in seed corpus (fuzz/seeds/<target>, read only) and a working
 //! corpus under the target dir. A crash, a leak or a hang fails the run; libFuzzer saves
 //! the reproducer under fuzz/artifacts/<target>/, and the failure names the file and the
@@ -84,7 +84,7 @@ pub struct Report {
     pub ok: bool,
 }
 
-pub fn fuzz(seconds: u64, targets: &[String], how: Build) -> Result<()> {
+pub fn fuzz(limit: Limit, targets: &[String], how: Build) -> Result<()> {
     let targets: Vec<String> = if targets.is_empty() {
         TARGETS.iter().map(|t| (*t).to_owned()).collect()
     } else {
@@ -99,15 +99,27 @@ pub fn fuzz(seconds: u64, targets: &[String], how: Build) -> Result<()> {
         targets.to_vec()
     };
     build(how)?;
-    run_built(seconds, &targets, how)
+    run_built(limit, &targets, how)
+}
+
+/// How long each target runs: `seconds`, or until `runs` executions if that comes first.
+#[derive(Clone, Copy, Debug)]
+pub struct Limit {
+    pub seconds: u64,
+    pub runs: Option<u64>,
 }
 
 /// Runs targets built already (by `build` or a `BackgroundBuild`).
-pub fn run_built(seconds: u64, targets: &[String], how: Build) -> Result<()> {
+pub fn run_built(limit: Limit, targets: &[String], how: Build) -> Result<()> {
     let jobs = thread::available_parallelism().map_or(1, usize::from);
+    let runs = limit
+        .runs
+        .map(|n| format!(" or {n} executions"))
+        .unwrap_or_default();
     step(&format!(
-        "fuzzing {} for {seconds} s each, {jobs} at a time",
-        targets.join(", ")
+        "fuzzing {} for {} s{runs} each, {jobs} at a time",
+        targets.join(", "),
+        limit.seconds
     ));
     let mut reports = Vec::new();
     for chunk in targets.chunks(jobs) {
@@ -115,7 +127,7 @@ pub fn run_built(seconds: u64, targets: &[String], how: Build) -> Result<()> {
             .iter()
             .map(|t| {
                 let t = t.clone();
-                thread::spawn(move || run_one(&t, seconds, how))
+                thread::spawn(move || run_one(&t, limit, how))
             })
             .collect();
         for handle in running {
@@ -288,7 +300,7 @@ fn log_path(target: &str) -> PathBuf {
     target_dir().join("logs").join(format!("{target}.log"))
 }
 
-fn run_one(target: &str, seconds: u64, how: Build) -> Result<Report> {
+fn run_one(target: &str, limit: Limit, how: Build) -> Result<Report> {
     let corpus = target_dir().join("corpus").join(target);
     let seeds = fuzz_dir().join("seeds").join(target);
     let artifacts = fuzz_dir().join("artifacts").join(target);
@@ -298,8 +310,13 @@ fn run_one(target: &str, seconds: u64, how: Build) -> Result<Report> {
     }
     fs::create_dir_all(log.parent().unwrap_or(Path::new(".")))?;
     let before = crashes(&artifacts);
-    let status = Command::new(binary(target, how))
-        .arg(format!("-max_total_time={seconds}"))
+    let started = std::time::Instant::now();
+    let mut command = Command::new(binary(target, how));
+    if let Some(runs) = limit.runs {
+        command.arg(format!("-runs={runs}"));
+    }
+    let status = command
+        .arg(format!("-max_total_time={}", limit.seconds))
         .arg("-timeout=10")
         .arg("-rss_limit_mb=2048")
         .arg("-print_final_stats=1")
@@ -319,7 +336,7 @@ fn run_one(target: &str, seconds: u64, how: Build) -> Result<Report> {
         execs: stat(&text, "stat::number_of_executed_units:"),
         coverage: last_field(&text, "cov:"),
         corpus: last_field(&text, "corp:"),
-        seconds,
+        seconds: started.elapsed().as_secs(),
         ok: status.success() && crash.is_none(),
         crash,
     })

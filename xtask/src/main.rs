@@ -87,6 +87,10 @@ enum Task {
         /// How long each target runs.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// Stop a target after this many executions, if that comes before `--seconds`
+        /// (a soak: `--runs 10000000 --seconds 14400`).
+        #[arg(long)]
+        runs: Option<u64>,
         /// Build in the dev profile without AddressSanitizer (much faster to build; what
         /// CI runs).
         #[arg(long)]
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
         Task::OfflineKit(args) => kit::offline_kit(&args),
         Task::Fuzz {
             seconds,
+            runs,
             quick,
             targets,
         } => {
@@ -129,7 +134,7 @@ fn main() -> ExitCode {
             } else {
                 fuzz::Build::Sanitized
             };
-            setup::setup().and_then(|()| fuzz::fuzz(seconds, &targets, how))
+            setup::setup().and_then(|()| fuzz::fuzz(fuzz::Limit { seconds, runs }, &targets, how))
         }
     };
     match result {

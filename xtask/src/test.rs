@@ -7,7 +7,7 @@ use crate::{
     bench::bench,
     cmd::{cargo, nightly_cargo, output, root, run_cmd, step},
     ebpf::{build_ebpf, ebpf_dir},
-    fuzz::{run_built, BackgroundBuild, Build, TARGETS},
+    fuzz::{run_built, BackgroundBuild, Build, Limit, TARGETS},
     setup::setup,
 };
 
@@ -80,7 +80,11 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
         // Every parser of untrusted input, 30 s each, as many at once as there are cores.
         fuzz_build.finish()?;
         let targets: Vec<String> = TARGETS.iter().map(|t| (*t).to_owned()).collect();
-        run_built(30, &targets, Build::Quick)?;
+        let limit = Limit {
+            seconds: 30,
+            runs: None,
+        };
+        run_built(limit, &targets, Build::Quick)?;
     }
     Ok(())
 }
