@@ -9,7 +9,8 @@
 //! - `protocol`: bodies that are not reviews, objects that cannot be read, `TCP_NODELAY`;
 //! - `logging`: the log line of every decision, as JSON and as text;
 //! - `operations`: certificate rotation, dropping credentials, configuration errors;
-//! - `hostile`: idle and stalled connections, old TLS versions, garbage and nested JSON.
+//! - `hostile`: idle and stalled connections, old TLS versions, garbage and nested JSON;
+//! - `slow`: dribbled headers, stalled bodies, idle connections, the connection cap.
 
 mod common;
 
@@ -25,6 +26,8 @@ mod operations;
 mod outages;
 #[path = "webhook/protocol.rs"]
 mod protocol;
+#[path = "webhook/slow.rs"]
+mod slow;
 #[path = "webhook/verdicts.rs"]
 mod verdicts;
 

@@ -40,6 +40,21 @@ pub struct ServerConfig {
     /// Largest request body accepted.
     #[serde(deserialize_with = "bytes")]
     pub max_body_bytes: u64,
+    /// Connections open at once (in the TLS handshake or after it); more are refused at
+    /// accept.
+    pub max_connections: usize,
+    /// Time for a connection's TLS handshake.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Time for a request's headers, from its first byte (HTTP/1.1).
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// Time for a request's body, from the end of its headers.
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
+    /// An HTTP/1.1 connection with no request for this long is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +65,13 @@ impl Default for ServerConfig {
             key_file: None,
             reload_interval: Duration::from_secs(10),
             max_body_bytes: 4 << 20,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            // Longer than the 90 s after which the API server's HTTP client (Go's) closes
+            // an idle connection itself, so that it, not the webhook, closes it.
+            idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -182,6 +204,20 @@ impl WebhookConfig {
             ("server.addr", self.server.addr.to_string()),
             ("server.cert_file", path(&self.server.cert_file)),
             ("server.key_file", path(&self.server.key_file)),
+            (
+                "server.max_connections",
+                self.server.max_connections.to_string(),
+            ),
+            (
+                "server.timeouts",
+                format!(
+                    "handshake {:?}, headers {:?}, body {:?}, idle {:?}",
+                    self.server.handshake_timeout,
+                    self.server.header_timeout,
+                    self.server.body_timeout,
+                    self.server.idle_timeout
+                ),
+            ),
             ("policy.budget", format!("{:?}", self.policy.budget)),
             (
                 "policy.fail_open_namespaces",
@@ -242,6 +278,27 @@ impl WebhookConfig {
         }
         if self.server.max_body_bytes < 4096 {
             bad("server.max_body_bytes", "must be at least 4K".into());
+        }
+        if self.server.max_connections == 0 {
+            bad("server.max_connections", "must be at least 1".into());
+        }
+        for (key, timeout) in [
+            ("server.handshake_timeout", self.server.handshake_timeout),
+            ("server.header_timeout", self.server.header_timeout),
+            ("server.body_timeout", self.server.body_timeout),
+        ] {
+            if timeout.is_zero() {
+                bad(key, "must be longer than 0".into());
+            }
+        }
+        if self.server.idle_timeout <= self.policy.budget {
+            bad(
+                "server.idle_timeout",
+                format!(
+                    "must be longer than policy.budget ({:?}): a connection waiting for its decision is not idle",
+                    self.policy.budget
+                ),
+            );
         }
         if self.policy.budget.is_zero() || self.policy.budget > MAX_BUDGET {
             bad(
@@ -330,6 +387,11 @@ mod tests {
             cert_file = "{}"
             key_file = "{}"
             reload_interval = "500ms"
+            max_connections = 64
+            handshake_timeout = "3s"
+            header_timeout = "2s"
+            body_timeout = "4s"
+            idle_timeout = "30s"
             [policy]
             budget = "1500ms"
             failOpenNamespaces = ["dev"]
@@ -348,6 +410,11 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(config.server.reload_interval, Duration::from_millis(500));
+        assert_eq!(config.server.max_connections, 64);
+        assert_eq!(config.server.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(config.server.header_timeout, Duration::from_secs(2));
+        assert_eq!(config.server.body_timeout, Duration::from_secs(4));
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(30));
         assert_eq!(config.policy.budget, Duration::from_millis(1500));
         assert!(config.policy.fails_open("dev"));
         assert!(!config.policy.fails_open("prod"));
@@ -383,6 +450,28 @@ mod tests {
                 "backend.url",
                 "admin.addr"
             ],
+            "{err}"
+        );
+        let err = load(
+            "[server]\nmax_connections = 0\nheader_timeout = \"0s\"\nidle_timeout = \"2s\"\n[policy]\nbudget = \"5s\"\n",
+        )
+        .unwrap_err();
+        let server: Vec<&str> = keys(&err)
+            .into_iter()
+            .filter(|k| k.starts_with("server.") && !k.ends_with("_file"))
+            .collect();
+        assert_eq!(
+            server,
+            [
+                "server.max_connections",
+                "server.header_timeout",
+                "server.idle_timeout"
+            ],
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("must be longer than policy.budget (5s)"),
             "{err}"
         );
         let err = load("[policy]\nbudget = \"soon\"\n").unwrap_err();

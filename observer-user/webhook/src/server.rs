@@ -15,8 +15,8 @@ use std::{
 };
 
 use axum::{
-    body::Bytes,
-    extract::{DefaultBodyLimit, Request, State},
+    body::{Body, Bytes},
+    extract::{Request, State},
     http::{header, StatusCode, Uri},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -24,20 +24,15 @@ use axum::{
     serve::ListenerExt as _,
     Router,
 };
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
+use http_body_util::BodyExt as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use zastava_platform::authority::admin;
 use zastava_platform::metrics::{
     ADMISSION_DECISIONS, ADMISSION_DECISION_SECONDS, ADMISSION_INVALID_REQUESTS,
-    ADMISSION_TLS_HANDSHAKE_FAILURES,
+    ADMISSION_REQUEST_TIMEOUTS,
 };
 
 use crate::{
@@ -45,14 +40,13 @@ use crate::{
     policy::Policy,
 };
 
-/// A TLS handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// At shutdown, how long requests in progress may take to finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub struct App {
     pub policy: Policy,
     pub budget: Duration,
+    /// Longest request body accepted (`server.max_body_bytes`).
+    pub max_body_bytes: usize,
+    /// Time for a request's body to arrive, from the end of its headers.
+    pub body_timeout: Duration,
 }
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Response {
@@ -64,7 +58,65 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response {
         .into_response()
 }
 
-async fn validate(State(app): State<Arc<App>>, body: Bytes) -> Response {
+/// Why a body was not read.
+enum BodyError {
+    TooLong,
+    Late,
+    Broken(String),
+}
+
+/// Reads a request's body, at most `app.max_body_bytes` of it, within `app.body_timeout`.
+async fn read_body(app: &App, body: Body) -> Result<Bytes, BodyError> {
+    let limited = http_body_util::Limited::new(body, app.max_body_bytes);
+    match tokio::time::timeout(app.body_timeout, limited.collect()).await {
+        Err(_) => Err(BodyError::Late),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLong),
+        Ok(Err(err)) => Err(BodyError::Broken(err.to_string())),
+    }
+}
+
+/// The answer to a request whose body could not be read (counted).
+fn unread_body(app: &App, error: BodyError) -> Response {
+    let (status, text) = match error {
+        BodyError::TooLong => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is longer than {} bytes, the most accepted (server.max_body_bytes)",
+                app.max_body_bytes
+            ),
+        ),
+        BodyError::Late => {
+            metrics::counter!(ADMISSION_REQUEST_TIMEOUTS.name, "part" => "body").increment(1);
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {:?} of the headers (server.body_timeout)",
+                    app.body_timeout
+                ),
+            )
+        }
+        BodyError::Broken(error) => (
+            StatusCode::BAD_REQUEST,
+            format!("the body could not be read: {error}"),
+        ),
+    };
+    metrics::counter!(ADMISSION_INVALID_REQUESTS.name).increment(1);
+    warn!(
+        decision = "invalid",
+        status = status.as_u16(),
+        error = %text,
+        "refused a request whose body could not be read"
+    );
+    (status, format!("{text}\n")).into_response()
+}
+
+async fn validate(State(app): State<Arc<App>>, request: Request) -> Response {
+    let body = match read_body(&app, request.into_body()).await {
+        Ok(body) => body,
+        Err(error) => return unread_body(&app, error),
+    };
+    // The budget is the decision's; the body's time is bounded by server.body_timeout.
     let started = Instant::now();
     let deadline = started + app.budget;
     let review = match Review::parse(&body) {
@@ -131,7 +183,7 @@ async fn healthz() -> &'static str {
 
 /// Refuses a request whose declared length is over the limit from its headers alone,
 /// without reading (or waiting for) its body. Bodies without a declared length are cut at
-/// the limit while they are read (`DefaultBodyLimit`).
+/// the limit while they are read (`read_body`).
 async fn refuse_declared_oversize(
     State(max_body_bytes): State<usize>,
     request: Request,
@@ -168,7 +220,6 @@ pub fn https_router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/validate", post(validate))
         .route("/healthz", get(healthz))
         .route("/readyz", get(healthz))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(
             max_body_bytes,
             refuse_declared_oversize,
@@ -238,64 +289,6 @@ pub fn spawn_http(listener: TcpListener, router: Router, what: &'static str) {
             warn!("the {what} endpoint stopped: {err}");
         }
     });
-}
-
-/// Serves HTTPS until `shutdown` completes, then lets requests in progress finish.
-pub async fn serve_https(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of file descriptors and the like: wait rather than spin.
-                warn!("accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if let Err(err) = tcp.set_nodelay(true) {
-            debug!("cannot set TCP_NODELAY on the connection from {peer}: {err}");
-        }
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => {
-                    metrics::counter!(ADMISSION_TLS_HANDSHAKE_FAILURES.name).increment(1);
-                    debug!("TLS handshake with {peer} failed: {err}");
-                    return;
-                }
-                Err(_) => {
-                    metrics::counter!(ADMISSION_TLS_HANDSHAKE_FAILURES.name).increment(1);
-                    debug!("TLS handshake with {peer} timed out");
-                    return;
-                }
-            };
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
-                debug!("connection from {peer} ended: {err}");
-            }
-        });
-    }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("requests still in progress after {DRAIN_TIMEOUT:?}; stopping anyway");
-    }
 }
 
 /// Binds `addr`, naming it in the error.
