@@ -10,7 +10,8 @@
 //! - `logging`: the log line of every decision, as JSON and as text;
 //! - `operations`: certificate rotation, dropping credentials, configuration errors;
 //! - `hostile`: idle and stalled connections, old TLS versions, garbage and nested JSON;
-//! - `slow`: dribbled headers, stalled bodies, idle connections, the connection cap.
+//! - `slow`: dribbled headers, stalled bodies, idle connections, the connection cap;
+//! - `huge`: thousands of containers, bodies at and over the limit.
 
 mod common;
 
@@ -18,6 +19,8 @@ mod common;
 mod fixtures;
 #[path = "webhook/hostile.rs"]
 mod hostile;
+#[path = "webhook/huge.rs"]
+mod huge;
 #[path = "webhook/logging.rs"]
 mod logging;
 #[path = "webhook/operations.rs"]

@@ -1,0 +1,267 @@
+//! Huge requests: a Pod and a Deployment with 5 000 containers, decided within the budget
+//! with one backend request for their distinct digests; a body exactly at
+//! `server.max_body_bytes`, decided; one byte over, with and without a declared length,
+//! refused with 413 and counted. The webhook's peak memory (VmHWM) before and after is
+//! printed (`--nocapture`) for docs/RELIABILITY.md.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::common::webhook::{pod_review, tls_client_config};
+use crate::{audit, block_on, message, metric, response, send, send_raw, setup, Setup};
+
+const CONTAINERS: usize = 5000;
+const LIMIT: usize = 4 << 20;
+
+fn digest(i: usize) -> String {
+    format!("sha256:{:064x}", 0xD16E_0000_0000_u64 + i as u64)
+}
+
+/// `(list, name, image)` of `CONTAINERS` containers, the image of container `i` pinned to
+/// digest `i % distinct`.
+fn containers(distinct: usize) -> Vec<(String, String)> {
+    (0..CONTAINERS)
+        .map(|i| {
+            let d = i % distinct;
+            (
+                format!("c-{i:04}"),
+                format!("registry.example/shop/app-{d}@{}", digest(d)),
+            )
+        })
+        .collect()
+}
+
+fn pod(uid: &str, containers: &[(String, String)]) -> Value {
+    let list: Vec<(&str, &str, &str)> = containers
+        .iter()
+        .map(|(n, i)| ("containers", n.as_str(), i.as_str()))
+        .collect();
+    pod_review(uid, "shop", &list)
+}
+
+fn deployment(uid: &str, containers: &[(String, String)]) -> Value {
+    let list: Vec<Value> = containers
+        .iter()
+        .map(|(n, i)| json!({"name": n, "image": i}))
+        .collect();
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "object": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "wide", "namespace": "shop"},
+                "spec": {"template": {
+                    "metadata": {"labels": {"stellaops.workload/id": "wide"}},
+                    "spec": {"containers": list},
+                }},
+            },
+        }
+    })
+}
+
+/// The webhook's peak resident memory so far, in KiB.
+fn vm_hwm_kib(s: &Setup) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.webhook.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+}
+
+/// The digests the backend was asked about in each policy request, in order.
+fn asked(s: &Setup) -> Vec<BTreeSet<String>> {
+    s.backend
+        .policy_requests()
+        .iter()
+        .map(|r| {
+            r.body.as_ref().unwrap()["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["digest"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn pods_and_deployments_with_5000_containers_are_decided_with_one_backend_request() {
+    let s = setup(&[]);
+    let denied = digest(7);
+    s.backend
+        .set_verdict(&denied, "deny", &["CVE-2026-5000 in use"], Some(300));
+    let before = vm_hwm_kib(&s);
+    block_on(async {
+        // 5 000 containers, 2 500 distinct digests (each image twice), one of them denied.
+        let review = pod("uid-wide-pod", &containers(2500));
+        let size = serde_json::to_vec(&review).unwrap().len();
+        assert!(size < LIMIT, "{size}");
+        let (status, body) = send(&s, &review).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(response(&body)["uid"], "uid-wide-pod");
+        assert_eq!(response(&body)["allowed"], false, "{body}");
+        let image = format!("registry.example/shop/app-7@{denied}");
+        assert_eq!(
+            message(&body),
+            format!(
+                "container \"c-0007\": image {image} is denied: CVE-2026-5000 in use\n\
+                 container \"c-2507\": image {image} is denied: CVE-2026-5000 in use"
+            )
+        );
+        // Decided by the verdicts, not by the budget running out.
+        assert_eq!(audit(&body, "verdict-source"), "backend", "{body}");
+        assert_eq!(audit(&body, "backend-error"), "", "{body}");
+        let expected: BTreeSet<String> = (0..2500).map(digest).collect();
+        assert_eq!(asked(&s), [expected]);
+
+        // A Deployment of 5 000 distinct images: one more request, for the 2 500 not
+        // cached; the same Deployment again: none.
+        let review = deployment("uid-wide-deployment", &containers(CONTAINERS));
+        let (status, body) = send(&s, &review).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(response(&body)["allowed"], false, "{body}");
+        assert_eq!(
+            message(&body),
+            format!("container \"c-0007\": image {image} is denied: CVE-2026-5000 in use")
+        );
+        let asked_now = asked(&s);
+        assert_eq!(asked_now.len(), 2);
+        assert_eq!(
+            asked_now[1],
+            (2500..CONTAINERS).map(digest).collect::<BTreeSet<_>>()
+        );
+        let (status, body) = send(&s, &deployment("uid-wide-again", &containers(CONTAINERS))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(audit(&body, "verdict-source"), "cache", "{body}");
+        assert_eq!(asked(&s).len(), 2);
+        let metrics = s.webhook.metrics().await;
+        assert_eq!(
+            metric(
+                &metrics,
+                "zastava_admission_decisions_total{decision=\"deny\"}"
+            ),
+            3.0,
+            "{metrics}"
+        );
+        assert_eq!(
+            metric(&metrics, "zastava_admission_cache_hits_total"),
+            (2500 + CONTAINERS) as f64,
+            "{metrics}"
+        );
+    });
+    let after = vm_hwm_kib(&s);
+    eprintln!(
+        "webhook VmHWM: {before} kB before, {after} kB after three reviews of 5 000 containers"
+    );
+}
+
+async fn tls(s: &Setup) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let config = std::sync::Arc::new(tls_client_config(&s.serving.ca));
+    let tcp = tokio::net::TcpStream::connect(s.webhook.https)
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// What the webhook sends, until it has sent `end` (at most 60 s).
+async fn reply_until(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    end: &str,
+) -> String {
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !reply.ends_with(end.as_bytes()) {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(60), stream.read(&mut buf))
+            .await
+            .expect("a reply")
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&reply)));
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// A review padded with spaces (still JSON) to exactly `len` bytes.
+fn padded(len: usize) -> Vec<u8> {
+    let mut body = serde_json::to_vec(&pod("uid-at-the-limit", &containers(50))).unwrap();
+    assert!(body.len() <= len);
+    body.resize(len, b' ');
+    body
+}
+
+#[test]
+fn a_body_at_the_limit_is_decided_and_one_byte_over_is_refused_with_413() {
+    let s = setup(&[]);
+    block_on(async {
+        let (status, body) = send_raw(&s, padded(LIMIT)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(response(&body)["uid"], "uid-at-the-limit");
+        assert_eq!(response(&body)["allowed"], true, "{body}");
+
+        // Declared: refused from the headers, before any of the body is sent (a client
+        // still writing it when the reply comes could lose the reply to the close).
+        let mut stream = tls(&s).await;
+        let head = format!(
+            "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            LIMIT + 1
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let text = format!(
+            "the body is {} bytes; at most {LIMIT} are accepted (server.max_body_bytes)\n",
+            LIMIT + 1
+        );
+        let reply = reply_until(&mut stream, &text).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "{reply}"
+        );
+        assert!(reply.ends_with(&format!("\r\n\r\n{text}")), "{reply}");
+
+        // Not declared (chunked): cut off once it passes the limit.
+        let mut stream = tls(&s).await;
+        let mut request = b"POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for chunk in padded(LIMIT + 1).chunks(64 << 10) {
+            request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            request.extend_from_slice(chunk);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        stream.write_all(&request).await.unwrap();
+        let text = format!(
+            "the body is longer than {LIMIT} bytes, the most accepted (server.max_body_bytes)\n"
+        );
+        let reply = reply_until(&mut stream, &text).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "{reply}"
+        );
+        assert!(reply.ends_with(&format!("\r\n\r\n{text}")), "{reply}");
+        let metrics = s.webhook.metrics().await;
+        assert_eq!(
+            metric(&metrics, "zastava_admission_invalid_requests_total"),
+            2.0,
+            "{metrics}"
+        );
+        assert_eq!(
+            metric(
+                &metrics,
+                "zastava_admission_decisions_total{decision=\"allow\"}"
+            ),
+            1.0,
+            "{metrics}"
+        );
+    });
+}
