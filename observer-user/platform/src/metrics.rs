@@ -299,7 +299,7 @@ pub const ADMISSION_REQUEST_TIMEOUTS: Metric = counter(
 pub const ADMISSION_IDLE_CLOSES: Metric = counter(
     "zastava_admission_idle_connections_closed_total",
     &[],
-    "HTTP/1.1 connections closed after server.idle_timeout without a request.",
+    "Connections closed after server.idle_timeout without a request.",
 );
 pub const ADMISSION_CONNECTIONS_REFUSED: Metric = counter(
     "zastava_admission_connections_refused_total",

@@ -52,7 +52,7 @@ pub struct ServerConfig {
     /// Time for a request's body, from the end of its headers.
     #[serde(deserialize_with = "duration")]
     pub body_timeout: Duration,
-    /// An HTTP/1.1 connection with no request for this long is closed.
+    /// A connection with no request for this long is closed.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
 }

@@ -8,6 +8,11 @@
 //!   `server.idle_timeout` is closed (an end of stream, which hyper closes cleanly). A
 //!   request read whole keeps it open until its response has been written.
 //!
+//! HTTP/2 frames are not followed: such a connection has only the idle timeout, counted
+//! from the last byte either way (`server.idle_timeout` is longer than the budget, so a
+//! stream waiting for its decision is never cut); a stream whose headers never end is
+//! closed by it.
+//!
 //! Bodies have their own timeout, in the handler (it answers 408).
 
 use std::{
@@ -57,8 +62,8 @@ pub struct Deadlines<IO> {
 }
 
 impl<IO> Deadlines<IO> {
-    /// `inner` speaks HTTP/1.1; `http2` when ALPN chose HTTP/2, whose frames have no
-    /// deadlines here.
+    /// `inner` speaks HTTP/1.1; `http2` when ALPN chose HTTP/2, which has only the idle
+    /// timeout.
     pub fn new(inner: IO, timeouts: Timeouts, http2: bool) -> Self {
         let now = Instant::now();
         Deadlines {
@@ -115,6 +120,10 @@ impl<IO> Deadlines<IO> {
     fn follow(&mut self, bytes: &[u8]) {
         self.last_activity = Instant::now();
         if self.framing.is_opaque() {
+            if self.armed == Some(Armed::Idle) {
+                // Armed again from these bytes when the next read waits.
+                self.armed = None;
+            }
             return;
         }
         let state = self.framing.feed(bytes);
@@ -129,14 +138,35 @@ impl<IO> Deadlines<IO> {
         }
     }
 
-    fn wrote(&mut self, n: usize) {
-        if n > 0 {
-            self.last_activity = Instant::now();
-            self.awaiting_response = false;
-            if self.armed == Some(Armed::Idle) {
-                // Armed again from this write when the next read waits.
-                self.armed = None;
-            }
+    /// Arms the idle timeout if the connection is idle and it is not armed yet.
+    fn arm_idle(&mut self) {
+        let idle = if self.framing.is_opaque() {
+            true
+        } else {
+            self.framing.is_idle() && !self.awaiting_response
+        };
+        if self.armed.is_none() && idle {
+            let at = self.last_activity + self.timeouts.idle;
+            self.arm(Armed::Idle, at);
+        }
+    }
+
+    /// Notes a write. hyper may be waiting on a read it polled before the reply was due,
+    /// and polls again only when woken: the idle timer is armed, and registered with this
+    /// task, here.
+    fn wrote(&mut self, n: usize, cx: &mut Context<'_>) {
+        if n == 0 {
+            return;
+        }
+        self.last_activity = Instant::now();
+        self.awaiting_response = false;
+        if self.armed == Some(Armed::Idle) {
+            self.armed = None;
+        }
+        self.arm_idle();
+        if self.armed == Some(Armed::Idle) {
+            // Just armed from now, so not ready: this registers the waker.
+            let _ = self.sleep.as_mut().poll(cx);
         }
     }
 }
@@ -167,14 +197,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Deadlines<IO> {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                if this.armed.is_none()
-                    && this.framing.is_idle()
-                    && !this.awaiting_response
-                    && !this.framing.is_opaque()
-                {
-                    let at = this.last_activity + this.timeouts.idle;
-                    this.arm(Armed::Idle, at);
-                }
+                this.arm_idle();
                 if let Some(what) = this.armed {
                     if this.sleep.as_mut().poll(cx).is_ready() {
                         return this.end(what);
@@ -196,7 +219,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Deadlines<IO> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = result {
-            this.wrote(n);
+            this.wrote(n, cx);
         }
         result
     }
@@ -209,7 +232,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Deadlines<IO> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = result {
-            this.wrote(n);
+            this.wrote(n, cx);
         }
         result
     }
@@ -392,19 +415,73 @@ mod tests {
         assert_eq!(reply, b"HTTP/1.1 200 OK\r\n\r\n");
     }
 
+    /// Counts its wake-ups.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn http2_has_no_deadlines_here() {
+    async fn the_idle_timeout_wakes_a_read_polled_before_the_reply_was_written() {
+        let (mut d, mut client) = pair(false);
+        client.write_all(REQUEST).await.unwrap();
+        read_within(&mut d, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        // As hyper does: a read polled while the reply is due, then the reply written, and
+        // no read polled again until the task is woken.
+        let wakes = std::sync::Arc::new(Wakes(0.into()));
+        let waker = std::task::Waker::from(std::sync::Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = [0u8; 64];
+        let mut read_buf = ReadBuf::new(&mut buf);
+        assert!(Pin::new(&mut d)
+            .poll_read(&mut cx, &mut read_buf)
+            .is_pending());
+        let reply = b"HTTP/1.1 200 OK\r\n\r\n";
+        assert!(matches!(
+            Pin::new(&mut d).poll_write(&mut cx, reply),
+            Poll::Ready(Ok(n)) if n == reply.len()
+        ));
+        let woken = |w: &Wakes| w.0.load(std::sync::atomic::Ordering::SeqCst);
+        let before = woken(&wakes);
+        tokio::time::advance(TIMEOUTS.idle - Duration::from_millis(1)).await;
+        assert_eq!(woken(&wakes), before, "woken before the idle timeout");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(woken(&wakes) > before, "the idle timeout woke nobody");
+        let mut read_buf = ReadBuf::new(&mut buf);
+        assert!(matches!(
+            Pin::new(&mut d).poll_read(&mut cx, &mut read_buf),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(read_buf.filled().is_empty(), "an end of stream");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_has_only_the_idle_timeout_from_the_last_byte_either_way() {
         let (mut d, mut client) = pair(true);
+        // A preface and the start of a HEADERS frame that never ends.
         client
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0")
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x10\x01\0\0\0\0\x01")
             .await
             .unwrap();
         read_within(&mut d, Duration::from_secs(1))
             .await
             .unwrap()
             .unwrap();
-        assert!(read_within(&mut d, Duration::from_secs(600))
+        // Well past the header timeout: no deadline but the idle one.
+        assert!(read_within(&mut d, Duration::from_secs(60)).await.is_none());
+        d.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap();
+        let written = Instant::now();
+        let end = read_within(&mut d, Duration::from_secs(600))
             .await
-            .is_none());
+            .expect("an end of stream")
+            .unwrap();
+        assert!(end.is_empty());
+        assert_eq!(written.elapsed(), TIMEOUTS.idle);
     }
 }
