@@ -19,10 +19,10 @@ fn digest(i: usize) -> String {
     format!("sha256:{:064x}", 0xD16E_0000_0000_u64 + i as u64)
 }
 
-/// `(list, name, image)` of `CONTAINERS` containers, the image of container `i` pinned to
-/// digest `i % distinct`.
-fn containers(distinct: usize) -> Vec<(String, String)> {
-    (0..CONTAINERS)
+/// `(name, image)` of `n` containers, the image of container `i` pinned to digest
+/// `i % distinct`.
+fn containers_of(n: usize, distinct: usize) -> Vec<(String, String)> {
+    (0..n)
         .map(|i| {
             let d = i % distinct;
             (
@@ -31,6 +31,11 @@ fn containers(distinct: usize) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// `CONTAINERS` containers, of `distinct` digests.
+fn containers(distinct: usize) -> Vec<(String, String)> {
+    containers_of(CONTAINERS, distinct)
 }
 
 fn pod(uid: &str, containers: &[(String, String)]) -> Value {
@@ -202,7 +207,7 @@ async fn reply_until(
 
 /// A review padded with spaces (still JSON) to exactly `len` bytes.
 fn padded(len: usize) -> Vec<u8> {
-    let mut body = serde_json::to_vec(&pod("uid-at-the-limit", &containers(50))).unwrap();
+    let mut body = serde_json::to_vec(&pod("uid-at-the-limit", &containers_of(50, 50))).unwrap();
     assert!(body.len() <= len);
     body.resize(len, b' ');
     body
@@ -210,8 +215,35 @@ fn padded(len: usize) -> Vec<u8> {
 
 #[test]
 fn a_body_at_the_limit_is_decided_and_one_byte_over_is_refused_with_413() {
-    let s = setup(&[]);
+    // The fullest review the limit allows takes a debug build longer than the default 2 s
+    // budget (see docs/RELIABILITY.md): it is given 10 s, well below the API server's 30 s.
+    let s = setup(&["--set", "policy.budget=\"10s\""]);
+    let before = vm_hwm_kib(&s);
     block_on(async {
+        // As many containers, each of its own image, as fit in the limit.
+        let n = 31_500;
+        let fullest = serde_json::to_vec(&pod("uid-fullest", &containers_of(n, n))).unwrap();
+        assert!(
+            fullest.len() <= LIMIT && fullest.len() > LIMIT - (64 << 10),
+            "{}",
+            fullest.len()
+        );
+        let (status, body) = send_raw(&s, fullest.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(response(&body)["allowed"], true, "{body}");
+        assert_eq!(audit(&body, "verdict-source"), "backend", "{body}");
+        assert_eq!(asked(&s).len(), 1);
+        assert_eq!(asked(&s)[0].len(), n);
+        let metrics = s.webhook.metrics().await;
+        eprintln!(
+            "a review of {n} containers, {} bytes: decided in {} ms ({} ms of them the backend call), a reply of {} bytes; webhook VmHWM {before} kB before, {} kB after",
+            fullest.len(),
+            s.webhook.decision_line("uid-fullest")["duration_ms"],
+            metric(&metrics, "zastava_runtime_backend_latency_ms_sum"),
+            serde_json::to_vec(&body).unwrap().len(),
+            vm_hwm_kib(&s)
+        );
+
         let (status, body) = send_raw(&s, padded(LIMIT)).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(response(&body)["uid"], "uid-at-the-limit");
@@ -266,8 +298,87 @@ fn a_body_at_the_limit_is_decided_and_one_byte_over_is_refused_with_413() {
                 &metrics,
                 "zastava_admission_decisions_total{decision=\"allow\"}"
             ),
+            2.0,
+            "{metrics}"
+        );
+    });
+}
+
+#[test]
+fn bodies_beyond_the_room_in_flight_wait_then_get_503_and_memory_is_released() {
+    let s = setup(&[
+        "--set",
+        "server.max_body_bytes=\"64K\"",
+        "--set",
+        "server.max_bodies_in_flight=\"64K\"",
+        "--set",
+        "server.body_timeout=\"1s\"",
+        "--set",
+        "policy.budget=\"3s\"",
+    ]);
+    // The first review's backend call hangs past the budget: its body holds all the room
+    // while it is judged.
+    s.backend.script(vec![crate::common::backend::Reply::Hang(
+        std::time::Duration::from_secs(5),
+    )]);
+    let reserved = "zastava_admission_body_bytes_reserved";
+    block_on(async {
+        let few = containers_of(2, 2);
+        let mut first = serde_json::to_vec(&pod("uid-holds-the-room", &few[..1])).unwrap();
+        assert!(first.len() < 64 << 10);
+        first.resize(64 << 10, b' ');
+        let client = s.client.clone();
+        let url = s.webhook.url("/validate");
+        let holder = tokio::spawn(async move {
+            let reply = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(first)
+                .send()
+                .await
+                .unwrap();
+            let status = reply.status().as_u16();
+            (status, reply.bytes().await.unwrap())
+        });
+        let waited = std::time::Instant::now();
+        while metric(&s.webhook.metrics().await, reserved) != f64::from(64 << 10) {
+            assert!(
+                waited.elapsed().as_secs() < 30,
+                "the first body never held its room"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+
+        // No room for a second body within its body timeout: 503, with what to do.
+        let second = serde_json::to_vec(&pod("uid-no-room", &few[..1])).unwrap();
+        let (status, body) = send_raw(&s, second).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(
+            body,
+            "the webhook is busy: 65536 bytes of request bodies are being read or judged (server.max_bodies_in_flight), and none freed within 1s (server.body_timeout); retry\n"
+        );
+
+        // The first is answered when its budget runs out (it fails closed), and its room
+        // is freed: the next review (of another image, whose verdict is not being fetched)
+        // is decided.
+        let (status, reply) = holder.await.unwrap();
+        assert_eq!(status, 200);
+        let reply: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(response(&reply)["uid"], "uid-holds-the-room");
+        assert_eq!(response(&reply)["allowed"], false, "{reply}");
+        assert!(
+            message(&reply).contains("did not answer within the 3s budget"),
+            "{reply}"
+        );
+        let (status, body) = send(&s, &pod("uid-after-room-freed", &few[1..])).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(response(&body)["allowed"], true, "{body}");
+        let metrics = s.webhook.metrics().await;
+        assert_eq!(
+            metric(&metrics, "zastava_admission_overload_refusals_total"),
             1.0,
             "{metrics}"
         );
+        assert_eq!(metric(&metrics, reserved), 0.0, "{metrics}");
     });
 }

@@ -311,6 +311,16 @@ pub const ADMISSION_OPEN_CONNECTIONS: Metric = gauge(
     &[],
     "HTTPS connections open, including those still in their TLS handshake.",
 );
+pub const ADMISSION_BODY_BYTES_RESERVED: Metric = gauge(
+    "zastava_admission_body_bytes_reserved",
+    &[],
+    "Bytes of request bodies being read or judged (reserved of server.max_bodies_in_flight).",
+);
+pub const ADMISSION_OVERLOAD_REFUSALS: Metric = counter(
+    "zastava_admission_overload_refusals_total",
+    &[],
+    "Requests answered 503 because server.max_bodies_in_flight had no room for their body within server.body_timeout.",
+);
 pub const ADMISSION_CERTIFICATE_RELOADS: Metric = counter(
     "zastava_admission_certificate_reloads_total",
     &[],
@@ -377,6 +387,8 @@ pub const WEBHOOK: &[Metric] = &[
     ADMISSION_IDLE_CLOSES,
     ADMISSION_CONNECTIONS_REFUSED,
     ADMISSION_OPEN_CONNECTIONS,
+    ADMISSION_BODY_BYTES_RESERVED,
+    ADMISSION_OVERLOAD_REFUSALS,
     ADMISSION_CERTIFICATE_RELOADS,
     ADMISSION_CERTIFICATE_RELOAD_ERRORS,
     POLICY_BACKEND_LATENCY,

@@ -40,6 +40,11 @@ pub struct ServerConfig {
     /// Largest request body accepted.
     #[serde(deserialize_with = "bytes")]
     pub max_body_bytes: u64,
+    /// Bytes of request bodies read or judged at once (each reserves its declared length,
+    /// or `max_body_bytes` if it declares none); more wait, within `body_timeout`, then
+    /// get 503.
+    #[serde(deserialize_with = "bytes")]
+    pub max_bodies_in_flight: u64,
     /// Connections open at once (in the TLS handshake or after it); more are refused at
     /// accept.
     pub max_connections: usize,
@@ -65,6 +70,7 @@ impl Default for ServerConfig {
             key_file: None,
             reload_interval: Duration::from_secs(10),
             max_body_bytes: 4 << 20,
+            max_bodies_in_flight: 16 << 20,
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
@@ -209,6 +215,10 @@ impl WebhookConfig {
                 self.server.max_connections.to_string(),
             ),
             (
+                "server.max_bodies_in_flight",
+                self.server.max_bodies_in_flight.to_string(),
+            ),
+            (
                 "server.timeouts",
                 format!(
                     "handshake {:?}, headers {:?}, body {:?}, idle {:?}",
@@ -278,6 +288,15 @@ impl WebhookConfig {
         }
         if self.server.max_body_bytes < 4096 {
             bad("server.max_body_bytes", "must be at least 4K".into());
+        }
+        if self.server.max_bodies_in_flight < self.server.max_body_bytes {
+            bad(
+                "server.max_bodies_in_flight",
+                format!(
+                    "must be at least server.max_body_bytes ({} bytes), or a body of that size could never be read",
+                    self.server.max_body_bytes
+                ),
+            );
         }
         if self.server.max_connections == 0 {
             bad("server.max_connections", "must be at least 1".into());
@@ -388,6 +407,7 @@ mod tests {
             key_file = "{}"
             reload_interval = "500ms"
             max_connections = 64
+            max_bodies_in_flight = "16M"
             handshake_timeout = "3s"
             header_timeout = "2s"
             body_timeout = "4s"
@@ -411,6 +431,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.server.reload_interval, Duration::from_millis(500));
         assert_eq!(config.server.max_connections, 64);
+        assert_eq!(config.server.max_bodies_in_flight, 16 << 20);
         assert_eq!(config.server.handshake_timeout, Duration::from_secs(3));
         assert_eq!(config.server.header_timeout, Duration::from_secs(2));
         assert_eq!(config.server.body_timeout, Duration::from_secs(4));
@@ -453,7 +474,7 @@ mod tests {
             "{err}"
         );
         let err = load(
-            "[server]\nmax_connections = 0\nheader_timeout = \"0s\"\nidle_timeout = \"2s\"\n[policy]\nbudget = \"5s\"\n",
+            "[server]\nmax_bodies_in_flight = \"1M\"\nmax_connections = 0\nheader_timeout = \"0s\"\nidle_timeout = \"2s\"\n[policy]\nbudget = \"5s\"\n",
         )
         .unwrap_err();
         let server: Vec<&str> = keys(&err)
@@ -463,6 +484,7 @@ mod tests {
         assert_eq!(
             server,
             [
+                "server.max_bodies_in_flight",
                 "server.max_connections",
                 "server.header_timeout",
                 "server.idle_timeout"

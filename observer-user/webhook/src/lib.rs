@@ -7,9 +7,10 @@
 //! observer (`zastava_platform::backend`), and [`judgement`] turns the verdicts into the
 //! decision, told in [`message`]s people can read; [`tls`] serves the certificate and
 //! follows its rotation; [`server`] holds the listeners and logs every decision, and
-//! [`connection`] bounds and times the HTTPS connections.
+//! [`connection`] bounds and times the HTTPS connections, [`body`] the request bodies.
 
 pub mod admission;
+pub mod body;
 pub mod cache;
 pub mod config;
 pub mod connection;
@@ -89,8 +90,11 @@ pub async fn serve(config: WebhookConfig, metrics: PrometheusHandle) -> Result<(
             VerdictCache::new(config.cache.clone()),
         ),
         budget: config.policy.budget,
-        max_body_bytes: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
-        body_timeout: config.server.body_timeout,
+        bodies: body::Bodies::new(
+            usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
+            config.server.body_timeout,
+            config.server.max_bodies_in_flight,
+        ),
     });
 
     let https = server::bind(config.server.addr, "admission requests (HTTPS)")
@@ -151,7 +155,7 @@ pub async fn serve(config: WebhookConfig, metrics: PrometheusHandle) -> Result<(
         judge_every_update = config.policy.judge_every_update,
         "webhook ready"
     );
-    let max_body_bytes = app.max_body_bytes;
+    let max_body_bytes = app.bodies.max_bytes;
     let router = server::https_router(app, max_body_bytes);
     let limits = connection::Limits {
         max_connections: config.server.max_connections,

@@ -15,16 +15,14 @@ use std::{
 };
 
 use axum::{
-    body::{Body, Bytes},
     extract::{Request, State},
-    http::{header, StatusCode, Uri},
+    http::{header, HeaderValue, StatusCode, Uri, Version},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
     serve::ListenerExt as _,
     Router,
 };
-use http_body_util::BodyExt as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -32,21 +30,20 @@ use tracing::{debug, info, warn};
 use zastava_platform::authority::admin;
 use zastava_platform::metrics::{
     ADMISSION_DECISIONS, ADMISSION_DECISION_SECONDS, ADMISSION_INVALID_REQUESTS,
-    ADMISSION_REQUEST_TIMEOUTS,
+    ADMISSION_OVERLOAD_REFUSALS, ADMISSION_REQUEST_TIMEOUTS,
 };
 
 use crate::{
     admission::{Decision, Review},
+    body::{Bodies, BodyError},
     policy::Policy,
 };
 
 pub struct App {
     pub policy: Policy,
     pub budget: Duration,
-    /// Longest request body accepted (`server.max_body_bytes`).
-    pub max_body_bytes: usize,
-    /// Time for a request's body to arrive, from the end of its headers.
-    pub body_timeout: Duration,
+    /// How request bodies are read.
+    pub bodies: Bodies,
 }
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Response {
@@ -58,32 +55,26 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response {
         .into_response()
 }
 
-/// Why a body was not read.
-enum BodyError {
-    TooLong,
-    Late,
-    Broken(String),
-}
-
-/// Reads a request's body, at most `app.max_body_bytes` of it, within `app.body_timeout`.
-async fn read_body(app: &App, body: Body) -> Result<Bytes, BodyError> {
-    let limited = http_body_util::Limited::new(body, app.max_body_bytes);
-    match tokio::time::timeout(app.body_timeout, limited.collect()).await {
-        Err(_) => Err(BodyError::Late),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLong),
-        Ok(Err(err)) => Err(BodyError::Broken(err.to_string())),
-    }
-}
-
 /// The answer to a request whose body could not be read (counted).
-fn unread_body(app: &App, error: BodyError) -> Response {
+fn unread_body(bodies: &Bodies, error: BodyError, version: Version) -> Response {
+    let mut response = unread_body_reply(bodies, error);
+    // What is left of the body is not read, so hyper closes an HTTP/1 connection after
+    // the reply: say so, or a client could send its next request on it.
+    if version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn unread_body_reply(bodies: &Bodies, error: BodyError) -> Response {
     let (status, text) = match error {
         BodyError::TooLong => (
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "the body is longer than {} bytes, the most accepted (server.max_body_bytes)",
-                app.max_body_bytes
+                bodies.max_bytes
             ),
         ),
         BodyError::Late => {
@@ -92,9 +83,18 @@ fn unread_body(app: &App, error: BodyError) -> Response {
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "the body did not arrive within {:?} of the headers (server.body_timeout)",
-                    app.body_timeout
+                    bodies.timeout
                 ),
             )
+        }
+        BodyError::NoRoom => {
+            metrics::counter!(ADMISSION_OVERLOAD_REFUSALS.name).increment(1);
+            let text = format!(
+                "the webhook is busy: {} bytes of request bodies are being read or judged (server.max_bodies_in_flight), and none freed within {:?} (server.body_timeout); retry",
+                bodies.room_bytes, bodies.timeout
+            );
+            warn!(decision = "overloaded", status = 503, error = %text, "refused a request for want of room");
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{text}\n")).into_response();
         }
         BodyError::Broken(error) => (
             StatusCode::BAD_REQUEST,
@@ -112,14 +112,17 @@ fn unread_body(app: &App, error: BodyError) -> Response {
 }
 
 async fn validate(State(app): State<Arc<App>>, request: Request) -> Response {
-    let body = match read_body(&app, request.into_body()).await {
-        Ok(body) => body,
-        Err(error) => return unread_body(&app, error),
+    let (parts, body) = request.into_parts();
+    // Held, with its room, until the answer is made.
+    let read = match app.bodies.read(&parts.headers, body).await {
+        Ok(read) => read,
+        Err(error) => return unread_body(&app.bodies, error, parts.version),
     };
+    let body = &read.bytes;
     // The budget is the decision's; the body's time is bounded by server.body_timeout.
     let started = Instant::now();
     let deadline = started + app.budget;
-    let review = match Review::parse(&body) {
+    let review = match Review::parse(body) {
         Ok(review) => review,
         Err(err) => {
             metrics::counter!(ADMISSION_INVALID_REQUESTS.name).increment(1);
@@ -183,7 +186,7 @@ async fn healthz() -> &'static str {
 
 /// Refuses a request whose declared length is over the limit from its headers alone,
 /// without reading (or waiting for) its body. Bodies without a declared length are cut at
-/// the limit while they are read (`read_body`).
+/// the limit while they are read (`Bodies::read`).
 async fn refuse_declared_oversize(
     State(max_body_bytes): State<usize>,
     request: Request,
@@ -203,13 +206,20 @@ async fn refuse_declared_oversize(
                 bytes = length,
                 "refused a request body longer than server.max_body_bytes"
             );
-            (
+            let mut response = (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "the body is {length} bytes; at most {max_body_bytes} are accepted (server.max_body_bytes)\n"
                 ),
             )
-                .into_response()
+                .into_response();
+            if request.version() < Version::HTTP_2 {
+                // The body is not read: the connection closes after the reply.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
         _ => next.run(request).await,
     }
