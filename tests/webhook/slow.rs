@@ -336,8 +336,8 @@ fn http2_reviews_are_decided_and_a_stream_whose_headers_never_end_is_closed_when
             );
             at += 9 + len;
         }
-        drop(client);
-        // The reqwest client's connection and the stalled one, each idle for 3 s.
+        // The reqwest client's connection (the client is kept, so that only the webhook
+        // closes it) and the stalled one, each idle for 3 s.
         let waited = Instant::now();
         while metrics_value(&s, "zastava_admission_idle_connections_closed_total").await < 2.0 {
             assert!(
@@ -350,5 +350,6 @@ fn http2_reviews_are_decided_and_a_stream_whose_headers_never_end_is_closed_when
             metrics_value(&s, "zastava_admission_idle_connections_closed_total").await,
             2.0
         );
+        drop(client);
     });
 }
