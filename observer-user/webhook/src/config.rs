@@ -188,6 +188,12 @@ impl Default for AdminConfig {
     }
 }
 
+/// Most connections open at once: far beyond what file descriptors allow in practice.
+const MAX_CONNECTIONS: usize = 1 << 20;
+
+/// Longest connection timeout (a deadline is a point in time, which must not overflow).
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Longest budget: the API server gives a webhook at most 30 s.
 const MAX_BUDGET: Duration = Duration::from_secs(29);
 
@@ -298,19 +304,26 @@ impl WebhookConfig {
                 ),
             );
         }
-        if self.server.max_connections == 0 {
-            bad("server.max_connections", "must be at least 1".into());
+        if self.server.max_connections == 0 || self.server.max_connections > MAX_CONNECTIONS {
+            bad(
+                "server.max_connections",
+                format!("must be at least 1 and at most {MAX_CONNECTIONS}"),
+            );
         }
         for (key, timeout) in [
             ("server.handshake_timeout", self.server.handshake_timeout),
             ("server.header_timeout", self.server.header_timeout),
             ("server.body_timeout", self.server.body_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
         ] {
-            if timeout.is_zero() {
-                bad(key, "must be longer than 0".into());
+            if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                bad(
+                    key,
+                    format!("must be longer than 0 and at most {MAX_TIMEOUT:?}"),
+                );
             }
         }
-        if self.server.idle_timeout <= self.policy.budget {
+        if !self.server.idle_timeout.is_zero() && self.server.idle_timeout <= self.policy.budget {
             bad(
                 "server.idle_timeout",
                 format!(
@@ -494,6 +507,18 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("must be longer than policy.budget (5s)"),
+            "{err}"
+        );
+        let err = load("[server]\nbody_timeout = \"1000years\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("server.body_timeout: must be longer than 0 and at most 86400s"),
+            "{err}"
+        );
+        let err = load("[server]\nmax_connections = 4611686018427387904\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("server.max_connections: must be at least 1 and at most 1048576"),
             "{err}"
         );
         let err = load("[policy]\nbudget = \"soon\"\n").unwrap_err();
