@@ -108,6 +108,9 @@ pub struct PolicyConfig {
     /// Judge every UPDATE, also one that adds no image to what `oldObject` had, and one of
     /// an object being deleted (which a denial would leave stuck in Terminating).
     pub judge_every_update: bool,
+    /// Digests asked about in one backend request; a review with more makes several, a
+    /// few at a time.
+    pub digests_per_request: usize,
 }
 
 impl Default for PolicyConfig {
@@ -118,6 +121,7 @@ impl Default for PolicyConfig {
             tag_only: TagOnly::Deny,
             tag_only_by_namespace: BTreeMap::new(),
             judge_every_update: false,
+            digests_per_request: 1000,
         }
     }
 }
@@ -353,6 +357,9 @@ impl WebhookConfig {
                 );
             }
         }
+        if self.policy.digests_per_request == 0 {
+            bad("policy.digests_per_request", "must be at least 1".into());
+        }
         if self.cache.max_entries == 0 {
             bad("cache.max_entries", "must be at least 1".into());
         }
@@ -431,6 +438,7 @@ mod tests {
             tag_only = "deny"
             tag_only_by_namespace = {{ legacy = "warn" }}
             judge_every_update = true
+            digests_per_request = 250
             [cache]
             default_ttl = "30s"
             [backend]
@@ -455,6 +463,7 @@ mod tests {
         assert_eq!(config.policy.tag_only_in("legacy"), TagOnly::Warn);
         assert_eq!(config.policy.tag_only_in("prod"), TagOnly::Deny);
         assert!(config.policy.judge_every_update);
+        assert_eq!(config.policy.digests_per_request, 250);
         assert!(!PolicyConfig::default().judge_every_update);
         assert_eq!(config.cache.default_ttl, Duration::from_secs(30));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -519,6 +528,12 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("server.max_connections: must be at least 1 and at most 1048576"),
+            "{err}"
+        );
+        let err = load("[policy]\ndigests_per_request = 0\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("policy.digests_per_request: must be at least 1"),
             "{err}"
         );
         let err = load("[policy]\nbudget = \"soon\"\n").unwrap_err();
