@@ -75,8 +75,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
-            // Longer than the 90 s after which the API server's HTTP client (Go's) closes
-            // an idle connection itself, so that it, not the webhook, closes it.
+            // Longer than the 90 s Go's HTTP client (the API server's kind) keeps an idle
+            // connection by default, so that such a client, not the webhook, closes it.
             idle_timeout: Duration::from_secs(120),
         }
     }
