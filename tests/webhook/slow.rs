@@ -353,3 +353,49 @@ fn http2_reviews_are_decided_and_a_stream_whose_headers_never_end_is_closed_when
         drop(client);
     });
 }
+
+#[test]
+fn pipelined_reviews_are_answered_and_a_stalled_head_behind_them_is_cut_off() {
+    let s = setup(&["--set", "server.header_timeout=\"2s\""]);
+    s.backend.set_verdict(DIGEST, "allow", &[], Some(300));
+    block_on(async {
+        let mut stream = tls(&s).await;
+        // Two whole reviews and the start of a third, in one write.
+        let mut bytes = Vec::new();
+        for uid in ["uid-pipelined-1", "uid-pipelined-2"] {
+            let body = review_bytes(uid);
+            bytes.extend_from_slice(
+                format!(
+                    "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            bytes.extend_from_slice(&body);
+        }
+        bytes.extend_from_slice(b"POST /validate HTTP/1.1\r\nHost: webh");
+        stream.write_all(&bytes).await.unwrap();
+        stream.flush().await.unwrap();
+        let sent = Instant::now();
+        let reply = String::from_utf8_lossy(&until_closed(&mut stream).await).into_owned();
+        assert!(
+            sent.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            sent.elapsed()
+        );
+        // Both answered, in order, and nothing for the third.
+        assert_eq!(reply.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{reply}");
+        let first = reply.find("\"uid\":\"uid-pipelined-1\"").expect(&reply);
+        let second = reply.find("\"uid\":\"uid-pipelined-2\"").expect(&reply);
+        assert!(first < second, "{reply}");
+        assert_eq!(reply.matches("HTTP/1.1 ").count(), 2, "{reply}");
+        assert_eq!(
+            metrics_value(
+                &s,
+                "zastava_admission_request_timeouts_total{part=\"headers\"}"
+            )
+            .await,
+            1.0
+        );
+    });
+}
