@@ -10,8 +10,10 @@
 //! - `logging`: the log line of every decision, as JSON and as text;
 //! - `operations`: certificate rotation, dropping credentials, configuration errors;
 //! - `hostile`: idle and stalled connections, old TLS versions, garbage and nested JSON;
-//! - `slow`: dribbled headers, stalled bodies, idle connections, the connection cap;
-//! - `huge`: thousands of containers, bodies at and over the limit.
+//! - `slow`: dribbled headers, pipelined and stalled requests, stalled bodies, idle
+//!   connections (HTTP/1.1 and HTTP/2), the connection cap;
+//! - `huge`: thousands of containers, bodies at and over the limit, bodies beyond the room
+//!   in flight.
 
 mod common;
 

@@ -1,6 +1,7 @@
-//! Slow clients and crowds: headers dribbled a byte at a time, a body that stalls, a
-//! kept-alive connection left idle past `server.idle_timeout`, and more connections than
-//! `server.max_connections` — each cut off or refused and counted, and a review on a
+//! Slow clients and crowds: headers dribbled a byte at a time, a stalled head behind
+//! pipelined reviews, a body that stalls, connections left idle past `server.idle_timeout`
+//! (HTTP/1.1, and HTTP/2 with a stream whose headers never end), and more connections
+//! than `server.max_connections` — each cut off or refused and counted, and a review on a
 //! connection of its own still decided.
 
 use std::{
