@@ -9,7 +9,11 @@
 //! - `protocol`: bodies that are not reviews, objects that cannot be read, `TCP_NODELAY`;
 //! - `logging`: the log line of every decision, as JSON and as text;
 //! - `operations`: certificate rotation, dropping credentials, configuration errors;
-//! - `hostile`: idle and stalled connections, old TLS versions, garbage and nested JSON.
+//! - `hostile`: idle and stalled connections, old TLS versions, garbage and nested JSON;
+//! - `slow`: dribbled headers, pipelined and stalled requests, stalled bodies, idle
+//!   connections (HTTP/1.1 and HTTP/2), the connection cap;
+//! - `huge`: thousands of containers, bodies at and over the limit, bodies beyond the room
+//!   in flight.
 
 mod common;
 
@@ -17,6 +21,8 @@ mod common;
 mod fixtures;
 #[path = "webhook/hostile.rs"]
 mod hostile;
+#[path = "webhook/huge.rs"]
+mod huge;
 #[path = "webhook/logging.rs"]
 mod logging;
 #[path = "webhook/operations.rs"]
@@ -25,6 +31,8 @@ mod operations;
 mod outages;
 #[path = "webhook/protocol.rs"]
 mod protocol;
+#[path = "webhook/slow.rs"]
+mod slow;
 #[path = "webhook/verdicts.rs"]
 mod verdicts;
 

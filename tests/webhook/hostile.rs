@@ -1,7 +1,8 @@
 //! Hostile clients: hundreds of connections that never start TLS, connections that send
 //! half a request and stall, protocol versions the webhook does not speak, garbage and
 //! deeply nested JSON — and a real review arriving meanwhile is still decided; and a
-//! kept-alive connection idle between reviews is not mistaken for a stalled one.
+//! kept-alive connection idle between reviews is not mistaken for a stalled one. Slow
+//! clients and the connection cap are in `slow`, huge requests in `huge`.
 
 use std::{process::Command, time::Duration};
 
@@ -37,7 +38,7 @@ async fn decided(s: &Setup, uid: &str) {
 
 #[test]
 fn idle_and_stalled_connections_do_not_keep_a_review_from_being_decided() {
-    let s = setup(&[]);
+    let s = setup(&["--set", "server.header_timeout=\"2s\""]);
     s.backend.set_verdict(DIGEST, "allow", &[], Some(300));
     block_on(async {
         // 300 connections that never say a word.
@@ -64,16 +65,31 @@ fn idle_and_stalled_connections_do_not_keep_a_review_from_being_decided() {
                 .write_all(b"POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: appl")
                 .await
                 .unwrap();
-            stalled.push(stream);
+            stalled.push((std::time::Instant::now(), stream));
         }
         decided(&s, "uid-among-idle").await;
 
-        // The stalled requests still hold their connections: the webhook has no timeout for
-        // headers that never end (hyper's would also close kept-alive connections idle
-        // between reviews, see below), so they are only closed here, by the client.
-        drop(stalled);
+        // The stalled requests are closed once server.header_timeout has passed since their
+        // first byte, without a reply, and counted.
+        for (sent, mut stream) in stalled {
+            let mut reply = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut reply))
+                    .await
+                    .expect("the webhook closes a request whose headers stall");
+            assert!(
+                sent.elapsed() >= Duration::from_secs(2),
+                "closed after {:?}, before server.header_timeout",
+                sent.elapsed()
+            );
+            assert!(
+                reply.is_empty(),
+                "{read:?} {}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
         // The idle ones are dropped when their handshake times out, and counted.
-        for mut tcp in idle.drain(..50) {
+        for mut tcp in idle {
             let mut buf = [0u8; 16];
             let read = tokio::time::timeout(Duration::from_secs(60), tcp.read(&mut buf))
                 .await
@@ -81,8 +97,17 @@ fn idle_and_stalled_connections_do_not_keep_a_review_from_being_decided() {
             assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
         }
         let metrics = s.webhook.metrics().await;
-        assert!(
-            metric(&metrics, "zastava_admission_tls_handshake_failures_total") >= 50.0,
+        assert_eq!(
+            metric(&metrics, "zastava_admission_tls_handshake_failures_total"),
+            300.0,
+            "{metrics}"
+        );
+        assert_eq!(
+            metric(
+                &metrics,
+                "zastava_admission_request_timeouts_total{part=\"headers\"}"
+            ),
+            20.0,
             "{metrics}"
         );
         decided(&s, "uid-after-idle").await;

@@ -291,6 +291,36 @@ pub const ADMISSION_TLS_HANDSHAKE_FAILURES: Metric = counter(
     &[],
     "TLS handshakes that failed or timed out.",
 );
+pub const ADMISSION_REQUEST_TIMEOUTS: Metric = counter(
+    "zastava_admission_request_timeouts_total",
+    &["part"],
+    "Requests cut off because a part did not arrive in time: headers (server.header_timeout, the connection is closed) or body (server.body_timeout, answered 408).",
+);
+pub const ADMISSION_IDLE_CLOSES: Metric = counter(
+    "zastava_admission_idle_connections_closed_total",
+    &[],
+    "Connections closed after server.idle_timeout without a request.",
+);
+pub const ADMISSION_CONNECTIONS_REFUSED: Metric = counter(
+    "zastava_admission_connections_refused_total",
+    &[],
+    "Connections refused at accept because server.max_connections were open.",
+);
+pub const ADMISSION_OPEN_CONNECTIONS: Metric = gauge(
+    "zastava_admission_open_connections",
+    &[],
+    "HTTPS connections open, including those still in their TLS handshake.",
+);
+pub const ADMISSION_BODY_BYTES_RESERVED: Metric = gauge(
+    "zastava_admission_body_bytes_reserved",
+    &[],
+    "Bytes of request bodies being read or judged (reserved of server.max_bodies_in_flight).",
+);
+pub const ADMISSION_OVERLOAD_REFUSALS: Metric = counter(
+    "zastava_admission_overload_refusals_total",
+    &[],
+    "Requests answered 503 because server.max_bodies_in_flight had no room for their body within server.body_timeout.",
+);
 pub const ADMISSION_CERTIFICATE_RELOADS: Metric = counter(
     "zastava_admission_certificate_reloads_total",
     &[],
@@ -353,6 +383,12 @@ pub const WEBHOOK: &[Metric] = &[
     ADMISSION_NOT_JUDGED,
     ADMISSION_UNREADABLE_OBJECTS,
     ADMISSION_TLS_HANDSHAKE_FAILURES,
+    ADMISSION_REQUEST_TIMEOUTS,
+    ADMISSION_IDLE_CLOSES,
+    ADMISSION_CONNECTIONS_REFUSED,
+    ADMISSION_OPEN_CONNECTIONS,
+    ADMISSION_BODY_BYTES_RESERVED,
+    ADMISSION_OVERLOAD_REFUSALS,
     ADMISSION_CERTIFICATE_RELOADS,
     ADMISSION_CERTIFICATE_RELOAD_ERRORS,
     POLICY_BACKEND_LATENCY,

@@ -6,7 +6,7 @@
 //! client went away) does not cancel it: the answer still lands in the cache.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     future::Future,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -224,10 +224,12 @@ impl VerdictCache {
         let mut waiting = Vec::new();
         let mut mine = Vec::new();
         let mut senders = Vec::new();
+        // A set, not a scan of `mine`: a pod may list thousands of images.
+        let mut seen = HashSet::new();
         {
             let mut inner = self.inner();
             for digest in digests {
-                if answers.contains_key(digest) || mine.contains(digest) {
+                if !seen.insert(digest.as_str()) {
                     continue;
                 }
                 if let Some(entry) = inner.entries.get(digest) {

@@ -40,6 +40,26 @@ pub struct ServerConfig {
     /// Largest request body accepted.
     #[serde(deserialize_with = "bytes")]
     pub max_body_bytes: u64,
+    /// Bytes of request bodies read or judged at once (each reserves its declared length,
+    /// or `max_body_bytes` if it declares none); more wait, within `body_timeout`, then
+    /// get 503.
+    #[serde(deserialize_with = "bytes")]
+    pub max_bodies_in_flight: u64,
+    /// Connections open at once (in the TLS handshake or after it); more are refused at
+    /// accept.
+    pub max_connections: usize,
+    /// Time for a connection's TLS handshake.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Time for a request's headers, from its first byte (HTTP/1.1).
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// Time for a request's body, from the end of its headers.
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
+    /// A connection with no request for this long is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +70,14 @@ impl Default for ServerConfig {
             key_file: None,
             reload_interval: Duration::from_secs(10),
             max_body_bytes: 4 << 20,
+            max_bodies_in_flight: 16 << 20,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            // Longer than the 90 s Go's HTTP client (the API server's kind) keeps an idle
+            // connection by default, so that such a client, not the webhook, closes it.
+            idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -80,6 +108,9 @@ pub struct PolicyConfig {
     /// Judge every UPDATE, also one that adds no image to what `oldObject` had, and one of
     /// an object being deleted (which a denial would leave stuck in Terminating).
     pub judge_every_update: bool,
+    /// Digests asked about in one backend request; a review with more makes several, a
+    /// few at a time.
+    pub digests_per_request: usize,
 }
 
 impl Default for PolicyConfig {
@@ -90,6 +121,7 @@ impl Default for PolicyConfig {
             tag_only: TagOnly::Deny,
             tag_only_by_namespace: BTreeMap::new(),
             judge_every_update: false,
+            digests_per_request: 1000,
         }
     }
 }
@@ -160,6 +192,12 @@ impl Default for AdminConfig {
     }
 }
 
+/// Most connections open at once: far beyond what file descriptors allow in practice.
+const MAX_CONNECTIONS: usize = 1 << 20;
+
+/// Longest connection timeout (a deadline is a point in time, which must not overflow).
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Longest budget: the API server gives a webhook at most 30 s.
 const MAX_BUDGET: Duration = Duration::from_secs(29);
 
@@ -182,6 +220,24 @@ impl WebhookConfig {
             ("server.addr", self.server.addr.to_string()),
             ("server.cert_file", path(&self.server.cert_file)),
             ("server.key_file", path(&self.server.key_file)),
+            (
+                "server.max_connections",
+                self.server.max_connections.to_string(),
+            ),
+            (
+                "server.max_bodies_in_flight",
+                self.server.max_bodies_in_flight.to_string(),
+            ),
+            (
+                "server.timeouts",
+                format!(
+                    "handshake {:?}, headers {:?}, body {:?}, idle {:?}",
+                    self.server.handshake_timeout,
+                    self.server.header_timeout,
+                    self.server.body_timeout,
+                    self.server.idle_timeout
+                ),
+            ),
             ("policy.budget", format!("{:?}", self.policy.budget)),
             (
                 "policy.fail_open_namespaces",
@@ -243,6 +299,43 @@ impl WebhookConfig {
         if self.server.max_body_bytes < 4096 {
             bad("server.max_body_bytes", "must be at least 4K".into());
         }
+        if self.server.max_bodies_in_flight < self.server.max_body_bytes {
+            bad(
+                "server.max_bodies_in_flight",
+                format!(
+                    "must be at least server.max_body_bytes ({} bytes), or a body of that size could never be read",
+                    self.server.max_body_bytes
+                ),
+            );
+        }
+        if self.server.max_connections == 0 || self.server.max_connections > MAX_CONNECTIONS {
+            bad(
+                "server.max_connections",
+                format!("must be at least 1 and at most {MAX_CONNECTIONS}"),
+            );
+        }
+        for (key, timeout) in [
+            ("server.handshake_timeout", self.server.handshake_timeout),
+            ("server.header_timeout", self.server.header_timeout),
+            ("server.body_timeout", self.server.body_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
+        ] {
+            if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                bad(
+                    key,
+                    format!("must be longer than 0 and at most {MAX_TIMEOUT:?}"),
+                );
+            }
+        }
+        if !self.server.idle_timeout.is_zero() && self.server.idle_timeout <= self.policy.budget {
+            bad(
+                "server.idle_timeout",
+                format!(
+                    "must be longer than policy.budget ({:?}): a connection waiting for its decision is not idle",
+                    self.policy.budget
+                ),
+            );
+        }
         if self.policy.budget.is_zero() || self.policy.budget > MAX_BUDGET {
             bad(
                 "policy.budget",
@@ -263,6 +356,9 @@ impl WebhookConfig {
                     format!("{ns:?} is not a Kubernetes namespace name"),
                 );
             }
+        }
+        if self.policy.digests_per_request == 0 {
+            bad("policy.digests_per_request", "must be at least 1".into());
         }
         if self.cache.max_entries == 0 {
             bad("cache.max_entries", "must be at least 1".into());
@@ -300,119 +396,4 @@ impl WebhookConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(text: &str) -> Result<WebhookConfig, ConfigErrors> {
-        WebhookConfig::load(&Sources {
-            file: Some(("webhook.toml".into(), text.into())),
-            ..Default::default()
-        })
-    }
-
-    fn keys(err: &ConfigErrors) -> Vec<&str> {
-        err.0.iter().map(|e| e.key.as_str()).collect()
-    }
-
-    #[test]
-    fn a_full_file_is_read() {
-        let dir =
-            std::env::temp_dir().join(format!("zastava-webhook-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cert = dir.join("tls.crt");
-        let key = dir.join("tls.key");
-        std::fs::write(&cert, "x").unwrap();
-        std::fs::write(&key, "x").unwrap();
-        let config = load(&format!(
-            r#"
-            [server]
-            addr = "127.0.0.1:9443"
-            cert_file = "{}"
-            key_file = "{}"
-            reload_interval = "500ms"
-            [policy]
-            budget = "1500ms"
-            failOpenNamespaces = ["dev"]
-            tag_only = "deny"
-            tag_only_by_namespace = {{ legacy = "warn" }}
-            judge_every_update = true
-            [cache]
-            default_ttl = "30s"
-            [backend]
-            url = "https://scanner.internal:8443"
-            [admin]
-            addr = "[::1]:9000"
-            "#,
-            cert.display(),
-            key.display()
-        ))
-        .unwrap();
-        assert_eq!(config.server.reload_interval, Duration::from_millis(500));
-        assert_eq!(config.policy.budget, Duration::from_millis(1500));
-        assert!(config.policy.fails_open("dev"));
-        assert!(!config.policy.fails_open("prod"));
-        assert_eq!(config.policy.tag_only_in("legacy"), TagOnly::Warn);
-        assert_eq!(config.policy.tag_only_in("prod"), TagOnly::Deny);
-        assert!(config.policy.judge_every_update);
-        assert!(!PolicyConfig::default().judge_every_update);
-        assert_eq!(config.cache.default_ttl, Duration::from_secs(30));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn every_problem_is_named_by_its_key() {
-        let err = load(
-            r#"
-            [policy]
-            budget = "45s"
-            fail_open_namespaces = ["Not_A_Namespace"]
-            [admin]
-            addr = "0.0.0.0:9466"
-            [backend]
-            url = "http://scanner.example"
-            "#,
-        )
-        .unwrap_err();
-        assert_eq!(
-            keys(&err),
-            [
-                "server.cert_file",
-                "server.key_file",
-                "policy.budget",
-                "policy",
-                "backend.url",
-                "admin.addr"
-            ],
-            "{err}"
-        );
-        let err = load("[policy]\nbudget = \"soon\"\n").unwrap_err();
-        assert_eq!(keys(&err), ["policy.budget"], "{err}");
-        let err = load("[policy]\ntag_only = \"maybe\"\n").unwrap_err();
-        assert_eq!(keys(&err), ["policy.tag_only"], "{err}");
-    }
-
-    #[test]
-    fn the_runtime_table_is_the_observers_and_its_problems_are_named() {
-        let err = load(
-            "[runtime]\ndeployment = \"eu 1\"\n[runtime.metrics.common_labels]\ndecision = \"x\"\n",
-        )
-        .unwrap_err();
-        let runtime: Vec<&str> = keys(&err)
-            .into_iter()
-            .filter(|k| k.starts_with("runtime."))
-            .collect();
-        assert_eq!(
-            runtime,
-            [
-                "runtime.deployment",
-                "runtime.metrics.common_labels.decision"
-            ],
-            "{err}"
-        );
-        let config = WebhookConfig::default();
-        assert!(config
-            .describe()
-            .lines()
-            .any(|l| l == "runtime.deployment = (none)"));
-    }
-}
+mod tests;

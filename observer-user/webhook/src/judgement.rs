@@ -4,7 +4,7 @@
 //! fails open — and only a request actually admitted without a verdict says it was.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     fmt::Write as _,
 };
 
@@ -51,6 +51,8 @@ struct Tally<'a> {
     unverified: Vec<(&'a ContainerImage, Failure)>,
     /// `<digest>=<verdict>`, in the order of the images, each digest once.
     digests: Vec<String>,
+    /// The entries of `digests` (a pod may list thousands of images).
+    listed: HashSet<String>,
     sources: BTreeSet<&'static str>,
 }
 
@@ -128,7 +130,7 @@ fn judge(
 impl<'a> Tally<'a> {
     fn digest(&mut self, digest: &str, verdict: &str) {
         let entry = format!("{digest}={verdict}");
-        if !self.digests.contains(&entry) {
+        if self.listed.insert(entry.clone()) {
             self.digests.push(entry);
         }
     }

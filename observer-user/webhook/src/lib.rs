@@ -6,11 +6,14 @@
 //! runs; [`policy`] decides, through [`cache`] and the backend client shared with the
 //! observer (`zastava_platform::backend`), and [`judgement`] turns the verdicts into the
 //! decision, told in [`message`]s people can read; [`tls`] serves the certificate and
-//! follows its rotation; [`server`] holds the listeners and logs every decision.
+//! follows its rotation; [`server`] holds the listeners and logs every decision, and
+//! [`connection`] bounds and times the HTTPS connections, [`body`] the request bodies.
 
 pub mod admission;
+pub mod body;
 pub mod cache;
 pub mod config;
+pub mod connection;
 pub mod judgement;
 pub mod message;
 pub mod policy;
@@ -87,6 +90,11 @@ pub async fn serve(config: WebhookConfig, metrics: PrometheusHandle) -> Result<(
             VerdictCache::new(config.cache.clone()),
         ),
         budget: config.policy.budget,
+        bodies: body::Bodies::new(
+            usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
+            config.server.body_timeout,
+            config.server.max_bodies_in_flight,
+        ),
     });
 
     let https = server::bind(config.server.addr, "admission requests (HTTPS)")
@@ -147,11 +155,17 @@ pub async fn serve(config: WebhookConfig, metrics: PrometheusHandle) -> Result<(
         judge_every_update = config.policy.judge_every_update,
         "webhook ready"
     );
-    let router = server::https_router(
-        app,
-        usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
-    );
-    server::serve_https(https, acceptor, router, async move {
+    let max_body_bytes = app.bodies.max_bytes;
+    let router = server::https_router(app, max_body_bytes);
+    let limits = connection::Limits {
+        max_connections: config.server.max_connections,
+        handshake_timeout: config.server.handshake_timeout,
+        timeouts: connection::Timeouts {
+            header: config.server.header_timeout,
+            idle: config.server.idle_timeout,
+        },
+    };
+    connection::serve_https(https, acceptor, router, limits, async move {
         tokio::select! {
             _ = sigint.recv() => info!("SIGINT: shutting down"),
             _ = sigterm.recv() => info!("SIGTERM: shutting down"),

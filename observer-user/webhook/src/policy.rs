@@ -213,6 +213,45 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Backend requests at once for one review's digests.
+const REQUESTS_AT_ONCE: usize = 4;
+
+/// What the backend is asked about one review's digests.
+struct Ask {
+    client: BackendClient,
+    namespace: String,
+    identity: WorkloadIdentity,
+    /// The image naming each digest.
+    images: BTreeMap<String, String>,
+    per_request: usize,
+}
+
+impl Ask {
+    /// Asks about `digests`, at most `per_request` of them in a request and
+    /// `REQUESTS_AT_ONCE` requests at a time, so that a pod of thousands of images makes
+    /// requests of a size the backend can take, and answers as soon as it can.
+    async fn all(self, digests: Vec<String>) -> HashMap<String, Answer> {
+        let mut parts = digests.chunks(self.per_request);
+        let mut calls = tokio::task::JoinSet::new();
+        let mut answers = HashMap::with_capacity(digests.len());
+        loop {
+            while calls.len() < REQUESTS_AT_ONCE {
+                let Some(part) = parts.next() else { break };
+                let body = request_body(&self.namespace, &self.identity, &self.images, part);
+                calls.spawn(ask_backend(self.client.clone(), body, part.to_vec()));
+            }
+            match calls.join_next().await {
+                Some(Ok(part)) => answers.extend(part),
+                // A call that panicked leaves its digests without an answer, which the
+                // cache reports as such.
+                Some(Err(_)) => {}
+                None => break,
+            }
+        }
+        answers
+    }
+}
+
 pub struct Policy {
     config: PolicyConfig,
     client: BackendClient,
@@ -285,13 +324,15 @@ impl Policy {
             return Verdicts::default();
         }
         let digests: Vec<String> = images.keys().cloned().collect();
-        let client = self.client.clone();
-        let (ns, identity) = (namespace.to_owned(), workload.identity.clone());
+        let ask = Ask {
+            client: self.client.clone(),
+            namespace: namespace.to_owned(),
+            identity: workload.identity.clone(),
+            images,
+            per_request: self.config.digests_per_request.max(1),
+        };
         // Only the digests nobody is fetching yet are asked about.
-        let lookup = self.cache.lookup(&digests, move |digests| {
-            let body = request_body(&ns, &identity, &images, &digests);
-            ask_backend(client, body, digests)
-        });
+        let lookup = self.cache.lookup(&digests, move |digests| ask.all(digests));
         match tokio::time::timeout_at(deadline.into(), lookup).await {
             Ok(answers) => Verdicts {
                 answers,

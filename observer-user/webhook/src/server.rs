@@ -15,44 +15,35 @@ use std::{
 };
 
 use axum::{
-    body::Bytes,
-    extract::{DefaultBodyLimit, Request, State},
-    http::{header, StatusCode, Uri},
+    extract::{Request, State},
+    http::{header, HeaderValue, StatusCode, Uri, Version},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
     serve::ListenerExt as _,
     Router,
 };
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use zastava_platform::authority::admin;
 use zastava_platform::metrics::{
     ADMISSION_DECISIONS, ADMISSION_DECISION_SECONDS, ADMISSION_INVALID_REQUESTS,
-    ADMISSION_TLS_HANDSHAKE_FAILURES,
+    ADMISSION_OVERLOAD_REFUSALS, ADMISSION_REQUEST_TIMEOUTS,
 };
 
 use crate::{
     admission::{Decision, Review},
+    body::{Bodies, BodyError},
     policy::Policy,
 };
-
-/// A TLS handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// At shutdown, how long requests in progress may take to finish.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct App {
     pub policy: Policy,
     pub budget: Duration,
+    /// How request bodies are read.
+    pub bodies: Bodies,
 }
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Response {
@@ -64,10 +55,74 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response {
         .into_response()
 }
 
-async fn validate(State(app): State<Arc<App>>, body: Bytes) -> Response {
+/// The answer to a request whose body could not be read (counted).
+fn unread_body(bodies: &Bodies, error: BodyError, version: Version) -> Response {
+    let mut response = unread_body_reply(bodies, error);
+    // What is left of the body is not read, so hyper closes an HTTP/1 connection after
+    // the reply: say so, or a client could send its next request on it.
+    if version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn unread_body_reply(bodies: &Bodies, error: BodyError) -> Response {
+    let (status, text) = match error {
+        BodyError::TooLong => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is longer than {} bytes, the most accepted (server.max_body_bytes)",
+                bodies.max_bytes
+            ),
+        ),
+        BodyError::Late => {
+            metrics::counter!(ADMISSION_REQUEST_TIMEOUTS.name, "part" => "body").increment(1);
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {:?} of the headers (server.body_timeout)",
+                    bodies.timeout
+                ),
+            )
+        }
+        BodyError::NoRoom => {
+            metrics::counter!(ADMISSION_OVERLOAD_REFUSALS.name).increment(1);
+            let text = format!(
+                "the webhook is busy: {} bytes of request bodies are being read or judged (server.max_bodies_in_flight), and none freed within {:?} (server.body_timeout); retry",
+                bodies.room_bytes, bodies.timeout
+            );
+            warn!(decision = "overloaded", status = 503, error = %text, "refused a request for want of room");
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{text}\n")).into_response();
+        }
+        BodyError::Broken(error) => (
+            StatusCode::BAD_REQUEST,
+            format!("the body could not be read: {error}"),
+        ),
+    };
+    metrics::counter!(ADMISSION_INVALID_REQUESTS.name).increment(1);
+    warn!(
+        decision = "invalid",
+        status = status.as_u16(),
+        error = %text,
+        "refused a request whose body could not be read"
+    );
+    (status, format!("{text}\n")).into_response()
+}
+
+async fn validate(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    // Held, with its room, until the answer is made.
+    let read = match app.bodies.read(&parts.headers, body).await {
+        Ok(read) => read,
+        Err(error) => return unread_body(&app.bodies, error, parts.version),
+    };
+    let body = &read.bytes;
+    // The budget is the decision's; the body's time is bounded by server.body_timeout.
     let started = Instant::now();
     let deadline = started + app.budget;
-    let review = match Review::parse(&body) {
+    let review = match Review::parse(body) {
         Ok(review) => review,
         Err(err) => {
             metrics::counter!(ADMISSION_INVALID_REQUESTS.name).increment(1);
@@ -131,7 +186,7 @@ async fn healthz() -> &'static str {
 
 /// Refuses a request whose declared length is over the limit from its headers alone,
 /// without reading (or waiting for) its body. Bodies without a declared length are cut at
-/// the limit while they are read (`DefaultBodyLimit`).
+/// the limit while they are read (`Bodies::read`).
 async fn refuse_declared_oversize(
     State(max_body_bytes): State<usize>,
     request: Request,
@@ -151,13 +206,20 @@ async fn refuse_declared_oversize(
                 bytes = length,
                 "refused a request body longer than server.max_body_bytes"
             );
-            (
+            let mut response = (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "the body is {length} bytes; at most {max_body_bytes} are accepted (server.max_body_bytes)\n"
                 ),
             )
-                .into_response()
+                .into_response();
+            if request.version() < Version::HTTP_2 {
+                // The body is not read: the connection closes after the reply.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
         _ => next.run(request).await,
     }
@@ -168,7 +230,6 @@ pub fn https_router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/validate", post(validate))
         .route("/healthz", get(healthz))
         .route("/readyz", get(healthz))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(
             max_body_bytes,
             refuse_declared_oversize,
@@ -238,64 +299,6 @@ pub fn spawn_http(listener: TcpListener, router: Router, what: &'static str) {
             warn!("the {what} endpoint stopped: {err}");
         }
     });
-}
-
-/// Serves HTTPS until `shutdown` completes, then lets requests in progress finish.
-pub async fn serve_https(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of file descriptors and the like: wait rather than spin.
-                warn!("accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if let Err(err) = tcp.set_nodelay(true) {
-            debug!("cannot set TCP_NODELAY on the connection from {peer}: {err}");
-        }
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => {
-                    metrics::counter!(ADMISSION_TLS_HANDSHAKE_FAILURES.name).increment(1);
-                    debug!("TLS handshake with {peer} failed: {err}");
-                    return;
-                }
-                Err(_) => {
-                    metrics::counter!(ADMISSION_TLS_HANDSHAKE_FAILURES.name).increment(1);
-                    debug!("TLS handshake with {peer} timed out");
-                    return;
-                }
-            };
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
-                debug!("connection from {peer} ended: {err}");
-            }
-        });
-    }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!("requests still in progress after {DRAIN_TIMEOUT:?}; stopping anyway");
-    }
 }
 
 /// Binds `addr`, naming it in the error.

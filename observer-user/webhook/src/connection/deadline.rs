@@ -1,0 +1,487 @@
+//! Deadlines of an HTTP/1.1 connection, kept below hyper by watching the bytes it reads:
+//!
+//! - a request's head must be whole within `server.header_timeout` of its **first byte**.
+//!   hyper's own `header_read_timeout` starts when hyper begins waiting for a head, so it
+//!   also closes a kept-alive connection that is merely idle between reviews, racing the
+//!   API server's next request on its pooled connection;
+//! - a connection with no request in progress and nothing read or written for
+//!   `server.idle_timeout` is closed (an end of stream, which hyper closes cleanly). A
+//!   request read whole keeps it open until its response has been written.
+//!
+//! HTTP/2 frames are not followed: such a connection has only the idle timeout, counted
+//! from the last byte either way (`server.idle_timeout` is longer than the budget, so a
+//! stream waiting for its decision is never cut); a stream whose headers never end is
+//! closed by it.
+//!
+//! Bodies have their own timeout, in the handler (it answers 408).
+
+use std::{
+    future::Future as _,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::{Instant, Sleep},
+};
+
+use zastava_platform::metrics::{ADMISSION_IDLE_CLOSES, ADMISSION_REQUEST_TIMEOUTS};
+
+use super::framing::{Framing, HeadState};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub idle: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Armed {
+    Head,
+    Idle,
+}
+
+/// An HTTP/1.1 connection's stream with its deadlines.
+pub struct Deadlines<IO> {
+    inner: IO,
+    framing: Framing,
+    timeouts: Timeouts,
+    sleep: Pin<Box<Sleep>>,
+    armed: Option<Armed>,
+    /// The last time bytes were read or written.
+    last_activity: Instant,
+    /// Requests read whole so far (to notice the next one).
+    completed: u64,
+    /// A request was read whole and nothing has been written since.
+    awaiting_response: bool,
+    /// A deadline passed: the stream ends, and stays ended.
+    ended: Option<Armed>,
+}
+
+impl<IO> Deadlines<IO> {
+    /// `inner` speaks HTTP/1.1; `http2` when ALPN chose HTTP/2, which has only the idle
+    /// timeout.
+    pub fn new(inner: IO, timeouts: Timeouts, http2: bool) -> Self {
+        let now = Instant::now();
+        Deadlines {
+            inner,
+            framing: if http2 {
+                Framing::opaque()
+            } else {
+                Framing::new()
+            },
+            timeouts,
+            sleep: Box::pin(tokio::time::sleep_until(now + timeouts.idle)),
+            armed: None,
+            last_activity: now,
+            completed: 0,
+            awaiting_response: false,
+            ended: None,
+        }
+    }
+
+    fn arm(&mut self, what: Armed, at: Instant) {
+        self.sleep.as_mut().reset(at);
+        self.armed = Some(what);
+    }
+
+    /// Whether a head's deadline has passed (checked also while bytes keep coming, one at
+    /// a time, which never lets a read wait).
+    fn head_late(&self) -> bool {
+        self.armed == Some(Armed::Head) && self.sleep.deadline() <= Instant::now()
+    }
+
+    fn end(&mut self, what: Armed) -> Poll<io::Result<()>> {
+        if self.ended.is_none() {
+            match what {
+                Armed::Head => {
+                    metrics::counter!(ADMISSION_REQUEST_TIMEOUTS.name, "part" => "headers")
+                        .increment(1)
+                }
+                Armed::Idle => metrics::counter!(ADMISSION_IDLE_CLOSES.name).increment(1),
+            }
+        }
+        self.ended = Some(what);
+        self.armed = None;
+        match what {
+            Armed::Head => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request's headers were not complete within server.header_timeout of its first byte",
+            ))),
+            // An end of stream: hyper closes an idle connection that ends without error.
+            Armed::Idle => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Follows the bytes just read.
+    fn follow(&mut self, bytes: &[u8]) {
+        self.last_activity = Instant::now();
+        if self.framing.is_opaque() {
+            if self.armed == Some(Armed::Idle) {
+                // Armed again from these bytes when the next read waits.
+                self.armed = None;
+            }
+            return;
+        }
+        let state = self.framing.feed(bytes);
+        if self.framing.completed() != self.completed {
+            self.completed = self.framing.completed();
+            self.awaiting_response = true;
+        }
+        match state {
+            HeadState::Began => self.arm(Armed::Head, self.last_activity + self.timeouts.header),
+            HeadState::Continues => {}
+            HeadState::Outside => self.armed = None,
+        }
+    }
+
+    /// Arms the idle timeout if the connection is idle and it is not armed yet.
+    fn arm_idle(&mut self) {
+        let idle = if self.framing.is_opaque() {
+            true
+        } else {
+            self.framing.is_idle() && !self.awaiting_response
+        };
+        if self.armed.is_none() && idle {
+            let at = self.last_activity + self.timeouts.idle;
+            self.arm(Armed::Idle, at);
+        }
+    }
+
+    /// Notes a write. hyper may be waiting on a read it polled before the reply was due,
+    /// and polls again only when woken: the idle timer is armed, and registered with this
+    /// task, here.
+    fn wrote(&mut self, n: usize, cx: &mut Context<'_>) {
+        if n == 0 {
+            return;
+        }
+        self.last_activity = Instant::now();
+        self.awaiting_response = false;
+        if self.armed == Some(Armed::Idle) {
+            self.armed = None;
+        }
+        self.arm_idle();
+        if self.armed == Some(Armed::Idle) {
+            // Just armed from now, so not ready: this registers the waker.
+            let _ = self.sleep.as_mut().poll(cx);
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Deadlines<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(what) = this.ended {
+            return this.end(what);
+        }
+        if this.head_late() {
+            return this.end(Armed::Head);
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if !read.is_empty() {
+                    this.follow(read);
+                    if this.head_late() {
+                        return this.end(Armed::Head);
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                this.arm_idle();
+                if let Some(what) = this.armed {
+                    if this.sleep.as_mut().poll(cx).is_ready() {
+                        return this.end(what);
+                    }
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Deadlines<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            this.wrote(n, cx);
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            this.wrote(n, cx);
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        header: Duration::from_secs(10),
+        idle: Duration::from_secs(120),
+    };
+    const REQUEST: &[u8] = b"POST /validate HTTP/1.1\r\nHost: w\r\nContent-Length: 5\r\n\r\nhello";
+
+    fn pair(http2: bool) -> (Deadlines<DuplexStream>, DuplexStream) {
+        let (server, client) = tokio::io::duplex(1 << 16);
+        (Deadlines::new(server, TIMEOUTS, http2), client)
+    }
+
+    /// Reads what is there, or waits `wait` (of paused time) for it.
+    async fn read_within(
+        d: &mut Deadlines<DuplexStream>,
+        wait: Duration,
+    ) -> Option<io::Result<Vec<u8>>> {
+        let mut buf = vec![0u8; 4096];
+        match tokio::time::timeout(wait, d.read(&mut buf)).await {
+            Ok(Ok(n)) => Some(Ok(buf[..n].to_vec())),
+            Ok(Err(e)) => Some(Err(e)),
+            Err(_) => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_kept_alive_connection_is_not_a_late_head() {
+        let (mut d, mut client) = pair(false);
+        client.write_all(REQUEST).await.unwrap();
+        assert_eq!(
+            read_within(&mut d, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .unwrap(),
+            REQUEST
+        );
+        d.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        // Idle for longer than the header timeout, shorter than the idle one: still open.
+        assert!(read_within(&mut d, Duration::from_secs(100))
+            .await
+            .is_none());
+        client.write_all(REQUEST).await.unwrap();
+        assert_eq!(
+            read_within(&mut d, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .unwrap(),
+            REQUEST
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_stalls_fails_its_timeout_after_its_first_byte() {
+        let (mut d, mut client) = pair(false);
+        // Idle first: the clock starts at the head's first byte, not here.
+        assert!(read_within(&mut d, Duration::from_secs(60)).await.is_none());
+        client
+            .write_all(b"POST /validate HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        assert!(read_within(&mut d, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_ok());
+        let err = read_within(&mut d, Duration::from_secs(60))
+            .await
+            .expect("the head's deadline ends the read")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), TIMEOUTS.header);
+        // And stays ended.
+        client.write_all(b"st: w\r\n\r\n").await.unwrap();
+        assert!(read_within(&mut d, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_dribbled_a_byte_at_a_time_is_still_late() {
+        let (mut d, mut client) = pair(false);
+        let started = Instant::now();
+        let mut ended = None;
+        for (i, byte) in b"POST /validate HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaa"
+            .iter()
+            .enumerate()
+        {
+            client.write_all(&[*byte]).await.unwrap();
+            if let Some(Err(err)) = read_within(&mut d, Duration::from_secs(1)).await {
+                ended = Some((i, err));
+                break;
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let (i, err) = ended.expect("the dribbled head ends in a timeout");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(i, 10, "the byte at 10 s is refused");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pipelined_head_that_stalls_is_late_too() {
+        let (mut d, mut client) = pair(false);
+        let mut bytes = REQUEST.to_vec();
+        bytes.extend_from_slice(b"POST /validate HTTP/1.1\r\n");
+        client.write_all(&bytes).await.unwrap();
+        assert!(read_within(&mut d, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_ok());
+        d.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let err = read_within(&mut d, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_body_is_not_a_late_head() {
+        let (mut d, mut client) = pair(false);
+        client
+            .write_all(b"POST /validate HTTP/1.1\r\nContent-Length: 100\r\n\r\nab")
+            .await
+            .unwrap();
+        assert!(read_within(&mut d, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_ok());
+        // The handler's body timeout is for this; the connection's deadlines are not.
+        assert!(read_within(&mut d, Duration::from_secs(300))
+            .await
+            .is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_ends_after_the_idle_timeout_but_not_while_a_response_is_due() {
+        let (mut d, mut client) = pair(false);
+        client.write_all(REQUEST).await.unwrap();
+        read_within(&mut d, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        // The request is whole; its response has not been written: no idle timeout.
+        assert!(read_within(&mut d, Duration::from_secs(600))
+            .await
+            .is_none());
+        d.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let written = Instant::now();
+        let end = read_within(&mut d, Duration::from_secs(600))
+            .await
+            .expect("an end of stream")
+            .unwrap();
+        assert!(end.is_empty());
+        assert_eq!(written.elapsed(), TIMEOUTS.idle);
+        let mut reply = Vec::new();
+        client.read_buf(&mut reply).await.unwrap();
+        assert_eq!(reply, b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    /// Counts its wake-ups.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_wakes_a_read_polled_before_the_reply_was_written() {
+        let (mut d, mut client) = pair(false);
+        client.write_all(REQUEST).await.unwrap();
+        read_within(&mut d, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        // As hyper does: a read polled while the reply is due, then the reply written, and
+        // no read polled again until the task is woken.
+        let wakes = std::sync::Arc::new(Wakes(0.into()));
+        let waker = std::task::Waker::from(std::sync::Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = [0u8; 64];
+        let mut read_buf = ReadBuf::new(&mut buf);
+        assert!(Pin::new(&mut d)
+            .poll_read(&mut cx, &mut read_buf)
+            .is_pending());
+        let reply = b"HTTP/1.1 200 OK\r\n\r\n";
+        assert!(matches!(
+            Pin::new(&mut d).poll_write(&mut cx, reply),
+            Poll::Ready(Ok(n)) if n == reply.len()
+        ));
+        let woken = |w: &Wakes| w.0.load(std::sync::atomic::Ordering::SeqCst);
+        let before = woken(&wakes);
+        tokio::time::advance(TIMEOUTS.idle - Duration::from_millis(1)).await;
+        assert_eq!(woken(&wakes), before, "woken before the idle timeout");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(woken(&wakes) > before, "the idle timeout woke nobody");
+        let mut read_buf = ReadBuf::new(&mut buf);
+        assert!(matches!(
+            Pin::new(&mut d).poll_read(&mut cx, &mut read_buf),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(read_buf.filled().is_empty(), "an end of stream");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_has_only_the_idle_timeout_from_the_last_byte_either_way() {
+        let (mut d, mut client) = pair(true);
+        // A preface and the start of a HEADERS frame that never ends.
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x10\x01\0\0\0\0\x01")
+            .await
+            .unwrap();
+        read_within(&mut d, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        // Well past the header timeout: no deadline but the idle one.
+        assert!(read_within(&mut d, Duration::from_secs(60)).await.is_none());
+        d.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap();
+        let written = Instant::now();
+        let end = read_within(&mut d, Duration::from_secs(600))
+            .await
+            .expect("an end of stream")
+            .unwrap();
+        assert!(end.is_empty());
+        assert_eq!(written.elapsed(), TIMEOUTS.idle);
+    }
+}
