@@ -368,10 +368,18 @@ fn an_overrun_ring_buffer_counts_every_loss_and_memory_stays_bounded() {
     std::fs::create_dir_all(&b).unwrap();
     let (load_a, load_b) = (Load::start(&a, 0), Load::start(&b, 0));
     let until = Instant::now() + storm;
-    let mut scrapes = scraping(&daemon, Duration::from_millis(500), |_| {
+    // Resident set and events held in the pipeline, at every scrape.
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let mut scrapes = scraping(&daemon, Duration::from_millis(500), |m| {
+        let held = m
+            .value("zastava_runtime_events_in_flight", "{stage=\"pipeline\"}")
+            .unwrap_or(0.0) as u64;
+        samples.push((daemon.rss(), held));
         Instant::now() < until
     });
     let (load_a, load_b) = (load_a.stop(), load_b.stop());
+    let half = samples.len() / 2;
+    let rss_peak_of = |s: &[(u64, u64)]| s.iter().map(|&(rss, _)| rss).max().unwrap_or(0);
     // Wait until what got through has arrived: nothing more comes in for a while.
     let mut last = (0, Instant::now());
     wait_balanced(&daemon, common::TIMEOUT, |_| {
@@ -410,6 +418,9 @@ fn an_overrun_ring_buffer_counts_every_loss_and_memory_stays_bounded() {
             "dropped_kernel_ring_full_all_processes": ring_full,
             "kernel": summary["kernel"],
             "rss_at_start_bytes": rss_at_start,
+            "rss_max_first_half_bytes": rss_peak_of(&samples[..half]),
+            "rss_max_second_half_bytes": rss_peak_of(&samples[half..]),
+            "held_in_pipeline_max": samples.iter().map(|&(_, held)| held).max().unwrap_or(0),
             "peak_rss_bytes": peak_rss,
             "scrapes_balanced": scrapes,
             "account": account(&summary),
@@ -422,8 +433,10 @@ fn an_overrun_ring_buffer_counts_every_loss_and_memory_stays_bounded() {
         generated - delivered
     );
     assert_eq!(oa.repeated + ob.repeated, 0, "edges delivered twice");
-    // Bounded, not a figure: docs/PERFORMANCE.md has the figures.
-    assert!(peak_rss < 256 << 20, "peak RSS {peak_rss} bytes");
+    // A ceiling, not a figure: what an overrun holds is bounded by
+    // `batch.max_held_events` (records waiting for the reorder window), about 1 KiB each;
+    // the case reports the peak and the resident set in each half of the storm.
+    assert!(peak_rss < 512 << 20, "peak RSS {peak_rss} bytes");
 }
 
 #[test]
