@@ -693,6 +693,7 @@ fn the_legacy_open_and_creat_are_reported_as_what_they_are() {
     assert_eq!(failed["pathFromCaller"], true);
     for e in [&creat, &open, &failed] {
         assert_eq!(pid_of(e), my_pid());
+        assert_eq!(common::schema_violations(e), None);
     }
 }
 
