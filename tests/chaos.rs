@@ -21,27 +21,10 @@ use common::{
     TempDir,
 };
 use harness::{
-    account, one_at_a_time, report, scraping, secs, wait_balanced, Backend, Daemon, Load, Outcome,
-    Scale,
+    account, assert_summary_balanced, one_at_a_time, report, scraping, secs, wait_balanced,
+    wait_until_quiet, Backend, Daemon, Load, Outcome, Scale,
 };
 use serde_json::json;
-
-/// What the cases lean on being true of the summary's account.
-fn assert_summary_balanced(summary: &serde_json::Value) {
-    let d = &summary["delivery"];
-    let dropped: u64 = d["dropped"]
-        .as_object()
-        .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum())
-        .unwrap_or(0);
-    let seen = d["seen"].as_u64().unwrap();
-    let shipped = d["shipped"].as_u64().unwrap();
-    let in_flight = d["inFlightPipeline"].as_u64().unwrap() + d["inFlightSpool"].as_u64().unwrap();
-    assert_eq!(
-        seen,
-        shipped + dropped + in_flight,
-        "unbalanced summary: {d}"
-    );
-}
 
 fn dropped_at(metrics: &common::Metrics, stage: &str) -> u64 {
     metrics
@@ -143,12 +126,18 @@ fn sigkill_under_load_sends_every_spooled_batch_once_and_loses_only_what_memory_
     let mut downtimes = vec![(first_ready, first_ready)];
     let mut scrapes = 0;
     for n in 1..=kills {
+        // Before the last kill the backend is down: that run's batches are in the spool
+        // when the kill comes, and only a restart that resumes from it delivers them.
+        if n == kills {
+            backend.receiver.set_default(Some(Reply::Status(503)));
+        }
         let until = Instant::now() + period;
         scrapes += scraping(&daemon, Duration::from_millis(500), |_| {
             Instant::now() < until
         });
         let killed_at = Instant::now();
         daemon.kill();
+        backend.receiver.set_default(None);
         std::thread::sleep(restart);
         daemon = Daemon::start(&args, &log(n));
         downtimes.push((killed_at, Instant::now()));
@@ -185,11 +174,15 @@ fn sigkill_under_load_sends_every_spooled_batch_once_and_loses_only_what_memory_
             .position(|&(from, to)| at >= from && to.is_none_or(|to| at < to))
     };
     let mut last_arrived = vec![None; runs.len()];
+    let mut arrived_of = vec![0_u64; runs.len()];
     for (i, &n) in delivered.iter().enumerate() {
         if let (true, Some(run)) = (n > 0, run_of(i as u64)) {
             last_arrived[run] = Some(i as u64);
+            arrived_of[run] += 1;
         }
     }
+    // The run that ended in the outage (runs[0] ends at the first kill).
+    let spooled_at_kill = arrived_of[kills - 1];
     let (mut unobserved, mut in_memory, mut other) = (0_u64, 0_u64, Vec::new());
     let mut held_longest = Duration::ZERO;
     for &i in &outcome.missing {
@@ -217,6 +210,7 @@ fn sigkill_under_load_sends_every_spooled_batch_once_and_loses_only_what_memory_
             "lost_in_memory_at_kills": in_memory,
             "oldest_lost_in_memory_seconds": secs(held_longest),
             "lost_otherwise": other.len(),
+            "spooled_during_an_outage_and_delivered_after_the_restart": spooled_at_kill,
             "delivered_twice": outcome.repeated,
             "batches_sent_again": duplicate_batches,
             "scrapes_balanced": scrapes,
@@ -224,6 +218,10 @@ fn sigkill_under_load_sends_every_spooled_batch_once_and_loses_only_what_memory_
         }),
     );
     assert!(arrived, "edges made after the last restart did not arrive");
+    assert!(
+        spooled_at_kill > 0,
+        "nothing spooled before the last kill arrived after the restart"
+    );
     assert_eq!(
         other,
         Vec::<String>::new(),
@@ -303,11 +301,9 @@ fn a_full_spool_disk_during_an_outage_drops_only_what_it_counts_and_recovers() {
     let after_load = load.stop();
     let all = after_load.count;
     let arrived = wait_balanced(&daemon, common::TIMEOUT, |_| {
-        (0..all).all(|i| {
-            backend
-                .receiver
-                .with_tally(|t| t.paths.contains_key(&after_load.path(i)))
-        })
+        backend
+            .receiver
+            .with_tally(|t| (0..all).all(|i| t.paths.contains_key(&after_load.path(i))))
     });
     scrapes += 2;
     let metrics = daemon.scrape();
@@ -380,15 +376,7 @@ fn an_overrun_ring_buffer_counts_every_loss_and_memory_stays_bounded() {
     let (load_a, load_b) = (load_a.stop(), load_b.stop());
     let half = samples.len() / 2;
     let rss_peak_of = |s: &[(u64, u64)]| s.iter().map(|&(rss, _)| rss).max().unwrap_or(0);
-    // Wait until what got through has arrived: nothing more comes in for a while.
-    let mut last = (0, Instant::now());
-    wait_balanced(&daemon, common::TIMEOUT, |_| {
-        let n = backend.receiver.with_tally(|t| t.paths.len());
-        if n != last.0 {
-            last = (n, Instant::now());
-        }
-        last.1.elapsed() > Duration::from_secs(3)
-    });
+    wait_until_quiet(&daemon, &backend);
     scrapes += 1;
     let peak_rss = daemon.peak_rss();
     let summary = daemon.stop();
@@ -403,10 +391,7 @@ fn an_overrun_ring_buffer_counts_every_loss_and_memory_stays_bounded() {
     let ring_full = summary["delivery"]["dropped"]["kernel_ring_full"]
         .as_u64()
         .unwrap_or(0);
-    let dropped: u64 = summary["delivery"]["dropped"]
-        .as_object()
-        .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum())
-        .unwrap_or(0);
+    let dropped = harness::totals(&summary).dropped;
     report(
         "ring buffer overrun",
         json!({
@@ -499,14 +484,7 @@ fn containerd_killed_and_restarted_under_load_never_gives_an_edge_the_wrong_pod(
     for (_, pod) in &pods {
         containerd.stop_pod(pod);
     }
-    let mut last = (0, Instant::now());
-    wait_balanced(&daemon, common::TIMEOUT, |_| {
-        let n = backend.receiver.with_tally(|t| t.paths.len());
-        if n != last.0 {
-            last = (n, Instant::now());
-        }
-        last.1.elapsed() > Duration::from_secs(3)
-    });
+    wait_until_quiet(&daemon, &backend);
     let summary = daemon.stop();
     assert_summary_balanced(&summary);
 

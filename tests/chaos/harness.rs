@@ -399,16 +399,62 @@ impl Outcome {
     }
 }
 
+/// The totals of a shutdown summary's account.
+pub struct Totals {
+    pub seen: u64,
+    pub shipped: u64,
+    /// Every stage.
+    pub dropped: u64,
+    pub in_flight: u64,
+}
+
+pub fn totals(summary: &Value) -> Totals {
+    let d = &summary["delivery"];
+    let number = |v: &Value| v.as_u64().expect("a count in the summary");
+    Totals {
+        seen: number(&d["seen"]),
+        shipped: number(&d["shipped"]),
+        dropped: d["dropped"]
+            .as_object()
+            .map(|m| m.values().map(number).sum())
+            .unwrap_or(0),
+        in_flight: number(&d["inFlightPipeline"]) + number(&d["inFlightSpool"]),
+    }
+}
+
+/// seen = shipped + dropped + in flight, in a shutdown summary.
+pub fn assert_summary_balanced(summary: &Value) {
+    let t = totals(summary);
+    assert_eq!(
+        t.seen,
+        t.shipped + t.dropped + t.in_flight,
+        "unbalanced summary: {}",
+        summary["delivery"]
+    );
+}
+
 /// `seen`, `shipped`, dropped by stage and in flight, from a shutdown summary.
 pub fn account(summary: &Value) -> Value {
     serde_json::json!({
         "seen": summary["delivery"]["seen"],
         "shipped": summary["delivery"]["shipped"],
         "dropped": summary["delivery"]["dropped"],
-        "in_flight": summary["delivery"]["inFlightPipeline"].as_u64().unwrap_or(0)
-            + summary["delivery"]["inFlightSpool"].as_u64().unwrap_or(0),
+        "in_flight": totals(summary).in_flight,
         "lost_before_decoding": summary["lost"],
     })
+}
+
+/// Waits, checking the account, until no new path has reached `backend` for 3 s: what
+/// got through has arrived.
+pub fn wait_until_quiet(daemon: &Daemon, backend: &Backend) {
+    let mut last = (0, Instant::now());
+    wait_balanced(daemon, crate::common::TIMEOUT, |_| {
+        let n = backend.receiver.with_tally(|t| t.paths.len());
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        last.1.elapsed() > Duration::from_secs(3)
+    });
 }
 
 /// Seconds, to the millisecond.
