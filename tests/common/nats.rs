@@ -2,7 +2,10 @@
 //! without a NATS client): the private servers of `zastava_testing::nats`, and reading a stream
 //! back the way a consumer would — a durable pull consumer, every message acknowledged.
 
-use std::{io::Read as _, time::Duration};
+use std::{
+    io::Read as _,
+    time::{Duration, Instant},
+};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures_util::StreamExt as _;
@@ -149,11 +152,29 @@ pub fn read_stream(
 }
 
 /// The stream's information (config, state, cluster).
+///
+/// Right after a node dies the cluster may still be electing a meta or stream leader, and
+/// JetStream API requests time out or answer "temporarily unavailable" until it has one;
+/// an operator's `nats stream info` would be retried, and so is this, for up to 30 s.
 pub fn stream_info(urls: &[String], access: impl Into<Access>, name: &str) -> stream::Info {
+    let access = access.into();
     runtime().block_on(async {
         let js = jetstream::new(connect(urls, access).await);
-        let mut stream = js.get_stream(name).await.expect("the stream exists");
-        stream.info().await.expect("stream info").clone()
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let error = match js.get_stream(name).await {
+                Ok(mut stream) => match stream.info().await {
+                    Ok(info) => return info.clone(),
+                    Err(e) => format!("stream info: {e:?}"),
+                },
+                Err(e) => format!("the stream exists: {e:?}"),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "the cluster answered no stream info within 30 s: {error}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     })
 }
 
