@@ -203,6 +203,10 @@ impl Daemon {
         )
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The observer's peak resident set (VmHWM), in bytes.
     pub fn peak_rss(&self) -> u64 {
         self.status_bytes("VmHWM:")
