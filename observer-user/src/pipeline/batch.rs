@@ -44,7 +44,9 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_events: 2000,
-            max_age: Duration::from_secs(1),
+            // Short: a record has already waited `reorder_window`; this only gathers
+            // what became ready at about the same time into one batch.
+            max_age: Duration::from_millis(200),
             reorder_window: Duration::from_secs(1),
             dedup: true,
             max_held_events: 200_000,
