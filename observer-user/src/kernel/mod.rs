@@ -1,12 +1,13 @@
 //! The kernel stage: finds the tracepoints ([`tracefs`]) and the kernel's struct offsets
 //! ([`btf`]), checks the capabilities ([`privileges`]), loads and attaches the probes and
-//! reads their counters ([`probes`], [`counters`]), and turns ring buffer records into typed
+//! reads their counters and maps ([`probes`], [`counters`], `map_batch`), and turns ring buffer records into typed
 //! events ([`decode`]) with boot-time stamps ([`clock`]). Hands on `KernelEvent`s.
 
 pub mod btf;
 pub mod clock;
 pub mod counters;
 pub mod decode;
+mod map_batch;
 pub mod privileges;
 pub mod probes;
 pub mod tracefs;

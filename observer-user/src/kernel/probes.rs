@@ -6,14 +6,16 @@
 //! addresses from the caller's memory). The loader loads and attaches one of them, and the
 //! programs both share.
 
+use std::os::fd::AsFd as _;
+
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{trace_point::TracePointLink, ProgramError, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
 use observer_common::{DedupKey, DedupState, KernelOffsets, TracepointOffsets, COUNTER_SLOTS};
 
-use super::KernelCounters;
+use super::{map_batch, KernelCounters};
 
 /// The probes, built by `cargo xtask build-ebpf` and embedded at compile time.
 pub static PROBES_OBJECT: &[u8] =
@@ -316,17 +318,43 @@ impl Probes {
             name: "DEDUP",
             source,
         };
-        let dedup: PerCpuHashMap<_, DedupKey, DedupState> =
-            PerCpuHashMap::try_from(map).map_err(map_error)?;
         let mut entries = Vec::new();
-        for entry in dedup.iter() {
-            // An entry evicted while iterating is gone; what it held is reconciled later.
-            let Ok((key, per_cpu)) = entry else { continue };
+        let mut push = |key: DedupKey, per_cpu: &[DedupState]| {
             for (cpu, state) in per_cpu.iter().enumerate() {
                 if state.suppressed > 0 || state.last_report_ns > 0 {
                     entries.push((key, u32::try_from(cpu).unwrap_or(u32::MAX), *state));
                 }
             }
+        };
+        // In batches where the kernel has them (5.6 and later); else key by key.
+        let batched = match (map, aya::util::nr_cpus()) {
+            (Map::PerCpuLruHashMap(data) | Map::PerCpuHashMap(data), Ok(cpus)) => {
+                map_batch::per_cpu_entries::<DedupKey, DedupState>(data.fd().as_fd(), cpus)
+                    .map_err(|err| {
+                        static ONCE: std::sync::Once = std::sync::Once::new();
+                        ONCE.call_once(|| {
+                            tracing::info!(
+                                "the kernel offers no batch lookup of the dedup map ({err}): \
+                                 it is read key by key, which costs more CPU"
+                            );
+                        });
+                    })
+                    .ok()
+            }
+            _ => None,
+        };
+        if let Some(batch) = batched {
+            for (key, per_cpu) in batch {
+                push(key, &per_cpu);
+            }
+            return Ok(entries);
+        }
+        let dedup: PerCpuHashMap<_, DedupKey, DedupState> =
+            PerCpuHashMap::try_from(map).map_err(map_error)?;
+        for entry in dedup.iter() {
+            // An entry evicted while iterating is gone; what it held is reconciled later.
+            let Ok((key, per_cpu)) = entry else { continue };
+            push(key, &per_cpu);
         }
         Ok(entries)
     }
