@@ -349,7 +349,7 @@ fn a_full_spool_disk_during_an_outage_drops_only_what_it_counts_and_recovers() {
 }
 
 /// The observer's CPU limit in the overrun case.
-const CPU_LIMIT_MILLICORES: u64 = 100;
+const CPU_LIMIT_MILLICORES: u64 = 50;
 
 #[test]
 fn an_overrun_ring_buffer_counts_every_loss_and_memory_stays_bounded() {
@@ -363,7 +363,7 @@ fn an_overrun_ring_buffer_counts_every_loss_and_memory_stays_bounded() {
     args.extend(["--ring-buffer-bytes".to_owned(), "65536".to_owned()]);
     let daemon = Daemon::start(&args, &spool.path().with_extension("log"));
     let rss_at_start = daemon.peak_rss();
-    // The observer limited to a tenth of a CPU, as a DaemonSet's `limits.cpu: 100m` would
+    // The observer limited to a twentieth of a CPU, as a DaemonSet's `limits.cpu: 50m` would
     // (from here: start-up, which parses the kernel's BTF, ran unlimited): on two cores the
     // load cannot otherwise offer ten times what the observer takes in.
     let limit = CpuLimit::apply(daemon.pid(), CPU_LIMIT_MILLICORES);
