@@ -1,4 +1,4 @@
-//! Deadlines of an HTTP/1.1 connection, kept below hyper by watching the bytes it reads:
+//! Deadlines of a connection, kept below hyper by watching the bytes it reads and writes:
 //!
 //! - a request's head must be whole within `server.header_timeout` of its **first byte**.
 //!   hyper's own `header_read_timeout` starts when hyper begins waiting for a head, so it
@@ -8,10 +8,8 @@
 //!   `server.idle_timeout` is closed (an end of stream, which hyper closes cleanly). A
 //!   request read whole keeps it open until its response has been written.
 //!
-//! HTTP/2 frames are not followed: such a connection has only the idle timeout, counted
-//! from the last byte either way (`server.idle_timeout` is longer than the budget, so a
-//! stream waiting for its decision is never cut); a stream whose headers never end is
-//! closed by it.
+//! HTTP/1.1 is followed by [`Framing`], HTTP/2 by [`Streams`] (where a header block has
+//! the header timeout, and only frames that move a request count against the idle one).
 //!
 //! Bodies have their own timeout, in the handler (it answers 408).
 
@@ -30,7 +28,10 @@ use tokio::{
 
 use zastava_platform::metrics::{ADMISSION_IDLE_CLOSES, ADMISSION_REQUEST_TIMEOUTS};
 
-use super::framing::{Framing, HeadState};
+use super::{
+    framing::{Framing, HeadState},
+    streams::{Due, Streams},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -44,10 +45,12 @@ enum Armed {
     Idle,
 }
 
-/// An HTTP/1.1 connection's stream with its deadlines.
+/// A connection's stream with its deadlines.
 pub struct Deadlines<IO> {
     inner: IO,
     framing: Framing,
+    /// When ALPN chose HTTP/2: its streams, which `framing` does not follow.
+    streams: Option<Streams>,
     timeouts: Timeouts,
     sleep: Pin<Box<Sleep>>,
     armed: Option<Armed>,
@@ -62,17 +65,13 @@ pub struct Deadlines<IO> {
 }
 
 impl<IO> Deadlines<IO> {
-    /// `inner` speaks HTTP/1.1; `http2` when ALPN chose HTTP/2, which has only the idle
-    /// timeout.
+    /// `inner` speaks HTTP/1.1, or HTTP/2 when `http2` (ALPN chose it).
     pub fn new(inner: IO, timeouts: Timeouts, http2: bool) -> Self {
         let now = Instant::now();
         Deadlines {
             inner,
-            framing: if http2 {
-                Framing::opaque()
-            } else {
-                Framing::new()
-            },
+            framing: Framing::new(),
+            streams: http2.then(|| Streams::new(now)),
             timeouts,
             sleep: Box::pin(tokio::time::sleep_until(now + timeouts.idle)),
             armed: None,
@@ -84,14 +83,34 @@ impl<IO> Deadlines<IO> {
     }
 
     fn arm(&mut self, what: Armed, at: Instant) {
-        self.sleep.as_mut().reset(at);
+        if self.armed != Some(what) || self.sleep.deadline() != at {
+            self.sleep.as_mut().reset(at);
+        }
         self.armed = Some(what);
+    }
+
+    /// Arms what an HTTP/2 connection is waiting for.
+    fn arm_streams(&mut self) {
+        let Some(streams) = &self.streams else {
+            return;
+        };
+        match streams.due() {
+            Due::Head(began) => self.arm(Armed::Head, began + self.timeouts.header),
+            Due::Idle(since) => self.arm(Armed::Idle, since + self.timeouts.idle),
+            Due::Busy => self.armed = None,
+        }
     }
 
     /// Whether a head's deadline has passed (checked also while bytes keep coming, one at
     /// a time, which never lets a read wait).
     fn head_late(&self) -> bool {
         self.armed == Some(Armed::Head) && self.sleep.deadline() <= Instant::now()
+    }
+
+    /// Whether an HTTP/2 connection's idle deadline has passed although frames keep coming
+    /// (an HTTP/1.1 connection's is disarmed by any byte read).
+    fn idle_late(&self) -> bool {
+        self.armed == Some(Armed::Idle) && self.sleep.deadline() <= Instant::now()
     }
 
     fn end(&mut self, what: Armed) -> Poll<io::Result<()>> {
@@ -119,6 +138,11 @@ impl<IO> Deadlines<IO> {
     /// Follows the bytes just read.
     fn follow(&mut self, bytes: &[u8]) {
         self.last_activity = Instant::now();
+        if let Some(streams) = &mut self.streams {
+            streams.read(bytes, self.last_activity);
+            self.arm_streams();
+            return;
+        }
         if self.framing.is_opaque() {
             if self.armed == Some(Armed::Idle) {
                 // Armed again from these bytes when the next read waits.
@@ -140,6 +164,9 @@ impl<IO> Deadlines<IO> {
 
     /// Arms the idle timeout if the connection is idle and it is not armed yet.
     fn arm_idle(&mut self) {
+        if self.streams.is_some() {
+            return self.arm_streams();
+        }
         let idle = if self.framing.is_opaque() {
             true
         } else {
@@ -154,11 +181,34 @@ impl<IO> Deadlines<IO> {
     /// Notes a write. hyper may be waiting on a read it polled before the reply was due,
     /// and polls again only when woken: the idle timer is armed, and registered with this
     /// task, here.
-    fn wrote(&mut self, n: usize, cx: &mut Context<'_>) {
+    fn wrote<'a>(
+        &mut self,
+        bufs: impl IntoIterator<Item = &'a [u8]>,
+        n: usize,
+        cx: &mut Context<'_>,
+    ) {
         if n == 0 {
             return;
         }
         self.last_activity = Instant::now();
+        if let Some(streams) = &mut self.streams {
+            let mut left = n;
+            for buf in bufs {
+                if left == 0 {
+                    break;
+                }
+                let part = &buf[..left.min(buf.len())];
+                streams.wrote(part, self.last_activity);
+                left -= part.len();
+            }
+            self.arm_streams();
+            // Registers the waker with the deadline just armed (see below), or wakes the
+            // task at once for one already past.
+            if self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+            return;
+        }
         self.awaiting_response = false;
         if self.armed == Some(Armed::Idle) {
             self.armed = None;
@@ -193,6 +243,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Deadlines<IO> {
                     if this.head_late() {
                         return this.end(Armed::Head);
                     }
+                    if this.idle_late() {
+                        // What was read did not move a request (HTTP/2 control frames):
+                        // it is dropped, and the connection ends as idle.
+                        buf.set_filled(before);
+                        return this.end(Armed::Idle);
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -219,7 +275,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Deadlines<IO> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = result {
-            this.wrote(n, cx);
+            this.wrote([buf], n, cx);
         }
         result
     }
@@ -232,7 +288,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Deadlines<IO> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = result {
-            this.wrote(n, cx);
+            this.wrote(bufs.iter().map(|b| &**b), n, cx);
         }
         result
     }
@@ -461,27 +517,100 @@ mod tests {
         assert!(read_buf.filled().is_empty(), "an end of stream");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn http2_has_only_the_idle_timeout_from_the_last_byte_either_way() {
+    fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    const PING: (u8, u8, u32, &[u8]) = (6, 0, 0, &[0; 8]);
+
+    /// An HTTP/2 connection after the preface and empty SETTINGS.
+    async fn h2_opened() -> (Deadlines<DuplexStream>, DuplexStream) {
         let (mut d, mut client) = pair(true);
-        // A preface and the start of a HEADERS frame that never ends.
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend(h2_frame(4, 0, 0, &[]));
+        client.write_all(&bytes).await.unwrap();
+        read_within(&mut d, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        (d, client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_pings_and_their_acks_do_not_hold_an_idle_connection_open() {
+        let (mut d, mut client) = h2_opened().await;
+        let opened = Instant::now();
+        loop {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            let (kind, flags, stream, payload) = PING;
+            client
+                .write_all(&h2_frame(kind, flags, stream, payload))
+                .await
+                .unwrap();
+            match read_within(&mut d, Duration::from_secs(1)).await {
+                Some(Ok(bytes)) if bytes.is_empty() => break,
+                Some(Ok(_)) => d.write_all(&h2_frame(6, 1, 0, &[0; 8])).await.unwrap(),
+                other => panic!("{other:?}"),
+            }
+            assert!(opened.elapsed() < Duration::from_secs(600), "never idle");
+        }
+        // Ended by the idle timeout from the connection's start, although pings kept coming.
+        assert_eq!(opened.elapsed(), TIMEOUTS.idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_header_block_dribbled_in_continuations_is_late_after_its_first_byte() {
+        let (mut d, mut client) = h2_opened().await;
         client
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x10\x01\0\0\0\0\x01")
+            .write_all(&h2_frame(1, 0, 1, &[0x83, 0x87]))
+            .await
+            .unwrap();
+        let began = Instant::now();
+        let err = loop {
+            match read_within(&mut d, Duration::from_secs(1)).await {
+                Some(Ok(_)) => {}
+                Some(Err(err)) => break err,
+                None => {}
+            }
+            // A byte of the block every second: never quiet, never whole.
+            tokio::time::advance(Duration::from_secs(1)).await;
+            client.write_all(&h2_frame(9, 0, 1, &[0x84])).await.unwrap();
+            assert!(began.elapsed() < Duration::from_secs(60), "never late");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(began.elapsed(), TIMEOUTS.header);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_request_waiting_for_its_response_is_not_idle_and_its_reply_restarts_the_clock() {
+        let (mut d, mut client) = h2_opened().await;
+        // A request whose headers are whole and whose body never ends: the handler's.
+        client
+            .write_all(&h2_frame(1, 4, 1, &[0x83, 0x87, 0x84]))
             .await
             .unwrap();
         read_within(&mut d, Duration::from_secs(1))
             .await
             .unwrap()
             .unwrap();
-        // Well past the header timeout: no deadline but the idle one.
-        assert!(read_within(&mut d, Duration::from_secs(60)).await.is_none());
-        d.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap();
-        let written = Instant::now();
+        assert!(read_within(&mut d, Duration::from_secs(600))
+            .await
+            .is_none());
+        // Its response: HEADERS, then DATA ending the stream, then the RST_STREAM.
+        let mut reply = h2_frame(1, 4, 1, &[0x88]);
+        reply.extend(h2_frame(0, 1, 1, b"late"));
+        reply.extend(h2_frame(3, 0, 1, &[0; 4]));
+        d.write_all(&reply).await.unwrap();
+        let answered = Instant::now();
         let end = read_within(&mut d, Duration::from_secs(600))
             .await
             .expect("an end of stream")
             .unwrap();
         assert!(end.is_empty());
-        assert_eq!(written.elapsed(), TIMEOUTS.idle);
+        assert_eq!(answered.elapsed(), TIMEOUTS.idle);
     }
 }
