@@ -15,10 +15,13 @@
 //! - `http2`: stalled streams and header blocks over HTTP/2, connections kept busy with
 //!   PINGs;
 //! - `huge`: thousands of containers, bodies at and over the limit, bodies beyond the room
-//!   in flight.
+//!   in flight;
+//! - `crowd`: four of the fullest reviews at once, filling the room in flight.
 
 mod common;
 
+#[path = "webhook/crowd.rs"]
+mod crowd;
 #[path = "webhook/fixtures.rs"]
 mod fixtures;
 #[path = "webhook/hostile.rs"]

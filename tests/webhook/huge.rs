@@ -39,7 +39,7 @@ fn containers(distinct: usize) -> Vec<(String, String)> {
     containers_of(CONTAINERS, distinct)
 }
 
-fn pod(uid: &str, containers: &[(String, String)]) -> Value {
+pub fn pod(uid: &str, containers: &[(String, String)]) -> Value {
     let list: Vec<(&str, &str, &str)> = containers
         .iter()
         .map(|(n, i)| ("containers", n.as_str(), i.as_str()))
@@ -75,7 +75,7 @@ fn deployment(uid: &str, containers: &[(String, String)]) -> Value {
 }
 
 /// The webhook's peak resident memory so far, in KiB.
-fn vm_hwm_kib(s: &Setup) -> u64 {
+pub fn vm_hwm_kib(s: &Setup) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", s.webhook.pid())).unwrap();
     status
         .lines()
