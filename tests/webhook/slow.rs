@@ -4,15 +4,12 @@
 //! off or refused and counted, and a review on a connection of its own still decided.
 //! HTTP/2's stalled streams are in `http2`.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_rustls::client::TlsStream;
 
-use crate::common::webhook::{pod_review, tls_client_config};
+use crate::common::webhook::{pod_review, tls_connect, validate_head};
 use crate::{block_on, metric, response, send, setup, Setup};
 
 const DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -38,14 +35,7 @@ async fn decided(s: &Setup, uid: &str) {
 }
 
 async fn tls(s: &Setup) -> TlsStream<tokio::net::TcpStream> {
-    let config = Arc::new(tls_client_config(&s.serving.ca));
-    let tcp = tokio::net::TcpStream::connect(s.webhook.https)
-        .await
-        .unwrap();
-    tokio_rustls::TlsConnector::from(config)
-        .connect("127.0.0.1".try_into().unwrap(), tcp)
-        .await
-        .unwrap()
+    tls_connect(&s.webhook, &s.serving.ca, None).await
 }
 
 /// Everything the webhook sends until it closes the connection (at most 60 s).
@@ -72,7 +62,10 @@ fn headers_dribbled_a_byte_at_a_time_are_cut_off_at_the_header_timeout() {
     let s = setup(&["--set", "server.header_timeout=\"2s\""]);
     block_on(async {
         let mut stream = tls(&s).await;
-        let head = b"POST /validate HTTP/1.1\r\nHost: webhook\r\nX-Slow: ".to_vec();
+        // A head without its empty line, then an endless header value.
+        let mut head = validate_head(Some(0)).into_bytes();
+        head.truncate(head.len() - 2);
+        head.extend_from_slice(b"X-Slow: ");
         let first = Instant::now();
         let mut sent = 0;
         // A byte every 250 ms: the connection is never quiet, the head is never whole.
@@ -112,10 +105,7 @@ fn a_body_that_stalls_is_answered_408_and_counted() {
     block_on(async {
         let mut stream = tls(&s).await;
         let body = review_bytes("uid-stalled-body");
-        let head = format!(
-            "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
+        let head = validate_head(Some(body.len()));
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(&body[..body.len() / 2]).await.unwrap();
         stream.flush().await.unwrap();
@@ -166,10 +156,7 @@ fn a_connection_idle_past_the_idle_timeout_is_closed_after_its_reply() {
     block_on(async {
         let mut stream = tls(&s).await;
         let body = review_bytes("uid-then-idle");
-        let head = format!(
-            "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
+        let head = validate_head(Some(body.len()));
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(&body).await.unwrap();
         let started = Instant::now();
@@ -273,16 +260,11 @@ fn pipelined_reviews_are_answered_and_a_stalled_head_behind_them_is_cut_off() {
         let mut bytes = Vec::new();
         for uid in ["uid-pipelined-1", "uid-pipelined-2"] {
             let body = review_bytes(uid);
-            bytes.extend_from_slice(
-                format!(
-                    "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                )
-                .as_bytes(),
-            );
+            bytes.extend_from_slice(validate_head(Some(body.len())).as_bytes());
             bytes.extend_from_slice(&body);
         }
-        bytes.extend_from_slice(b"POST /validate HTTP/1.1\r\nHost: webh");
+        let third = validate_head(Some(100));
+        bytes.extend_from_slice(&third.as_bytes()[..third.len() / 2]);
         stream.write_all(&bytes).await.unwrap();
         stream.flush().await.unwrap();
         let sent = Instant::now();
