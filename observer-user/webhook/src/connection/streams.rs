@@ -136,7 +136,9 @@ pub struct Streams {
     /// The open header block's first byte, and whether the frame being read ends it.
     block: Option<Instant>,
     block_ends: bool,
-    /// Client streams opened whose response headers have not been written.
+    /// Client streams opened whose response headers have not been written (neither hyper's
+    /// HTTP/2 nor the handlers send informational responses, so a response's first HEADERS
+    /// is its final one).
     waiting: HashSet<u32>,
     /// The highest client stream id opened: a new stream's id is higher (§5.1.1).
     last_opened: u32,
