@@ -11,16 +11,23 @@
 //! - `operations`: certificate rotation, dropping credentials, configuration errors;
 //! - `hostile`: idle and stalled connections, old TLS versions, garbage and nested JSON;
 //! - `slow`: dribbled headers, pipelined and stalled requests, stalled bodies, idle
-//!   connections (HTTP/1.1 and HTTP/2), the connection cap;
+//!   connections, the connection cap;
+//! - `http2`: stalled streams and header blocks over HTTP/2, connections kept busy with
+//!   PINGs;
 //! - `huge`: thousands of containers, bodies at and over the limit, bodies beyond the room
-//!   in flight.
+//!   in flight;
+//! - `crowd`: four of the fullest reviews at once, filling the room in flight.
 
 mod common;
 
+#[path = "webhook/crowd.rs"]
+mod crowd;
 #[path = "webhook/fixtures.rs"]
 mod fixtures;
 #[path = "webhook/hostile.rs"]
 mod hostile;
+#[path = "webhook/http2.rs"]
+mod http2;
 #[path = "webhook/huge.rs"]
 mod huge;
 #[path = "webhook/logging.rs"]

@@ -360,3 +360,33 @@ pub fn retargeted(review: &Value, uid: &str, namespace: &str) -> Value {
     }
     review
 }
+
+/// The head of a `POST /validate` as a client writes it by hand: with a `Content-Length`
+/// of `length`, or chunked when `None`.
+pub fn validate_head(length: Option<usize>) -> String {
+    let framing = match length {
+        Some(n) => format!("Content-Length: {n}"),
+        None => "Transfer-Encoding: chunked".to_owned(),
+    };
+    format!(
+        "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+    )
+}
+
+/// A TLS connection to `webhook` trusting only `ca`, offering `alpn` (and checking it was
+/// chosen) when given.
+pub async fn tls_connect(
+    webhook: &Webhook,
+    ca: &std::path::Path,
+    alpn: Option<&[u8]>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut config = tls_client_config(ca);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(webhook.https).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), alpn);
+    stream
+}

@@ -8,7 +8,7 @@ use std::{process::Command, time::Duration};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::common::webhook::{pod_review, tls_client_config};
+use crate::common::webhook::{pod_review, tls_connect, validate_head};
 use crate::{block_on, response, send, send_raw, setup, Setup};
 
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -51,18 +51,12 @@ fn idle_and_stalled_connections_do_not_keep_a_review_from_being_decided() {
             );
         }
         // 20 that finish TLS, then send half a request's headers and stall.
-        let tls = std::sync::Arc::new(tls_client_config(&s.serving.ca));
         let mut stalled = Vec::new();
         for _ in 0..20 {
-            let tcp = tokio::net::TcpStream::connect(s.webhook.https)
-                .await
-                .unwrap();
-            let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
-                .connect("127.0.0.1".try_into().unwrap(), tcp)
-                .await
-                .unwrap();
+            let mut stream = tls_connect(&s.webhook, &s.serving.ca, None).await;
+            let head = validate_head(Some(100));
             stream
-                .write_all(b"POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: appl")
+                .write_all(&head.as_bytes()[..head.len() / 2])
                 .await
                 .unwrap();
             stalled.push((std::time::Instant::now(), stream));
@@ -189,14 +183,7 @@ fn a_kept_alive_connection_idle_for_15_s_serves_the_next_review() {
     let s = setup(&[]);
     s.backend.set_verdict(DIGEST, "allow", &[], Some(300));
     block_on(async {
-        let tls = std::sync::Arc::new(tls_client_config(&s.serving.ca));
-        let tcp = tokio::net::TcpStream::connect(s.webhook.https)
-            .await
-            .unwrap();
-        let mut stream = tokio_rustls::TlsConnector::from(tls)
-            .connect("127.0.0.1".try_into().unwrap(), tcp)
-            .await
-            .unwrap();
+        let mut stream = tls_connect(&s.webhook, &s.serving.ca, None).await;
         for (i, pause) in [0_u64, 15].into_iter().enumerate() {
             // Idle between requests, as an API server's pooled connection may be: a timeout
             // for stalled headers must not close it (hyper's header_read_timeout does).
@@ -212,10 +199,7 @@ fn a_kept_alive_connection_idle_for_15_s_serves_the_next_review() {
                 )],
             ))
             .unwrap();
-            let head = format!(
-                "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
+            let head = validate_head(Some(body.len()));
             stream.write_all(head.as_bytes()).await.unwrap();
             stream.write_all(&body).await.unwrap();
             let mut reply = Vec::new();

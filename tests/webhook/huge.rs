@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::common::webhook::{pod_review, tls_client_config};
+use crate::common::webhook::{pod_review, tls_connect, validate_head};
 use crate::{audit, block_on, message, metric, response, send, send_raw, setup, Setup};
 
 const CONTAINERS: usize = 5000;
@@ -39,7 +39,7 @@ fn containers(distinct: usize) -> Vec<(String, String)> {
     containers_of(CONTAINERS, distinct)
 }
 
-fn pod(uid: &str, containers: &[(String, String)]) -> Value {
+pub fn pod(uid: &str, containers: &[(String, String)]) -> Value {
     let list: Vec<(&str, &str, &str)> = containers
         .iter()
         .map(|(n, i)| ("containers", n.as_str(), i.as_str()))
@@ -75,7 +75,7 @@ fn deployment(uid: &str, containers: &[(String, String)]) -> Value {
 }
 
 /// The webhook's peak resident memory so far, in KiB.
-fn vm_hwm_kib(s: &Setup) -> u64 {
+pub fn vm_hwm_kib(s: &Setup) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", s.webhook.pid())).unwrap();
     status
         .lines()
@@ -195,14 +195,7 @@ fn pods_and_deployments_with_5000_containers_are_decided_asking_about_each_diges
 }
 
 async fn tls(s: &Setup) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let config = std::sync::Arc::new(tls_client_config(&s.serving.ca));
-    let tcp = tokio::net::TcpStream::connect(s.webhook.https)
-        .await
-        .unwrap();
-    tokio_rustls::TlsConnector::from(config)
-        .connect("127.0.0.1".try_into().unwrap(), tcp)
-        .await
-        .unwrap()
+    tls_connect(&s.webhook, &s.serving.ca, None).await
 }
 
 /// What the webhook sends, until it has sent `end` (at most 60 s).
@@ -274,10 +267,7 @@ fn a_body_at_the_limit_is_decided_and_one_byte_over_is_refused_with_413() {
         // Declared: refused from the headers, before any of the body is sent (a client
         // still writing it when the reply comes could lose the reply to the close).
         let mut stream = tls(&s).await;
-        let head = format!(
-            "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            LIMIT + 1
-        );
+        let head = validate_head(Some(LIMIT + 1));
         stream.write_all(head.as_bytes()).await.unwrap();
         let text = format!(
             "the body is {} bytes; at most {LIMIT} are accepted (server.max_body_bytes)\n",
@@ -292,7 +282,7 @@ fn a_body_at_the_limit_is_decided_and_one_byte_over_is_refused_with_413() {
 
         // Not declared (chunked): cut off once it passes the limit.
         let mut stream = tls(&s).await;
-        let mut request = b"POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let mut request = validate_head(None).into_bytes();
         for chunk in padded(LIMIT + 1).chunks(64 << 10) {
             request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
             request.extend_from_slice(chunk);

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde_json::Value;
 
-use crate::common::webhook::{fixture, pod_review, retargeted, tls_client_config};
+use crate::common::webhook::{fixture, pod_review, retargeted, tls_client_config, validate_head};
 use crate::{audit, block_on, message, metric, response, send, send_raw, setup, Setup};
 
 #[test]
@@ -61,11 +61,7 @@ fn malformed_requests_get_400_with_the_reason() {
         // Beyond server.max_body_bytes (4 MiB): refused from its headers, before any of the
         // body is sent (a client still writing it when the reply comes could lose the reply
         // to the connection's close).
-        let head = exchange_head(
-            &s,
-            b"POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 5242880\r\n\r\n",
-        )
-        .await;
+        let head = exchange_head(&s, validate_head(Some(5 << 20)).as_bytes()).await;
         assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
         let metrics = s.webhook.metrics().await;
         assert!(

@@ -1,18 +1,15 @@
 //! Slow clients and crowds: headers dribbled a byte at a time, a stalled head behind
-//! pipelined reviews, a body that stalls, connections left idle past `server.idle_timeout`
-//! (HTTP/1.1, and HTTP/2 with a stream whose headers never end), and more connections
-//! than `server.max_connections` — each cut off or refused and counted, and a review on a
-//! connection of its own still decided.
+//! pipelined reviews, a body that stalls, a connection left idle past
+//! `server.idle_timeout`, and more connections than `server.max_connections` — each cut
+//! off or refused and counted, and a review on a connection of its own still decided.
+//! HTTP/2's stalled streams are in `http2`.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_rustls::client::TlsStream;
 
-use crate::common::webhook::{pod_review, tls_client_config};
+use crate::common::webhook::{pod_review, tls_connect, validate_head};
 use crate::{block_on, metric, response, send, setup, Setup};
 
 const DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -38,14 +35,7 @@ async fn decided(s: &Setup, uid: &str) {
 }
 
 async fn tls(s: &Setup) -> TlsStream<tokio::net::TcpStream> {
-    let config = Arc::new(tls_client_config(&s.serving.ca));
-    let tcp = tokio::net::TcpStream::connect(s.webhook.https)
-        .await
-        .unwrap();
-    tokio_rustls::TlsConnector::from(config)
-        .connect("127.0.0.1".try_into().unwrap(), tcp)
-        .await
-        .unwrap()
+    tls_connect(&s.webhook, &s.serving.ca, None).await
 }
 
 /// Everything the webhook sends until it closes the connection (at most 60 s).
@@ -72,7 +62,10 @@ fn headers_dribbled_a_byte_at_a_time_are_cut_off_at_the_header_timeout() {
     let s = setup(&["--set", "server.header_timeout=\"2s\""]);
     block_on(async {
         let mut stream = tls(&s).await;
-        let head = b"POST /validate HTTP/1.1\r\nHost: webhook\r\nX-Slow: ".to_vec();
+        // A head without its empty line, then an endless header value.
+        let mut head = validate_head(Some(0)).into_bytes();
+        head.truncate(head.len() - 2);
+        head.extend_from_slice(b"X-Slow: ");
         let first = Instant::now();
         let mut sent = 0;
         // A byte every 250 ms: the connection is never quiet, the head is never whole.
@@ -112,10 +105,7 @@ fn a_body_that_stalls_is_answered_408_and_counted() {
     block_on(async {
         let mut stream = tls(&s).await;
         let body = review_bytes("uid-stalled-body");
-        let head = format!(
-            "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
+        let head = validate_head(Some(body.len()));
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(&body[..body.len() / 2]).await.unwrap();
         stream.flush().await.unwrap();
@@ -166,10 +156,7 @@ fn a_connection_idle_past_the_idle_timeout_is_closed_after_its_reply() {
     block_on(async {
         let mut stream = tls(&s).await;
         let body = review_bytes("uid-then-idle");
-        let head = format!(
-            "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
+        let head = validate_head(Some(body.len()));
         stream.write_all(head.as_bytes()).await.unwrap();
         stream.write_all(&body).await.unwrap();
         let started = Instant::now();
@@ -263,98 +250,6 @@ fn connections_beyond_the_cap_are_refused_at_accept_and_counted_exactly() {
     });
 }
 
-async fn tls_h2(s: &Setup) -> TlsStream<tokio::net::TcpStream> {
-    let mut config = tls_client_config(&s.serving.ca);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(s.webhook.https)
-        .await
-        .unwrap();
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("127.0.0.1".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    stream
-}
-
-#[test]
-fn http2_reviews_are_decided_and_a_stream_whose_headers_never_end_is_closed_when_idle() {
-    let s = setup(&[
-        "--set",
-        "server.idle_timeout=\"3s\"",
-        "--set",
-        "policy.budget=\"1s\"",
-    ]);
-    s.backend.set_verdict(DIGEST, "allow", &[], Some(300));
-    block_on(async {
-        // A review over HTTP/2 (ALPN h2), as a Go client such as the API server may send it.
-        let mut config = tls_client_config(&s.serving.ca);
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(config)
-            .http2_prior_knowledge()
-            .build()
-            .unwrap();
-        let reply = client
-            .post(s.webhook.url("/validate"))
-            .header("content-type", "application/json")
-            .body(review_bytes("uid-over-h2"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(reply.version(), reqwest::Version::HTTP_2);
-        let body: serde_json::Value =
-            serde_json::from_slice(&reply.bytes().await.unwrap()).unwrap();
-        assert_eq!(response(&body)["uid"], "uid-over-h2");
-        assert_eq!(response(&body)["allowed"], true, "{body}");
-
-        // The preface, empty SETTINGS, and a HEADERS frame for stream 1 without
-        // END_HEADERS (:method POST, :scheme https, :path /): its CONTINUATION never comes.
-        let mut stream = tls_h2(&s).await;
-        let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        frames.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-        frames.extend_from_slice(&[0, 0, 3, 1, 0, 0, 0, 0, 1, 0x83, 0x87, 0x84]);
-        stream.write_all(&frames).await.unwrap();
-        stream.flush().await.unwrap();
-        let sent = Instant::now();
-        let reply = until_closed(&mut stream).await;
-        assert!(
-            sent.elapsed() >= Duration::from_secs(3),
-            "{:?}",
-            sent.elapsed()
-        );
-        // Frames of the connection (SETTINGS and its ACK), never a response's HEADERS
-        // (type 1) for stream 1.
-        let mut at = 0;
-        while at + 9 <= reply.len() {
-            let len = usize::from(reply[at]) << 16
-                | usize::from(reply[at + 1]) << 8
-                | usize::from(reply[at + 2]);
-            assert_ne!(
-                reply[at + 3],
-                1,
-                "a response to the unfinished stream: {reply:?}"
-            );
-            at += 9 + len;
-        }
-        // The reqwest client's connection (the client is kept, so that only the webhook
-        // closes it) and the stalled one, each idle for 3 s.
-        let waited = Instant::now();
-        while metrics_value(&s, "zastava_admission_idle_connections_closed_total").await < 2.0 {
-            assert!(
-                waited.elapsed() < Duration::from_secs(30),
-                "not closed when idle"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(
-            metrics_value(&s, "zastava_admission_idle_connections_closed_total").await,
-            2.0
-        );
-        drop(client);
-    });
-}
-
 #[test]
 fn pipelined_reviews_are_answered_and_a_stalled_head_behind_them_is_cut_off() {
     let s = setup(&["--set", "server.header_timeout=\"2s\""]);
@@ -365,16 +260,11 @@ fn pipelined_reviews_are_answered_and_a_stalled_head_behind_them_is_cut_off() {
         let mut bytes = Vec::new();
         for uid in ["uid-pipelined-1", "uid-pipelined-2"] {
             let body = review_bytes(uid);
-            bytes.extend_from_slice(
-                format!(
-                    "POST /validate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                )
-                .as_bytes(),
-            );
+            bytes.extend_from_slice(validate_head(Some(body.len())).as_bytes());
             bytes.extend_from_slice(&body);
         }
-        bytes.extend_from_slice(b"POST /validate HTTP/1.1\r\nHost: webh");
+        let third = validate_head(Some(100));
+        bytes.extend_from_slice(&third.as_bytes()[..third.len() / 2]);
         stream.write_all(&bytes).await.unwrap();
         stream.flush().await.unwrap();
         let sent = Instant::now();

@@ -14,6 +14,7 @@ use axum::{
     body::{Body, Bytes},
     http::{header, HeaderMap},
 };
+use bytes::BytesMut;
 use http_body_util::BodyExt as _;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -104,16 +105,30 @@ impl Bodies {
         #[allow(clippy::cast_precision_loss, reason = "a gauge of bytes")]
         metrics::gauge!(ADMISSION_BODY_BYTES_RESERVED.name).increment(room.bytes as f64);
         let limited = http_body_util::Limited::new(body, self.max_bytes);
-        match tokio::time::timeout_at(deadline, limited.collect()).await {
+        let capacity = usize::try_from(declared.unwrap_or(0)).unwrap_or(0);
+        match tokio::time::timeout_at(deadline, gather(limited, capacity)).await {
             Err(_) => Err(BodyError::Late),
-            Ok(Ok(collected)) => Ok(ReadBody {
-                bytes: collected.to_bytes(),
-                _room: room,
-            }),
+            Ok(Ok(bytes)) => Ok(ReadBody { bytes, _room: room }),
             Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLong),
             Ok(Err(err)) => Err(BodyError::Broken(err.to_string())),
         }
     }
+}
+
+/// The body's bytes in one buffer of its declared length, each frame copied in as it
+/// comes and then freed: collecting the frames first and joining them after held the body
+/// twice.
+async fn gather(
+    mut body: http_body_util::Limited<Body>,
+    capacity: usize,
+) -> Result<Bytes, axum::BoxError> {
+    let mut bytes = BytesMut::with_capacity(capacity);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes.freeze())
 }
 
 #[cfg(test)]

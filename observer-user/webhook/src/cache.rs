@@ -1,6 +1,8 @@
 //! Verdicts by image digest, each kept for the TTL its answer gave. Lookups of digests not
 //! cached share one fetch per digest: while a digest is being fetched, every other request
-//! for it waits for that fetch rather than starting its own.
+//! for it waits for that fetch rather than starting its own. A fetch announces all its
+//! answers on one channel: a channel per digest cost some 300 bytes each, 10 MB for the
+//! fullest review the body limit allows.
 //!
 //! A fetch runs as a task of its own, so a request that gives up (its budget ran out, its
 //! client went away) does not cancel it: the answer still lands in the cache.
@@ -90,6 +92,9 @@ impl Source {
     }
 }
 
+/// Where a fetch announces its answers, by digest, once it has them all.
+type Fetching = watch::Receiver<Option<Arc<HashMap<String, Answer>>>>;
+
 struct Entry {
     judgement: Judgement,
     /// Its key in `Inner::by_expiry`.
@@ -103,8 +108,8 @@ struct Inner {
     /// costs a few steps whatever the size of the cache.
     by_expiry: BTreeMap<(Instant, u64), String>,
     inserted: u64,
-    /// Digests being fetched: their answer arrives on the channel.
-    inflight: HashMap<String, watch::Receiver<Option<Answer>>>,
+    /// Digests being fetched: their answer arrives on their fetch's channel.
+    inflight: HashMap<String, Fetching>,
 }
 
 impl Inner {
@@ -223,7 +228,7 @@ impl VerdictCache {
         let mut answers = HashMap::new();
         let mut waiting = Vec::new();
         let mut mine = Vec::new();
-        let mut senders = Vec::new();
+        let (sender, fetching) = watch::channel(None);
         // A set, not a scan of `mine`: a pod may list thousands of images.
         let mut seen = HashSet::new();
         {
@@ -249,11 +254,9 @@ impl VerdictCache {
                     waiting.push((digest.clone(), rx.clone()));
                     continue;
                 }
-                let (tx, rx) = watch::channel(None);
-                inner.inflight.insert(digest.clone(), rx.clone());
-                waiting.push((digest.clone(), rx));
+                inner.inflight.insert(digest.clone(), fetching.clone());
+                waiting.push((digest.clone(), fetching.clone()));
                 mine.push(digest.clone());
-                senders.push(tx);
             }
         }
         if !mine.is_empty() {
@@ -262,7 +265,9 @@ impl VerdictCache {
             let cache = Arc::clone(self);
             tokio::spawn(async move {
                 let mut results = fetched.await;
-                for (digest, tx) in mine.into_iter().zip(senders) {
+                // Only the digests asked about are announced.
+                let mut answers = HashMap::with_capacity(mine.len());
+                for digest in mine {
                     let answer = results.remove(&digest).unwrap_or_else(|| {
                         Err(Failure::new(
                             "the Scanner backend's reply has no verdict for it",
@@ -270,14 +275,16 @@ impl VerdictCache {
                         ))
                     });
                     cache.settle(&digest, &answer);
-                    let _ = tx.send(Some(answer));
+                    answers.insert(digest, answer);
                 }
+                let _ = sender.send(Some(Arc::new(answers)));
             });
         }
         for (digest, mut rx) in waiting {
             let answer = match rx.wait_for(Option::is_some).await {
-                Ok(answer) => answer
-                    .clone()
+                Ok(answers) => answers
+                    .as_ref()
+                    .and_then(|a| a.get(&digest).cloned())
                     .unwrap_or_else(|| Err(Failure::plain("no answer"))),
                 Err(_) => Err(Failure::plain("the lookup was abandoned")),
             };

@@ -51,13 +51,14 @@ pub struct ServerConfig {
     /// Time for a connection's TLS handshake.
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
-    /// Time for a request's headers, from its first byte (HTTP/1.1).
+    /// Time for a request's headers (HTTP/2: its header block), from their first byte.
     #[serde(deserialize_with = "duration")]
     pub header_timeout: Duration,
     /// Time for a request's body, from the end of its headers.
     #[serde(deserialize_with = "duration")]
     pub body_timeout: Duration,
-    /// A connection with no request for this long is closed.
+    /// A connection with no request waiting for its reply for this long is closed
+    /// (HTTP/2: control frames do not count as activity).
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
 }

@@ -1,5 +1,5 @@
-//! The HTTPS accept loop: a bound on open connections, the TLS handshake's timeout, and the
-//! deadlines of each HTTP/1.1 connection ([`deadline`]).
+//! The HTTPS accept loop: a bound on open connections, the TLS handshake's timeout, the
+//! deadlines of each connection ([`deadline`]: HTTP/1.1 and HTTP/2) and HTTP/2's limits.
 //!
 //! **Beyond `server.max_connections`, a connection is refused at accept** (closed at once
 //! with a reset, counted), rather than left waiting in the kernel's backlog. An API server
@@ -10,6 +10,7 @@
 
 mod deadline;
 mod framing;
+mod streams;
 
 use std::{sync::Arc, time::Duration};
 
@@ -54,6 +55,36 @@ impl Drop for Open {
     fn drop(&mut self) {
         metrics::gauge!(ADMISSION_OPEN_CONNECTIONS.name).decrement(1.0);
     }
+}
+
+/// HTTP/2's limits (RFC 9113 §6.5.2), each set here rather than left to hyper's defaults,
+/// which may change: docs/webhook.md lists them.
+const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
+const HTTP2_MAX_HEADER_LIST_SIZE: u32 = 16 << 10;
+/// Streams a client may open and reset before the server has accepted them, and streams the
+/// server may reset for the client's errors, before the connection is closed with
+/// `ENHANCE_YOUR_CALM` (the "rapid reset" floods).
+const HTTP2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+const HTTP2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+
+/// The protocol ALPN chose, and only it: over TLS, HTTP/2 is spoken only when negotiated
+/// (RFC 9113 §3.2), so a connection's deadlines always follow the protocol it speaks.
+fn builder(http2: bool) -> auto::Builder<TokioExecutor> {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    if !http2 {
+        return builder.http1_only();
+    }
+    let mut builder = builder.http2_only();
+    builder
+        .http2()
+        .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(HTTP2_MAX_HEADER_LIST_SIZE)
+        .max_pending_accept_reset_streams(HTTP2_MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(HTTP2_MAX_LOCAL_ERROR_RESETS)
+        // No keep-alive pings: a peer that vanishes is closed by the idle timeout, which
+        // counts from the last frame that moved a request.
+        .keep_alive_interval(None);
+    builder
 }
 
 /// Serves HTTPS until `shutdown` completes, then lets requests in progress finish.
@@ -118,7 +149,7 @@ pub async fn serve_https(
                 };
             let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = Deadlines::new(tls, limits.timeouts, http2);
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let builder = builder(http2);
             let connection = builder.serve_connection(TokioIo::new(io), service);
             if let Err(err) = watcher.watch(connection.into_owned()).await {
                 debug!("connection from {peer} ended: {err}");

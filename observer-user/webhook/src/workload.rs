@@ -163,6 +163,7 @@ fn images(template: &Value) -> Result<Vec<ContainerImage>, String> {
             Some(Value::Array(list)) => list,
             Some(_) => return Err(format!("spec.{field} is not a list")),
         };
+        images.reserve(list.len());
         for (i, container) in list.iter().enumerate() {
             if !container.is_object() {
                 return Err(format!("spec.{field}[{i}] is not a container"));

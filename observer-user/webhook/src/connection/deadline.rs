@@ -1,4 +1,4 @@
-//! Deadlines of an HTTP/1.1 connection, kept below hyper by watching the bytes it reads:
+//! Deadlines of a connection, kept below hyper by watching the bytes it reads and writes:
 //!
 //! - a request's head must be whole within `server.header_timeout` of its **first byte**.
 //!   hyper's own `header_read_timeout` starts when hyper begins waiting for a head, so it
@@ -8,10 +8,8 @@
 //!   `server.idle_timeout` is closed (an end of stream, which hyper closes cleanly). A
 //!   request read whole keeps it open until its response has been written.
 //!
-//! HTTP/2 frames are not followed: such a connection has only the idle timeout, counted
-//! from the last byte either way (`server.idle_timeout` is longer than the budget, so a
-//! stream waiting for its decision is never cut); a stream whose headers never end is
-//! closed by it.
+//! HTTP/1.1 is followed by [`Framing`], HTTP/2 by [`Streams`] (where a header block has
+//! the header timeout, and only frames that move a request count against the idle one).
 //!
 //! Bodies have their own timeout, in the handler (it answers 408).
 
@@ -30,7 +28,10 @@ use tokio::{
 
 use zastava_platform::metrics::{ADMISSION_IDLE_CLOSES, ADMISSION_REQUEST_TIMEOUTS};
 
-use super::framing::{Framing, HeadState};
+use super::{
+    framing::{Framing, HeadState},
+    streams::{Due, Streams},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -44,10 +45,12 @@ enum Armed {
     Idle,
 }
 
-/// An HTTP/1.1 connection's stream with its deadlines.
+/// A connection's stream with its deadlines.
 pub struct Deadlines<IO> {
     inner: IO,
     framing: Framing,
+    /// When ALPN chose HTTP/2: its streams, which `framing` does not follow.
+    streams: Option<Streams>,
     timeouts: Timeouts,
     sleep: Pin<Box<Sleep>>,
     armed: Option<Armed>,
@@ -62,17 +65,13 @@ pub struct Deadlines<IO> {
 }
 
 impl<IO> Deadlines<IO> {
-    /// `inner` speaks HTTP/1.1; `http2` when ALPN chose HTTP/2, which has only the idle
-    /// timeout.
+    /// `inner` speaks HTTP/1.1, or HTTP/2 when `http2` (ALPN chose it).
     pub fn new(inner: IO, timeouts: Timeouts, http2: bool) -> Self {
         let now = Instant::now();
         Deadlines {
             inner,
-            framing: if http2 {
-                Framing::opaque()
-            } else {
-                Framing::new()
-            },
+            framing: Framing::new(),
+            streams: http2.then(|| Streams::new(now)),
             timeouts,
             sleep: Box::pin(tokio::time::sleep_until(now + timeouts.idle)),
             armed: None,
@@ -84,14 +83,34 @@ impl<IO> Deadlines<IO> {
     }
 
     fn arm(&mut self, what: Armed, at: Instant) {
-        self.sleep.as_mut().reset(at);
+        if self.armed != Some(what) || self.sleep.deadline() != at {
+            self.sleep.as_mut().reset(at);
+        }
         self.armed = Some(what);
+    }
+
+    /// Arms what an HTTP/2 connection is waiting for.
+    fn arm_streams(&mut self) {
+        let Some(streams) = &self.streams else {
+            return;
+        };
+        match streams.due() {
+            Due::Head(began) => self.arm(Armed::Head, began + self.timeouts.header),
+            Due::Idle(since) => self.arm(Armed::Idle, since + self.timeouts.idle),
+            Due::Busy => self.armed = None,
+        }
     }
 
     /// Whether a head's deadline has passed (checked also while bytes keep coming, one at
     /// a time, which never lets a read wait).
     fn head_late(&self) -> bool {
         self.armed == Some(Armed::Head) && self.sleep.deadline() <= Instant::now()
+    }
+
+    /// Whether an HTTP/2 connection's idle deadline has passed although frames keep coming
+    /// (an HTTP/1.1 connection's is disarmed by any byte read).
+    fn idle_late(&self) -> bool {
+        self.armed == Some(Armed::Idle) && self.sleep.deadline() <= Instant::now()
     }
 
     fn end(&mut self, what: Armed) -> Poll<io::Result<()>> {
@@ -119,6 +138,11 @@ impl<IO> Deadlines<IO> {
     /// Follows the bytes just read.
     fn follow(&mut self, bytes: &[u8]) {
         self.last_activity = Instant::now();
+        if let Some(streams) = &mut self.streams {
+            streams.read(bytes, self.last_activity);
+            self.arm_streams();
+            return;
+        }
         if self.framing.is_opaque() {
             if self.armed == Some(Armed::Idle) {
                 // Armed again from these bytes when the next read waits.
@@ -140,6 +164,9 @@ impl<IO> Deadlines<IO> {
 
     /// Arms the idle timeout if the connection is idle and it is not armed yet.
     fn arm_idle(&mut self) {
+        if self.streams.is_some() {
+            return self.arm_streams();
+        }
         let idle = if self.framing.is_opaque() {
             true
         } else {
@@ -154,11 +181,34 @@ impl<IO> Deadlines<IO> {
     /// Notes a write. hyper may be waiting on a read it polled before the reply was due,
     /// and polls again only when woken: the idle timer is armed, and registered with this
     /// task, here.
-    fn wrote(&mut self, n: usize, cx: &mut Context<'_>) {
+    fn wrote<'a>(
+        &mut self,
+        bufs: impl IntoIterator<Item = &'a [u8]>,
+        n: usize,
+        cx: &mut Context<'_>,
+    ) {
         if n == 0 {
             return;
         }
         self.last_activity = Instant::now();
+        if let Some(streams) = &mut self.streams {
+            let mut left = n;
+            for buf in bufs {
+                if left == 0 {
+                    break;
+                }
+                let part = &buf[..left.min(buf.len())];
+                streams.wrote(part, self.last_activity);
+                left -= part.len();
+            }
+            self.arm_streams();
+            // Registers the waker with the deadline just armed (see below), or wakes the
+            // task at once for one already past.
+            if self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+            return;
+        }
         self.awaiting_response = false;
         if self.armed == Some(Armed::Idle) {
             self.armed = None;
@@ -193,6 +243,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Deadlines<IO> {
                     if this.head_late() {
                         return this.end(Armed::Head);
                     }
+                    if this.idle_late() {
+                        // What was read did not move a request (HTTP/2 control frames):
+                        // it is dropped, and the connection ends as idle.
+                        buf.set_filled(before);
+                        return this.end(Armed::Idle);
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -219,7 +275,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Deadlines<IO> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = result {
-            this.wrote(n, cx);
+            this.wrote([buf], n, cx);
         }
         result
     }
@@ -232,7 +288,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Deadlines<IO> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = result {
-            this.wrote(n, cx);
+            this.wrote(bufs.iter().map(|b| &**b), n, cx);
         }
         result
     }
@@ -251,237 +307,4 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Deadlines<IO> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
-
-    const TIMEOUTS: Timeouts = Timeouts {
-        header: Duration::from_secs(10),
-        idle: Duration::from_secs(120),
-    };
-    const REQUEST: &[u8] = b"POST /validate HTTP/1.1\r\nHost: w\r\nContent-Length: 5\r\n\r\nhello";
-
-    fn pair(http2: bool) -> (Deadlines<DuplexStream>, DuplexStream) {
-        let (server, client) = tokio::io::duplex(1 << 16);
-        (Deadlines::new(server, TIMEOUTS, http2), client)
-    }
-
-    /// Reads what is there, or waits `wait` (of paused time) for it.
-    async fn read_within(
-        d: &mut Deadlines<DuplexStream>,
-        wait: Duration,
-    ) -> Option<io::Result<Vec<u8>>> {
-        let mut buf = vec![0u8; 4096];
-        match tokio::time::timeout(wait, d.read(&mut buf)).await {
-            Ok(Ok(n)) => Some(Ok(buf[..n].to_vec())),
-            Ok(Err(e)) => Some(Err(e)),
-            Err(_) => None,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_kept_alive_connection_is_not_a_late_head() {
-        let (mut d, mut client) = pair(false);
-        client.write_all(REQUEST).await.unwrap();
-        assert_eq!(
-            read_within(&mut d, Duration::from_secs(1))
-                .await
-                .unwrap()
-                .unwrap(),
-            REQUEST
-        );
-        d.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-        // Idle for longer than the header timeout, shorter than the idle one: still open.
-        assert!(read_within(&mut d, Duration::from_secs(100))
-            .await
-            .is_none());
-        client.write_all(REQUEST).await.unwrap();
-        assert_eq!(
-            read_within(&mut d, Duration::from_secs(1))
-                .await
-                .unwrap()
-                .unwrap(),
-            REQUEST
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_head_that_stalls_fails_its_timeout_after_its_first_byte() {
-        let (mut d, mut client) = pair(false);
-        // Idle first: the clock starts at the head's first byte, not here.
-        assert!(read_within(&mut d, Duration::from_secs(60)).await.is_none());
-        client
-            .write_all(b"POST /validate HTTP/1.1\r\nHo")
-            .await
-            .unwrap();
-        let started = Instant::now();
-        assert!(read_within(&mut d, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_ok());
-        let err = read_within(&mut d, Duration::from_secs(60))
-            .await
-            .expect("the head's deadline ends the read")
-            .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(started.elapsed(), TIMEOUTS.header);
-        // And stays ended.
-        client.write_all(b"st: w\r\n\r\n").await.unwrap();
-        assert!(read_within(&mut d, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_err());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_head_dribbled_a_byte_at_a_time_is_still_late() {
-        let (mut d, mut client) = pair(false);
-        let started = Instant::now();
-        let mut ended = None;
-        for (i, byte) in b"POST /validate HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaa"
-            .iter()
-            .enumerate()
-        {
-            client.write_all(&[*byte]).await.unwrap();
-            if let Some(Err(err)) = read_within(&mut d, Duration::from_secs(1)).await {
-                ended = Some((i, err));
-                break;
-            }
-            tokio::time::advance(Duration::from_secs(1)).await;
-        }
-        let (i, err) = ended.expect("the dribbled head ends in a timeout");
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(i, 10, "the byte at 10 s is refused");
-        assert_eq!(started.elapsed(), Duration::from_secs(10));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_pipelined_head_that_stalls_is_late_too() {
-        let (mut d, mut client) = pair(false);
-        let mut bytes = REQUEST.to_vec();
-        bytes.extend_from_slice(b"POST /validate HTTP/1.1\r\n");
-        client.write_all(&bytes).await.unwrap();
-        assert!(read_within(&mut d, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_ok());
-        d.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-        let err = read_within(&mut d, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_slow_body_is_not_a_late_head() {
-        let (mut d, mut client) = pair(false);
-        client
-            .write_all(b"POST /validate HTTP/1.1\r\nContent-Length: 100\r\n\r\nab")
-            .await
-            .unwrap();
-        assert!(read_within(&mut d, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_ok());
-        // The handler's body timeout is for this; the connection's deadlines are not.
-        assert!(read_within(&mut d, Duration::from_secs(300))
-            .await
-            .is_none());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_ends_after_the_idle_timeout_but_not_while_a_response_is_due() {
-        let (mut d, mut client) = pair(false);
-        client.write_all(REQUEST).await.unwrap();
-        read_within(&mut d, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .unwrap();
-        // The request is whole; its response has not been written: no idle timeout.
-        assert!(read_within(&mut d, Duration::from_secs(600))
-            .await
-            .is_none());
-        d.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-        let written = Instant::now();
-        let end = read_within(&mut d, Duration::from_secs(600))
-            .await
-            .expect("an end of stream")
-            .unwrap();
-        assert!(end.is_empty());
-        assert_eq!(written.elapsed(), TIMEOUTS.idle);
-        let mut reply = Vec::new();
-        client.read_buf(&mut reply).await.unwrap();
-        assert_eq!(reply, b"HTTP/1.1 200 OK\r\n\r\n");
-    }
-
-    /// Counts its wake-ups.
-    struct Wakes(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for Wakes {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_idle_timeout_wakes_a_read_polled_before_the_reply_was_written() {
-        let (mut d, mut client) = pair(false);
-        client.write_all(REQUEST).await.unwrap();
-        read_within(&mut d, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .unwrap();
-        // As hyper does: a read polled while the reply is due, then the reply written, and
-        // no read polled again until the task is woken.
-        let wakes = std::sync::Arc::new(Wakes(0.into()));
-        let waker = std::task::Waker::from(std::sync::Arc::clone(&wakes));
-        let mut cx = Context::from_waker(&waker);
-        let mut buf = [0u8; 64];
-        let mut read_buf = ReadBuf::new(&mut buf);
-        assert!(Pin::new(&mut d)
-            .poll_read(&mut cx, &mut read_buf)
-            .is_pending());
-        let reply = b"HTTP/1.1 200 OK\r\n\r\n";
-        assert!(matches!(
-            Pin::new(&mut d).poll_write(&mut cx, reply),
-            Poll::Ready(Ok(n)) if n == reply.len()
-        ));
-        let woken = |w: &Wakes| w.0.load(std::sync::atomic::Ordering::SeqCst);
-        let before = woken(&wakes);
-        tokio::time::advance(TIMEOUTS.idle - Duration::from_millis(1)).await;
-        assert_eq!(woken(&wakes), before, "woken before the idle timeout");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(woken(&wakes) > before, "the idle timeout woke nobody");
-        let mut read_buf = ReadBuf::new(&mut buf);
-        assert!(matches!(
-            Pin::new(&mut d).poll_read(&mut cx, &mut read_buf),
-            Poll::Ready(Ok(()))
-        ));
-        assert!(read_buf.filled().is_empty(), "an end of stream");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn http2_has_only_the_idle_timeout_from_the_last_byte_either_way() {
-        let (mut d, mut client) = pair(true);
-        // A preface and the start of a HEADERS frame that never ends.
-        client
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x10\x01\0\0\0\0\x01")
-            .await
-            .unwrap();
-        read_within(&mut d, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .unwrap();
-        // Well past the header timeout: no deadline but the idle one.
-        assert!(read_within(&mut d, Duration::from_secs(60)).await.is_none());
-        d.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap();
-        let written = Instant::now();
-        let end = read_within(&mut d, Duration::from_secs(600))
-            .await
-            .expect("an end of stream")
-            .unwrap();
-        assert!(end.is_empty());
-        assert_eq!(written.elapsed(), TIMEOUTS.idle);
-    }
-}
+mod tests;

@@ -86,14 +86,6 @@ impl Framing {
         }
     }
 
-    /// A tracker that follows nothing (an HTTP/2 connection).
-    pub fn opaque() -> Self {
-        Framing {
-            phase: Phase::Opaque,
-            completed: 0,
-        }
-    }
-
     pub fn is_idle(&self) -> bool {
         self.phase == Phase::Idle
     }
