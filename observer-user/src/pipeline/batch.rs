@@ -17,7 +17,7 @@ use std::{
 };
 
 use serde::Deserialize;
-use zastava_platform::config::duration;
+use zastava_platform::config::{bytes, duration};
 
 use crate::record::{EdgeDetail, Item, Record, SocketTarget};
 
@@ -38,6 +38,10 @@ pub struct BatchConfig {
     pub dedup: bool,
     /// Memory bound: beyond this many held events, the oldest are released early.
     pub max_held_events: usize,
+    /// Memory bound in bytes (each record's own footprint, [`Item::footprint`]): beyond
+    /// it, the oldest are released early, as beyond `max_held_events`.
+    #[serde(deserialize_with = "bytes")]
+    pub max_held_bytes: u64,
 }
 
 impl Default for BatchConfig {
@@ -48,6 +52,7 @@ impl Default for BatchConfig {
             reorder_window: Duration::from_secs(1),
             dedup: true,
             max_held_events: 200_000,
+            max_held_bytes: 16 << 20,
         }
     }
 }
@@ -215,6 +220,8 @@ pub struct Batcher {
     ready: VecDeque<Item>,
     /// Edge occurrences in all of the above.
     held_edges: u64,
+    /// Footprint of all of the above, bytes.
+    held_bytes: u64,
     /// When the oldest waiting record became ready (passed the watermark), if any is.
     ready_since: Option<Instant>,
     /// Per workload, the newest timestamp shipped.
@@ -237,23 +244,40 @@ fn edge_occurrences(item: &Item) -> u64 {
     }
 }
 
+/// `Item::sort_key` order. Records of one workload share its `Arc`, and most comparisons
+/// are between records of the same workload: those skip comparing the names.
+fn sort_order(a: &Item, b: &Item) -> std::cmp::Ordering {
+    let workload = if Arc::ptr_eq(&a.workload, &b.workload) {
+        std::cmp::Ordering::Equal
+    } else {
+        a.workload.cmp(&b.workload)
+    };
+    workload
+        .then(a.at_ns.cmp(&b.at_ns))
+        .then(a.type_rank().cmp(&b.type_rank()))
+}
+
 /// Sorts by (workload, timestamp, type), stably. Items are large: the sort orders indices,
-/// and each item then moves once.
-fn sort_items(items: Vec<Item>) -> Vec<Item> {
+/// and the items are then put in place by swapping along the permutation's cycles, so no
+/// second array of items is needed (held records are most of the daemon's memory).
+fn sort_items(mut items: Vec<Item>) -> Vec<Item> {
     let mut order: Vec<u32> = (0..items.len() as u32).collect();
-    order.sort_by(|&a, &b| {
-        items[a as usize]
-            .sort_key()
-            .cmp(&items[b as usize].sort_key())
-    });
-    if order.iter().enumerate().all(|(i, &o)| i == o as usize) {
-        return items;
+    order.sort_by(|&a, &b| sort_order(&items[a as usize], &items[b as usize]));
+    // `items[k]` must become the item now at `order[k]`. A position is done once
+    // `order[k] == k`.
+    for start in 0..order.len() {
+        let mut cur = start;
+        loop {
+            let next = order[cur] as usize;
+            order[cur] = cur as u32;
+            if next == start || next == cur {
+                break;
+            }
+            items.swap(cur, next);
+            cur = next;
+        }
     }
-    let mut slots: Vec<Option<Item>> = items.into_iter().map(Some).collect();
-    order
-        .into_iter()
-        .filter_map(|i| slots[i as usize].take())
-        .collect()
+    items
 }
 
 impl Batcher {
@@ -265,6 +289,7 @@ impl Batcher {
             late: Vec::new(),
             ready: VecDeque::new(),
             held_edges: 0,
+            held_bytes: 0,
             ready_since: None,
             shipped_upto: HashMap::new(),
             stats: BatchStats::default(),
@@ -286,8 +311,14 @@ impl Batcher {
         self.held_len + self.late.len() + self.ready.len()
     }
 
+    /// Footprint of the records held, bytes.
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes
+    }
+
     pub fn push(&mut self, mut item: Item) {
         self.held_edges += edge_occurrences(&item);
+        self.held_bytes += item.footprint() as u64;
         if let Some(&upto) = self.shipped_upto.get(&item.workload) {
             if item.at_ns < upto {
                 item.late = true;
@@ -368,7 +399,8 @@ impl Batcher {
         } else {
             self.ready_since.get_or_insert(now);
         }
-        let overfull = self.held_records() > self.config.max_held_events;
+        let overfull = self.held_records() > self.config.max_held_events
+            || self.held_bytes > self.config.max_held_bytes;
         let aged = self
             .ready_since
             .is_some_and(|since| now.duration_since(since) >= self.config.max_age);
@@ -388,6 +420,7 @@ impl Batcher {
             self.ready.drain(..max.min(ready)).collect()
         };
         self.held_edges -= batch.iter().map(edge_occurrences).sum::<u64>();
+        self.held_bytes -= batch.iter().map(|i| i.footprint() as u64).sum::<u64>();
         if self.config.dedup {
             batch = self.merge(batch);
         }

@@ -436,7 +436,8 @@ impl Pipeline {
             body,
         };
         self.publish(Some(&entry));
-        self.sink.write_lines(&self.lines)?;
+        self.sink
+            .write_lines(&self.lines, batch.items.len() as u64)?;
         self.sink.flush()
     }
 }

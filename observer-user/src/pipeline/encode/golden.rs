@@ -282,7 +282,7 @@ fn encode_corpus(host: &HostIdentity) -> (Vec<u8>, Vec<u8>) {
     // Every record is past the watermark; batches close on size, the rest on age.
     let now_ns = 1_795_326_181_000_000_000;
     let start = Instant::now();
-    let mut poll = |batcher: &mut Batcher, batches: &mut Vec<_>| {
+    let poll = |batcher: &mut Batcher, batches: &mut Vec<_>| {
         batches.extend(batcher.poll(now_ns, start));
         while let Some(batch) = batcher.poll(now_ns, start + Duration::from_secs(5)) {
             batches.push(batch);
@@ -370,6 +370,21 @@ fn the_bytes_with_the_deployment_on_records_do_not_change() {
         "bae0a434cc9829b47c62ebc752bd675f459b75a2a0ba633d0392f09a77fb8d5a",
         "6d7dbeec836fb8c8425a72a603a0243969124de915d5d3c54c0771d87f452dc5",
     );
+}
+
+#[test]
+fn every_record_is_written_as_the_serde_writer_wrote_it() {
+    let host = HostIdentity::for_tests();
+    let mut direct = crate::record::RecordWriter::new(&host, "run-\"1\"");
+    let mut serde = crate::record::RecordWriter::new(&host, "run-\"1\"");
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for item in corpus() {
+        a.clear();
+        b.clear();
+        direct.write(&mut a, &item).unwrap();
+        serde.write_with_serde(&mut b, &item).unwrap();
+        assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+    }
 }
 
 #[test]
