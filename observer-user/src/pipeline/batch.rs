@@ -336,7 +336,24 @@ impl Batcher {
 
     /// Moves what passed the watermark (and what is late) into `ready`, in sort order.
     fn promote(&mut self, watermark: i128) {
-        let mut fresh = std::mem::take(&mut self.late);
+        if self.late.is_empty()
+            && self
+                .held
+                .first_key_value()
+                .is_none_or(|(&k, _)| k * BUCKET_NS > watermark)
+        {
+            return;
+        }
+        // One array for what is ready, sized once: growing it by doubling would hold up to
+        // twice the records' memory at once in a storm.
+        let passing: usize = self
+            .held
+            .range(..=watermark.div_euclid(BUCKET_NS))
+            .map(|(_, bucket)| bucket.len())
+            .sum();
+        let mut all: Vec<Item> = std::mem::take(&mut self.ready).into();
+        all.reserve_exact(self.late.len() + passing);
+        all.append(&mut self.late);
         while let Some(mut bucket) = self.held.first_entry() {
             let start = *bucket.key() * BUCKET_NS;
             if start > watermark {
@@ -345,7 +362,7 @@ impl Batcher {
             if start + BUCKET_NS - 1 <= watermark {
                 let items = bucket.remove();
                 self.held_len -= items.len();
-                fresh.extend(items);
+                all.extend(items);
             } else {
                 // The bucket the watermark falls in: only part of it is ready.
                 let (now, later): (Vec<Item>, Vec<Item>) = std::mem::take(bucket.get_mut())
@@ -353,20 +370,11 @@ impl Batcher {
                     .partition(|i| i.at_ns <= watermark);
                 self.held_len -= now.len();
                 *bucket.get_mut() = later;
-                fresh.extend(now);
+                all.extend(now);
                 break;
             }
         }
-        if fresh.is_empty() {
-            return;
-        }
-        if self.ready.is_empty() {
-            self.ready = sort_items(fresh).into();
-        } else {
-            let mut all: Vec<Item> = std::mem::take(&mut self.ready).into();
-            all.extend(fresh);
-            self.ready = sort_items(all).into();
-        }
+        self.ready = sort_items(all).into();
     }
 
     /// The `n` oldest records still waiting for the watermark, taken out of `held`.
