@@ -449,7 +449,7 @@ fn full_pipeline(world: &World, path: &std::path::Path, sink: Sink) -> Result<(f
 }
 
 /// Held records' memory: heap and resident set per record while held, and the peak heap
-/// while they are released and written.
+/// while the tick after the reorder window releases and writes them.
 fn held(cli: &Cli, n: usize) -> Result<()> {
     let world = World::new(cli, n, true);
     let dir = std::env::temp_dir().join(format!("zastava-held-bench-{}", std::process::id()));
@@ -482,9 +482,13 @@ fn held(cli: &Cli, n: usize) -> Result<()> {
         "{held_edges} of {} records held",
         world.edges
     );
+    // Once the reorder window has passed, a tick releases them all, a batch at a time, as
+    // in the daemon.
+    std::thread::sleep(BatchConfig::default().reorder_window + Duration::from_millis(200));
     PEAK.store(heap_held, Relaxed);
-    pipeline.finish()?;
+    pipeline.on_tick()?;
     let peak = PEAK.load(Relaxed);
+    pipeline.finish()?;
     let shipped = delivery.lock().ledger.shipped;
     anyhow::ensure!(shipped == world.edges as u64, "{shipped} shipped");
     let _ = std::fs::remove_dir_all(&dir);

@@ -454,16 +454,18 @@ impl Batcher {
 
     /// Everything held, in batches, regardless of the watermark (shutdown).
     pub fn drain(&mut self) -> Vec<Batch> {
-        let mut batches = Vec::new();
-        while self.held_records() > 0 {
-            let now = Instant::now();
-            self.ready_since = Some(now.checked_sub(self.config.max_age).unwrap_or(now));
-            match self.poll(i128::MAX / 2, now) {
-                Some(batch) => batches.push(batch),
-                None => break,
-            }
+        std::iter::from_fn(|| self.drain_next()).collect()
+    }
+
+    /// The next batch of everything held, regardless of the watermark (shutdown), so that
+    /// each can be shipped before the next is made.
+    pub fn drain_next(&mut self) -> Option<Batch> {
+        if self.held_records() == 0 {
+            return None;
         }
-        batches
+        let now = Instant::now();
+        self.ready_since = Some(now.checked_sub(self.config.max_age).unwrap_or(now));
+        self.poll(i128::MAX / 2, now)
     }
 
     /// Merges repeated identical edges of a sorted batch into their first occurrence.

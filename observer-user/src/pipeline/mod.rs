@@ -309,7 +309,7 @@ impl Pipeline {
     pub fn finish(&mut self) -> io::Result<()> {
         self.attributor.drain(&mut self.out);
         self.write_outputs()?;
-        for batch in self.batcher.drain() {
+        while let Some(batch) = self.batcher.drain_next() {
             self.ship(&batch)?;
         }
         self.publish(None);
