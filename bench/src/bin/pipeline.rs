@@ -138,6 +138,9 @@ enum Paths {
     Repeating,
 }
 
+/// Time between two held records (`--held`).
+const HELD_SPACING_NS: u64 = 4_000;
+
 /// Records handled between two `end_drain` calls, as the daemon's drain budget.
 const DRAIN: usize = 256;
 /// Records between two batcher polls (the daemon polls on a timer).
@@ -305,9 +308,12 @@ impl World {
         for task in &tasks {
             records.push(parent.fork(start_ns, task.tgid));
         }
+        // Held records arrive as in a storm of 250 000 new edges a second, so they fill the
+        // batcher's time buckets as such a storm does.
+        let spacing_ns = if recent { HELD_SPACING_NS } else { 100 };
         for i in 0..events {
             let task = &tasks[i % tasks.len()];
-            let at = start_ns + 1_000 + i as u64 * 100;
+            let at = start_ns + 1_000 + i as u64 * spacing_ns;
             let record = match i % 20 {
                 0 => task.exec(
                     at,
@@ -484,7 +490,8 @@ fn held(cli: &Cli, n: usize) -> Result<()> {
     );
     // Once the reorder window has passed, a tick releases them all, a batch at a time, as
     // in the daemon.
-    std::thread::sleep(BatchConfig::default().reorder_window + Duration::from_millis(200));
+    let newest = Duration::from_nanos(n as u64 * HELD_SPACING_NS);
+    std::thread::sleep(BatchConfig::default().reorder_window + newest + Duration::from_millis(300));
     PEAK.store(heap_held, Relaxed);
     pipeline.on_tick()?;
     let peak = PEAK.load(Relaxed);

@@ -214,6 +214,8 @@ pub struct Batcher {
     held: BTreeMap<i128, Vec<Item>>,
     /// Records in `held`.
     held_len: usize,
+    /// The key of the newest bucket of `held` pushed to.
+    newest_bucket: i128,
     /// Records marked late: ready at once, whatever their time.
     late: Vec<Item>,
     /// Records past the watermark, in sort order, waiting for a batch to close.
@@ -286,6 +288,7 @@ impl Batcher {
             config,
             held: BTreeMap::new(),
             held_len: 0,
+            newest_bucket: i128::MIN,
             late: Vec::new(),
             ready: VecDeque::new(),
             held_edges: 0,
@@ -328,10 +331,17 @@ impl Batcher {
             }
         }
         self.held_len += 1;
-        self.held
-            .entry(item.at_ns.div_euclid(BUCKET_NS))
-            .or_default()
-            .push(item);
+        let key = item.at_ns.div_euclid(BUCKET_NS);
+        if key > self.newest_bucket {
+            // Time has moved on to a new bucket: the last one is (nearly always) complete.
+            // Giving back its spare capacity keeps held records near their own size (a
+            // vector grown by doubling is up to half empty).
+            if let Some(last) = self.held.get_mut(&self.newest_bucket) {
+                last.shrink_to_fit();
+            }
+            self.newest_bucket = key;
+        }
+        self.held.entry(key).or_default().push(item);
     }
 
     /// Moves what passed the watermark (and what is late) into `ready`, in sort order.

@@ -268,6 +268,12 @@ fn corpus() -> Vec<Item> {
 /// Every batch of the corpus as the pipeline ships it: the NDJSON bytes, and each
 /// envelope's body (decompressed).
 fn encode_corpus(host: &HostIdentity) -> (Vec<u8>, Vec<u8>) {
+    let (ndjson, bodies, _) = encode_corpus_gz(host);
+    (ndjson, bodies)
+}
+
+/// The same, with the compressed envelopes as they are spooled.
+fn encode_corpus_gz(host: &HostIdentity) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let mut batcher = Batcher::new(BatchConfig {
         max_events: 700,
         ..BatchConfig::default()
@@ -298,13 +304,15 @@ fn encode_corpus(host: &HostIdentity) -> (Vec<u8>, Vec<u8>) {
     assert!(batches.len() >= 5, "{} batches", batches.len());
 
     let mut envelope = Envelope::new(host, "run-1");
-    let (mut ndjson, mut bodies, mut lines) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ndjson, mut bodies, mut lines, mut compressed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for batch in &batches {
         let id = envelope.next_batch_id();
         envelope.open(&id).unwrap();
         encode_batch(host, "run-1", batch, &mut lines, Some(&mut envelope)).unwrap();
         ndjson.extend_from_slice(&lines);
         let gz = envelope.close().unwrap();
+        compressed.extend_from_slice(&gz);
         flate2::read::GzDecoder::new(&gz[..])
             .read_to_end(&mut bodies)
             .unwrap();
@@ -314,7 +322,7 @@ fn encode_corpus(host: &HostIdentity) -> (Vec<u8>, Vec<u8>) {
         encode_batch(host, "run-1", batch, &mut alone, None).unwrap();
         assert_eq!(alone, lines);
     }
-    (ndjson, bodies)
+    (ndjson, bodies, compressed)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -385,6 +393,21 @@ fn every_record_is_written_as_the_serde_writer_wrote_it() {
         serde.write_with_serde(&mut b, &item).unwrap();
         assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
     }
+}
+
+#[test]
+fn the_same_batches_compress_to_the_same_bytes() {
+    let host = HostIdentity::for_tests();
+    let (_, bodies, first) = encode_corpus_gz(&host);
+    let (_, _, second) = encode_corpus_gz(&host);
+    assert_eq!(hex(&first), hex(&second));
+    // Compressed at all: level 1 still takes the records to a fraction of their size.
+    assert!(
+        first.len() * 4 < bodies.len(),
+        "{} of {}",
+        first.len(),
+        bodies.len()
+    );
 }
 
 #[test]
