@@ -75,7 +75,7 @@ fn container(n: u32, digest: Option<&str>, tenant: bool) -> Arc<ContainerInfo> {
         exit_code: Some(137),
         init_pid: Some(4000 + n),
         entrypoint: Some("/usr/local/bin/app".into()),
-        entrypoint_code_id: (n % 2 == 0).then(|| "0123456789abcdef".into()),
+        entrypoint_code_id: n.is_multiple_of(2).then(|| "0123456789abcdef".into()),
     })
 }
 
@@ -220,7 +220,7 @@ fn corpus() -> Vec<Item> {
             process: ProcessSnapshot {
                 pid,
                 tid: pid + rng.below(2) as u32,
-                ppid: (pid % 5 != 0).then_some(1),
+                ppid: (!pid.is_multiple_of(5)).then_some(1),
                 uid: [0, 1000, 65534][rng.below(3) as usize],
                 gid: [0, 1000][rng.below(2) as usize],
                 comm,
