@@ -17,13 +17,9 @@
 //! and the peak heap while all of them are then released and written.
 
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     collections::BTreeMap,
     hint::black_box,
-    sync::{
-        atomic::{AtomicUsize, Ordering::Relaxed},
-        Arc,
-    },
+    sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant},
 };
 
@@ -46,6 +42,7 @@ use zastava::{
     record::{ContainerInfo, ContainerState, HostIdentity, ImageInfo, PodInfo},
     workload::{watcher::Update, AttributionConfig, Attributor, CgroupMap, NamespaceFilter},
 };
+use zastava_bench::counting_alloc::{Counting, LIVE, PEAK};
 use zastava_testing::records::{sockaddr_in, Task};
 
 #[derive(Parser)]
@@ -80,53 +77,6 @@ enum Sink {
     Ndjson,
     /// The NDJSON file and the compressed batch envelope for the backend.
     Backend,
-}
-
-/// Counts live heap bytes and their peak. One thread allocates here at a time, so the peak
-/// needs no compare-and-swap loop.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(bytes: usize) {
-    let live = LIVE.fetch_add(bytes, Relaxed) + bytes;
-    if live > PEAK.load(Relaxed) {
-        PEAK.store(live, Relaxed);
-    }
-}
-
-// SAFETY: every call is passed to the system allocator unchanged; only sizes are counted.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Relaxed);
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Relaxed);
-            grew(new_size);
-        }
-        p
-    }
 }
 
 #[global_allocator]
