@@ -433,9 +433,9 @@ fn an_overrun_ring_buffer_counts_every_loss_and_memory_stays_bounded() {
         generated - delivered
     );
     assert_eq!(oa.repeated + ob.repeated, 0, "edges delivered twice");
-    // A ceiling, not a figure: what an overrun holds is bounded by
-    // `batch.max_held_events` (records waiting for the reorder window), about 1 KiB each;
-    // the case reports the peak and the resident set in each half of the storm.
+    // A ceiling, not a figure: what an overrun holds is bounded by `batch.max_held_bytes`
+    // and `batch.max_held_events` (records waiting for the reorder window); the case
+    // reports the peak and the resident set in each half of the storm.
     assert!(peak_rss < 512 << 20, "peak RSS {peak_rss} bytes");
 }
 

@@ -2,6 +2,7 @@
 //! under, and the figures made of them.
 
 pub mod condition;
+pub mod counting_alloc;
 pub mod evidence;
 pub mod peers;
 pub mod report;

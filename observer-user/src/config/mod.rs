@@ -392,6 +392,16 @@ impl Config {
                 "must be at least batch.max_events".into(),
             );
         }
+        let one_batch = self.batch.max_events as u64 * size_of::<crate::record::Item>() as u64;
+        if self.batch.max_held_bytes < one_batch {
+            bad(
+                "batch.max_held_bytes",
+                format!(
+                    "must hold at least one batch: {one_batch} bytes (batch.max_events × {} bytes a record)",
+                    size_of::<crate::record::Item>()
+                ),
+            );
+        }
         if self.batch.max_age.is_zero() {
             bad("batch.max_age", "must be longer than 0".into());
         }

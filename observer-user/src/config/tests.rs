@@ -77,6 +77,19 @@ fn errors_name_the_key() {
     let err = load("[batch]\nmax_age = \"soon\"").unwrap_err();
     assert_eq!(keys(&err), ["batch.max_age"]);
 
+    let config = load("[batch]\nmax_held_bytes = \"8M\"").unwrap();
+    assert_eq!(config.batch.max_held_bytes, 8 << 20);
+    let err = load("[batch]\nmax_held_bytes = \"64K\"").unwrap_err();
+    assert_eq!(keys(&err), ["batch.max_held_bytes"]);
+    let record = size_of::<crate::record::Item>();
+    assert!(
+        err.to_string().contains(&format!(
+            "must hold at least one batch: {} bytes (batch.max_events × {record} bytes a record)",
+            2000 * record
+        )),
+        "{err}"
+    );
+
     let err = load("[backend]\nurll = \"https://x\"").unwrap_err();
     assert_eq!(keys(&err), ["backend.urll"]);
     assert!(err.to_string().contains("unknown field `urll`"), "{err}");

@@ -103,13 +103,15 @@ impl NdjsonSink {
         self.push_line()
     }
 
-    /// Writes records already serialized one per line, each ending in a newline. A file
-    /// rotates between lines, never inside one.
-    pub fn write_lines(&mut self, lines: &[u8]) -> io::Result<()> {
+    /// Writes `count` records already serialized one per line, each ending in a newline
+    /// (the caller knows how many; they are not counted again). A file rotates between
+    /// lines, never inside one.
+    pub fn write_lines(&mut self, lines: &[u8], count: u64) -> io::Result<()> {
         if lines.is_empty() {
             return Ok(());
         }
         debug_assert_eq!(lines.last(), Some(&b'\n'));
+        debug_assert_eq!(line_count(lines), count);
         let fits = match &self.target {
             Target::File {
                 size, max_bytes, ..
@@ -118,7 +120,7 @@ impl NdjsonSink {
         };
         if fits {
             self.emit(lines)?;
-            self.written += line_count(lines);
+            self.written += count;
             return Ok(());
         }
         for line in lines.split_inclusive(|&b| b == b'\n') {
@@ -299,11 +301,12 @@ mod tests {
         let path = dir.join("zastava.runtime.ndjson");
         let mut sink = NdjsonSink::open(&Output::parse(path.to_str().unwrap(), 30, 5)).unwrap();
         // Fits whole: written in one piece.
-        sink.write_lines(b"{\"n\":10000}\n{\"n\":10001}\n").unwrap();
-        // Would take the file past 30 bytes: split at line boundaries across rotations.
-        sink.write_lines(b"{\"n\":10002}\n{\"n\":10003}\n{\"n\":10004}\n")
+        sink.write_lines(b"{\"n\":10000}\n{\"n\":10001}\n", 2)
             .unwrap();
-        sink.write_lines(b"").unwrap();
+        // Would take the file past 30 bytes: split at line boundaries across rotations.
+        sink.write_lines(b"{\"n\":10002}\n{\"n\":10003}\n{\"n\":10004}\n", 3)
+            .unwrap();
+        sink.write_lines(b"", 0).unwrap();
         sink.flush().unwrap();
         let read = |p: &Path| fs::read_to_string(p).unwrap();
         assert_eq!(read(&path), "{\"n\":10004}\n");

@@ -11,15 +11,17 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    hash::{BuildHasher as _, Hash, Hasher},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use serde::Deserialize;
-use zastava_platform::config::duration;
+use zastava_platform::config::{bytes, duration};
 
-use crate::record::{EdgeDetail, Item, Record, SocketTarget};
+use crate::record::{Item, Record};
+
+mod same_edge;
+use same_edge::{edge_fingerprint, same_edge};
 
 /// The `[batch]` table.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -38,6 +40,10 @@ pub struct BatchConfig {
     pub dedup: bool,
     /// Memory bound: beyond this many held events, the oldest are released early.
     pub max_held_events: usize,
+    /// Memory bound in bytes (each record's own footprint, [`Item::footprint`]): beyond
+    /// it, the oldest are released early, as beyond `max_held_events`.
+    #[serde(deserialize_with = "bytes")]
+    pub max_held_bytes: u64,
 }
 
 impl Default for BatchConfig {
@@ -50,131 +56,9 @@ impl Default for BatchConfig {
             reorder_window: Duration::from_secs(1),
             dedup: true,
             max_held_events: 200_000,
+            max_held_bytes: 16 << 20,
         }
     }
-}
-
-/// What makes two edges "the same edge": workload, cgroup (on a node, different services
-/// share the host workload), edge type and target. For opens the
-/// target includes the flags and whether it succeeded (the fd number does not matter);
-/// for connects the result; for execs the argv.
-fn same_edge(a: &Item, b: &Item) -> bool {
-    let (
-        Record::Edge {
-            event: ea,
-            attribution: aa,
-        },
-        Record::Edge {
-            event: eb,
-            attribution: ab,
-        },
-    ) = (&a.record, &b.record)
-    else {
-        return false;
-    };
-    // A record of held-back repeats only says less than a report (no requested name): it
-    // is not merged into one, nor one into it.
-    if a.workload != b.workload
-        || aa.enrichment != ab.enrichment
-        || aa.container_id != ab.container_id
-        || ea.repeats_only != eb.repeats_only
-        || ea.cgroup_id != eb.cgroup_id
-    {
-        return false;
-    }
-    match (&ea.detail, &eb.detail) {
-        (
-            EdgeDetail::Exec {
-                path: pa,
-                syscall: sa,
-                result: ra,
-                ..
-            },
-            EdgeDetail::Exec {
-                path: pb,
-                syscall: sb,
-                result: rb,
-                ..
-            },
-        ) => pa == pb && sa == sb && ra == rb && ea.process.image.args == eb.process.image.args,
-        (
-            EdgeDetail::Open {
-                path: pa,
-                flags: fa,
-                result: ra,
-                syscall: sa,
-                ..
-            },
-            EdgeDetail::Open {
-                path: pb,
-                flags: fb,
-                result: rb,
-                syscall: sb,
-                ..
-            },
-        ) => pa == pb && fa == fb && sa == sb && outcome(*ra) == outcome(*rb),
-        (
-            EdgeDetail::Connect {
-                address: ta,
-                result: ra,
-                ..
-            },
-            EdgeDetail::Connect {
-                address: tb,
-                result: rb,
-                ..
-            },
-        ) => ta == tb && ra == rb,
-        _ => false,
-    }
-}
-
-/// A syscall result without the descriptor number: 0 for success, else -errno.
-fn outcome(result: i64) -> i64 {
-    result.min(0)
-}
-
-/// A hash of what makes two edges the same (`same_edge` decides; equal edges have equal
-/// fingerprints). Seeded per batcher, so crafted paths cannot be made to collide at will.
-fn edge_fingerprint(seed: &foldhash::fast::RandomState, item: &Item) -> Option<u64> {
-    let Record::Edge { event, attribution } = &item.record else {
-        return None;
-    };
-    let mut h = seed.build_hasher();
-    item.workload.hash(&mut h);
-    attribution.container_id.hash(&mut h);
-    match &event.detail {
-        EdgeDetail::Exec { path, result, .. } => {
-            0u8.hash(&mut h);
-            path.hash(&mut h);
-            result.hash(&mut h);
-            event.process.image.args.hash(&mut h);
-        }
-        EdgeDetail::Open {
-            path,
-            flags,
-            result,
-            ..
-        } => {
-            1u8.hash(&mut h);
-            path.hash(&mut h);
-            flags.hash(&mut h);
-            outcome(*result).hash(&mut h);
-        }
-        EdgeDetail::Connect {
-            address, result, ..
-        } => {
-            2u8.hash(&mut h);
-            match address {
-                SocketTarget::Inet { address, port } => (address, port).hash(&mut h),
-                SocketTarget::Unix { path } => path.hash(&mut h),
-                SocketTarget::Other { family } => family.hash(&mut h),
-                SocketTarget::Unspecified | SocketTarget::Unreadable => {}
-            }
-            result.hash(&mut h);
-        }
-    }
-    Some(h.finish())
 }
 
 /// A closed batch, in shipping order.
@@ -211,12 +95,16 @@ pub struct Batcher {
     held: BTreeMap<i128, Vec<Item>>,
     /// Records in `held`.
     held_len: usize,
+    /// The key of the newest bucket of `held` pushed to.
+    newest_bucket: i128,
     /// Records marked late: ready at once, whatever their time.
     late: Vec<Item>,
     /// Records past the watermark, in sort order, waiting for a batch to close.
     ready: VecDeque<Item>,
     /// Edge occurrences in all of the above.
     held_edges: u64,
+    /// Footprint of all of the above, bytes.
+    held_bytes: u64,
     /// When the oldest waiting record became ready (passed the watermark), if any is.
     ready_since: Option<Instant>,
     /// Per workload, the newest timestamp shipped.
@@ -239,23 +127,40 @@ fn edge_occurrences(item: &Item) -> u64 {
     }
 }
 
+/// `Item::sort_key` order. Records of one workload share its `Arc`, and most comparisons
+/// are between records of the same workload: those skip comparing the names.
+fn sort_order(a: &Item, b: &Item) -> std::cmp::Ordering {
+    let workload = if Arc::ptr_eq(&a.workload, &b.workload) {
+        std::cmp::Ordering::Equal
+    } else {
+        a.workload.cmp(&b.workload)
+    };
+    workload
+        .then(a.at_ns.cmp(&b.at_ns))
+        .then(a.type_rank().cmp(&b.type_rank()))
+}
+
 /// Sorts by (workload, timestamp, type), stably. Items are large: the sort orders indices,
-/// and each item then moves once.
-fn sort_items(items: Vec<Item>) -> Vec<Item> {
+/// and the items are then put in place by swapping along the permutation's cycles, so no
+/// second array of items is needed (held records are most of the daemon's memory).
+fn sort_items(mut items: Vec<Item>) -> Vec<Item> {
     let mut order: Vec<u32> = (0..items.len() as u32).collect();
-    order.sort_by(|&a, &b| {
-        items[a as usize]
-            .sort_key()
-            .cmp(&items[b as usize].sort_key())
-    });
-    if order.iter().enumerate().all(|(i, &o)| i == o as usize) {
-        return items;
+    order.sort_by(|&a, &b| sort_order(&items[a as usize], &items[b as usize]));
+    // `items[k]` must become the item now at `order[k]`. A position is done once
+    // `order[k] == k`.
+    for start in 0..order.len() {
+        let mut cur = start;
+        loop {
+            let next = order[cur] as usize;
+            order[cur] = cur as u32;
+            if next == start || next == cur {
+                break;
+            }
+            items.swap(cur, next);
+            cur = next;
+        }
     }
-    let mut slots: Vec<Option<Item>> = items.into_iter().map(Some).collect();
-    order
-        .into_iter()
-        .filter_map(|i| slots[i as usize].take())
-        .collect()
+    items
 }
 
 impl Batcher {
@@ -264,9 +169,11 @@ impl Batcher {
             config,
             held: BTreeMap::new(),
             held_len: 0,
+            newest_bucket: i128::MIN,
             late: Vec::new(),
             ready: VecDeque::new(),
             held_edges: 0,
+            held_bytes: 0,
             ready_since: None,
             shipped_upto: HashMap::new(),
             stats: BatchStats::default(),
@@ -288,8 +195,14 @@ impl Batcher {
         self.held_len + self.late.len() + self.ready.len()
     }
 
+    /// Footprint of the records held, bytes.
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes
+    }
+
     pub fn push(&mut self, mut item: Item) {
         self.held_edges += edge_occurrences(&item);
+        self.held_bytes += item.footprint() as u64;
         if let Some(&upto) = self.shipped_upto.get(&item.workload) {
             if item.at_ns < upto {
                 item.late = true;
@@ -299,15 +212,39 @@ impl Batcher {
             }
         }
         self.held_len += 1;
-        self.held
-            .entry(item.at_ns.div_euclid(BUCKET_NS))
-            .or_default()
-            .push(item);
+        let key = item.at_ns.div_euclid(BUCKET_NS);
+        if key > self.newest_bucket {
+            // Time has moved on to a new bucket: the last one is (nearly always) complete.
+            // Giving back its spare capacity keeps held records near their own size (a
+            // vector grown by doubling is up to half empty).
+            if let Some(last) = self.held.get_mut(&self.newest_bucket) {
+                last.shrink_to_fit();
+            }
+            self.newest_bucket = key;
+        }
+        self.held.entry(key).or_default().push(item);
     }
 
     /// Moves what passed the watermark (and what is late) into `ready`, in sort order.
     fn promote(&mut self, watermark: i128) {
-        let mut fresh = std::mem::take(&mut self.late);
+        if self.late.is_empty()
+            && self
+                .held
+                .first_key_value()
+                .is_none_or(|(&k, _)| k * BUCKET_NS > watermark)
+        {
+            return;
+        }
+        // One array for what is ready, sized once: growing it by doubling would hold up to
+        // twice the records' memory at once in a storm.
+        let passing: usize = self
+            .held
+            .range(..=watermark.div_euclid(BUCKET_NS))
+            .map(|(_, bucket)| bucket.len())
+            .sum();
+        let mut all: Vec<Item> = std::mem::take(&mut self.ready).into();
+        all.reserve_exact(self.late.len() + passing);
+        all.append(&mut self.late);
         while let Some(mut bucket) = self.held.first_entry() {
             let start = *bucket.key() * BUCKET_NS;
             if start > watermark {
@@ -316,7 +253,7 @@ impl Batcher {
             if start + BUCKET_NS - 1 <= watermark {
                 let items = bucket.remove();
                 self.held_len -= items.len();
-                fresh.extend(items);
+                all.extend(items);
             } else {
                 // The bucket the watermark falls in: only part of it is ready.
                 let (now, later): (Vec<Item>, Vec<Item>) = std::mem::take(bucket.get_mut())
@@ -324,20 +261,11 @@ impl Batcher {
                     .partition(|i| i.at_ns <= watermark);
                 self.held_len -= now.len();
                 *bucket.get_mut() = later;
-                fresh.extend(now);
+                all.extend(now);
                 break;
             }
         }
-        if fresh.is_empty() {
-            return;
-        }
-        if self.ready.is_empty() {
-            self.ready = sort_items(fresh).into();
-        } else {
-            let mut all: Vec<Item> = std::mem::take(&mut self.ready).into();
-            all.extend(fresh);
-            self.ready = sort_items(all).into();
-        }
+        self.ready = sort_items(all).into();
     }
 
     /// The `n` oldest records still waiting for the watermark, taken out of `held`.
@@ -370,7 +298,8 @@ impl Batcher {
         } else {
             self.ready_since.get_or_insert(now);
         }
-        let overfull = self.held_records() > self.config.max_held_events;
+        let overfull = self.held_records() > self.config.max_held_events
+            || self.held_bytes > self.config.max_held_bytes;
         let aged = self
             .ready_since
             .is_some_and(|since| now.duration_since(since) >= self.config.max_age);
@@ -390,6 +319,7 @@ impl Batcher {
             self.ready.drain(..max.min(ready)).collect()
         };
         self.held_edges -= batch.iter().map(edge_occurrences).sum::<u64>();
+        self.held_bytes -= batch.iter().map(|i| i.footprint() as u64).sum::<u64>();
         if self.config.dedup {
             batch = self.merge(batch);
         }
@@ -415,16 +345,18 @@ impl Batcher {
 
     /// Everything held, in batches, regardless of the watermark (shutdown).
     pub fn drain(&mut self) -> Vec<Batch> {
-        let mut batches = Vec::new();
-        while self.held_records() > 0 {
-            let now = Instant::now();
-            self.ready_since = Some(now.checked_sub(self.config.max_age).unwrap_or(now));
-            match self.poll(i128::MAX / 2, now) {
-                Some(batch) => batches.push(batch),
-                None => break,
-            }
+        std::iter::from_fn(|| self.drain_next()).collect()
+    }
+
+    /// The next batch of everything held, regardless of the watermark (shutdown), so that
+    /// each can be shipped before the next is made.
+    pub fn drain_next(&mut self) -> Option<Batch> {
+        if self.held_records() == 0 {
+            return None;
         }
-        batches
+        let now = Instant::now();
+        self.ready_since = Some(now.checked_sub(self.config.max_age).unwrap_or(now));
+        self.poll(i128::MAX / 2, now)
     }
 
     /// Merges repeated identical edges of a sorted batch into their first occurrence.

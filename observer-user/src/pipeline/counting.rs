@@ -46,6 +46,10 @@ impl LabelLimit {
     }
 }
 
+/// Among how many of the latest (kind, pod) entries a record's is looked for: the kinds
+/// of the workload at hand, with room to spare.
+const TALLY_SEARCH: usize = 8;
+
 pub(super) struct EventCounters {
     written: Written,
     tenants: LabelLimit,
@@ -72,11 +76,17 @@ impl EventCounters {
         let mut tally: Vec<(&'static str, Option<&PodInfo>, u64)> = Vec::new();
         for item in items {
             let (kind, pod) = self.count_record(item);
-            // Records of a workload are adjacent in a batch: counters are looked up once per
-            // run of them, not once per record.
-            match tally.last_mut() {
-                Some((k, p, n)) if *k == kind && same_pod(*p, pod) => *n += item.count,
-                _ => tally.push((kind, pod, item.count)),
+            // Records of a workload are adjacent in a batch, but its kinds interleave (the
+            // batch is in time order within it): counters are looked up once per kind and
+            // run of a workload's records, not once per record.
+            match tally
+                .iter_mut()
+                .rev()
+                .take(TALLY_SEARCH)
+                .find(|(k, p, _)| *k == kind && same_pod(*p, pod))
+            {
+                Some((_, _, n)) => *n += item.count,
+                None => tally.push((kind, pod, item.count)),
             }
         }
         for (kind, pod, n) in tally {

@@ -9,6 +9,7 @@
 
 pub mod batch;
 mod counting;
+pub mod encode;
 mod kernel_account;
 
 use std::{collections::BTreeMap, io, sync::Arc, time::Instant};
@@ -26,7 +27,7 @@ use crate::{
         DropStage,
     },
     process::{table::TableStats, tracker::TrackStats, Tracker},
-    record::{HostIdentity, Item, Lifecycle, Record, RecordWriter},
+    record::{HostIdentity, Item, Lifecycle, Record},
     workload::{attribution::AttributionStats, watcher::Update, Attributor, Output, RuntimeKind},
 };
 
@@ -308,7 +309,7 @@ impl Pipeline {
     pub fn finish(&mut self) -> io::Result<()> {
         self.attributor.drain(&mut self.out);
         self.write_outputs()?;
-        for batch in self.batcher.drain() {
+        while let Some(batch) = self.batcher.drain_next() {
             self.ship(&batch)?;
         }
         self.publish(None);
@@ -404,18 +405,13 @@ impl Pipeline {
         if spooled {
             self.envelope.open(&batch_id)?;
         }
-        // All records' JSON, newline-terminated, for the NDJSON file; the same bytes go
-        // into the envelope.
-        self.lines.clear();
-        let mut writer = RecordWriter::new(&self.host, &self.run_id);
-        for item in &batch.items {
-            let start = self.lines.len();
-            writer.write(&mut self.lines, item)?;
-            if spooled {
-                self.envelope.push(&self.lines[start..]);
-            }
-            self.lines.push(b'\n');
-        }
+        encode::encode_batch(
+            &self.host,
+            &self.run_id,
+            batch,
+            &mut self.lines,
+            spooled.then_some(&mut self.envelope),
+        )?;
         self.counters.count_batch(&batch.items);
         let oldest_ns = batch
             .items
@@ -440,7 +436,8 @@ impl Pipeline {
             body,
         };
         self.publish(Some(&entry));
-        self.sink.write_lines(&self.lines)?;
+        self.sink
+            .write_lines(&self.lines, batch.items.len() as u64)?;
         self.sink.flush()
     }
 }

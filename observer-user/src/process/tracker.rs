@@ -336,7 +336,6 @@ impl Tracker {
     fn open(&mut self, open: &OpenEvent<'_>) -> EdgeEvent {
         let h = &open.header;
         let kernel_view = h.flags & flags::KERNEL_VIEW != 0;
-        let requested = Raw::new(open.requested);
         let absolute = open.requested.starts_with(b"/");
         let mut cwd = None;
         let mut from_caller = true;
@@ -368,7 +367,7 @@ impl Tracker {
                 let path = if absolute {
                     Raw::new(&paths::normalize(open.requested))
                 } else {
-                    requested.clone()
+                    Raw::new(open.requested)
                 };
                 (path, false)
             }
@@ -385,7 +384,8 @@ impl Tracker {
             self.stats.requested_paths_withheld += 1;
             None
         } else {
-            Some(requested)
+            // Written only when it differs from `path`: not kept (nor allocated) otherwise.
+            (open.requested != path.as_bytes()).then(|| Raw::new(open.requested))
         };
         let detail = EdgeDetail::Open {
             syscall: if h.flags & flags::OPENAT2 != 0 {

@@ -162,6 +162,26 @@ impl EdgeEvent {
         u64::from(!self.repeats_only) + self.repeats.count
     }
 
+    /// Heap bytes this event alone owns: its paths, working directory, address name and
+    /// build-id.
+    pub fn owned_heap_bytes(&self) -> usize {
+        let raw = |r: &Option<Raw>| r.as_ref().map_or(0, Raw::len);
+        let detail = match &self.detail {
+            EdgeDetail::Exec {
+                path, requested, ..
+            }
+            | EdgeDetail::Open {
+                path, requested, ..
+            } => path.len() + raw(requested),
+            EdgeDetail::Connect {
+                address: SocketTarget::Unix { path },
+                ..
+            } => raw(path),
+            EdgeDetail::Connect { .. } => 0,
+        };
+        detail + raw(&self.process.cwd) + self.code_id.as_ref().map_or(0, String::capacity)
+    }
+
     pub fn edge_type(&self) -> EdgeType {
         match self.detail {
             EdgeDetail::Exec { .. } => EdgeType::Syscall,

@@ -77,6 +77,18 @@ impl Item {
         }
     }
 
+    /// Bytes the record holds on its own while it waits in a batcher: the item, and what
+    /// only it owns on the heap (paths, names, ids). What it shares (the process image, the
+    /// container and pod) is counted nowhere: it lives as long as its process or container.
+    pub fn footprint(&self) -> usize {
+        let owned = match &self.record {
+            Record::Edge { event, .. } => event.owned_heap_bytes(),
+            Record::Patch { seqs, .. } => seqs.capacity() * size_of::<u64>(),
+            Record::Lifecycle { .. } => 0,
+        };
+        size_of::<Item>() + owned
+    }
+
     /// The batch sort order: (workloadId, timestamp, record type).
     pub fn sort_key(&self) -> (&str, i128, u8) {
         (&self.workload, self.at_ns, self.type_rank())

@@ -2,7 +2,11 @@
 //! docs/runtime-events.md): a record is its head (type, id, time), the workload fields, and
 //! its tail (what happened); [`fields`] holds each part, the writer joins them.
 
+mod direct;
+mod edge;
 mod fields;
+#[cfg(test)]
+mod serde_edge;
 
 use std::sync::Arc;
 
@@ -10,9 +14,7 @@ use serde::Serialize;
 
 use super::{ContainerInfo, Enrichment, HostIdentity, Item, Record, Timestamp};
 pub use fields::EventId;
-use fields::{
-    EdgeHead, EdgeTail, EventIds, LifecycleHead, LifecycleTail, NoFields, PatchHead, WorkloadJson,
-};
+use fields::{EventIds, LifecycleHead, LifecycleTail, NoFields, PatchHead, WorkloadJson};
 
 /// Writes the JSON of a batch's records.
 ///
@@ -28,6 +30,7 @@ pub struct RecordWriter<'a> {
     /// `"node":...,"hostId":...` (an object's fields, without the braces).
     workload: Vec<u8>,
     scratch: Vec<u8>,
+    processes: edge::ProcessCache,
 }
 
 struct WorkloadOf {
@@ -65,6 +68,7 @@ impl<'a> RecordWriter<'a> {
             workload_of: None,
             workload: Vec::new(),
             scratch: Vec::new(),
+            processes: edge::ProcessCache::default(),
         }
     }
 
@@ -72,19 +76,19 @@ impl<'a> RecordWriter<'a> {
     pub fn write(&mut self, out: &mut Vec<u8>, item: &Item) -> serde_json::Result<()> {
         let timestamp = Timestamp::from_unix_ns(item.at_ns);
         match &item.record {
-            Record::Edge { event, attribution } => self.compose(
-                out,
-                &EdgeHead {
-                    item,
-                    event,
-                    timestamp,
-                    run_id: self.run_id,
-                },
-                attribution.enrichment,
-                attribution.container_id.as_ref(),
-                attribution.container.as_ref(),
-                &EdgeTail(event),
-            ),
+            Record::Edge { event, attribution } => {
+                self.render_workload(
+                    attribution.enrichment,
+                    attribution.container_id.as_ref(),
+                    attribution.container.as_ref(),
+                )?;
+                out.push(b'{');
+                edge::head(out, item, event, self.run_id);
+                push_fields(out, &self.workload);
+                edge::tail(out, event, &mut self.processes);
+                out.push(b'}');
+                Ok(())
+            }
             Record::Lifecycle {
                 lifecycle,
                 container,
@@ -131,6 +135,31 @@ impl<'a> RecordWriter<'a> {
         }
     }
 
+    /// The record as the serde writer of edge fields wrote it (tests compare the two).
+    #[cfg(test)]
+    pub(crate) fn write_with_serde(
+        &mut self,
+        out: &mut Vec<u8>,
+        item: &Item,
+    ) -> serde_json::Result<()> {
+        let Record::Edge { event, attribution } = &item.record else {
+            return self.write(out, item);
+        };
+        self.compose(
+            out,
+            &serde_edge::EdgeHead {
+                item,
+                event,
+                timestamp: Timestamp::from_unix_ns(item.at_ns),
+                run_id: self.run_id,
+            },
+            attribution.enrichment,
+            attribution.container_id.as_ref(),
+            attribution.container.as_ref(),
+            &serde_edge::EdgeTail(event),
+        )
+    }
+
     /// `{head fields, workload fields, tail fields}`.
     #[allow(clippy::too_many_arguments, reason = "the parts of one record")]
     fn compose(
@@ -141,6 +170,22 @@ impl<'a> RecordWriter<'a> {
         container_id: Option<&Arc<str>>,
         container: Option<&Arc<ContainerInfo>>,
         tail: &impl Serialize,
+    ) -> serde_json::Result<()> {
+        self.render_workload(enrichment, container_id, container)?;
+        out.push(b'{');
+        append_fields(out, &mut self.scratch, head)?;
+        push_fields(out, &self.workload);
+        append_fields(out, &mut self.scratch, tail)?;
+        out.push(b'}');
+        Ok(())
+    }
+
+    /// Renders the workload fields, unless they are those rendered last.
+    fn render_workload(
+        &mut self,
+        enrichment: Enrichment,
+        container_id: Option<&Arc<str>>,
+        container: Option<&Arc<ContainerInfo>>,
     ) -> serde_json::Result<()> {
         let fresh = !self
             .workload_of
@@ -165,11 +210,6 @@ impl<'a> RecordWriter<'a> {
                 container: container.cloned(),
             });
         }
-        out.push(b'{');
-        append_fields(out, &mut self.scratch, head)?;
-        push_fields(out, &self.workload);
-        append_fields(out, &mut self.scratch, tail)?;
-        out.push(b'}');
         Ok(())
     }
 }

@@ -93,6 +93,23 @@ impl fmt::Display for Timestamp {
     }
 }
 
+impl Timestamp {
+    /// The instant as a JSON string, as its `Serialize` writes it.
+    pub fn write_json(self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        match self.to_ascii() {
+            Some(ascii) => out.extend_from_slice(&ascii),
+            // Digits and punctuation only: nothing to escape.
+            None => {
+                let mut text = String::new();
+                let _ = self.write_any(&mut text);
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
+        out.push(b'"');
+    }
+}
+
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let ascii = self.to_ascii();
@@ -149,10 +166,16 @@ mod tests {
             t.write_any(&mut general).unwrap();
             assert_eq!(t.to_string(), general, "{ns}");
             assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{general}\""));
+            let mut direct = Vec::new();
+            t.write_json(&mut direct);
+            assert_eq!(direct, format!("\"{general}\"").into_bytes());
         }
         // Beyond year 9999 the general form is used.
         let far = Timestamp::from_unix_ns(300_000_000_000 * 1_000_000_000);
         assert!(far.to_string().starts_with("11476-"), "{far}");
+        let mut direct = Vec::new();
+        far.write_json(&mut direct);
+        assert_eq!(direct, serde_json::to_vec(&far).unwrap());
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct AttributionStats {
 
 struct Known {
     info: Arc<ContainerInfo>,
+    /// `info.id`, shared by every event attributed to it (no allocation per event).
+    id: Arc<str>,
     /// A pod sandbox (pause container) rather than a container of the pod spec.
     sandbox: bool,
     start_sent: bool,
@@ -244,6 +246,7 @@ impl Attributor {
         let wanted = self.config.namespaces.wants(Some(&info.pod.pod.namespace));
         let known = self.containers.entry(id.clone()).or_insert_with(|| Known {
             info: Arc::clone(&info),
+            id: Arc::from(id.as_str()),
             sandbox,
             start_sent: false,
             stop_sent: false,
@@ -279,10 +282,11 @@ impl Attributor {
                 ));
             }
         }
+        let shared_id = Arc::clone(&known.id);
         self.unresolvable.remove(&id);
         if let Some(waiting) = self.waiting.remove(&id) {
             for event in waiting.events {
-                self.emit_known(event, &info, out);
+                self.emit_known(event, Arc::clone(&info), Arc::clone(&shared_id), out);
             }
         }
         if let Some((_, seqs)) = self.awaiting_patch.remove(&id) {
@@ -360,15 +364,21 @@ impl Attributor {
         out.push(Output::Edge(event, attribution));
     }
 
-    fn emit_known(&mut self, event: EdgeEvent, info: &Arc<ContainerInfo>, out: &mut Vec<Output>) {
+    fn emit_known(
+        &mut self,
+        event: EdgeEvent,
+        info: Arc<ContainerInfo>,
+        id: Arc<str>,
+        out: &mut Vec<Output>,
+    ) {
         if !self.config.namespaces.wants(Some(&info.pod.pod.namespace)) {
             self.stats.filtered_in_userspace += 1;
             return;
         }
         let attribution = Attribution {
-            enrichment: enrichment_of(info),
-            container_id: Some(Arc::from(info.id.as_str())),
-            container: Some(Arc::clone(info)),
+            enrichment: enrichment_of(&info),
+            container_id: Some(id),
+            container: Some(info),
         };
         self.emit(event, attribution, out);
     }
@@ -379,7 +389,7 @@ impl Attributor {
         if entry.is_none() {
             self.stats.unknown_cgroups += 1;
         }
-        let Some(container_id) = entry.and_then(|e| e.container_id.clone()) else {
+        let Some(id) = entry.and_then(|e| e.container_id.as_deref()) else {
             if self.config.namespaces.wants(None) {
                 self.emit(event, Attribution::host(), out);
             } else {
@@ -387,10 +397,14 @@ impl Attributor {
             }
             return;
         };
-        if let Some(known) = self.containers.get(&container_id) {
-            let info = Arc::clone(&known.info);
-            self.emit_known(event, &info, out);
-        } else if let Some(waiting) = self.waiting.get_mut(&container_id) {
+        // The common case, a known container, looks up without copying the id.
+        if let Some(known) = self.containers.get(id) {
+            let (info, id) = (Arc::clone(&known.info), Arc::clone(&known.id));
+            self.emit_known(event, info, id, out);
+            return;
+        }
+        let container_id = id.to_owned();
+        if let Some(waiting) = self.waiting.get_mut(&container_id) {
             waiting.events.push(event);
         } else if !self.config.cri || self.unresolvable.contains_key(&container_id) {
             self.release_unattributed(&container_id, vec![event], Enrichment::Partial, out);

@@ -49,6 +49,7 @@ fn config() -> BatchConfig {
         reorder_window: Duration::from_secs(1),
         dedup: true,
         max_held_events: 1000,
+        max_held_bytes: u64::MAX,
     }
 }
 
@@ -188,6 +189,38 @@ fn too_many_held_records_are_released_early_and_counted() {
     let batch = b.poll(100 * S, Instant::now()).unwrap();
     assert_eq!(paths(&batch), [("/x0".into(), 1), ("/x1".into(), 1)]);
     assert_eq!(b.stats().forced, 2);
+}
+
+#[test]
+fn too_many_held_bytes_release_the_oldest_early_and_are_counted() {
+    let h = host();
+    let items: Vec<Item> = (0..6)
+        .map(|i| Item::new(100 * S + i, &h, open(i as u64, &format!("/data/{i:04}"), 3)))
+        .collect();
+    let each = items[0].footprint() as u64;
+    // An item, and the 10 bytes of its path besides.
+    assert_eq!(each, (size_of::<Item>() + "/data/0000".len()) as u64);
+    let mut b = Batcher::new(BatchConfig {
+        max_events: 2,
+        max_held_bytes: 4 * each,
+        ..config()
+    });
+    for item in items {
+        b.push(item);
+    }
+    assert_eq!(b.held_bytes(), 6 * each);
+    // Nothing is past the watermark (200 s), but 6 records' bytes exceed the bound of 4:
+    // the oldest leave, a batch at a time, until the rest fit.
+    let now = Instant::now();
+    let first = b.poll(100 * S, now).unwrap();
+    assert_eq!(
+        paths(&first),
+        [("/data/0000".into(), 1), ("/data/0001".into(), 1)]
+    );
+    assert_eq!(b.held_bytes(), 4 * each);
+    assert!(b.poll(100 * S, now).is_none(), "within the bound: held");
+    assert_eq!(b.stats().forced, 2);
+    assert_eq!(b.held_records(), 4);
 }
 
 #[test]
