@@ -184,9 +184,7 @@ impl Tracker {
             };
         }
         edge.dedup_key = Some(key);
-        let mut remembered = edge.clone();
-        remembered.repeats = HeldRepeats::default();
-        self.reports.insert(key, remembered);
+        self.reports.insert(key, repeat_template(edge));
     }
 
     /// Repeats of edges that went quiet (`quiet_ns` since their last repeat; 0: all), read
@@ -209,15 +207,6 @@ impl Tracker {
                     event.boot_ns = held.last_ns;
                     event.repeats = held;
                     event.repeats_only = true;
-                    // The name a repeat was asked by, and the directory it was asked from,
-                    // are not known: only that the edge (the file, the address) repeated.
-                    match &mut event.detail {
-                        EdgeDetail::Exec { requested, .. } | EdgeDetail::Open { requested, .. } => {
-                            *requested = None;
-                        }
-                        EdgeDetail::Connect { .. } => {}
-                    }
-                    event.process.cwd = None;
                     events.push(event);
                 }
                 None => unnamed += held.count,
@@ -460,4 +449,22 @@ fn exec_syscall(h: &EventHeader) -> &'static str {
     } else {
         "execve"
     }
+}
+
+/// What a report is remembered as, for the repeats of its edge read later from the
+/// kernel's map: the report without what a repeat does not share with it. The name a
+/// repeat was asked by, and the directory it was asked from, are not known (only that the
+/// edge — the file, the address — repeated), so they are not kept either: up to 32 Ki
+/// reports are remembered.
+fn repeat_template(edge: &EdgeEvent) -> EdgeEvent {
+    let mut template = edge.clone();
+    template.repeats = HeldRepeats::default();
+    match &mut template.detail {
+        EdgeDetail::Exec { requested, .. } | EdgeDetail::Open { requested, .. } => {
+            *requested = None;
+        }
+        EdgeDetail::Connect { .. } => {}
+    }
+    template.process.cwd = None;
+    template
 }
