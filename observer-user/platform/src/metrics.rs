@@ -124,6 +124,11 @@ pub const EVENTS_LAG: Metric = histogram(
     "Seconds from an event to its delivery (acknowledged by every sink, or written to the NDJSON file without one).",
     &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0],
 );
+pub const BATCH_RECORDS: Metric = counter(
+    "zastava_runtime_batch_records_total",
+    &["outcome"],
+    "Records batched out of time order: late (after the reorder window), or released early (before it, over a held-records bound).",
+);
 pub const BACKEND_REQUESTS: Metric = counter(
     "zastava_runtime_backend_requests_total",
     &["outcome"],
@@ -350,6 +355,7 @@ pub const OBSERVER: &[Metric] = &[
     SPOOL_BATCHES,
     SPOOL_BYTES,
     EVENTS_LAG,
+    BATCH_RECORDS,
     BACKEND_REQUESTS,
     SHIPPER_BACKEND_LATENCY,
     SINK_EVENTS_SHIPPED,

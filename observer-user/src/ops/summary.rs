@@ -33,6 +33,7 @@ pub struct Summary {
     pub provenance: ProvenanceSummary,
     pub processes: ProcessSummary,
     pub attribution: AttributionSummary,
+    pub batching: BatchingSummary,
     pub cri: RuntimeSummary,
     pub docker: RuntimeSummary,
     /// Records lost before they reached the pipeline: ring full + pairing map full +
@@ -77,6 +78,19 @@ pub struct AttributionSummary {
     pub filtered_in_userspace: u64,
     pub containers_without_digest: u64,
     pub patched_events: u64,
+}
+
+/// Records batched out of time order (none lost: each is shipped, in a batch other than
+/// its time would give it).
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchingSummary {
+    pub batches: u64,
+    /// Arrived after the reorder window: shipped in a later batch, marked `late`.
+    pub late: u64,
+    /// Released before the reorder window passed, because `batch.max_held_events` or
+    /// `batch.max_held_bytes` was exceeded.
+    pub released_early: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -182,6 +196,11 @@ impl Summary {
                 containers_without_digest: attribution.containers_without_digest,
                 patched_events: attribution.patched_events,
             },
+            batching: BatchingSummary {
+                batches: pipeline.batch.batches,
+                late: pipeline.batch.late,
+                released_early: pipeline.batch.forced,
+            },
             cri: (&pipeline.runtimes.cri).into(),
             docker: (&pipeline.runtimes.docker).into(),
             lost,
@@ -256,6 +275,11 @@ impl fmt::Display for Summary {
             self.attribution.filtered_in_userspace,
             self.attribution.containers_without_digest,
             self.attribution.patched_events
+        )?;
+        writeln!(
+            f,
+            "  {:<24} batches={} late={} released_early={}",
+            "batching", self.batching.batches, self.batching.late, self.batching.released_early
         )?;
         for (name, runtime) in [("container runtime", &self.cri), ("docker", &self.docker)] {
             writeln!(

@@ -18,7 +18,7 @@ use aya::maps::{MapData, RingBuf};
 use observer_common::EventKind;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
-use zastava_platform::metrics::EVENTS_LAG;
+use zastava_platform::metrics::{BATCH_RECORDS, EVENTS_LAG};
 
 use crate::{
     kernel::{decode, BootClock, KernelCounters, KernelEvent, Probes},
@@ -87,6 +87,7 @@ pub struct PipelineStats {
     pub runtimes: RuntimeStatuses,
     /// cgroups known (scanned at start, then from the probes).
     pub cgroups: usize,
+    pub batch: batch::BatchStats,
 }
 
 pub struct Pipeline {
@@ -105,6 +106,8 @@ pub struct Pipeline {
     unpublished: Unpublished,
     kernel_reported: KernelCounters,
     filtered_reported: u64,
+    /// The batcher's late and early-released records already counted in the metrics.
+    batch_reported: batch::BatchStats,
     envelope: Envelope,
     counters: EventCounters,
     /// The NDJSON lines of the batch being shipped (reused).
@@ -139,6 +142,7 @@ impl Pipeline {
             unpublished: Unpublished::default(),
             kernel_reported: KernelCounters::default(),
             filtered_reported: 0,
+            batch_reported: batch::BatchStats::default(),
             lines: Vec::with_capacity(1024),
         }
     }
@@ -152,6 +156,7 @@ impl Pipeline {
             decode_errors: self.decode_errors.clone(),
             runtimes: self.runtimes.clone(),
             cgroups: self.attributor.cgroups().len(),
+            batch: self.batcher.stats(),
         }
     }
 
@@ -231,6 +236,21 @@ impl Pipeline {
             self.unpublished
                 .dropped_at(DropStage::Filtered, filtered - self.filtered_reported);
             self.filtered_reported = filtered;
+        }
+        let stats = self.batcher.stats();
+        for (outcome, now, reported) in [
+            ("late", stats.late, &mut self.batch_reported.late),
+            (
+                "released_early",
+                stats.forced,
+                &mut self.batch_reported.forced,
+            ),
+        ] {
+            if now > *reported {
+                metrics::counter!(BATCH_RECORDS.name, "outcome" => outcome)
+                    .increment(now - *reported);
+                *reported = now;
+            }
         }
         let in_pipeline = self.attributor.waiting_events() as u64 + self.batcher.held_edges();
         self.shipping
