@@ -80,8 +80,13 @@ fn records_beyond_the_held_bound_leave_early_every_one_delivered_and_counted() {
     // Everything beyond the bound left early: at least the storm's excess, and (other
     // processes of the node add records too) the summary counts no fewer than the metric
     // did before the stop.
-    assert!(released >= excess, "{released} released early by the metric");
-    let summary = stopped.summary["batching"]["releasedEarly"].as_u64().unwrap();
+    assert!(
+        released >= excess,
+        "{released} released early by the metric"
+    );
+    let summary = stopped.summary["batching"]["releasedEarly"]
+        .as_u64()
+        .unwrap();
     assert!(summary >= released, "summary {summary}, metric {released}");
     assert!(
         stopped.stderr.contains("released_early="),
