@@ -126,65 +126,11 @@ fn write_double(f: f64, out: &mut Vec<u8>) {
     out.extend_from_slice(ryu_js::Buffer::new().format_finite(f).as_bytes());
 }
 
-/// Whether any of the eight bytes in `word` needs an escape: below 0x20, `"` or `\`.
-/// (The classic SWAR tests: `(x - 0x01…·n) & !x & 0x80…` is non-zero when a byte of `x` is
-/// below `n`.)
-fn needs_escape(word: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
-    (below(word, 0x20) | below(word ^ (ONES * 0x22), 1) | below(word ^ (ONES * 0x5c), 1)) != 0
-}
-
-/// The escape of a byte, if it needs one.
-fn escape(b: u8) -> Option<[u8; 6]> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let short = |c: u8| Some([b'\\', c, 0, 0, 0, 0]);
-    match b {
-        b'"' => short(b'"'),
-        b'\\' => short(b'\\'),
-        0x08 => short(b'b'),
-        b'\t' => short(b't'),
-        b'\n' => short(b'n'),
-        0x0c => short(b'f'),
-        b'\r' => short(b'r'),
-        0x00..=0x1f => Some([
-            b'\\',
-            b'u',
-            b'0',
-            b'0',
-            HEX[usize::from(b >> 4)],
-            HEX[usize::from(b & 0xf)],
-        ]),
-        _ => None,
-    }
-}
-
-/// A string with only the escapes RFC 8785 §3.2.2.2 requires. Most strings need none:
-/// eight bytes at a time are checked and copied whole.
+/// A string with only the escapes RFC 8785 §3.2.2.2 requires: the quote, the backslash
+/// and control characters, the short forms where JSON has them — the escapes the records'
+/// own JSON uses.
 pub fn write_string(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let (mut start, mut i) = (0, 0);
-    while i < bytes.len() {
-        if let Some(chunk) = bytes.get(i..i + 8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            if !needs_escape(u64::from_le_bytes(word)) {
-                i += 8;
-                continue;
-            }
-        }
-        if let Some(escaped) = escape(bytes[i]) {
-            out.extend_from_slice(&bytes[start..i]);
-            let len = if escaped[1] == b'u' { 6 } else { 2 };
-            out.extend_from_slice(&escaped[..len]);
-            start = i + 1;
-        }
-        i += 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    crate::record::json::direct::string(out, s);
 }
 
 /// The order of member names in RFC 8785: by their UTF-16 code units.

@@ -2,7 +2,7 @@
 //! docs/runtime-events.md): a record is its head (type, id, time), the workload fields, and
 //! its tail (what happened); [`fields`] holds each part, the writer joins them.
 
-mod direct;
+pub mod direct;
 mod edge;
 mod fields;
 #[cfg(test)]

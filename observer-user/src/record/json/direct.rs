@@ -7,42 +7,63 @@ use base64::Engine as _;
 
 use crate::record::Raw;
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Whether a byte must be escaped inside a JSON string (as `serde_json` does it: control
-/// characters, the quote and the backslash; everything else, non-ASCII included, as is).
-const fn needs_escape(b: u8) -> bool {
-    b < 0x20 || b == b'"' || b == b'\\'
+/// Whether any of the eight bytes in `word` needs an escape inside a JSON string: below
+/// 0x20, `"` or `\\` (everything else, non-ASCII included, is written as is). The classic
+/// SWAR tests: `(x - 0x01…·n) & !x & 0x80…` is non-zero when a byte of `x` is below `n`.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    (below(word, 0x20) | below(word ^ (ONES * 0x22), 1) | below(word ^ (ONES * 0x5c), 1)) != 0
 }
 
-/// The contents of a JSON string (no quotes), escaped.
-pub fn escaped(out: &mut Vec<u8>, s: &[u8]) {
-    let mut start = 0;
-    for (i, &b) in s.iter().enumerate() {
-        if !needs_escape(b) {
-            continue;
-        }
-        out.extend_from_slice(&s[start..i]);
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]),
-        }
-        start = i + 1;
+/// The escape of a byte, if it needs one: the short forms JSON has, else `\u00xx`.
+fn escape(b: u8) -> Option<[u8; 6]> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let short = |c: u8| Some([b'\\', c, 0, 0, 0, 0]);
+    match b {
+        b'"' => short(b'"'),
+        b'\\' => short(b'\\'),
+        0x08 => short(b'b'),
+        b'\t' => short(b't'),
+        b'\n' => short(b'n'),
+        0x0c => short(b'f'),
+        b'\r' => short(b'r'),
+        0x00..=0x1f => Some([
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 0xf)],
+        ]),
+        _ => None,
     }
-    out.extend_from_slice(&s[start..]);
+}
+
+/// The contents of a JSON string (no quotes), escaped as `serde_json` and RFC 8785 both
+/// escape them. Most strings need no escape: eight bytes at a time are checked and copied
+/// whole.
+pub fn escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        if let Some(escaped) = escape(bytes[i]) {
+            out.extend_from_slice(&bytes[start..i]);
+            let len = if escaped[1] == b'u' { 6 } else { 2 };
+            out.extend_from_slice(&escaped[..len]);
+            start = i + 1;
+        }
+        i += 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 /// A JSON string.
@@ -168,6 +189,20 @@ mod tests {
             String::from_utf8(out).unwrap(),
             serde_json::to_string(&text).unwrap()
         );
+    }
+
+    /// The word-at-a-time scan finds a byte that needs an escape wherever it is.
+    #[test]
+    fn every_byte_that_needs_an_escape_is_found_at_every_position() {
+        for b in 0u8..=0x7f {
+            for at in 0..20 {
+                let mut text = "abcdefghijklmnopqrs".to_owned();
+                text.insert(at, char::from(b));
+                let mut out = Vec::new();
+                string(&mut out, &text);
+                assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{b:#x} at {at}");
+            }
+        }
     }
 
     #[test]
