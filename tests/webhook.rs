@@ -132,6 +132,15 @@ pub async fn send_raw(s: &impl Endpoint, body: Vec<u8>) -> (u16, Value) {
     (status, body)
 }
 
+/// Sends `review` and checks it was allowed, its uid echoed.
+pub async fn decided(s: &impl Endpoint, review: &Value) {
+    let uid = review["request"]["uid"].as_str().unwrap_or_default();
+    let (status, body) = send(s, review).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(response(&body)["uid"], uid);
+    assert_eq!(response(&body)["allowed"], true, "{body}");
+}
+
 pub fn response(review: &Value) -> &Value {
     &review["response"]
 }

@@ -301,6 +301,19 @@ pub fn fresh_digest() -> String {
 /// An AdmissionReview for a Pod in `namespace` with these containers
 /// (`(list, name, image)`, list being `containers`, `initContainers` or
 /// `ephemeralContainers`).
+/// A review of a pod in `shop` with one container, `app`, pinned to `digest`.
+pub fn app_review(uid: &str, digest: &str) -> Value {
+    pod_review(
+        uid,
+        "shop",
+        &[(
+            "containers",
+            "app",
+            &format!("registry.example/shop/app@{digest}"),
+        )],
+    )
+}
+
 pub fn pod_review(uid: &str, namespace: &str, containers: &[(&str, &str, &str)]) -> Value {
     let mut spec = serde_json::Map::new();
     for (list, name, image) in containers {

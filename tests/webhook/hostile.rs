@@ -8,8 +8,8 @@ use std::{process::Command, time::Duration};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::common::webhook::{pod_review, tls_connect, validate_head};
-use crate::{block_on, response, send, send_raw, setup, Setup};
+use crate::common::webhook::{app_review, tls_connect, validate_head};
+use crate::{block_on, send_raw, setup, Setup};
 
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
@@ -21,19 +21,7 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 async fn decided(s: &Setup, uid: &str) {
-    let review = pod_review(
-        uid,
-        "shop",
-        &[(
-            "containers",
-            "app",
-            &format!("registry.example/shop/app@{DIGEST}"),
-        )],
-    );
-    let (status, body) = send(s, &review).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(response(&body)["uid"], uid);
-    assert_eq!(response(&body)["allowed"], true, "{body}");
+    crate::decided(s, &app_review(uid, DIGEST)).await;
 }
 
 #[test]
@@ -189,16 +177,7 @@ fn a_kept_alive_connection_idle_for_15_s_serves_the_next_review() {
             // for stalled headers must not close it (hyper's header_read_timeout does).
             tokio::time::sleep(Duration::from_secs(pause)).await;
             let uid = format!("uid-kept-alive-{i}");
-            let body = serde_json::to_vec(&pod_review(
-                &uid,
-                "shop",
-                &[(
-                    "containers",
-                    "app",
-                    &format!("registry.example/shop/app@{DIGEST}"),
-                )],
-            ))
-            .unwrap();
+            let body = serde_json::to_vec(&app_review(&uid, DIGEST)).unwrap();
             let head = validate_head(Some(body.len()));
             stream.write_all(head.as_bytes()).await.unwrap();
             stream.write_all(&body).await.unwrap();

@@ -15,22 +15,13 @@ use std::{
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::common::webhook::{client, pod_review, tls_client_config, tls_connect};
+use crate::common::webhook::{app_review, client, tls_client_config, tls_connect};
 use crate::{audit, block_on, metric, response, setup, Setup};
 
 const DIGEST: &str = "sha256:4444444444444444444444444444444444444444444444444444444444444444";
 
 fn review_bytes(uid: &str) -> Vec<u8> {
-    serde_json::to_vec(&pod_review(
-        uid,
-        "shop",
-        &[(
-            "containers",
-            "app",
-            &format!("registry.example/shop/app@{DIGEST}"),
-        )],
-    ))
-    .unwrap()
+    serde_json::to_vec(&app_review(uid, DIGEST)).unwrap()
 }
 
 async fn metrics_value(s: &Setup, name: &str) -> f64 {

@@ -9,29 +9,17 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_rustls::client::TlsStream;
 
-use crate::common::webhook::{pod_review, tls_connect, validate_head};
-use crate::{block_on, metric, response, send, setup, Setup};
+use crate::common::webhook::{app_review, tls_connect, validate_head};
+use crate::{block_on, metric, setup, Setup};
 
 const DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
 fn review_bytes(uid: &str) -> Vec<u8> {
-    serde_json::to_vec(&pod_review(
-        uid,
-        "shop",
-        &[(
-            "containers",
-            "app",
-            &format!("registry.example/shop/app@{DIGEST}"),
-        )],
-    ))
-    .unwrap()
+    serde_json::to_vec(&app_review(uid, DIGEST)).unwrap()
 }
 
 async fn decided(s: &Setup, uid: &str) {
-    let (status, body) = send(s, &serde_json::from_slice(&review_bytes(uid)).unwrap()).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(response(&body)["uid"], uid);
-    assert_eq!(response(&body)["allowed"], true, "{body}");
+    crate::decided(s, &app_review(uid, DIGEST)).await;
 }
 
 async fn tls(s: &Setup) -> TlsStream<tokio::net::TcpStream> {
