@@ -140,11 +140,23 @@ fn process(out: &mut Vec<u8>, p: &ProcessSnapshot) {
     out.push(b'}');
 }
 
-/// `path`, and `requestedPath` when the process passed something else.
-fn paths(out: &mut Vec<u8>, path: &Raw, requested: Option<&Raw>) {
+/// `syscall`, `path`, `requestedPath` when the process passed something else, and
+/// `pathResolved: false` when the path could not be made absolute.
+fn syscall_and_paths(
+    out: &mut Vec<u8>,
+    syscall: &str,
+    path: &Raw,
+    requested: Option<&Raw>,
+    resolved: bool,
+) {
+    str_entry(out, "syscall", syscall);
     raw_entry(out, "path", "pathBytes", path);
     if let Some(requested) = requested.filter(|r| *r != path) {
         raw_entry(out, "requestedPath", "requestedPathBytes", requested);
+    }
+    if !resolved {
+        key(out, "pathResolved");
+        out.extend_from_slice(b"false");
     }
 }
 
@@ -158,12 +170,7 @@ fn detail(out: &mut Vec<u8>, e: &EdgeEvent) {
             from_caller,
             result,
         } => {
-            str_entry(out, "syscall", syscall);
-            paths(out, path, requested.as_ref());
-            if !path_resolved {
-                key(out, "pathResolved");
-                out.extend_from_slice(b"false");
-            }
+            syscall_and_paths(out, syscall, path, requested.as_ref(), *path_resolved);
             if *from_caller {
                 true_entry(out, "pathFromCaller");
             }
@@ -187,12 +194,7 @@ fn detail(out: &mut Vec<u8>, e: &EdgeEvent) {
             flags,
             result,
         } => {
-            str_entry(out, "syscall", syscall);
-            paths(out, path, requested.as_ref());
-            if !path_resolved {
-                key(out, "pathResolved");
-                out.extend_from_slice(b"false");
-            }
+            syscall_and_paths(out, syscall, path, requested.as_ref(), *path_resolved);
             if *path_truncated {
                 true_entry(out, "pathTruncated");
             }
