@@ -455,16 +455,22 @@ fn exec_syscall(h: &EventHeader) -> &'static str {
 /// kernel's map: the report without what a repeat does not share with it. The name a
 /// repeat was asked by, and the directory it was asked from, are not known (only that the
 /// edge — the file, the address — repeated), so they are not kept either: up to 32 Ki
-/// reports are remembered.
-fn repeat_template(edge: &EdgeEvent) -> EdgeEvent {
-    let mut template = edge.clone();
-    template.repeats = HeldRepeats::default();
-    match &mut template.detail {
-        EdgeDetail::Exec { requested, .. } | EdgeDetail::Open { requested, .. } => {
-            *requested = None;
-        }
-        EdgeDetail::Connect { .. } => {}
+/// reports are remembered. They are set aside while the report is copied, so a new edge
+/// (this runs for every one) does not copy them only to drop them.
+fn repeat_template(edge: &mut EdgeEvent) -> EdgeEvent {
+    let requested = match &mut edge.detail {
+        EdgeDetail::Exec { requested, .. } | EdgeDetail::Open { requested, .. } => requested.take(),
+        EdgeDetail::Connect { .. } => None,
+    };
+    let cwd = edge.process.cwd.take();
+    let repeats = std::mem::take(&mut edge.repeats);
+    let template = edge.clone();
+    edge.repeats = repeats;
+    edge.process.cwd = cwd;
+    if let EdgeDetail::Exec { requested: r, .. } | EdgeDetail::Open { requested: r, .. } =
+        &mut edge.detail
+    {
+        *r = requested;
     }
-    template.process.cwd = None;
     template
 }
