@@ -26,7 +26,11 @@ impl<K: Eq + Hash, V> Recent<K, V> {
     pub fn insert(&mut self, key: K, value: V) {
         self.previous.remove(&key);
         if !self.current.contains_key(&key) && self.current.len() >= self.half {
-            self.previous = std::mem::take(&mut self.current);
+            // The oldest generation goes; its table, emptied, takes the next one, so the
+            // map does not grow again from nothing (and copy itself each time) every turn.
+            let mut next = std::mem::take(&mut self.previous);
+            next.clear();
+            self.previous = std::mem::replace(&mut self.current, next);
         }
         self.current.insert(key, value);
     }

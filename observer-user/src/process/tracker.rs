@@ -70,9 +70,9 @@ pub struct Tracker {
     next_seq: u64,
     stats: TrackStats,
     build_ids: BuildIdCache,
-    /// The last report of each edge the kernel deduplicates, to name the repeats of edges
-    /// that went quiet.
-    reports: Recent<DedupKey, EdgeEvent>,
+    /// What the last report of each edge the kernel deduplicates shares with its repeats,
+    /// to name the repeats of edges that went quiet.
+    reports: Recent<DedupKey, Box<Remembered>>,
     dedup: DedupAccount,
 }
 
@@ -184,7 +184,7 @@ impl Tracker {
             };
         }
         edge.dedup_key = Some(key);
-        self.reports.insert(key, repeat_template(edge));
+        self.reports.insert(key, Box::new(Remembered::of(edge)));
     }
 
     /// Repeats of edges that went quiet (`quiet_ns` since their last repeat; 0: all), read
@@ -201,13 +201,8 @@ impl Tracker {
         for (key, held) in self.dedup.sweep(entries, now_ns, quiet_ns) {
             match self.reports.get(&key) {
                 Some(report) => {
-                    let mut event = report.clone();
-                    event.seq = self.next_seq;
+                    events.push(report.repeats(key, self.next_seq, held));
                     self.next_seq += 1;
-                    event.boot_ns = held.last_ns;
-                    event.repeats = held;
-                    event.repeats_only = true;
-                    events.push(event);
                 }
                 None => unnamed += held.count,
             }
@@ -451,26 +446,60 @@ fn exec_syscall(h: &EventHeader) -> &'static str {
     }
 }
 
-/// What a report is remembered as, for the repeats of its edge read later from the
-/// kernel's map: the report without what a repeat does not share with it. The name a
+/// What the repeats of an edge share with its last report, remembered to report them once
+/// the edge went quiet: the process, the edge and the executable's build-id. The name a
 /// repeat was asked by, and the directory it was asked from, are not known (only that the
-/// edge — the file, the address — repeated), so they are not kept either: up to 32 Ki
-/// reports are remembered. They are set aside while the report is copied, so a new edge
-/// (this runs for every one) does not copy them only to drop them.
-fn repeat_template(edge: &mut EdgeEvent) -> EdgeEvent {
-    let requested = match &mut edge.detail {
-        EdgeDetail::Exec { requested, .. } | EdgeDetail::Open { requested, .. } => requested.take(),
-        EdgeDetail::Connect { .. } => None,
-    };
-    let cwd = edge.process.cwd.take();
-    let repeats = std::mem::take(&mut edge.repeats);
-    let template = edge.clone();
-    edge.repeats = repeats;
-    edge.process.cwd = cwd;
-    if let EdgeDetail::Exec { requested: r, .. } | EdgeDetail::Open { requested: r, .. } =
-        &mut edge.detail
-    {
-        *r = requested;
+/// edge — the file, the address — repeated), so they are not kept; nor is what each repeat
+/// record has of its own (sequence number, time, counts). Up to 32 Ki are remembered, each
+/// boxed so that the table's slots stay small whether full or not.
+#[derive(Debug)]
+struct Remembered {
+    process: ProcessSnapshot,
+    detail: EdgeDetail,
+    code_id: Option<String>,
+    memory_shared: bool,
+}
+
+impl Remembered {
+    /// The report's shared part. The requested name and the working directory are set
+    /// aside while it is copied, so a new edge (this runs for every one) does not copy them
+    /// only to drop them.
+    fn of(edge: &mut EdgeEvent) -> Self {
+        let requested = match &mut edge.detail {
+            EdgeDetail::Exec { requested, .. } | EdgeDetail::Open { requested, .. } => {
+                requested.take()
+            }
+            EdgeDetail::Connect { .. } => None,
+        };
+        let cwd = edge.process.cwd.take();
+        let remembered = Remembered {
+            process: edge.process.clone(),
+            detail: edge.detail.clone(),
+            code_id: edge.code_id.clone(),
+            memory_shared: edge.memory_shared,
+        };
+        edge.process.cwd = cwd;
+        if let EdgeDetail::Exec { requested: r, .. } | EdgeDetail::Open { requested: r, .. } =
+            &mut edge.detail
+        {
+            *r = requested;
+        }
+        remembered
     }
-    template
+
+    /// A record standing for `held` repeats of the edge of `key`.
+    fn repeats(&self, key: DedupKey, seq: u64, held: HeldRepeats) -> EdgeEvent {
+        EdgeEvent {
+            seq,
+            boot_ns: held.last_ns,
+            cgroup_id: key.cgroup_id,
+            process: self.process.clone(),
+            detail: self.detail.clone(),
+            code_id: self.code_id.clone(),
+            repeats: held,
+            repeats_only: true,
+            dedup_key: Some(key),
+            memory_shared: self.memory_shared,
+        }
+    }
 }
