@@ -311,3 +311,65 @@ fn a_caller_sharing_its_memory_gets_no_requested_path_beside_the_kernels_file() 
     assert_eq!(v["requestedPath"], "./fake-file");
     assert!(v.get("sharedMemory").is_none(), "{v}");
 }
+
+#[test]
+fn repeats_of_an_edge_gone_quiet_are_its_last_report_without_what_was_asked_where() {
+    let mut t = tracker();
+    let open = records::task().open_seen(
+        BOOT_NS,
+        b"./f2",
+        open_base::CWD,
+        Some(b"/tmp/work/data"),
+        -2,
+        0,
+    );
+    let mut edge = t.handle(&decode(&open).unwrap()).unwrap();
+    let repeats = Repeats {
+        hash: 42,
+        cumulative: 0,
+        first_ns: 0,
+        last_ns: 0,
+        cpu: 0,
+        _pad: 0,
+    };
+    t.deduplicated(&mut edge, repeats);
+    // The report itself keeps what it was asked by and where.
+    let EdgeDetail::Open { requested, .. } = &edge.detail else {
+        panic!("{edge:?}")
+    };
+    assert_eq!(requested.as_ref().map(Raw::as_bytes), Some(&b"./f2"[..]));
+    assert!(edge.process.cwd.is_some());
+
+    let key = DedupKey {
+        cgroup_id: edge.cgroup_id,
+        hash: 42,
+    };
+    let state = DedupState {
+        last_report_ns: BOOT_NS,
+        first_ns: BOOT_NS + 200,
+        last_ns: BOOT_NS + 300,
+        suppressed: 3,
+    };
+    let (events, unnamed) = t.sweep_repeats(&[(key, 0, state)], BOOT_NS + 10_000, 0);
+    assert_eq!(unnamed, 0);
+    let mut expected = edge.clone();
+    expected.seq = edge.seq + 1;
+    expected.boot_ns = BOOT_NS + 300;
+    expected.repeats = HeldRepeats {
+        count: 3,
+        first_ns: BOOT_NS + 200,
+        last_ns: BOOT_NS + 300,
+    };
+    expected.repeats_only = true;
+    expected.process.cwd = None;
+    if let EdgeDetail::Open { requested, .. } = &mut expected.detail {
+        *requested = None;
+    }
+    assert_eq!(events, vec![expected]);
+
+    // An edge never reported is counted, not named.
+    let other = DedupKey { hash: 43, ..key };
+    let (events, unnamed) = t.sweep_repeats(&[(other, 1, state)], BOOT_NS + 10_000, 0);
+    assert!(events.is_empty());
+    assert_eq!(unnamed, 3);
+}
