@@ -9,11 +9,15 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use observer_common::identity::{ObjectKind, ObjectName};
 
-use crate::workload::{self, str_at, WorkloadUnderReview};
+use crate::{
+    json::Json,
+    workload::{self, str_at, WorkloadUnderReview},
+};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 
@@ -97,23 +101,11 @@ pub struct Review {
     pub subject: Subject,
 }
 
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 impl Review {
     pub fn parse(body: &[u8]) -> Result<Review, ReviewError> {
-        let review: Value =
-            serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
+        let review = Json::parse(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
         if !review.is_object() {
-            return Err(ReviewError::NotAReview(json_type(&review)));
+            return Err(ReviewError::NotAReview(review.type_name()));
         }
         let api_version = str_at(&review, "apiVersion").unwrap_or_default();
         if api_version != API_VERSION {
@@ -135,7 +127,7 @@ impl Review {
     }
 
     /// The request of a review that has a uid: from here on, every problem is answered.
-    fn of_request(uid: String, request: &Value) -> Review {
+    fn of_request(uid: String, request: &Json<'_>) -> Review {
         let object_kind = request
             .get("kind")
             .and_then(|k| str_at(k, "kind"))
@@ -164,7 +156,7 @@ impl Review {
                 .map(str::to_owned),
             dry_run: request
                 .get("dryRun")
-                .and_then(Value::as_bool)
+                .and_then(Json::as_bool)
                 .unwrap_or(false),
             subject,
         }
@@ -173,7 +165,7 @@ impl Review {
 
 /// The name the request gives. A validating webhook is shown the name the API server
 /// generated; only where it is not yet chosen is there just `generateName`.
-fn object_name<'a>(request: &'a Value, metadata: Option<&'a Value>) -> ObjectName<'a> {
+fn object_name<'a>(request: &'a Json<'_>, metadata: Option<&'a Json<'_>>) -> ObjectName<'a> {
     str_at(request, "name")
         .filter(|n| !n.is_empty())
         .or_else(|| metadata.and_then(|m| str_at(m, "name")))
@@ -190,7 +182,7 @@ fn object_name<'a>(request: &'a Value, metadata: Option<&'a Value>) -> ObjectNam
 fn subject(
     kind: &str,
     operation: &str,
-    request: &Value,
+    request: &Json<'_>,
     namespace: &str,
     name: ObjectName<'_>,
 ) -> Subject {
@@ -205,7 +197,7 @@ fn subject(
     }
     let object = match request.get("object") {
         Some(object) if object.is_object() => object,
-        None | Some(Value::Null) => {
+        None | Some(Json::Null) => {
             return Subject::Unreadable(format!(
                 "a {operation} of a {} without request.object",
                 kind.as_str()
@@ -214,7 +206,7 @@ fn subject(
         Some(other) => {
             return Subject::Unreadable(format!(
                 "request.object is {}, not a {}",
-                json_type(other),
+                other.type_name(),
                 kind.as_str()
             ))
         }
@@ -260,33 +252,65 @@ impl Decision {
         }
     }
 
-    /// The `AdmissionReview` carrying this decision for request `uid`.
-    pub fn to_review(&self, uid: &str) -> Value {
-        let mut response = Map::new();
-        response.insert("uid".into(), uid.into());
-        response.insert("allowed".into(), self.allowed.into());
-        if !self.allowed {
-            response.insert(
-                "status".into(),
-                json!({
-                    "code": 403,
-                    "reason": "Forbidden",
-                    "message": self.message.clone().unwrap_or_default(),
+    /// The `AdmissionReview` carrying this decision for request `uid`, borrowing from it.
+    pub fn reply<'a>(&'a self, uid: &'a str) -> Reply<'a> {
+        Reply {
+            api_version: API_VERSION,
+            kind: "AdmissionReview",
+            response: Response {
+                allowed: self.allowed,
+                audit_annotations: &self.audit,
+                status: (!self.allowed).then(|| Status {
+                    code: 403,
+                    message: self.message.as_deref().unwrap_or_default(),
+                    reason: "Forbidden",
                 }),
-            );
+                uid,
+                warnings: &self.warnings,
+            },
         }
-        if !self.warnings.is_empty() {
-            response.insert("warnings".into(), json!(self.warnings));
-        }
-        if !self.audit.is_empty() {
-            response.insert("auditAnnotations".into(), json!(self.audit));
-        }
-        json!({
-            "apiVersion": API_VERSION,
-            "kind": "AdmissionReview",
-            "response": response,
-        })
     }
+
+    /// The reply as JSON text.
+    pub fn reply_bytes(&self, uid: &str) -> Vec<u8> {
+        // Serialising borrowed strings, maps and lists into a Vec cannot fail.
+        serde_json::to_vec(&self.reply(uid)).unwrap_or_default()
+    }
+
+    /// The reply as a JSON value.
+    pub fn to_review(&self, uid: &str) -> Value {
+        serde_json::to_value(self.reply(uid)).unwrap_or_default()
+    }
+}
+
+/// An `AdmissionReview` reply. Its members are in the order of their names, as
+/// `serde_json` writes a map.
+#[derive(Debug, Serialize)]
+pub struct Reply<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    response: Response<'a>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Response<'a> {
+    allowed: bool,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    audit_annotations: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Status<'a>>,
+    uid: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+}
+
+#[derive(Debug, Serialize)]
+struct Status<'a> {
+    code: u16,
+    message: &'a str,
+    reason: &'static str,
 }
 
 #[cfg(test)]

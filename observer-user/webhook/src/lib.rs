@@ -2,8 +2,8 @@
 //! a pod's images may run, answers from a cache, keeps a strict time budget, and fails open
 //! or closed per namespace, never by accident.
 //!
-//! [`admission`] reads the review and writes the reply, [`workload`] what in its object
-//! runs; [`policy`] decides, through [`cache`] and the backend client shared with the
+//! [`admission`] reads the review (as [`json`] that borrows from the body) and writes the
+//! reply, [`workload`] what in its object runs; [`policy`] decides, through [`cache`] and the backend client shared with the
 //! observer (`zastava_platform::backend`), and [`judgement`] turns the verdicts into the
 //! decision, told in [`message`]s people can read; [`tls`] serves the certificate and
 //! follows its rotation; [`server`] holds the listeners and logs every decision, and
@@ -14,6 +14,7 @@ pub mod body;
 pub mod cache;
 pub mod config;
 pub mod connection;
+pub mod json;
 pub mod judgement;
 pub mod message;
 pub mod policy;

@@ -141,7 +141,12 @@ async fn validate(State(app): State<Arc<App>>, request: Request) -> Response {
     metrics::counter!(ADMISSION_DECISIONS.name, "decision" => decision.label()).increment(1);
     metrics::histogram!(ADMISSION_DECISION_SECONDS.name).record(elapsed.as_secs_f64());
     log_decision(&review, &decision, elapsed);
-    json(StatusCode::OK, &decision.to_review(&review.uid))
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        decision.reply_bytes(&review.uid),
+    )
+        .into_response()
 }
 
 /// The decision's log line: one per review, every field a runbook filters on.

@@ -5,11 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
-
 use observer_common::identity::{
     ImageReference, ObjectKind, ObjectName, ObjectRef, WorkloadIdentity,
 };
+
+use crate::json::Json;
 
 /// Which list of the pod spec a container is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,8 +71,8 @@ impl WorkloadUnderReview {
     }
 }
 
-pub(crate) fn str_at<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
-    value.get(key).and_then(Value::as_str)
+pub(crate) fn str_at<'a>(value: &'a Json<'_>, key: &str) -> Option<&'a str> {
+    value.get(key).and_then(Json::as_str)
 }
 
 /// Where the pod spec of a `kind` is, below the object.
@@ -89,7 +89,7 @@ fn template_path(kind: ObjectKind) -> &'static [&'static str] {
 }
 
 /// The pod (template) of `object`: what holds the labels and the spec.
-fn template(kind: ObjectKind, object: &Value) -> Result<&Value, String> {
+fn template<'j, 'a>(kind: ObjectKind, object: &'j Json<'a>) -> Result<&'j Json<'a>, String> {
     let path = template_path(kind);
     let mut template = object;
     for (i, key) in path.iter().enumerate() {
@@ -105,8 +105,8 @@ fn template(kind: ObjectKind, object: &Value) -> Result<&Value, String> {
 /// images of `old_object` if there is one.
 pub fn read(
     kind: ObjectKind,
-    object: &Value,
-    old_object: Option<&Value>,
+    object: &Json<'_>,
+    old_object: Option<&Json<'_>>,
     namespace: &str,
     name: ObjectName<'_>,
 ) -> Result<WorkloadUnderReview, String> {
@@ -114,11 +114,11 @@ pub fn read(
     let labels: BTreeMap<String, String> = pod
         .get("metadata")
         .and_then(|m| m.get("labels"))
-        .and_then(Value::as_object)
+        .and_then(Json::members)
         .map(|labels| {
             labels
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_owned(), v.as_str()?.to_owned())))
                 .collect()
         })
         .unwrap_or_default();
@@ -147,7 +147,7 @@ pub fn read(
 }
 
 /// Every container's image in the pod (template) `template`.
-fn images(template: &Value) -> Result<Vec<ContainerImage>, String> {
+fn images(template: &Json<'_>) -> Result<Vec<ContainerImage>, String> {
     let spec = template
         .get("spec")
         .filter(|s| s.is_object())
@@ -159,8 +159,8 @@ fn images(template: &Value) -> Result<Vec<ContainerImage>, String> {
         ("ephemeralContainers", ContainerKind::Ephemeral),
     ] {
         let list = match spec.get(field) {
-            None | Some(Value::Null) => continue,
-            Some(Value::Array(list)) => list,
+            None | Some(Json::Null) => continue,
+            Some(Json::Array(list)) => list,
             Some(_) => return Err(format!("spec.{field} is not a list")),
         };
         images.reserve(list.len());
@@ -185,7 +185,7 @@ fn images(template: &Value) -> Result<Vec<ContainerImage>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -197,8 +197,22 @@ mod tests {
         })
     }
 
+    /// `read` of the objects as the webhook reads them: parsed from their text.
+    fn read_text(
+        kind: ObjectKind,
+        object: &Value,
+        old: Option<&Value>,
+        name: ObjectName<'_>,
+    ) -> Result<WorkloadUnderReview, String> {
+        let text = serde_json::to_vec(object).unwrap();
+        let old_text = old.map(|o| serde_json::to_vec(o).unwrap());
+        let object = Json::parse(&text).unwrap();
+        let old = old_text.as_deref().map(|t| Json::parse(t).unwrap());
+        read(kind, &object, old.as_ref(), "shop", name)
+    }
+
     fn read_new(kind: ObjectKind, object: &Value, name: ObjectName<'_>) -> WorkloadUnderReview {
-        read(kind, object, None, "shop", name).unwrap()
+        read_text(kind, object, None, name).unwrap()
     }
 
     #[test]
@@ -273,11 +287,10 @@ mod tests {
         let old = json!({"spec": {"template": {"spec": pod_spec()}}});
         let mut same = old.clone();
         same["spec"]["replicas"] = 1.into();
-        let w = read(
+        let w = read_text(
             ObjectKind::ReplicaSet,
             &same,
             Some(&old),
-            "shop",
             ObjectName::Given("a"),
         )
         .unwrap();
@@ -288,11 +301,10 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("ephemeralContainers");
-        let w = read(
+        let w = read_text(
             ObjectKind::ReplicaSet,
             &fewer,
             Some(&old),
-            "shop",
             ObjectName::Given("a"),
         )
         .unwrap();
@@ -301,30 +313,21 @@ mod tests {
         let mut changed = old.clone();
         changed["spec"]["template"]["spec"]["containers"][0]["image"] =
             "registry.example/app:1.5".into();
-        let w = read(
+        let w = read_text(
             ObjectKind::ReplicaSet,
             &changed,
             Some(&old),
-            "shop",
             ObjectName::Given("a"),
         )
         .unwrap();
         assert!(!w.adds_no_image());
         // No old object (a create), or one without a pod spec: judged.
-        let w = read(
-            ObjectKind::ReplicaSet,
-            &same,
-            None,
-            "shop",
-            ObjectName::Given("a"),
-        )
-        .unwrap();
+        let w = read_text(ObjectKind::ReplicaSet, &same, None, ObjectName::Given("a")).unwrap();
         assert!(!w.adds_no_image());
-        let w = read(
+        let w = read_text(
             ObjectKind::ReplicaSet,
             &same,
             Some(&json!({})),
-            "shop",
             ObjectName::Given("a"),
         )
         .unwrap();
@@ -343,7 +346,7 @@ mod tests {
     #[test]
     fn objects_that_are_not_what_their_kind_says_are_named_errors() {
         let err = |kind, object: Value| {
-            read(kind, &object, None, "shop", ObjectName::Given("x")).unwrap_err()
+            read_text(kind, &object, None, ObjectName::Given("x")).unwrap_err()
         };
         assert_eq!(
             err(ObjectKind::Pod, json!({"metadata": {}})),

@@ -1,4 +1,5 @@
 use super::*;
+use serde_json::json;
 
 /// A fixture of `tests/fixtures/admission/` (requests as an API server sends them).
 macro_rules! fixture {
@@ -308,9 +309,7 @@ fn the_reply_echoes_the_uid_and_explains_a_denial() {
         details: vec!["app: denied".into(), "w".into()],
     };
     assert_eq!(d.label(), "deny");
-    assert_eq!(
-        d.to_review("u-1"),
-        json!({
+    let expected = json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
             "response": {
@@ -319,14 +318,29 @@ fn the_reply_echoes_the_uid_and_explains_a_denial() {
                 "status": {"code": 403, "reason": "Forbidden", "message": "app: denied"},
                 "warnings": ["w"],
                 "auditAnnotations": {"verdict-source": "backend"},
-            }
-        })
-    );
+        }
+    });
+    assert_eq!(d.to_review("u-1"), expected);
+    // The bytes are those of the value, members in the order of their names.
+    assert_eq!(d.reply_bytes("u-1"), serde_json::to_vec(&expected).unwrap());
     let skipped = Decision::not_judged(NotJudged::UnchangedImages);
     assert_eq!(skipped.label(), "allow");
+    let expected = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "response": {"uid": "u-2", "allowed": true, "auditAnnotations": {
+            "not-judged": "the update adds no image to those oldObject has"}}});
+    assert_eq!(skipped.to_review("u-2"), expected);
     assert_eq!(
-        skipped.to_review("u-2")["response"],
-        json!({"uid": "u-2", "allowed": true, "auditAnnotations": {
-            "not-judged": "the update adds no image to those oldObject has"}})
+        skipped.reply_bytes("u-2"),
+        serde_json::to_vec(&expected).unwrap()
+    );
+    // Allowed with warnings and nothing to audit: no status, no annotations.
+    let warned = Decision {
+        allowed: true,
+        warnings: vec!["tag only: \"quoted\"".into()],
+        ..Decision::default()
+    };
+    assert_eq!(
+        String::from_utf8(warned.reply_bytes("u-3")).unwrap(),
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"allowed":true,"uid":"u-3","warnings":["tag only: \"quoted\""]}}"#
     );
 }
