@@ -1,8 +1,8 @@
 //! The event loop: read the ring buffer when the probes wake the daemon (and on a short
 //! tick, for records that came without a wakeup), apply the runtime watcher's updates as
 //! they arrive, release events whose wait for attribution ran out, and once a second warn
-//! about kernel-side losses and report repeats of edges that went quiet. Ends on SIGINT,
-//! SIGTERM or the deadline.
+//! about kernel-side losses, report repeats of edges that went quiet and hand freed heap
+//! back to the system. Ends on SIGINT, SIGTERM or the deadline.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use observer_common::Counter;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
 use tracing::{info, warn};
 
-use super::{RunError, Running};
+use super::{memory::FreedHeap, RunError, Running};
 use crate::{
     kernel::{KernelCounters, Probes},
     pipeline::Pipeline,
@@ -39,6 +39,7 @@ impl Running {
             last_sweep: Instant::now(),
             last_resync: Instant::now(),
         };
+        let mut freed = FreedHeap::start();
         // Disjoint borrows: the select arms each work on their own parts.
         let Running {
             pipeline,
@@ -75,6 +76,7 @@ impl Running {
                         on_second(pipeline, probes, *dedup_window_ns, reported)?;
                     }
                     chores.run(pipeline);
+                    freed.check();
                 }
             }
         }

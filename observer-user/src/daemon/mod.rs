@@ -4,6 +4,7 @@
 //! record ([`shutdown`]).
 
 mod event_loop;
+mod memory;
 mod shutdown;
 mod startup;
 

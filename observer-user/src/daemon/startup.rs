@@ -425,11 +425,7 @@ fn load_probes(
 /// tens of MiB of heap that is free once the programs are loaded; the allocator keeps
 /// freed pages unless told, and they would count in the daemon's resident set for good.
 fn return_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    super::memory::return_freed();
 }
 
 /// The struct offsets of the kernel view, as `observer.kernel_view` asks.
