@@ -1,8 +1,9 @@
 //! The event loop: read the ring buffer when the probes wake the daemon (and on a short
 //! tick, for records that came without a wakeup), apply the runtime watcher's updates as
-//! they arrive, release events whose wait for attribution ran out, and once a second warn
-//! about kernel-side losses, report repeats of edges that went quiet and hand freed heap
-//! back to the system. Ends on SIGINT, SIGTERM or the deadline.
+//! they arrive, release events whose wait for attribution ran out, report repeats of
+//! edges that went quiet (read from the kernel four times a second while it holds any),
+//! and once a second warn about kernel-side losses and hand freed heap back to the system.
+//! Ends on SIGINT, SIGTERM or the deadline.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,9 @@ pub(super) const DRAIN_BUDGET: usize = 64 * 1024;
 /// How often held events are checked against their deadline, and the ring buffer is read
 /// for records that came without a wakeup.
 const ATTRIBUTION_TICK: Duration = Duration::from_millis(25);
+/// How often the kernel's dedup map is read for repeats of edges that went quiet (while
+/// it holds any): the delay it adds to their record, beyond the quiet time itself.
+const QUIET_REPEATS_EVERY: Duration = Duration::from_millis(250);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const RESYNC_EVERY: Duration = Duration::from_secs(60);
 
@@ -35,6 +39,8 @@ impl Running {
         let mut second = tokio::time::interval(Duration::from_secs(1));
         let mut attribution_tick = tokio::time::interval(ATTRIBUTION_TICK);
         attribution_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut repeats_tick = tokio::time::interval(QUIET_REPEATS_EVERY);
+        repeats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut chores = Chores {
             last_sweep: Instant::now(),
             last_resync: Instant::now(),
@@ -68,12 +74,17 @@ impl Running {
                 _ = attribution_tick.tick() => {
                     on_attribution_tick(pipeline, probes.as_mut(), ring.as_mut())?;
                 }
+                _ = repeats_tick.tick() => {
+                    if let Some(probes) = probes.as_ref() {
+                        on_repeats_tick(pipeline, probes, *dedup_window_ns)?;
+                    }
+                }
                 _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
                 _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
                 () = sleep_until(deadline) => { info!("duration reached: shutting down"); break; }
                 _ = second.tick() => {
                     if let Some(probes) = probes.as_ref() {
-                        on_second(pipeline, probes, *dedup_window_ns, reported)?;
+                        on_second(pipeline, probes, reported);
                     }
                     chores.run(pipeline);
                     freed.check();
@@ -121,27 +132,36 @@ fn on_attribution_tick(
     pipeline.flush().map_err(RunError::Output)
 }
 
-/// Once a second: kernel losses into the account (and the log), and repeats of edges that
-/// went quiet, so they are not left waiting for a report that may never come.
-fn on_second(
-    pipeline: &mut Pipeline,
-    probes: &Probes,
-    dedup_window_ns: u64,
-    reported: &mut KernelCounters,
-) -> Result<(), RunError> {
+/// Once a second: kernel losses into the account (and the log).
+fn on_second(pipeline: &mut Pipeline, probes: &Probes, reported: &mut KernelCounters) {
     let Ok(now) = probes.counters() else {
-        return Ok(());
+        return;
     };
     warn_on_new_losses(reported, &now);
     pipeline.account_kernel(&now);
-    if dedup_window_ns > 0 && pipeline.repeats_held(&now) > 0 {
+    *reported = now;
+}
+
+/// While the kernel holds repeats: those of edges that went quiet, so they are not left
+/// waiting for a report that may never come.
+fn on_repeats_tick(
+    pipeline: &mut Pipeline,
+    probes: &Probes,
+    dedup_window_ns: u64,
+) -> Result<(), RunError> {
+    if dedup_window_ns == 0 {
+        return Ok(());
+    }
+    let Ok(now) = probes.counters() else {
+        return Ok(());
+    };
+    if pipeline.repeats_held(&now) > 0 {
         if let Ok(entries) = probes.dedup_entries() {
             pipeline
                 .sweep_repeats(&entries, dedup_window_ns)
                 .map_err(RunError::Output)?;
         }
     }
-    *reported = now;
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! Reading a whole per-CPU hash map with `BPF_MAP_LOOKUP_BATCH`: a few system calls for
 //! thousands of entries, where iterating key by key costs two (next key, then lookup) per
-//! entry. The dedup map holds up to 16 Ki edges and is read every second while repeats are
-//! held; key by key that was most of the daemon's CPU time in a storm of new edges.
+//! entry. The dedup map holds up to 16 Ki edges and is read four times a second while
+//! repeats are held; key by key that was most of the daemon's CPU time in a storm of new
+//! edges.
 
 use std::{
     io,
