@@ -7,18 +7,21 @@
 
 use std::{collections::HashMap, hash::Hash};
 
+use foldhash::fast::RandomState;
+
+/// Its keys are looked up for every report of an edge: a fast hasher, seeded per process.
 #[derive(Debug)]
 pub struct Recent<K, V> {
-    current: HashMap<K, V>,
-    previous: HashMap<K, V>,
+    current: HashMap<K, V, RandomState>,
+    previous: HashMap<K, V, RandomState>,
     half: usize,
 }
 
 impl<K: Eq + Hash, V> Recent<K, V> {
     pub fn new(capacity: usize) -> Self {
         Recent {
-            current: HashMap::new(),
-            previous: HashMap::new(),
+            current: HashMap::default(),
+            previous: HashMap::default(),
             half: (capacity / 2).max(1),
         }
     }

@@ -10,13 +10,16 @@
 
 use std::collections::{HashMap, HashSet};
 
+use foldhash::fast::RandomState;
 use observer_common::{DedupKey, DedupState};
 
 use crate::record::HeldRepeats;
 
 #[derive(Debug, Default)]
 pub struct DedupAccount {
-    reported: HashMap<(DedupKey, u32), u64>,
+    /// Keyed by the kernel's own hash of an edge and a CPU: a fast hasher, seeded per
+    /// process (this map is looked up for every report and every entry of every read).
+    reported: HashMap<(DedupKey, u32), u64, RandomState>,
     /// Repeats reported since start.
     total: u64,
 }
@@ -54,10 +57,10 @@ impl DedupAccount {
         now_ns: u64,
         quiet_ns: u64,
     ) -> Vec<(DedupKey, HeldRepeats)> {
-        let present: HashSet<(DedupKey, u32)> =
+        let present: HashSet<(DedupKey, u32), RandomState> =
             entries.iter().map(|(k, cpu, _)| (*k, *cpu)).collect();
         self.reported.retain(|k, _| present.contains(k));
-        let mut found: HashMap<DedupKey, HeldRepeats> = HashMap::new();
+        let mut found: HashMap<DedupKey, HeldRepeats, RandomState> = HashMap::default();
         for (key, cpu, state) in entries {
             let reported = self.reported.get(&(*key, *cpu)).copied().unwrap_or(0);
             if state.suppressed == reported || now_ns.saturating_sub(state.last_ns) < quiet_ns {
