@@ -7,9 +7,9 @@
 //! holds free; when that has grown by [`RETURN_AFTER`] since its lowest point (what was
 //! in use and has been freed since, so resident), it asks for it to be returned.
 
-/// Freed heap beyond which it is returned (64 pages of 64 KiB: small next to the ring
-/// buffer, large enough that a steady daemon never trims).
-pub(super) const RETURN_AFTER: usize = 4 << 20;
+/// Freed heap beyond which it is returned: small next to the ring buffer, large enough
+/// that a steady daemon does not trim.
+const RETURN_AFTER: usize = 4 << 20;
 
 /// What the allocator held free when last looked at, and at its lowest since the last
 /// return.
@@ -19,9 +19,8 @@ pub(super) struct FreedHeap {
 }
 
 impl FreedHeap {
-    /// Returns what is free now, and starts watching from there.
+    /// Starts watching from what is free now (start-up returned what it freed already).
     pub(super) fn start() -> FreedHeap {
-        return_freed();
         FreedHeap {
             lowest: free_bytes().unwrap_or(0),
         }

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use serde_json::Value;
 
 use observer_common::identity::{ObjectKind, ObjectName};
 
@@ -275,11 +274,6 @@ impl Decision {
     pub fn reply_bytes(&self, uid: &str) -> Vec<u8> {
         // Serialising borrowed strings, maps and lists into a Vec cannot fail.
         serde_json::to_vec(&self.reply(uid)).unwrap_or_default()
-    }
-
-    /// The reply as a JSON value.
-    pub fn to_review(&self, uid: &str) -> Value {
-        serde_json::to_value(self.reply(uid)).unwrap_or_default()
     }
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// A fixture of `tests/fixtures/admission/` (requests as an API server sends them).
 macro_rules! fixture {
@@ -320,7 +320,6 @@ fn the_reply_echoes_the_uid_and_explains_a_denial() {
                 "auditAnnotations": {"verdict-source": "backend"},
         }
     });
-    assert_eq!(d.to_review("u-1"), expected);
     // The bytes are those of the value, members in the order of their names.
     assert_eq!(d.reply_bytes("u-1"), serde_json::to_vec(&expected).unwrap());
     let skipped = Decision::not_judged(NotJudged::UnchangedImages);
@@ -328,7 +327,6 @@ fn the_reply_echoes_the_uid_and_explains_a_denial() {
     let expected = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "response": {"uid": "u-2", "allowed": true, "auditAnnotations": {
             "not-judged": "the update adds no image to those oldObject has"}}});
-    assert_eq!(skipped.to_review("u-2"), expected);
     assert_eq!(
         skipped.reply_bytes("u-2"),
         serde_json::to_vec(&expected).unwrap()
