@@ -324,7 +324,8 @@ fn a_bundle_exported_again_is_kept_and_a_different_one_is_not_overwritten() {
         "--run-id",
         "../escape",
     ]);
-    assert_eq!(run.code, 1);
+    // Wrong usage, refused before anything is read.
+    assert_eq!(run.code, 2);
     assert!(
         run.stderr
             .contains("run id \"../escape\" is not 1 to 64 of"),
@@ -446,6 +447,57 @@ fn filters_keep_what_they_name_and_count_the_rest() {
         .map(|i| i["filteredOut"].as_u64().unwrap())
         .sum();
     assert_eq!(filtered as usize, RECORDS - kept.len());
+    let out = evidence(&["verify", &dir, "--no-signature"]);
+    assert!(out.ok().starts_with("verified: "), "{}", out.stdout);
+
+    // An instant an offset carries past the four-digit years could not be written back in
+    // the manifest: wrong usage, refused before anything is read.
+    let run = evidence(&[
+        "export",
+        logs.to_str().unwrap(),
+        "--out",
+        tmp.path().join("late").to_str().unwrap(),
+        "--since",
+        "9999-12-31T23:30:00-01:00",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("outside the years 0000 to 9999"),
+        "{}",
+        run.stderr
+    );
+    assert!(!tmp.path().join("late").exists());
+}
+
+/// A record whose canonical form is longer than the longest input line export reads
+/// (`1e20` is written as its 21 digits): exported whole, and its own verify accepts it.
+#[test]
+fn a_record_longer_in_canonical_form_than_any_input_line_exports_and_verifies() {
+    let tmp = TempDir::new("evidence-long");
+    let record = runtime_line(3);
+    let numbers = vec!["1e20"; 800_000].join(",");
+    let long = format!(
+        "{},\"samples\":[{numbers}]}}",
+        record.strip_suffix('}').unwrap()
+    );
+    assert!(long.len() < 16 << 20);
+    let logs = tmp.path().join("logs");
+    write_lines(
+        &logs.join("zastava.runtime.ndjson"),
+        [runtime_line(0), long, runtime_line(7)],
+    );
+    let dir = export(&tmp.path().join("out"), &[&logs], &[]);
+    let bundle = Path::new(&dir);
+    let stream = std::fs::read_to_string(bundle.join("zastava.runtime.ndjson")).unwrap();
+    let longest = stream.lines().map(str::len).max().unwrap();
+    assert!(longest > 16 << 20, "{longest}");
+    let kept = lines(&bundle.join("zastava.runtime.ndjson"));
+    let samples = kept
+        .iter()
+        .find_map(|r| r["samples"].as_array())
+        .expect("the long record is exported");
+    assert_eq!(samples.len(), 800_000);
+    assert_eq!(samples[0].as_f64(), Some(1e20));
     let out = evidence(&["verify", &dir, "--no-signature"]);
     assert!(out.ok().starts_with("verified: "), "{}", out.stdout);
 }

@@ -141,6 +141,27 @@ fn openssl_verifies_the_signature_over_the_dsse_pae_bytes() {
     ])
     .ok();
     assert!(before == std::fs::read(bundle.join("manifest.dsse.json")).unwrap());
+
+    // `sign --archive` writes the archive again: the same bytes as export's, and it verifies.
+    let archive = bundle.with_extension("tar.zst");
+    let exported = std::fs::read(&archive).unwrap();
+    std::fs::remove_file(&archive).unwrap();
+    let run = evidence(&[
+        "sign",
+        bundle.to_str().unwrap(),
+        "--key",
+        tmp.path().join("signer.pem").to_str().unwrap(),
+        "--archive",
+    ]);
+    run.ok();
+    assert!(
+        run.stderr
+            .contains(&format!("archived: {}", archive.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(exported == std::fs::read(&archive).unwrap());
+    assert!(verify(&archive, &public).ok().starts_with("verified: "));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use super::{
     deployment, dsse,
     export::{self, ExportOptions, Exported},
     input::Filters,
-    sha256_file,
+    manifest, sha256_file,
     time::{self, Instant},
     verify::{self, Report},
     EvidenceError, ScratchDir, Stream, COALESCED, ENVELOPE, MANIFEST,
@@ -55,7 +55,7 @@ struct ExportArgs {
     #[arg(long, value_name = "DIR", default_value = "offline")]
     out: PathBuf,
     /// Name the bundle (default: the first 16 hex digits of its content hash).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = parse_run_id)]
     run_id: Option<String>,
     /// Only records at or after this instant (RFC 3339, e.g. 2026-11-22T05:00:00Z).
     #[arg(long, value_name = "TIME", value_parser = parse_instant)]
@@ -130,6 +130,10 @@ struct DebugPathArgs {
     /// The debug tree.
     #[arg(long, value_name = "DIR", default_value = debug_path::DEFAULT_ROOT)]
     debug_root: PathBuf,
+}
+
+fn parse_run_id(text: &str) -> Result<String, String> {
+    manifest::check_run_id(text).map(|()| text.to_owned())
 }
 
 fn parse_instant(text: &str) -> Result<Instant, String> {

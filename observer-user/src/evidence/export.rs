@@ -184,10 +184,10 @@ pub fn export(options: &ExportOptions) -> Result<Exported, EvidenceError> {
                         digest: record.image_digest().map(str::as_bytes),
                         line: &[],
                     };
-                    // Canonical text is never more than six times the input's: escapes only
-                    // shrink, and the longest number growth (`1e20`) is below that.
                     sorter
-                        .push_with(&key, line.len() * 6 + 16, |arena| record.json.write(arena))
+                        .push_with(&key, input::canonical_bound(line.len()), |arena| {
+                            record.json.write(arena)
+                        })
                         .map_err(EvidenceError::io("write a sort run in", sort_dir.path()))
                 },
             )?;

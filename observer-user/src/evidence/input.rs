@@ -24,6 +24,16 @@ use super::{
 /// must not be read into memory whole).
 pub const MAX_LINE: usize = 16 << 20;
 
+/// The longest line a bundle's stream may hold: the canonical form of an input line of
+/// `MAX_LINE`. Escapes only shrink in canonical form, and the longest growth of a number
+/// (`1e20`, 4 bytes, is 21 digits) is below six times.
+pub const MAX_CANONICAL_LINE: usize = canonical_bound(MAX_LINE);
+
+/// The most canonical bytes an input line of `len` bytes can become.
+pub const fn canonical_bound(len: usize) -> usize {
+    len * 6 + 16
+}
+
 /// One input file of one stream.
 #[derive(Clone, Debug)]
 pub struct InputFile {

@@ -16,7 +16,7 @@ use zastava_platform::deployment::Deployment;
 use super::{
     deployment, hex,
     identity::Identity,
-    input::{self, Filters, Hashing, MAX_LINE},
+    input::{self, Filters, Hashing, MAX_CANONICAL_LINE},
     merge::{coalesce, coalesced_line, Rec, Slot, Source},
     problems::Problems,
     time, Stream, COALESCED,
@@ -75,7 +75,7 @@ impl<'a> StreamReader<'a> {
         loop {
             self.buf.clear();
             let n = (&mut self.input)
-                .take(MAX_LINE as u64 + 1)
+                .take(MAX_CANONICAL_LINE as u64 + 1)
                 .read_until(b'\n', &mut self.buf)?;
             if n == 0 {
                 return Ok(false);
@@ -84,7 +84,7 @@ impl<'a> StreamReader<'a> {
             let at = Some(self.line_number);
             if self.buf.last() == Some(&b'\n') {
                 self.buf.pop();
-            } else if self.buf.len() > MAX_LINE {
+            } else if self.buf.len() > MAX_CANONICAL_LINE {
                 input::skip_line(&mut self.input)?;
                 self.problems.add(name, at, "line too long");
                 continue;
@@ -201,9 +201,13 @@ pub fn check_content(
         coalesced_line(stream, *count, &rec, &mut expected);
         expected.push(b'\n');
         found.clear();
+        // No more than the expected line: a longer one differs, and its rest is passed over.
         (&mut coalesced)
-            .take(MAX_LINE as u64 * 2)
+            .take(expected.len() as u64)
             .read_until(b'\n', &mut found)?;
+        if found.last() != Some(&b'\n') && found.len() == expected.len() {
+            input::skip_line(&mut coalesced)?;
+        }
         line_number += 1;
         if found != expected {
             differing += 1;
@@ -238,15 +242,8 @@ pub fn check_content(
         );
     }
     let mut extra = 0u64;
-    loop {
-        found.clear();
-        if (&mut coalesced)
-            .take(MAX_LINE as u64 * 2)
-            .read_until(b'\n', &mut found)?
-            == 0
-        {
-            break;
-        }
+    while !coalesced.fill_buf()?.is_empty() {
+        input::skip_line(&mut coalesced)?;
         extra += 1;
     }
     if extra > 0 {

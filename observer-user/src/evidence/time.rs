@@ -100,6 +100,13 @@ pub fn parse(text: &str) -> Result<Instant, String> {
     let secs = days_from_civil(year, month, day) * 86_400
         + i64::from(hour * 3600 + minute * 60 + second)
         - offset_secs;
+    // An offset can carry a date across the ends of the four-digit years; such an instant
+    // could not be written back in this form (a bundle names its filters and records in
+    // UTC), so it is refused rather than written in a form nothing reads.
+    if !(days_from_civil(0, 1, 1) * 86_400..days_from_civil(10_000, 1, 1) * 86_400).contains(&secs)
+    {
+        return Err(bad("in UTC it falls outside the years 0000 to 9999"));
+    }
     Ok(i128::from(secs) * 1_000_000_000 + nanos)
 }
 
@@ -126,6 +133,13 @@ mod tests {
             Ok(base - 123_456_789 + 500_000_000)
         );
         assert_eq!(parse("1970-01-01T00:00:00Z"), Ok(0));
+        // The ends of the range, written back as they were read.
+        for text in [
+            "0000-01-01T00:00:00.000000000Z",
+            "9999-12-31T23:59:59.999999999Z",
+        ] {
+            assert_eq!(format(parse(text).unwrap()), text);
+        }
         assert_eq!(parse("1969-12-31T23:59:59.999999999Z"), Ok(-1));
         assert_eq!(
             parse("2000-03-01T00:00:00Z"),
@@ -150,6 +164,14 @@ mod tests {
             ("2026-11-22T05:41:21+0200", "'Z' or an offset"),
             ("2026-11-22T05:41:21z", "'Z' or an offset"),
             ("2026-1x-22T05:41:21Z", "a digit was expected"),
+            (
+                "9999-12-31T23:30:00-01:00",
+                "outside the years 0000 to 9999",
+            ),
+            (
+                "0000-01-01T00:30:00+01:00",
+                "outside the years 0000 to 9999",
+            ),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(why), "{text}: {err}");
