@@ -169,17 +169,31 @@ fn wait_running(containerd: &Containerd, started: &Started, name: &str, ready: &
     }
 }
 
-/// The observer DaemonSet of `overlay`, its pod spec changed by `edit`, started against
-/// `containerd` (whose socket directory stands for the node's /run/containerd), with fresh
-/// host directories for the spool and the event log.
+/// The observer DaemonSet of `overlay`, its pod spec changed by `edit` and the
+/// `zastava-deployment` ConfigMap given `deployment` (as an overlay's `behavior: merge`
+/// would), started against `containerd` (whose socket directory stands for the node's
+/// /run/containerd), with fresh host directories for the spool and the event log.
 fn start_observer(
     containerd: &mut Containerd,
     overlay: &str,
     edit: &dyn Fn(&mut Value),
+    deployment: &[(&str, &str)],
     host_dirs: &TempDir,
     secrets: &Secrets,
 ) -> Result<Started, String> {
-    let docs = render(overlay);
+    let mut docs = render(overlay);
+    let map = docs
+        .iter_mut()
+        .find(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("zastava-deployment-"))
+        })
+        .expect("the zastava-deployment ConfigMap is rendered");
+    for (key, value) in deployment {
+        map["data"][*key] = Value::from(*value);
+    }
     let mut template = object(&docs, "DaemonSet", "zastava-observer")["spec"]["template"].clone();
     edit(&mut template);
     let runtime_dir = containerd.socket.parent().unwrap().to_owned();
@@ -241,10 +255,32 @@ fn the_observer_daemonset_runs_with_four_capabilities_and_attributes_a_pods_exec
         "RuntimeDefault"
     );
 
+    // The installation's identity, from the ConfigMap every container reads through
+    // `envFrom`; records carry it when asked to.
+    let include_deployment = |template: &mut Value| {
+        let observer = template["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|c| c["name"] == "observer")
+            .unwrap();
+        observer["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "name": "ZASTAVA__NDJSON__INCLUDE_DEPLOYMENT",
+                "value": "true",
+            }));
+    };
     let started = start_observer(
         &mut containerd,
         "overlays/capture",
-        &|_| {},
+        &include_deployment,
+        &[
+            ("TENANT", "acme"),
+            ("ENVIRONMENT", "prod"),
+            ("DEPLOYMENT", "eu-west-7"),
+        ],
         &host_dirs,
         &secrets,
     )
@@ -330,6 +366,11 @@ fn the_observer_daemonset_runs_with_four_capabilities_and_attributes_a_pods_exec
         assert_eq!(e["workloadIdSource"], "label", "{e}");
         assert_eq!(e["tenant"], "acme", "{e}");
         assert_eq!(
+            e["deployment"],
+            serde_json::json!({"tenant": "acme", "environment": "prod", "cluster": "eu-west-7"}),
+            "{e}"
+        );
+        assert_eq!(
             e["imageDigest"],
             containerd.images.busybox_manifest.as_str(),
             "{e}"
@@ -382,6 +423,7 @@ fn the_observer_without_cap_bpf_stops_and_names_what_it_lacks() {
         &mut containerd,
         "overlays/capture",
         &without_bpf,
+        &[],
         &host_dirs,
         &secrets,
     )

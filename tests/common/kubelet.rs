@@ -400,6 +400,54 @@ fn oom_score_adj(spec: &Value, container: &Value, qos: &str) -> i64 {
     }
 }
 
+/// A container's environment as the kubelet sets it: every key of each `envFrom`
+/// ConfigMap (with its prefix) first, then `env`, which wins over it.
+fn environment(deployed: &DeployedPod<'_>, container: &Value) -> Vec<proto::KeyValue> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    let mut set = |key: String, value: String| match vars.iter_mut().find(|(k, _)| *k == key) {
+        Some(var) => var.1 = value,
+        None => vars.push((key, value)),
+    };
+    for from in list(&container["envFrom"]) {
+        let name = from["configMapRef"]["name"].as_str().unwrap_or_else(|| {
+            panic!("an envFrom source the test cannot fill (only configMapRef): {from}")
+        });
+        let Some(map) = deployed
+            .docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == name)
+        else {
+            assert!(
+                from["configMapRef"]["optional"] == true,
+                "envFrom names ConfigMap {name}, which is not rendered (the kubelet would not \
+                 start the container)"
+            );
+            continue;
+        };
+        let prefix = from["prefix"].as_str().unwrap_or_default();
+        if let Some(data) = map["data"].as_object() {
+            for (key, value) in data {
+                set(format!("{prefix}{key}"), str_of(value).to_owned());
+            }
+        }
+    }
+    for var in list(&container["env"]) {
+        let value = match &var["valueFrom"] {
+            Value::Null => str_of(&var["value"]).to_owned(),
+            from => match from["fieldRef"]["fieldPath"].as_str() {
+                Some("spec.nodeName") => deployed.node_name.to_owned(),
+                Some("metadata.name") => deployed.name.clone(),
+                Some("metadata.namespace") => deployed.namespace.clone(),
+                _ => panic!("an environment variable the test cannot fill: {var}"),
+            },
+        };
+        set(str_of(&var["name"]).to_owned(), value);
+    }
+    vars.into_iter()
+        .map(|(key, value)| proto::KeyValue { key, value })
+        .collect()
+}
+
 fn container_config(
     deployed: &DeployedPod<'_>,
     container: &Value,
@@ -427,24 +475,7 @@ fn container_config(
             "runAsNonRoot with a root (or unknown) user: the kubelet would not start {name}"
         );
     }
-    let envs = list(&container["env"])
-        .iter()
-        .map(|var| {
-            let value = match &var["valueFrom"] {
-                Value::Null => str_of(&var["value"]).to_owned(),
-                from => match from["fieldRef"]["fieldPath"].as_str() {
-                    Some("spec.nodeName") => deployed.node_name.to_owned(),
-                    Some("metadata.name") => deployed.name.clone(),
-                    Some("metadata.namespace") => deployed.namespace.clone(),
-                    _ => panic!("an environment variable the test cannot fill: {var}"),
-                },
-            };
-            proto::KeyValue {
-                key: str_of(&var["name"]).to_owned(),
-                value,
-            }
-        })
-        .collect();
+    let envs = environment(deployed, container);
     let mut mounts: Vec<proto::Mount> = list(&container["volumeMounts"])
         .iter()
         .map(|mount| {
