@@ -220,6 +220,70 @@ fn each_compose_service_is_a_workload_of_its_own() {
     }
 }
 
+/// A pod as cri-dockerd runs it for the kubelet: a sandbox container carrying the pod's
+/// labels, and the pod's containers pointing at it by `io.kubernetes.sandbox.id`.
+#[test]
+fn a_pod_run_by_cri_dockerd_is_attributed_to_its_pod_and_workload() {
+    let dockerd = Dockerd::start();
+    let observer = observer_for(&dockerd, &[]);
+    let pod_uid = unique("uid");
+    let pod_labels = |kind: &str| {
+        vec![
+            format!("io.kubernetes.docker.type={kind}"),
+            "io.kubernetes.pod.name=web-7d4f9-x2x9z".to_owned(),
+            "io.kubernetes.pod.namespace=shop".to_owned(),
+            format!("io.kubernetes.pod.uid={pod_uid}"),
+        ]
+    };
+    let mut args: Vec<String> = vec!["--name".into(), unique("k8s_POD_web")];
+    for label in pod_labels("podsandbox").into_iter().chain([
+        "stellaops.workload/id=web".to_owned(),
+        "stellaops.workload/tenant=acme".to_owned(),
+    ]) {
+        args.extend(["--label".to_owned(), label]);
+    }
+    args.extend([BUSYBOX.to_owned(), "/bin/sleep".into(), "60".into()]);
+    let sandbox = dockerd.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let marker = unique("pod");
+    let name = unique("k8s_api_web");
+    let mut args: Vec<String> = vec!["--name".into(), name.clone()];
+    for label in pod_labels("container").into_iter().chain([
+        format!("io.kubernetes.sandbox.id={sandbox}"),
+        "io.kubernetes.container.name=api".to_owned(),
+    ]) {
+        args.extend(["--label".to_owned(), label]);
+    }
+    let script = format!("/bin/true {marker}; exec sleep 60");
+    args.extend([BUSYBOX.to_owned(), "/bin/sh".into(), "-c".into(), script]);
+    let id = dockerd.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let exec = observer.wait_for("the pod container's exec", edge_of(&id, exec_with(&marker)));
+    let start = observer.wait_for("containerStart", lifecycle("containerStart", &id));
+    dockerd.docker_ok(&["rm", "-f", &id, &sandbox]);
+    observer.wait_for("containerStop", lifecycle("containerStop", &id));
+    let stopped = observer.stop();
+    let in_pod = |e: &Value| {
+        assert_eq!(e["containerId"], id.as_str(), "{e}");
+        assert_eq!(e["containerRuntime"], "docker", "{e}");
+        // The pod's container name, not the engine's k8s_… name.
+        assert_eq!(e["containerName"], "api", "{e}");
+        assert_eq!(e["pod"], "web-7d4f9-x2x9z", "{e}");
+        assert_eq!(e["namespace"], "shop", "{e}");
+        assert_eq!(e["podUid"], pod_uid.as_str(), "{e}");
+        // The pod's identity labels sit on the sandbox; they name the workload.
+        assert_eq!(e["workloadId"], "web", "{e}");
+        assert_eq!(e["workloadIdSource"], "label", "{e}");
+        assert_eq!(e["tenant"], "acme", "{e}");
+        assert_eq!(e["imageDigest"], dockerd.image_id.as_str(), "{e}");
+        assert_eq!(e["imageDigestKind"], "config", "{e}");
+    };
+    for e in [&exec, &start] {
+        in_pod(e);
+    }
+    assert_every_edge_attributed(&stopped.events, &id, in_pod);
+}
+
 #[test]
 fn a_container_that_lives_50ms_and_is_removed_is_still_attributed() {
     let dockerd = Dockerd::start();
