@@ -127,6 +127,25 @@ pub(crate) fn redis_sink(url: &str) -> Vec<String> {
     ])
 }
 
+/// `--set` arguments naming the installation (`[runtime]`), which every batch's envelope
+/// carries on the bus as over HTTPS (the same body). `runtime.deployment` is left out
+/// here: it would also label every metric `cluster`, which these tests' scrapes do not
+/// expect; tests/deployment_identity.rs checks `cluster` on the envelope.
+pub(crate) fn deployment() -> Vec<String> {
+    set(&[
+        "runtime.tenant=\"acme\"".into(),
+        "runtime.environment=\"prod\"".into(),
+    ])
+}
+
+/// Checks that a batch's envelope names the installation `deployment()` set, and no
+/// cluster.
+pub(crate) fn assert_deployment(batch: &Value) {
+    assert_eq!(batch["tenant"], "acme", "{}", batch["batchId"]);
+    assert_eq!(batch["environment"], "prod", "{}", batch["batchId"]);
+    assert!(batch.get("cluster").is_none(), "{}", batch["batchId"]);
+}
+
 pub(crate) fn set(assignments: &[String]) -> Vec<String> {
     assignments
         .iter()

@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    assert_exactly_once,
+    assert_deployment, assert_exactly_once,
     common::backend::{Pki, Receiver, Reply},
-    jetstream_batches,
+    deployment, jetstream_batches,
     nats_harness::{read_stream, stream_info, Auth, Cluster, Options, Stored},
     nats_sink, observer, pending, set, shipped, sink_account, sink_value, spool_dir, wait_metrics,
     BusBatch, Load,
@@ -137,7 +137,8 @@ fn an_observer_killed_mid_run_resumes_its_cursor_and_no_batch_is_missing_or_twic
     let cluster = Cluster::start(1, &Options::default());
     let urls = cluster.urls();
     let (_dir, spool) = spool_dir();
-    let sink = nats_sink(&urls, 1);
+    let mut sink = nats_sink(&urls, 1);
+    sink.extend(deployment());
     let first = observer(&spool, &sink);
     let load = Load::start("sigkill", Duration::from_millis(10));
     wait_metrics(
@@ -187,6 +188,9 @@ fn an_observer_killed_mid_run_resumes_its_cursor_and_no_batch_is_missing_or_twic
         .collect();
     assert!(reported.len() > 100, "{} paths reported", reported.len());
     let stored = read_stream(&urls, &Auth::None, STREAM, "scanner");
+    for message in &stored {
+        assert_deployment(&message.batch);
+    }
     let batches = batches(&stored);
     let runs: std::collections::HashSet<String> = batches
         .iter()

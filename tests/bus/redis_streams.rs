@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::{
-    assert_exactly_once, errors, observer, pending,
+    assert_deployment, assert_exactly_once, deployment, errors, observer, pending,
     redis_harness::{connect, range, read_group, Entry, Options, Server},
     redis_sink, shipped, sink_account, spool_dir, wait_metrics, BusBatch, Load,
 };
@@ -31,7 +31,9 @@ pub(crate) fn batches(entries: &[Entry]) -> Vec<BusBatch> {
 fn redis_killed_and_restarted_mid_run_keeps_every_batch_once() {
     let mut server = Server::start(&Options::default());
     let (_dir, spool) = spool_dir();
-    let observer = observer(&spool, &redis_sink(&server.url()));
+    let mut args = redis_sink(&server.url());
+    args.extend(deployment());
+    let observer = observer(&spool, &args);
     let load = Load::start("redis", Duration::from_millis(20));
     wait_metrics(
         &observer,
@@ -81,6 +83,9 @@ fn redis_killed_and_restarted_mid_run_keeps_every_batch_once() {
         redis::Commands::xpending(&mut redis, STREAM, "scanner").unwrap();
     assert_eq!(pending_in_group.count(), 0, "every entry acknowledged");
     let on_bus = assert_exactly_once(&batches(&all), &paths);
+    for entry in &all {
+        assert_deployment(&entry.batch);
+    }
     assert_eq!(sink_account(&stopped.summary, "redis")["shipped"], on_bus);
     assert_eq!(stopped.summary["delivery"]["shipped"], on_bus);
     // Every batch id is remembered for the dedup window.
