@@ -21,7 +21,8 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// with, systemd-analyze and setpriv for the systemd unit's tests, for the test Authority
 /// (tests/authority/authority.py) Debian's python3 with PyJWT and cryptography, and
 /// openssl, which makes the tests' DPoP keys and checks the offline kit's signature;
-/// readelf (binutils), the tests' independent reader of build-ids; jq, with which the
+/// readelf (binutils), the tests' independent reader of build-ids; strace, the witness
+/// tests/kernel_view.rs compares every edge with; jq, with which the
 /// webhook's tests read its JSON log as an operator would; nats-server and redis-server,
 /// which the event bus tests (tests/bus.rs) and the bus benchmark start privately on
 /// loopback; for `cargo xtask image` and `offline-kit`, umoci (OCI layouts without a
@@ -40,6 +41,7 @@ const PACKAGES: &[&str] = &[
     "bpftrace",
     // perf: the profiles docs/PERFORMANCE.md gives commands for.
     "linux-perf",
+    "strace",
     "systemd",
     "util-linux",
     "python3",
