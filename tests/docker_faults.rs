@@ -97,20 +97,34 @@ fn a_socket_that_is_not_docker_is_named_and_the_observer_carries_on() {
     assert_eq!(stopped.summary["docker"]["endpoint"], path);
 }
 
-#[test]
-fn an_engine_that_answers_garbage_json_is_named_and_the_observer_carries_on() {
+/// Which reply of a scripted engine is not JSON.
+#[derive(Clone, Copy)]
+enum Garbage {
+    Version,
+    Listing,
+    Event,
+}
+
+/// An observer against a scripted engine answering garbage where `garbage` says.
+fn against_garbage(garbage: Garbage) -> (TempDir, String, Observer) {
     require_root();
     let dir = TempDir::new("zastava-garbage");
     let socket = dir.path().join("docker.sock");
     let listener = UnixListener::bind(&socket).unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || garbage_engine(stream));
+            std::thread::spawn(move || garbage_engine(stream, garbage));
         }
     });
-    let path = socket.to_str().unwrap();
+    let path = socket.to_str().unwrap().to_owned();
     let observer =
-        Observer::start(&[&["--no-cri", "--docker-endpoint", path], &METRICS[..]].concat());
+        Observer::start(&[&["--no-cri", "--docker-endpoint", &path], &METRICS[..]].concat());
+    (dir, path, observer)
+}
+
+#[test]
+fn an_engine_that_answers_garbage_json_is_named_and_the_observer_carries_on() {
+    let (_dir, path, observer) = against_garbage(Garbage::Listing);
     assert_carries_on(
         &observer,
         "bad_reply",
@@ -118,11 +132,64 @@ fn an_engine_that_answers_garbage_json_is_named_and_the_observer_carries_on() {
     );
     let stopped = observer.stop();
     assert!(stopped.summary["docker"]["disconnects"].as_u64().unwrap() >= 1);
+
+    // Garbage for the engine's version: the socket is not taken for Docker's.
+    let (_dir, path, observer) = against_garbage(Garbage::Version);
+    assert_carries_on(
+        &observer,
+        "not_docker",
+        &format!("{path}: this is not a Docker Engine API socket (GET /version did not answer Docker's JSON"),
+    );
+    let stopped = observer.stop();
+    assert_eq!(stopped.summary["docker"]["connected"], false);
 }
 
-/// Answers `/version` as Docker 20.10 does, holds the event stream open, and answers the
-/// container listing with bytes that are not JSON.
-fn garbage_engine(mut stream: std::os::unix::net::UnixStream) {
+#[test]
+fn garbage_on_the_event_stream_is_named_counted_and_the_stream_taken_again() {
+    let (_dir, path, observer) = against_garbage(Garbage::Event);
+    let message = format!("{path}: GET /events: the reply is not what Docker Engine sends: ");
+    observer.wait_for_log(&message);
+    observer.wait_for_log("(event starts ");
+    let marker = unique("host");
+    assert!(Command::new("/bin/true")
+        .arg(&marker)
+        .status()
+        .unwrap()
+        .success());
+    let exec = observer.wait_for("a host exec", exec_with(&marker));
+    assert_eq!(exec["enrichment"], "host", "{exec}");
+    // Each broken stream is counted, and the stream is taken again after it: a second
+    // garbage event comes only on a new stream.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let metrics = observer.scrape();
+        let errors = metric(
+            &metrics,
+            "zastava_container_runtime_errors_total",
+            &["runtime=\"docker\"", "reason=\"bad_reply\""],
+        );
+        if errors.is_some_and(|n| n >= 2.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event stream was not taken again:\n{}",
+            metrics.0
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let stopped = observer.stop();
+    assert!(
+        stopped.summary["docker"]["disconnects"].as_u64().unwrap() >= 2,
+        "{}",
+        stopped.summary["docker"]
+    );
+}
+
+/// Answers `/version` as Docker 20.10 does, the container listing with an empty list and
+/// holds the event stream open — except for the reply `garbage` names, which is bytes that
+/// are not JSON.
+fn garbage_engine(mut stream: std::os::unix::net::UnixStream, garbage: Garbage) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -145,16 +212,28 @@ fn garbage_engine(mut stream: std::os::unix::net::UnixStream) {
         );
     };
     if path == "/version" {
-        reply(
-            &mut stream,
-            r#"{"Version":"20.10.24","ApiVersion":"1.41","MinAPIVersion":"1.12"}"#,
-        );
+        match garbage {
+            Garbage::Version => reply(&mut stream, r#"{"Version": 20.10.24, "ApiVersion"#),
+            _ => reply(
+                &mut stream,
+                r#"{"Version":"20.10.24","ApiVersion":"1.41","MinAPIVersion":"1.12"}"#,
+            ),
+        }
     } else if path.starts_with("/v1.41/events?") {
         let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+        if let Garbage::Event = garbage {
+            let event = "{\"Type\": container, \"Action\": \"start\"}\n";
+            let _ = write!(stream, "{:x}\r\n{event}\r\n", event.len());
+        }
         // Held until the observer hangs up.
         let _ = stream.read(&mut byte);
     } else if path == "/v1.41/containers/json?all=1" {
-        reply(&mut stream, "[{\"Id\": \"0123\", \"State\": runn\u{fffd}");
+        match garbage {
+            Garbage::Listing => {
+                reply(&mut stream, "[{\"Id\": \"0123\", \"State\": runn\u{fffd}");
+            }
+            _ => reply(&mut stream, "[]"),
+        }
     } else {
         let _ = write!(
             stream,
