@@ -4,6 +4,7 @@
 pub mod condition;
 pub mod counting_alloc;
 pub mod evidence;
+pub mod exposition;
 pub mod peers;
 pub mod report;
 pub mod storm;

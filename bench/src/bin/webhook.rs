@@ -30,7 +30,8 @@ use clap::Parser;
 use rustls_pki_types::{pem::PemObject as _, CertificateDer};
 use serde_json::{json, Value};
 
-use zastava_bench::{programs, report::percentile, tracer::process_cpu_seconds};
+use zastava_bench::{exposition, programs, report::percentile, tracer::process_cpu_seconds};
+use zastava_platform::metrics::ADMISSION_DECISION_SECONDS;
 use zastava_testing::pki::Pki;
 
 #[derive(Parser, Clone)]
@@ -205,13 +206,10 @@ impl Snapshot {
             .error_for_status()?
             .text()
             .await?;
+        let series = format!("{}_bucket", ADMISSION_DECISION_SECONDS.name);
         let mut buckets = Vec::new();
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("zastava_admission_decision_seconds_bucket{le=\"")
-            else {
-                continue;
-            };
-            let Some((le, count)) = rest.split_once("\"} ") else {
+        for sample in exposition::samples(&text, &series) {
+            let Some(le) = sample.label("le") else {
                 continue;
             };
             let le = if le == "+Inf" {
@@ -219,7 +217,7 @@ impl Snapshot {
             } else {
                 le.parse()?
             };
-            buckets.push((le, count.trim().parse()?));
+            buckets.push((le, sample.value.parse()?));
         }
         let cpu_seconds = process_cpu_seconds(pid).context("the webhook is gone")?;
         Ok(Snapshot {

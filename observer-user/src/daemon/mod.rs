@@ -66,15 +66,18 @@ pub struct RunOptions {
     pub observe_self: bool,
 }
 
+/// Why the daemon could not start or stopped early. A message says what failed (and on
+/// further lines what to do), never its cause again: the cause is its source, and
+/// [`crate::ops::causes::with_causes`] writes the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
-    #[error("{0}\n  observer.kernel_view = on needs the kernel's BTF; set it to auto to run without the kernel view")]
+    #[error("cannot use the kernel view\n  observer.kernel_view = on needs the kernel's BTF; set it to auto to run without the kernel view")]
     KernelView(#[source] crate::kernel::btf::BtfError),
-    #[error("{0}\n  set cri.endpoint (--cri-endpoint PATH) for another socket, or cri.enabled = false (--no-cri) to run without a container runtime")]
+    #[error("cannot use the CRI runtime\n  set cri.endpoint (--cri-endpoint PATH) for another socket, or cri.enabled = false (--no-cri) to run without a container runtime")]
     Cri(#[source] CriError),
     #[error(
         "--namespace and --exclude-namespace need a container runtime to learn pods from, but {0}"
@@ -100,29 +103,31 @@ pub enum RunError {
         "nothing to observe: zastava.attach.enabled is false and no container runtime is connected; set zastava.attach.enabled = true to observe the node's processes"
     )]
     NothingToObserve,
-    #[error("cannot write events: {0}")]
+    #[error("cannot write events")]
     Output(#[source] io::Error),
-    #[error("cannot watch the ring buffer: {0}")]
+    #[error("cannot watch the ring buffer")]
     Poll(#[source] io::Error),
-    #[error("cannot install signal handlers: {0}")]
+    #[error("cannot install signal handlers")]
     Signal(#[source] io::Error),
     #[error(transparent)]
     Backend(BackendError),
     #[error(transparent)]
     Spool(SpoolError),
-    #[error("cannot serve the admin endpoint on {addr}: {source}; set admin.addr to a free loopback address")]
+    #[error(
+        "cannot serve the admin endpoint on {addr}\n  set admin.addr to a free loopback address"
+    )]
     Admin {
         addr: std::net::SocketAddr,
         #[source]
         source: io::Error,
     },
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr}")]
     Metrics {
         addr: std::net::SocketAddr,
         #[source]
         source: io::Error,
     },
-    #[error("cannot write the summary to {path}: {source}")]
+    #[error("cannot write the summary to {path}")]
     StatsJson {
         path: PathBuf,
         #[source]
@@ -158,4 +163,38 @@ pub async fn run(options: RunOptions) -> Result<Summary, RunError> {
             })?;
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::RunError;
+    use crate::{kernel::btf::BtfError, ops::causes::with_causes};
+
+    #[test]
+    fn a_fatal_error_gives_each_cause_once_and_its_advice_last() {
+        let err = RunError::Output(io::Error::other("disk full"));
+        assert_eq!(err.to_string(), "cannot write events");
+        assert_eq!(with_causes(&err), "cannot write events: disk full");
+
+        let err = RunError::Admin {
+            addr: "127.0.0.1:9465".parse().unwrap(),
+            source: io::Error::new(io::ErrorKind::AddrInUse, "address in use"),
+        };
+        assert_eq!(
+            with_causes(&err),
+            "cannot serve the admin endpoint on 127.0.0.1:9465: address in use\n  set admin.addr to a free loopback address"
+        );
+
+        // The BTF error writes its own source into its message: it is not repeated.
+        let err = RunError::KernelView(BtfError::Read {
+            path: "/sys/kernel/btf/vmlinux".into(),
+            source: io::Error::other("gone"),
+        });
+        assert_eq!(
+            with_causes(&err),
+            "cannot use the kernel view: cannot read the kernel's BTF at /sys/kernel/btf/vmlinux: gone (the kernel needs CONFIG_DEBUG_INFO_BTF=y)\n  observer.kernel_view = on needs the kernel's BTF; set it to auto to run without the kernel view"
+        );
+    }
 }

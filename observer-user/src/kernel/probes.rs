@@ -112,25 +112,27 @@ pub fn attachments(kernel_view: bool) -> impl Iterator<Item = &'static Attachmen
     COMMON.iter().chain(set)
 }
 
+/// Why the probes could not be loaded or attached. A message says what failed, never its
+/// cause again (the cause is its source; a rejected program's carries the verifier's log).
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
         "ring buffer size {0} is invalid: it must be a power of two between {MIN_RING_BYTES} and {MAX_RING_BYTES} bytes"
     )]
     RingSize(u64),
-    #[error("loading the eBPF object failed: {0}")]
+    #[error("cannot load the eBPF object")]
     Load(#[source] Box<EbpfError>),
     #[error("the eBPF object has no program `{0}`")]
     MissingProgram(&'static str),
     #[error("the eBPF object has no map `{0}`")]
     MissingMap(&'static str),
-    #[error("the kernel rejected program `{program}`: {source}{}", verifier_hint(.source))]
+    #[error("the kernel rejected program `{program}`")]
     ProgramLoad {
         program: &'static str,
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("attaching `{program}` to {category}:{tracepoint} failed: {source}")]
+    #[error("cannot attach `{program}` to {category}:{tracepoint}")]
     Attach {
         program: &'static str,
         category: &'static str,
@@ -138,19 +140,12 @@ pub enum ProbeError {
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("map `{name}`: {source}")]
+    #[error("cannot use map `{name}`")]
     Map {
         name: &'static str,
         #[source]
         source: aya::maps::MapError,
     },
-}
-
-fn verifier_hint(err: &ProgramError) -> String {
-    match err {
-        ProgramError::LoadError { verifier_log, .. } => format!("\nverifier log:\n{verifier_log}"),
-        _ => String::new(),
-    }
 }
 
 /// Settings fixed at load time.

@@ -306,7 +306,7 @@ fn load_probes(
         Err(err) => Check::bad(
             "BPF load",
             Status::Fail,
-            err.to_string(),
+            super::causes::with_causes(&err),
             "see the error; check that the kernel has CONFIG_BPF_SYSCALL=y and that no LSM policy blocks bpf()",
         ),
     }

@@ -1,6 +1,8 @@
 //! What operators see: the HTTP endpoints ([`server`]: `/metrics`, `/healthz`, `/readyz`),
-//! the shutdown summary ([`summary`]) and the node checks of `doctor` ([`doctor`]).
+//! the shutdown summary ([`summary`]), the node checks of `doctor` ([`doctor`]) and errors
+//! with their causes ([`causes`]).
 
+pub mod causes;
 pub mod doctor;
 pub mod server;
 pub mod summary;

@@ -8,6 +8,12 @@
 //! runs; `die` carries the exit code, so a container's end is known even when it is removed
 //! right after (`--rm`); a container removed before it could be inspected is described
 //! from its events' attributes (name, image, labels), its image digest then unknown.
+//!
+//! How an inspection becomes a container's description is in [`inspected`], how an event
+//! does in [`from_event`].
+
+mod from_event;
+mod inspected;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -16,15 +22,15 @@ use std::{
     time::Duration,
 };
 
-use observer_common::identity::{is_digest, PodRef};
+use observer_common::identity::PodRef;
 use tracing::warn;
 
+use self::inspected::name_of;
 use super::{Entrypoints, RuntimeSource, Stop, Update, Updates};
 use crate::{
     record::{ContainerInfo, ContainerState, ImageInfo, PodInfo},
     workload::{
-        docker::{parse_time_ns, ContainerInspect, DockerClient, DockerError, Event, EventStream},
-        image::{image_info, ImageFacts},
+        docker::{ContainerInspect, DockerClient, DockerError, Event, EventStream},
         runtime::{RuntimeKind, RuntimeVersion},
     },
 };
@@ -42,9 +48,6 @@ pub mod kubernetes_labels {
 }
 
 use kubernetes_labels as k8s;
-
-/// Event attributes that are not the container's labels.
-const NOT_LABELS: [&str; 4] = ["name", "image", "exitCode", "signal"];
 
 pub struct DockerSource {
     socket: PathBuf,
@@ -172,65 +175,6 @@ impl DockerSource {
         self.publish(info, out).await
     }
 
-    async fn container_info(
-        &mut self,
-        client: &DockerClient,
-        inspect: &ContainerInspect,
-        labels: &BTreeMap<String, String>,
-        pod: Arc<PodInfo>,
-    ) -> Result<ContainerInfo> {
-        let image = self
-            .image(client, &inspect.config.image, &inspect.image)
-            .await?;
-        let state = state_of(&inspect.state.status);
-        let started_at_ns = parse_time_ns(&inspect.state.started_at);
-        let running_pid = u32::try_from(inspect.state.pid).ok().filter(|&p| p > 0);
-        // An exited container has no pid any more; its run's entrypoint stays what it was.
-        let earlier = self
-            .containers
-            .get(&inspect.id)
-            .filter(|c| c.started_at_ns == started_at_ns);
-        let (init_pid, entrypoint, entrypoint_code_id) = match (running_pid, earlier) {
-            (None, Some(c)) => (
-                c.init_pid,
-                c.entrypoint.clone(),
-                c.entrypoint_code_id.clone(),
-            ),
-            _ => {
-                let (entrypoint, code_id) = self.entrypoints.of(running_pid);
-                (running_pid, entrypoint, code_id)
-            }
-        };
-        let name = match labels.get(k8s::CONTAINER_NAME) {
-            Some(name) if !pod.pod.namespace.is_empty() => name.clone(),
-            _ => name_of(inspect),
-        };
-        let exited = state == ContainerState::Exited;
-        Ok(ContainerInfo {
-            id: inspect.id.clone(),
-            name,
-            pod,
-            image,
-            state,
-            started_at_ns,
-            // dockerd takes StartedAt once the process runs, the finish from the process's
-            // exit: a container that exits within a millisecond can finish "before" it
-            // started. Its stop is then reported at its start, never before it.
-            finished_at_ns: match parse_time_ns(&inspect.state.finished_at) {
-                finished if exited && finished > 0 => finished.max(started_at_ns),
-                _ => 0,
-            },
-            exit_code: if exited {
-                i32::try_from(inspect.state.exit_code).ok()
-            } else {
-                None
-            },
-            init_pid,
-            entrypoint,
-            entrypoint_code_id,
-        })
-    }
-
     /// The pod of a cri-dockerd sandbox, inspecting it the first time.
     async fn sandbox(
         &mut self,
@@ -268,124 +212,6 @@ impl DockerSource {
         Ok(())
     }
 
-    /// What the engine knows about an image's digest (cached per reference and id).
-    async fn image(
-        &mut self,
-        client: &DockerClient,
-        requested: &str,
-        image_id: &str,
-    ) -> Result<ImageInfo> {
-        let key = (requested.to_owned(), image_id.to_owned());
-        if let Some(known) = self.images.get(&key) {
-            return Ok(known.clone());
-        }
-        let image = if image_id.is_empty() {
-            None
-        } else {
-            client
-                .inspect_image(image_id)
-                .await
-                .map_err(Stop::Runtime)?
-        };
-        let (tags, digests) = image.as_ref().map_or((None, None), |i| {
-            (i.repo_tags.as_deref(), i.repo_digests.as_deref())
-        });
-        let facts = image.as_ref().map(|i| ImageFacts {
-            id: &i.id,
-            repo_tags: tags.unwrap_or_default(),
-            repo_digests: digests.unwrap_or_default(),
-        });
-        let info = image_info(requested, image_id, facts);
-        if !info.has_usable_digest() {
-            warn!(
-                "image {requested:?}: Docker Engine knows no manifest digest for it (it was not pulled from a registry); its containers' events carry its {} digest ({}) and are marked partial",
-                info.digest_kind.as_str(),
-                info.digest.as_deref().unwrap_or("none")
-            );
-        }
-        self.images.insert(key, info.clone());
-        Ok(info)
-    }
-
-    /// A container the engine no longer has, described from what its event says.
-    async fn describe_from_event(&mut self, event: &Event, out: &Updates) -> Result<()> {
-        let id = event.actor.id.as_str();
-        let attributes = event.actor.attributes.clone().unwrap_or_default();
-        let name = attributes
-            .get("name")
-            .cloned()
-            .unwrap_or_else(|| id.chars().take(12).collect());
-        let image = attributes.get("image").cloned().unwrap_or_default();
-        let exit_code = attributes.get("exitCode").and_then(|c| c.parse().ok());
-        let labels: BTreeMap<String, String> = attributes
-            .into_iter()
-            .filter(|(k, _)| !NOT_LABELS.contains(&k.as_str()))
-            .collect();
-        let pod = match role(&labels) {
-            Role::Sandbox => {
-                let pod = Arc::new(sandbox_pod(id, &labels));
-                self.pods.insert(id.to_owned(), Arc::clone(&pod));
-                out.send(Update::Pod(pod)).await?;
-                return Ok(());
-            }
-            Role::InPod(sandbox) => match self.pods.get(sandbox) {
-                Some(pod) => Arc::clone(pod),
-                None => return Ok(()),
-            },
-            Role::Standalone => Arc::new(PodInfo::docker_container(id.to_owned(), &name, labels)),
-        };
-        let (state, started_at_ns, finished_at_ns) = match event.action.as_str() {
-            "create" => (ContainerState::Created, 0, 0),
-            "die" => (ContainerState::Exited, 0, event.time_nano),
-            "start" | "rename" => (ContainerState::Running, event.time_nano, 0),
-            _ => (ContainerState::Unknown, 0, 0),
-        };
-        // Only an image given by digest says which image ran; a tag may have moved since.
-        let image_ref = if is_digest(&image) {
-            image.as_str()
-        } else {
-            ""
-        };
-        let image_info = image_info(&image, image_ref, None);
-        warn!("Docker container {id} ({name}) was removed before it could be inspected; it is described from its {} event, without its image digest", event.action);
-        let earlier = self.containers.get(id);
-        let info = ContainerInfo {
-            id: id.to_owned(),
-            name,
-            pod,
-            image: image_info,
-            state,
-            started_at_ns: earlier.map_or(started_at_ns, |c| c.started_at_ns.max(started_at_ns)),
-            finished_at_ns,
-            exit_code: if state == ContainerState::Exited {
-                exit_code
-            } else {
-                None
-            },
-            init_pid: earlier.and_then(|c| c.init_pid),
-            entrypoint: earlier.and_then(|c| c.entrypoint.clone()),
-            entrypoint_code_id: earlier.and_then(|c| c.entrypoint_code_id.clone()),
-        };
-        self.publish(info, out).await
-    }
-
-    /// A container died: its description with the exit the event reports.
-    fn died(&self, event: &Event) -> Option<ContainerInfo> {
-        let known = self.containers.get(&event.actor.id)?;
-        let code = event
-            .actor
-            .attributes
-            .as_ref()?
-            .get("exitCode")?
-            .parse()
-            .ok()?;
-        let mut info = ContainerInfo::clone(known);
-        info.state = ContainerState::Exited;
-        info.exit_code = Some(code);
-        info.finished_at_ns = event.time_nano;
-        Some(info)
-    }
-
     async fn forget(&mut self, id: &str, out: &Updates) -> Result<()> {
         self.listed.remove(id);
         let known = self.containers.remove(id).is_some() | self.pods.remove(id).is_some();
@@ -393,16 +219,6 @@ impl DockerSource {
             out.send(Update::ContainerGone(id.to_owned())).await?;
         }
         Ok(())
-    }
-}
-
-/// `/web` → `web`.
-fn name_of(inspect: &ContainerInspect) -> String {
-    let name = inspect.name.trim_start_matches('/');
-    if name.is_empty() {
-        inspect.id.chars().take(12).collect()
-    } else {
-        name.to_owned()
     }
 }
 

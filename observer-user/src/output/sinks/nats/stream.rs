@@ -1,11 +1,18 @@
-//! The JetStream stream batches go to: the configuration the observer creates it with, and
-//! whether one that exists can take this observer's batches exactly once.
+//! The JetStream stream batches go to: the configuration the observer creates it with,
+//! whether one that exists can take this observer's batches exactly once, and the look-up
+//! on each connect (creating the stream when `sinks.nats.stream.create` says so). Hands on
+//! a stream the sink can publish to, or the reason it cannot.
 
 use std::time::Duration;
 
-use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{
+    self,
+    stream::{Config, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use tracing::{info, warn};
 
-use super::{NatsConfig, Storage};
+use super::{NatsConfig, NatsSink, Storage};
+use crate::output::sinks::Failure;
 
 /// The stream as `[sinks.nats.stream]` describes it: the base subject and everything below
 /// it (`<subject>.<tenant>`), limits, file or memory storage, the duplicate window.
@@ -130,6 +137,105 @@ pub fn check(
         ));
     }
     verdict
+}
+
+impl NatsSink {
+    /// Looks the stream up and checks it, creating it when configured to.
+    pub(super) async fn ensure_stream(&mut self, js: &jetstream::Context) -> Result<(), Failure> {
+        let settings = &self.config.stream;
+        let found = match js.get_stream(&settings.name).await {
+            Ok(stream) => Some(stream.cached_info().config.clone()),
+            Err(err) => match err.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(e)
+                    if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    None
+                }
+                jetstream::context::GetStreamErrorKind::JetStream(e)
+                    if e.error_code() == jetstream::ErrorCode::JETSTREAM_NOT_ENABLED =>
+                {
+                    return Err(Failure::reconnect(
+                        "no_jetstream",
+                        format!("the NATS server does not have JetStream enabled ({e}); start it with JetStream (-js, or a jetstream block)"),
+                    ));
+                }
+                _ => {
+                    return Err(Failure::reconnect(
+                        "stream_api",
+                        format!("cannot look up stream {}: {err}", settings.name),
+                    ))
+                }
+            },
+        };
+        let found = match found {
+            Some(found) => found,
+            None if settings.create => self.create_stream(js).await?,
+            None => {
+                return Err(Failure::reconnect(
+                    "no_stream",
+                    format!(
+                        "stream {} does not exist; create it (subjects {}, {}), or set sinks.nats.stream.create = true",
+                        settings.name,
+                        self.config.subject,
+                        format_args!("{}.>", self.config.subject)
+                    ),
+                ))
+            }
+        };
+        self.check_stream(&found)
+    }
+
+    async fn create_stream(&self, js: &jetstream::Context) -> Result<Config, Failure> {
+        let want = desired(&self.config);
+        match js.create_stream(want.clone()).await {
+            Ok(created) => {
+                let replicas = created.cached_info().config.num_replicas;
+                info!(
+                    "nats: created stream {} (subjects {:?}, {replicas} replica(s), duplicate window {})",
+                    want.name,
+                    want.subjects,
+                    humantime::format_duration(want.duplicate_window)
+                );
+                Ok(created.cached_info().config.clone())
+            }
+            // Another observer created it first.
+            Err(err) => match js.get_stream(&want.name).await {
+                Ok(stream) => Ok(stream.cached_info().config.clone()),
+                Err(_) => Err(Failure::reconnect(
+                    "stream_config",
+                    format!(
+                        "cannot create stream {}: {err}; check the server's JetStream limits and that {} servers can hold a replica",
+                        want.name, want.num_replicas
+                    ),
+                )),
+            },
+        }
+    }
+
+    fn check_stream(&mut self, found: &Config) -> Result<(), Failure> {
+        if !self.config.stream.check {
+            return Ok(());
+        }
+        let verdict = check(
+            found,
+            &self.config,
+            &self.subject,
+            self.config.retry_within(),
+        );
+        if !verdict.errors.is_empty() {
+            return Err(Failure::reconnect(
+                "stream_config",
+                verdict.errors.join("; "),
+            ));
+        }
+        if !self.warned {
+            for warning in &verdict.warnings {
+                warn!("nats: {warning}");
+            }
+            self.warned = true;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
