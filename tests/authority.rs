@@ -5,6 +5,8 @@
 
 mod common;
 
+#[path = "authority/honesty.rs"]
+mod honesty;
 #[path = "authority/operations.rs"]
 mod operations;
 #[path = "authority/refusals.rs"]
@@ -169,4 +171,44 @@ pub(crate) fn wait_for_spooled(observer: &Observer) {
         assert!(std::time::Instant::now() < deadline, "nothing was spooled");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// POSTs `body` to `url` with `headers`, presenting `pki`'s client certificate: a client of
+/// the test Authority that replays or crafts what it sends. Its status, `WWW-Authenticate`
+/// and body.
+pub(crate) fn post_as_client(
+    pki: &Pki,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, String, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = zastava_platform::tls::client_config(
+        Some(("ca", &pki.ca)),
+        Some((("cert", &pki.client_cert), ("key", &pki.client_key))),
+    )
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut request = client.post(url).body(body);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let challenge = response
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (status, challenge, response.text().await.unwrap_or_default())
+        })
 }

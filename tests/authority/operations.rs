@@ -48,6 +48,72 @@ fn a_rotated_dpop_key_gets_a_new_thumbprint_and_a_new_token() {
 }
 
 #[test]
+fn a_dpop_key_file_left_without_a_key_is_counted_and_logged_once_and_the_key_stays() {
+    let s = Setup::new();
+    let activity = TempDir::new("zastava-activity");
+    let observer = s.observer(&[]);
+    let first = open_unique(activity.path(), "good-key", 3, Duration::ZERO);
+    s.authority
+        .wait_until("delivered with the key", |st| all_delivered(st, &first));
+    let jkt = thumbprint(&s.key);
+
+    // The Secret is updated with something that is not a key.
+    let garbage = s.dir.path().join("dpop.pem.new");
+    std::fs::write(&garbage, "not a key\n").unwrap();
+    std::fs::rename(&garbage, &s.key).unwrap();
+    // Batch after batch looks at the file again.
+    let mut after = Vec::new();
+    for round in 0..3 {
+        let paths = open_unique(
+            activity.path(),
+            &format!("garbage-key-{round}"),
+            2,
+            Duration::ZERO,
+        );
+        s.authority.wait_until("delivered with the key kept", |st| {
+            all_delivered(st, &paths)
+        });
+        after.extend(paths);
+    }
+    let metrics = observer.scrape();
+    let stopped = observer.stop();
+
+    assert_eq!(
+        metrics.value(
+            "zastava_authority_token_issues_total",
+            "{result=\"dpop_key\"}"
+        ),
+        Some(1.0),
+        "{}",
+        metrics.0
+    );
+    let message = format!(
+        "authority.dpop_key_file changed but holds no usable key: {} is not a P-256 private key (no private key found); expected PEM (\"EC PRIVATE KEY\" or \"PRIVATE KEY\") or a JWK with \"d\"; make one with `openssl ecparam -name prime256v1 -genkey -noout`; the key with jkt {jkt} stays in use",
+        s.key.display()
+    );
+    let lines: Vec<&str> = stopped
+        .stderr
+        .lines()
+        .filter(|l| l.contains("holds no usable key"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("WARN authority.token.issue"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains(&message), "{}", lines[0]);
+    // The token bound to the kept key carries on: no new one, nothing refused.
+    let state = s.authority.state();
+    assert_eq!(list(&state["issued"]).len(), 1);
+    for r in event_requests(&state) {
+        assert_eq!(r["status"], 200, "{r}");
+        assert_eq!(r["jkt"], jkt.as_str(), "{r}");
+    }
+    assert!(all_delivered(&state, &after));
+}
+
+#[test]
 fn invalidate_op_token_and_a_refused_token_each_force_one_re_issue() {
     let s = Setup::new();
     let activity = TempDir::new("zastava-activity");
@@ -78,6 +144,25 @@ fn invalidate_op_token_and_a_refused_token_each_force_one_re_issue() {
     );
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer, json!({"audience": "scanner", "tokenDropped": true}));
+    // Another audience than the one held is refused by the observer, naming the one held.
+    let out = Command::new(observer_bin())
+        .args([
+            "invalidate-op-token",
+            "--audience",
+            "registry",
+            "--admin-addr",
+        ])
+        .arg(&addr)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            r#"audience \"registry\" is refused: credentials are held for \"scanner\" only"#
+        ),
+        "{stderr}"
+    );
     s.authority
         .wait_until("a new token issued", |st| list(&st["issued"]).len() == 2);
     let second = open_unique(activity.path(), "second", 3, Duration::ZERO);
@@ -138,12 +223,7 @@ fn invalidate_op_token_and_a_refused_token_each_force_one_re_issue() {
         None
     );
 
-    // Other audiences and non-loopback addresses are refused by the command.
-    let out = Command::new(observer_bin())
-        .args(["invalidate-op-token", "--audience", "registry"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    // Non-loopback addresses are refused by the command.
     let out = Command::new(observer_bin())
         .args([
             "invalidate-op-token",
@@ -346,6 +426,47 @@ fn every_bad_authority_combination_is_refused_by_both_binaries() {
         ] {
             assert!(text.contains(needle), "{binary}: no {needle:?} in\n{text}");
         }
+    }
+    // A client certificate file that is not PEM and a key file that holds no key: read
+    // as they would be at start, and refused before it.
+    let not_pem = dir.path().join("client.crt");
+    std::fs::write(&not_pem, "this is not a certificate\n").unwrap();
+    let not_a_key_file = dir.path().join("client.key");
+    std::fs::write(&not_a_key_file, "this is not a key either\n").unwrap();
+    let files = [
+        "--backend".to_owned(),
+        "https://scanner.example".to_owned(),
+        "--authority".to_owned(),
+        "https://authority.example".to_owned(),
+        "--authority-client-cert".to_owned(),
+        not_pem.display().to_string(),
+        "--authority-client-key".to_owned(),
+        not_a_key_file.display().to_string(),
+        "--set".to_owned(),
+        "authority.require_dpop=false".to_owned(),
+    ];
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    for (binary, command) in [(observer_bin(), "run"), (webhook, "serve")] {
+        let (code, text) = check_config(binary, command, &files);
+        assert_eq!(code, Some(2), "{binary}: {text}");
+        let problems: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("authority."))
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                format!(
+                    "client_cert_file: {} holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")",
+                    not_pem.display()
+                ),
+                format!(
+                    "client_key_file: {} holds no PEM private key (\"-----BEGIN PRIVATE KEY-----\", \"-----BEGIN EC PRIVATE KEY-----\" or \"-----BEGIN RSA PRIVATE KEY-----\")",
+                    not_a_key_file.display()
+                ),
+            ],
+            "{binary}: {text}"
+        );
     }
     // Authority keys without an issuer are a mistake too; a share of 0 % is no share.
     for (binary, command) in [(observer_bin(), "run"), (webhook, "serve")] {

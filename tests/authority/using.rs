@@ -222,45 +222,6 @@ fn assert_nothing_lost(stopped: &common::Stopped) {
     }
 }
 
-/// POSTs `body` to `url` with `headers`, presenting `pki`'s client certificate, as a client
-/// replaying what it saw would.
-fn post_as_client(
-    pki: &Pki,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> (u16, String, String) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = zastava_platform::tls::client_config(
-        Some(("ca", &pki.ca)),
-        Some((("cert", &pki.client_cert), ("key", &pki.client_key))),
-    )
-    .unwrap();
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .build()
-        .unwrap();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let mut request = client.post(url).body(body);
-            for (name, value) in headers {
-                request = request.header(*name, *value);
-            }
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            let challenge = response
-                .headers()
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            (status, challenge, response.text().await.unwrap_or_default())
-        })
-}
-
 #[test]
 fn a_replayed_proof_is_refused_by_the_authority_and_by_the_backend() {
     let s = Setup::new();

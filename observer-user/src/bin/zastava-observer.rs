@@ -2,12 +2,15 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use zastava::{
     config::Config,
     daemon::{self, RunOptions},
     kernel::validate_ring_size,
-    ops::doctor::{self, Status},
+    ops::{
+        causes,
+        doctor::{self, Status},
+    },
 };
 use zastava_platform::{
     authority::{admin, AuthorityArgs},
@@ -55,20 +58,16 @@ enum Command {
     /// Make the running observer drop its OpTok (from memory and its cache), so that its
     /// next call to the backend re-issues one.
     InvalidateOpToken {
-        /// Whose credentials: the Scanner backend's.
-        #[arg(long, value_enum)]
-        audience: Audience,
+        /// Whose credentials: the audience they were issued for (authority.audience;
+        /// `scanner` for the Scanner backend).
+        #[arg(long, value_name = "AUDIENCE")]
+        audience: String,
         /// The observer's admin endpoint (loopback; admin.addr).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9467")]
         admin_addr: SocketAddr,
     },
     /// Runtime evidence bundles: export, sign, verify; debug-path for build-ids.
     Evidence(Box<zastava::evidence::cli::EvidenceArgs>),
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Audience {
-    Scanner,
 }
 
 /// Flags of `run`. Each one that is given overrides its configuration key (named in its
@@ -240,7 +239,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::InvalidateOpToken {
-            audience: Audience::Scanner,
+            audience,
             admin_addr,
         } => {
             // Plain HTTP to loopback; reqwest still wants a TLS provider to exist.
@@ -250,7 +249,11 @@ fn main() -> ExitCode {
                 .build()
                 .map_err(|e| format!("cannot start the async runtime: {e}"))
                 .and_then(|runtime| {
-                    runtime.block_on(admin::request_invalidate("zastava-observer", admin_addr))
+                    runtime.block_on(admin::request_invalidate_for(
+                        "zastava-observer",
+                        admin_addr,
+                        &audience,
+                    ))
                 });
             match answer {
                 Ok(body) => {
@@ -334,7 +337,10 @@ fn main() -> ExitCode {
                 Err(err) => {
                     logging::fatal(
                         "zastava-observer",
-                        &format!("{err}\nrun `zastava-observer doctor` to check this node"),
+                        &format!(
+                            "{}\nrun `zastava-observer doctor` to check this node",
+                            causes::with_causes(&err)
+                        ),
                     );
                     ExitCode::from(err.exit_code())
                 }

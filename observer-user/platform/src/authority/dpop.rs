@@ -19,7 +19,7 @@ use p256::{
 };
 use sha2::{Digest as _, Sha256};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read {path}: {reason}")]
     Read { path: PathBuf, reason: String },
@@ -142,15 +142,37 @@ impl DpopKey {
 /// thumbprint, so the token bound to the old one is dropped and a new one issued.
 pub struct KeyFile {
     path: PathBuf,
-    stamp: Option<(u64, u64, i64, i64)>,
+    stamp: Option<Stamp>,
     key: Option<Arc<DpopKey>>,
+    /// The version of the file last found to hold no usable key, and why: it is not read
+    /// again until it changes.
+    unusable: Option<(Option<Stamp>, KeyError)>,
 }
+
+/// What identifies one version of the file: inode, size, modification time.
+type Stamp = (u64, u64, i64, i64);
 
 /// What a look at the key file found.
 pub enum KeyState {
     Same(Arc<DpopKey>),
     /// A new key (or the first).
     Rotated(Arc<DpopKey>),
+    /// The file changed but holds no usable key (being written, or wrong): the previous
+    /// key stays in use. Returned once per version of the file; later looks at the same
+    /// version give `Same`.
+    Kept {
+        key: Arc<DpopKey>,
+        error: KeyError,
+    },
+}
+
+/// There is no key: the file has held none since the binary started.
+#[derive(Debug)]
+pub struct NoKey {
+    pub error: KeyError,
+    /// Whether this version of the file is seen for the first time (so the failure is
+    /// reported once per version, not on every look).
+    pub first: bool,
 }
 
 impl KeyFile {
@@ -159,6 +181,7 @@ impl KeyFile {
             path,
             stamp: None,
             key: None,
+            unusable: None,
         }
     }
 
@@ -166,18 +189,29 @@ impl KeyFile {
         &self.path
     }
 
-    /// The current key. A changed file that does not hold a key (being written, or wrong)
-    /// leaves the previous key in use and is reported.
-    pub fn current(&mut self) -> Result<KeyState, KeyError> {
+    /// The current key, reading the file again when it changed.
+    pub fn current(&mut self) -> Result<KeyState, NoKey> {
         let stamp = fs::metadata(&self.path)
             .ok()
             .map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()));
         if let (Some(key), true) = (&self.key, stamp == self.stamp) {
             return Ok(KeyState::Same(Arc::clone(key)));
         }
+        if let Some((seen, error)) = &self.unusable {
+            if *seen == stamp {
+                return match &self.key {
+                    Some(key) => Ok(KeyState::Same(Arc::clone(key))),
+                    None => Err(NoKey {
+                        error: error.clone(),
+                        first: false,
+                    }),
+                };
+            }
+        }
         match DpopKey::load(&self.path) {
             Ok(key) => {
                 self.stamp = stamp;
+                self.unusable = None;
                 let rotated = self
                     .key
                     .as_ref()
@@ -190,14 +224,16 @@ impl KeyFile {
                     KeyState::Same(key)
                 })
             }
-            Err(err) => match &self.key {
-                Some(key) => {
-                    tracing::warn!("the DPoP key file changed but holds no usable key ({err}); still using the key with jkt {}", key.thumbprint());
-                    // Look again next time.
-                    Ok(KeyState::Same(Arc::clone(key)))
+            Err(error) => {
+                self.unusable = Some((stamp, error.clone()));
+                match &self.key {
+                    Some(key) => Ok(KeyState::Kept {
+                        key: Arc::clone(key),
+                        error,
+                    }),
+                    None => Err(NoKey { error, first: true }),
                 }
-                None => Err(err),
-            },
+            }
         }
     }
 }
@@ -264,6 +300,65 @@ mod tests {
         assert_eq!(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().len(), 64);
         // Every proof is new.
         assert_ne!(proof, key.proof("POST", &url, Some("n-1"), Some("tok")));
+    }
+
+    #[test]
+    fn a_key_file_without_a_key_is_reported_once_per_version() {
+        let dir = std::env::temp_dir().join(format!("zastava-dpop-file-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dpop.jwk");
+        // Replaced as Kubernetes updates a Secret: a new file renamed over the old one.
+        let replace = |text: &str| {
+            let tmp = dir.join("dpop.jwk.new");
+            fs::write(&tmp, text).unwrap();
+            fs::rename(&tmp, &path).unwrap();
+        };
+        let unusable = format!(
+            "{} is not a P-256 private key (no private key found); expected PEM (\"EC PRIVATE KEY\" or \"PRIVATE KEY\") or a JWK with \"d\"; make one with `openssl ecparam -name prime256v1 -genkey -noout`",
+            path.display()
+        );
+
+        // None since the start: an error each time, new only for a new version.
+        replace("garbage");
+        let mut file = KeyFile::new(path.clone());
+        let err = file.current().err().unwrap();
+        assert!(err.first);
+        assert_eq!(err.error.to_string(), unusable);
+        assert!(!file.current().err().unwrap().first);
+        replace("more garbage");
+        assert!(file.current().err().unwrap().first);
+
+        replace(JWK);
+        let jkt = match file.current() {
+            Ok(KeyState::Rotated(key)) => key.thumbprint().to_owned(),
+            _ => panic!("the first key is new"),
+        };
+        // Broken after start: the key stays, and that is said once.
+        replace("garbage");
+        match file.current() {
+            Ok(KeyState::Kept { key, error }) => {
+                assert_eq!(key.thumbprint(), jkt);
+                assert_eq!(error.to_string(), unusable);
+            }
+            _ => panic!("the old key is kept"),
+        }
+        for _ in 0..3 {
+            assert!(matches!(file.current(), Ok(KeyState::Same(k)) if k.thumbprint() == jkt));
+        }
+        fs::remove_file(&path).unwrap();
+        let missing = match file.current() {
+            Ok(KeyState::Kept { error, .. }) => error.to_string(),
+            _ => panic!("the old key is kept"),
+        };
+        assert!(
+            missing.starts_with(&format!("cannot read {}: ", path.display())),
+            "{missing}"
+        );
+        assert!(matches!(file.current(), Ok(KeyState::Same(_))));
+        // Fixed: the same key again, nothing rotated.
+        replace(JWK);
+        assert!(matches!(file.current(), Ok(KeyState::Same(k)) if k.thumbprint() == jkt));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

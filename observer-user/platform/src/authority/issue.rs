@@ -116,7 +116,8 @@ pub fn request_error(url: &url::Url, err: &reqwest::Error, client_cert: bool) ->
 #[derive(Clone, Debug)]
 pub struct Endpoints {
     pub token_endpoint: url::Url,
-    pub dpop_algs: Vec<String>,
+    /// `dpop_signing_alg_values_supported`, when the metadata has it (it is optional).
+    pub dpop_algs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -189,13 +190,15 @@ pub async fn discover(
             issuer.scheme()
         )));
     }
-    let dpop_algs = metadata
-        .dpop_signing_alg_values_supported
-        .unwrap_or_default();
-    if require_dpop && !dpop_algs.iter().any(|a| a == "ES256") {
-        return Err(discovery(format!(
-            "the Authority does not accept ES256 DPoP proofs (dpop_signing_alg_values_supported: {dpop_algs:?}); with authority.require_dpop = true it cannot issue a usable token"
-        )));
+    // RFC 9449 §5.1 makes the list optional: without it, the token reply's token_type
+    // tells whether the proof was taken.
+    let dpop_algs = metadata.dpop_signing_alg_values_supported;
+    if let Some(algs) = dpop_algs.as_ref().filter(|_| require_dpop) {
+        if !algs.iter().any(|a| a == "ES256") {
+            return Err(discovery(format!(
+                "the Authority does not accept ES256 DPoP proofs (dpop_signing_alg_values_supported: {algs:?}); with authority.require_dpop = true it cannot issue a usable token"
+            )));
+        }
     }
     Ok(Endpoints {
         token_endpoint,

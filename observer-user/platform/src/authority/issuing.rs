@@ -3,7 +3,7 @@
 //! expires.
 
 use std::{
-    sync::{Arc, Weak},
+    sync::{atomic::Ordering, Arc, Weak},
     time::Duration,
 };
 
@@ -20,17 +20,27 @@ use super::{
 use crate::metrics::{AUTHORITY_FALLBACK_ACTIVE, AUTHORITY_NONCE_CHALLENGES};
 
 impl Authority {
-    /// Asks the Authority for a token (one at a time; a caller that waited for another's
-    /// request takes its token). With `refresh`, a token that is usable but due is replaced.
+    /// Asks the Authority for a token, one request at a time. A caller that waited while
+    /// another's request was under way takes its outcome: its token, or its failure (so
+    /// callers queued during an outage do not each ask in turn). With `refresh`, a token
+    /// that is usable but due is replaced.
     pub(super) async fn issue(
         &self,
         key: Option<Arc<DpopKey>>,
         refresh: bool,
     ) -> Result<Credentials, Arc<IssueError>> {
+        let before = self.requests_done.load(Ordering::Acquire);
         let mut state = self.issuing.lock().await;
+        let answered = self.requests_done.load(Ordering::Acquire) != before;
         if let Some((credentials, due)) = self.held_credentials(now_ms()) {
             if !(refresh && due) {
                 return Ok(credentials);
+            }
+        }
+        if answered {
+            let failure = locked(&self.failing).as_ref().map(|f| Arc::clone(&f.error));
+            if let Some(error) = failure {
+                return Err(error);
             }
         }
         let started = now_ms();
@@ -67,6 +77,8 @@ impl Authority {
                 let credentials = held.credentials();
                 *locked(&self.held) = Some(held);
                 *locked(&self.failing) = None;
+                // Still under the issuing lock: callers waiting for it take this token.
+                self.requests_done.fetch_add(1, Ordering::Release);
                 let mut fallback = locked(&self.fallback);
                 if fallback.active {
                     *fallback = FallbackState::default();
@@ -97,7 +109,10 @@ impl Authority {
                         warn!(target: ISSUE_TARGET, result = verdict, reason = error.reason(), "{error}")
                     }
                 }
-                Err(self.failed(error))
+                let error = self.failed(error);
+                // Still under the issuing lock: callers waiting for it take this failure.
+                self.requests_done.fetch_add(1, Ordering::Release);
+                Err(error)
             }
         }
     }
@@ -232,8 +247,9 @@ impl Authority {
 }
 
 /// Issues at start, then replaces the token before it expires; retries with backoff while
-/// the Authority fails. Ends with the Authority.
-pub(super) async fn refresh_loop(authority: Weak<Authority>) {
+/// the Authority fails. Ends with the Authority: it holds it only while it works, and
+/// waits on `wake` alone, which the Authority's drop signals.
+pub(super) async fn refresh_loop(authority: Weak<Authority>, wake: Arc<tokio::sync::Notify>) {
     let mut backoff = MIN_RETRY;
     loop {
         let wait = {
@@ -269,12 +285,9 @@ pub(super) async fn refresh_loop(authority: Weak<Authority>) {
                 }
             }
         };
-        let Some(strong) = authority.upgrade() else {
-            return;
-        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = strong.wake.notified() => {}
+            () = wake.notified() => {}
         }
     }
 }

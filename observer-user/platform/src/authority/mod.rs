@@ -15,10 +15,12 @@ pub mod dpop;
 pub mod fallback;
 pub mod issue;
 mod issuing;
+#[cfg(test)]
+mod tests;
 mod tls;
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{atomic::AtomicU64, Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -32,7 +34,7 @@ use crate::metrics::{
     AUTHORITY_TOKEN_EXPIRY, AUTHORITY_TOKEN_ISSUED, AUTHORITY_TOKEN_ISSUES,
 };
 use cache::{now_ms, Expected, OpTok, TokenCache};
-use dpop::{DpopKey, KeyFile, KeyState};
+use dpop::{DpopKey, KeyFile, KeyState, NoKey};
 use issue::Endpoints;
 
 /// The log targets of the runbook.
@@ -157,10 +159,23 @@ pub struct Authority {
     cache: Option<TokenCache>,
     held: Mutex<Option<Held>>,
     issuing: tokio::sync::Mutex<IssueState>,
+    /// Requests to the Authority that came to an outcome (a token or a failure, recorded
+    /// in `held` or `failing`); bumped under `issuing`.
+    requests_done: AtomicU64,
     failing: Mutex<Option<Failure>>,
     fallback: Mutex<FallbackState>,
     backend_nonce: Mutex<Option<String>>,
-    wake: tokio::sync::Notify,
+    /// Wakes the background refresh: a token is due, dropped, or the Authority is gone.
+    /// Shared with it apart from the Authority, so that it waits holding no strong
+    /// reference.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Authority {
+    fn drop(&mut self) {
+        // The background refresh ends instead of sleeping out its wait.
+        self.wake.notify_one();
+    }
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -222,16 +237,21 @@ impl Authority {
             cache: config.token_cache_dir.clone().map(TokenCache::new),
             held: Mutex::new(None),
             issuing: tokio::sync::Mutex::new(IssueState::default()),
+            requests_done: AtomicU64::new(0),
             failing: Mutex::new(None),
             fallback: Mutex::new(FallbackState::default()),
             backend_nonce: Mutex::new(None),
-            wake: tokio::sync::Notify::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         });
         metrics::gauge!(AUTHORITY_FALLBACK_ACTIVE.name).set(0.0);
         set_token_gauges(0, 0);
+        admin::register(&authority);
         authority.load_cached();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(issuing::refresh_loop(Arc::downgrade(&authority)));
+            runtime.spawn(issuing::refresh_loop(
+                Arc::downgrade(&authority),
+                Arc::clone(&authority.wake),
+            ));
         }
         Ok(authority)
     }
@@ -240,15 +260,42 @@ impl Authority {
         &self.config
     }
 
-    /// The DPoP key now, dropping a token bound to a key that was replaced.
+    /// The DPoP key now, dropping a token bound to a key that was replaced. A key file
+    /// that holds no usable key is counted (`dpop_key`) and logged once per version of
+    /// the file, for whichever path (a backend call, the background refresh) saw it first.
     fn current_key(&self) -> Result<Option<Arc<DpopKey>>, IssueError> {
         let Some(file) = &self.key_file else {
             return Ok(None);
         };
-        let state = locked(file).current()?;
+        let state = locked(file).current();
         let key = match state {
-            KeyState::Same(key) => key,
-            KeyState::Rotated(key) => {
+            Err(NoKey { error, first }) => {
+                let error = IssueError::Key(error);
+                if first {
+                    count_issue(error.reason());
+                    warn!(
+                        target: ISSUE_TARGET,
+                        result = "failed",
+                        reason = error.reason(),
+                        "{error}; no OpTok can be issued until the file holds a P-256 private key"
+                    );
+                }
+                return Err(error);
+            }
+            Ok(KeyState::Kept { key, error }) => {
+                count_issue("dpop_key");
+                warn!(
+                    target: ISSUE_TARGET,
+                    result = "failed",
+                    reason = "dpop_key",
+                    jkt = %key.thumbprint(),
+                    "authority.dpop_key_file changed but holds no usable key: {error}; the key with jkt {} stays in use",
+                    key.thumbprint()
+                );
+                key
+            }
+            Ok(KeyState::Same(key)) => key,
+            Ok(KeyState::Rotated(key)) => {
                 let mut held = locked(&self.held);
                 let stale = held.as_ref().and_then(|h| {
                     let bound = h.token.jkt.as_deref()?;
@@ -289,6 +336,12 @@ impl Authority {
         match cache.load(&expected) {
             Ok(Some(token)) if self.config.require_dpop && !token.is_dpop() => {
                 cache.remove(&self.config.audience);
+                info!(
+                    target: ISSUE_TARGET,
+                    token_type = %token.token_type,
+                    "the cached OpTok in {} is not DPoP-bound and authority.require_dpop is true: removed; a DPoP-bound one is issued",
+                    cache.path(&self.config.audience).display()
+                );
             }
             Ok(Some(token)) => {
                 count_issue("cached");
