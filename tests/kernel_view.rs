@@ -1155,6 +1155,344 @@ fn an_address_rewritten_while_it_is_connected_is_reported_as_the_peer_the_kernel
     assert_eq!(reported_failed, failed, "every failed connect counted");
 }
 
+// --- Descriptors read from a shared table -----------------------------------------------
+
+/// Opens, failed `openat(dfd, ...)`s and connects by a process alone with its descriptor
+/// table, then the same and more with a second thread alive (sharing the table), and what
+/// is read from no descriptor: the working directory, absolute names, the caller's
+/// address, a requested path where the kernel's walk reached no root. Imports
+/// come first, from `/`, so that nothing the interpreter opens lands in the test's tree.
+const SHARED_TABLE_PY: &str = r#"
+import os, socket, threading
+root, port, closed = os.environ["ROOT"], int(os.environ["PORT"]), int(os.environ["CLOSED"])
+def connect(p):
+    s = socket.socket(socket.AF_INET)
+    try:
+        s.connect(("127.0.0.1", p))
+    except ConnectionRefusedError:
+        pass
+    s.close()
+def missing(name, **kw):
+    try:
+        os.open(name, os.O_RDONLY, **kw)
+    except FileNotFoundError:
+        return
+    raise SystemExit(name + " exists")
+os.chdir(root)
+# Alone: no other task uses the descriptor table.
+os.close(os.open(root + "/alone", os.O_RDONLY))
+d = os.open(root + "/dir", os.O_RDONLY | os.O_DIRECTORY)
+missing("missing-1", dir_fd=d)
+connect(port)
+# A second thread, alive until the end: the table is shared.
+release = threading.Event()
+t = threading.Thread(target=release.wait)
+t.start()
+os.close(os.open(root + "/shared", os.O_RDONLY))
+os.close(os.open(root + "/alone", os.O_RDONLY))
+missing("missing-2", dir_fd=d)
+missing("missing-3")
+missing(root + "/missing-4")
+# A pipe, reopened: the kernel's walk of it reaches no root, so the path is the caller's.
+r, w = os.pipe()
+os.dup2(r, 100)
+os.close(os.open("/proc/self/fd/100", os.O_RDONLY))
+connect(port)
+connect(closed)
+release.set()
+t.join()
+"#;
+
+/// One observer edge in a line that says where its value came from.
+fn provenance(e: &Value) -> String {
+    let target = match e["edgeType"].as_str() {
+        Some("net") => format!("{}:{}", str_of(&e["address"]), e["port"]),
+        _ => show(&bytes_of(e, "path", "pathBytes").unwrap_or_default()),
+    };
+    let from_caller = e["pathFromCaller"] == true || e["addressFromCaller"] == true;
+    // Any descriptor an open returned is `fd`.
+    let result = match e["result"].as_i64() {
+        Some(fd) if fd > 0 && e["edgeType"] == "fs" => "fd".to_owned(),
+        _ => e["result"].to_string(),
+    };
+    format!(
+        "{} {target} result={result} fromCaller={from_caller} filesShared={}",
+        str_of(&e["edgeType"]),
+        e["filesShared"] == true
+    )
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+#[test]
+fn a_value_read_through_a_descriptor_table_another_thread_shares_is_marked() {
+    require_root();
+    let dir = TempDir::new("zastava-files-shared");
+    let root = fs::canonicalize(dir.path()).unwrap();
+    fs::create_dir(root.join("dir")).unwrap();
+    fs::write(root.join("alone"), "a").unwrap();
+    fs::write(root.join("shared"), "s").unwrap();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+
+    let observer = Observer::start(&["--no-cri"]);
+    let helper = Command::new("/usr/bin/python3")
+        .args(["-S", "-c", SHARED_TABLE_PY])
+        .current_dir("/")
+        .env_clear()
+        .env("ROOT", &root)
+        .env("PORT", port.to_string())
+        .env("CLOSED", closed_port.to_string())
+        .spawn()
+        .expect("run python3");
+    let pid = u64::from(helper.id());
+    let status = helper.wait_with_output().unwrap().status;
+    assert!(status.success(), "the helper failed: {status}");
+    observer.wait_for("the helper's refused connect", |e| {
+        common::pid_of(e) == pid && e["port"] == closed_port
+    });
+    let stopped = observer.stop();
+
+    let r = root.to_str().unwrap();
+    let under = |e: &Value| {
+        bytes_of(e, "path", "pathBytes").is_some_and(|p| p.starts_with(root.as_os_str().as_bytes()))
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for e in stopped.events.iter().filter(|e| {
+        e["eventType"] == "edge"
+            && common::pid_of(e) == pid
+            && match e["edgeType"].as_str() {
+                Some("fs") => under(e) || e["path"] == "/proc/self/fd/100",
+                Some("net") => e["port"] == port || e["port"] == closed_port,
+                _ => false,
+            }
+    }) {
+        for _ in 0..e["count"].as_u64().unwrap_or(1) {
+            seen.push(provenance(e));
+        }
+    }
+    seen.sort();
+    let mut expected = vec![
+        // Alone: the descriptor could not have been replaced.
+        format!("fs {r}/alone result=fd fromCaller=false filesShared=false"),
+        format!("fs {r}/dir result=fd fromCaller=false filesShared=false"),
+        format!("fs {r}/dir/missing-1 result=-2 fromCaller=true filesShared=false"),
+        format!("net 127.0.0.1:{port} result=0 fromCaller=false filesShared=false"),
+        // Shared: every value that came through a descriptor says so, and an edge it marks
+        // is not merged with the same edge unmarked.
+        format!("fs {r}/shared result=fd fromCaller=false filesShared=true"),
+        format!("fs {r}/alone result=fd fromCaller=false filesShared=true"),
+        format!("fs {r}/dir/missing-2 result=-2 fromCaller=true filesShared=true"),
+        format!("net 127.0.0.1:{port} result=0 fromCaller=false filesShared=true"),
+        // Shared, but nothing came through a descriptor: the working directory, an
+        // absolute path, the caller's address.
+        format!("fs {r}/missing-3 result=-2 fromCaller=true filesShared=false"),
+        format!("fs {r}/missing-4 result=-2 fromCaller=true filesShared=false"),
+        "fs /proc/self/fd/100 result=fd fromCaller=true filesShared=false".to_owned(),
+        format!("net 127.0.0.1:{closed_port} result=-111 fromCaller=true filesShared=false"),
+    ];
+    expected.sort();
+    assert_eq!(
+        seen.join("\n"),
+        expected.join("\n"),
+        "the helper's edges, as the observer reported them"
+    );
+    drop(listener);
+}
+
+/// One thread opens `MINE` over and over while another puts a duplicate of `DECOY` on the
+/// descriptor numbers the opens get (and closes it again), so that the number an open
+/// returned may hold the decoy by the time the probe reads it. Prints the opener's tid.
+const SWAP_PY: &str = r#"
+import os, threading
+mine, decoy, opens = os.environ["MINE"], os.environ["DECOY"], int(os.environ["OPENS"])
+# Other flags than the opener's: these opens are other edges.
+d = os.open(decoy, os.O_RDONLY | os.O_NONBLOCK)
+# The lowest free number: the one the opener's descriptors get.
+n = os.open(mine, os.O_RDONLY | os.O_NONBLOCK)
+os.close(n)
+stop = threading.Event()
+def swap():
+    while not stop.is_set():
+        for fd in (n, n + 1):
+            try:
+                os.dup2(d, fd)
+                os.close(fd)
+            except OSError:
+                pass
+opener_tid = []
+def opener():
+    opener_tid.append(threading.get_native_id())
+    for _ in range(opens):
+        fd = os.open(mine, os.O_RDONLY)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+s = threading.Thread(target=swap)
+s.start()
+o = threading.Thread(target=opener)
+o.start()
+o.join()
+stop.set()
+s.join()
+print(opener_tid[0])
+"#;
+
+#[test]
+fn a_descriptor_swapped_before_the_probe_reads_it_is_never_reported_unmarked() {
+    require_root();
+    let dir = TempDir::new("zastava-fd-swap");
+    let root = fs::canonicalize(dir.path()).unwrap();
+    let mine = root.join("mine");
+    let decoy = root.join("decoy");
+    fs::write(&mine, "m").unwrap();
+    fs::write(&decoy, "d").unwrap();
+    const OPENS: u64 = 20_000;
+
+    let observer = Observer::start(&["--no-cri"]);
+    let out = Command::new("/usr/bin/python3")
+        .args(["-S", "-c", SWAP_PY])
+        .current_dir("/")
+        .env_clear()
+        .env("MINE", &mine)
+        .env("DECOY", &decoy)
+        .env("OPENS", OPENS.to_string())
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "the helper failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let opener: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    observer.wait_for("the opener's edge", |e| e["process"]["tid"] == opener);
+    let stopped = observer.stop();
+
+    let mine_b = mine.as_os_str().as_bytes();
+    let decoy_b = decoy.as_os_str().as_bytes();
+    let mut total = 0;
+    let mut swapped = 0;
+    let mut emptied = 0;
+    for e in stopped
+        .events
+        .iter()
+        .filter(|e| e["edgeType"] == "fs" && e["process"]["tid"] == opener)
+    {
+        let count = e["count"].as_u64().unwrap_or(1);
+        total += count;
+        let path = bytes_of(e, "path", "pathBytes").unwrap();
+        assert!(e["result"].as_i64().unwrap() >= 0, "{e}");
+        // Whatever the race did: a path other than the file opened is marked.
+        if path != mine_b {
+            assert_eq!(path, decoy_b, "{e}");
+            assert_eq!(e["filesShared"], true, "{e}");
+            swapped += count;
+        }
+        // And every path read through the shared table is marked, race or not; one that
+        // is not the table's (the slot was empty when read) is the caller's, and says so.
+        if e.get("pathFromCaller").is_none() {
+            assert_eq!(e["filesShared"], true, "{e}");
+        } else {
+            assert_eq!(path, mine_b, "{e}");
+            emptied += count;
+        }
+    }
+    assert_eq!(total, OPENS, "every open reported");
+    eprintln!(
+        "of {OPENS} opens, {swapped} were reported with the swapped-in descriptor's file, \
+         {emptied} with the caller's path (the descriptor was closed before the read)"
+    );
+}
+
+// --- The path bound ----------------------------------------------------------------------
+
+#[test]
+fn a_path_of_the_longest_length_the_kernel_accepts_is_whole_and_a_longer_one_is_cut() {
+    require_root();
+    let dir = TempDir::new("zastava-path-max");
+    let root = fs::canonicalize(dir.path()).unwrap();
+    // PATH_MAX - 1 = 4 095 bytes: the longest name the kernel takes, as long as the
+    // probe's capture.
+    const LONGEST: usize = libc::PATH_MAX as usize - 1;
+    let mut deep = root.clone();
+    while LONGEST - deep.as_os_str().len() - 1 > 255 {
+        deep.push("d".repeat(200));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    let rest = LONGEST - deep.as_os_str().len() - 1;
+    let file = deep.join("f".repeat(rest));
+    fs::write(&file, "x").unwrap();
+    let missing = deep.join("m".repeat(rest));
+    let mut too_long = deep.join("q".repeat(rest)).into_os_string();
+    too_long.push("q".repeat(50));
+    assert_eq!(file.as_os_str().len(), LONGEST);
+    assert_eq!(missing.as_os_str().len(), LONGEST);
+    let cut = &too_long.as_bytes()[..LONGEST];
+
+    let observer = Observer::start(&["--no-cri"]);
+    let open = |path: &OsStr| {
+        let c = CString::new(path.as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; a descriptor is closed at once.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd >= 0 {
+            // SAFETY: fd was just opened here.
+            unsafe { libc::close(fd) };
+            0
+        } else {
+            -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap())
+        }
+    };
+    assert_eq!(open(file.as_os_str()), 0);
+    assert_eq!(open(missing.as_os_str()), -i64::from(libc::ENOENT));
+    assert_eq!(open(&too_long), -i64::from(libc::ENAMETOOLONG));
+    let by_path = |p: &[u8]| {
+        let p = p.to_vec();
+        move |e: &Value| {
+            e["edgeType"] == "fs" && bytes_of(e, "path", "pathBytes") == Some(p.clone())
+        }
+    };
+    let opened = observer.wait_for(
+        "the open of the longest path",
+        by_path(file.as_os_str().as_bytes()),
+    );
+    let failed = observer.wait_for(
+        "the failed open of the longest path",
+        by_path(missing.as_os_str().as_bytes()),
+    );
+    let refused = observer.wait_for("the open of a path too long", by_path(cut));
+    observer.stop();
+
+    // Whole: the kernel's walk of the file, and the same name as asked for.
+    assert!(opened["result"].as_i64().unwrap() >= 0, "{opened}");
+    for key in [
+        "pathTruncated",
+        "pathResolved",
+        "pathFromCaller",
+        "requestedPath",
+    ] {
+        assert!(opened.get(key).is_none(), "{key}: {opened}");
+    }
+    // Whole: the caller's name, all of it.
+    assert_eq!(failed["result"], -i64::from(libc::ENOENT), "{failed}");
+    assert_eq!(failed["pathFromCaller"], true, "{failed}");
+    assert!(failed.get("pathTruncated").is_none(), "{failed}");
+    // Cut: the capture holds its first 4 095 bytes, and says so.
+    assert_eq!(
+        refused["result"],
+        -i64::from(libc::ENAMETOOLONG),
+        "{refused}"
+    );
+    assert_eq!(refused["pathTruncated"], true, "{refused}");
+    assert_eq!(refused["pathFromCaller"], true, "{refused}");
+}
+
 // --- Without the kernel view ------------------------------------------------------------
 
 #[test]

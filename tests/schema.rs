@@ -75,6 +75,15 @@ fn records_the_observer_writes_are_valid() {
     }
     assert_valid(&connect);
 
+    // A path or peer read through a descriptor table another thread shared.
+    let mut shared_open = host_open();
+    shared_open["filesShared"] = json!(true);
+    assert_valid(&shared_open);
+    let mut shared_connect = connect.clone();
+    shared_connect["result"] = json!(0);
+    shared_connect["filesShared"] = json!(true);
+    assert_valid(&shared_connect);
+
     let mut merged = host_open();
     merged["count"] = json!(20);
     merged["firstSeen"] = merged["timestamp"].clone();
@@ -114,6 +123,25 @@ fn records_that_break_the_contract_are_rejected() {
     let mut wrong_kind = host_open();
     wrong_kind["args"] = json!(["x"]);
     assert_invalid(&wrong_kind, "an fs edge with argv");
+
+    let mut files_not_shared = host_open();
+    files_not_shared["filesShared"] = json!(false);
+    assert_invalid(&files_not_shared, "filesShared is written only when true");
+
+    let mut exec_files_shared = host_open();
+    exec_files_shared["edgeType"] = json!("syscall");
+    exec_files_shared["syscall"] = json!("execve");
+    exec_files_shared["args"] = json!(["/bin/true"]);
+    exec_files_shared["result"] = json!(0);
+    for k in ["flags", "flagNames"] {
+        exec_files_shared.as_object_mut().unwrap().remove(k);
+    }
+    assert_valid(&exec_files_shared);
+    exec_files_shared["filesShared"] = json!(true);
+    assert_invalid(
+        &exec_files_shared,
+        "an exec's path comes from no descriptor",
+    );
 
     let mut bad_time = host_open();
     bad_time["timestamp"] = json!("2026-11-22 06:33:58");

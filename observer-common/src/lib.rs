@@ -25,7 +25,8 @@ pub use offsets::{KernelOffsets, TracepointOffsets};
 
 /// Length of `task_struct::comm`.
 pub const TASK_COMM_LEN: usize = 16;
-/// At most this many argv entries are captured for an exec.
+/// At most this many argv entries are captured for an exec by the probes without the
+/// kernel view, or read from `/proc` (the kernel view reads argv whole, up to its bytes).
 pub const MAX_ARGS: usize = 20;
 /// At most this many bytes of argv (NUL-separated) are captured for an exec.
 pub const ARGS_CAPACITY: usize = 4096;
@@ -127,6 +128,12 @@ pub mod flags {
     pub const OPEN: u32 = 1 << 10;
     /// The open came through `creat` (flags `O_CREAT | O_WRONLY | O_TRUNC`).
     pub const CREAT: u32 = 1 << 11;
+    /// The record's kernel path or address came from a descriptor (`task->files->fdt->fd[n]`,
+    /// read without the table's lock after the syscall) while another task shared the
+    /// descriptor table (see `files_shared` in the probes): that task could have replaced the
+    /// descriptor (`dup2`, `close` then `open`) between the syscall's return and the read,
+    /// and the path or address is then of the file the descriptor held at the read.
+    pub const FILES_SHARED: u32 = 1 << 12;
 }
 
 /// Outcome of a path walked in the kernel, from a dentry up to the task's root across

@@ -72,8 +72,10 @@ pub struct KernelOffsets {
     pub mount_mnt_mountpoint: u32,
     /// `vfsmount.mnt_root`.
     pub vfsmount_mnt_root: u32,
-    /// `files_struct.fdt` (`fdtable` is `{ max_fds @0, fd @8 }`, checked).
+    /// `files_struct.fdt` (`fdtable` is `{ max_fds @0, fd @8 }`, checked), `.count` (the
+    /// tasks using the descriptor table: above 1, another task can replace a descriptor).
     pub files_fdt: u32,
+    pub files_count: u32,
     /// `file.f_path`, `.f_inode`, `.private_data`.
     pub file_f_path: u32,
     pub file_f_inode: u32,
@@ -106,4 +108,5 @@ pub struct KernelOffsets {
     pub regs_si: u32,
     pub regs_dx: u32,
     pub regs_r10: u32,
+    pub _pad: u32,
 }

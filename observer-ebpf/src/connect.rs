@@ -4,6 +4,9 @@
 //! bound name for unix), built into a `struct sockaddr`, so a second thread rewriting the
 //! caller's buffer changes nothing. A failed connect leaves nothing (or only part of the
 //! address) in the socket: then the caller's `sockaddr` is read, and the record says so.
+//! The socket is found through the descriptor table after the call; when another task
+//! shared the table, it could have replaced the descriptor meanwhile, and the record says
+//! so (`FILES_SHARED`).
 
 use aya_ebpf::{
     helpers::generated::{
@@ -21,7 +24,7 @@ use observer_common::{
 
 use crate::{
     dedup,
-    kmem::{fd_file, memory_shared, rd, rd_ptr, syscall_args, task, user_regs},
+    kmem::{fd_file, files_shared, memory_shared, rd, rd_ptr, syscall_args, task, user_regs},
     maps::{koff, OUT_BUF},
     record::{count, current_task, filtered, output, write_header},
 };
@@ -75,9 +78,14 @@ fn run(ctx: &TracePointContext) {
     let mut len = 0;
     let mut source = addr_source::NONE;
     if connected && read_family && family != AF_UNSPEC {
+        // Asked before the descriptor is read (see `files_shared`).
+        let shared = files_shared(task());
         len = from_socket(fd, sockaddr);
         if len > 0 {
             source = addr_source::KERNEL;
+            if shared {
+                record_flags |= flags::FILES_SHARED;
+            }
         }
     }
     if source == addr_source::NONE && addr != 0 {
@@ -110,6 +118,9 @@ fn run(ctx: &TracePointContext) {
         if !relative_unix {
             let mut hash = dedup::hash_word(dedup::seed(KIND), result as u64);
             hash = dedup::hash_word(hash, u64::from(source));
+            // A peer a shared table could have swapped in is never merged with one it could
+            // not.
+            hash = dedup::hash_word(hash, u64::from(record_flags & flags::FILES_SHARED));
             hash = dedup::hash_word(hash, len);
             // The sockaddr buffer was zeroed before it was filled.
             hash = unsafe { dedup::hash_block::<{ SOCKADDR_CAPACITY / 8 }>(hash, sockaddr) };

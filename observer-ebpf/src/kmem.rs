@@ -62,8 +62,9 @@ pub fn task_pwd(task: u64) -> Result<KPath, ()> {
 }
 
 /// `task->files->fdt->fd[fd]`: the `struct file` of a descriptor. No lock is held, so
-/// another thread of the process could replace the slot (close, dup2) after the syscall
-/// returned; what is read is then another file's, which the caller cannot tell.
+/// another task sharing the descriptor table could replace the slot (close, dup2) after
+/// the syscall returned; what is read is then another file's. Callers ask
+/// [`files_shared`] first and mark what they report from the file.
 #[inline(always)]
 pub fn fd_file(task: u64, fd: i64) -> Result<u64, ()> {
     if fd < 0 {
@@ -111,4 +112,17 @@ pub fn memory_shared(task: u64) -> bool {
         return true;
     };
     rd::<i32>(mm + koff!(mm_users)).map_or(true, |users| users > 1)
+}
+
+/// Whether another task uses the current task's descriptor table (`files->count > 1`: a
+/// thread, or a child cloned with `CLONE_FILES`): it could then have replaced a descriptor
+/// between the syscall's return and a [`fd_file`] read. Read before the descriptor: only a
+/// task already sharing the table can add a sharer, so a table unshared here stays
+/// unshared through the read that follows. Read errors count as shared.
+#[inline(always)]
+pub fn files_shared(task: u64) -> bool {
+    let Ok(files) = rd_ptr(task + koff!(task_files)) else {
+        return true;
+    };
+    rd::<i32>(files + koff!(files_count)).map_or(true, |count| count > 1)
 }

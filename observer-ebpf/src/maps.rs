@@ -54,6 +54,7 @@ pub static KOFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt_mountpoint: 0,
     vfsmount_mnt_root: 0,
     files_fdt: 0,
+    files_count: 0,
     file_f_path: 0,
     file_f_inode: 0,
     file_private_data: 0,
@@ -76,6 +77,7 @@ pub static KOFFSETS: KernelOffsets = KernelOffsets {
     regs_si: 0,
     regs_dx: 0,
     regs_r10: 0,
+    _pad: 0,
 };
 
 /// One field of `KOFFSETS`, as a u64. The volatile read keeps the compiler from folding

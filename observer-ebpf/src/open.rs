@@ -7,6 +7,9 @@
 //! for a failed one, the directory a relative path was resolved from (the working directory
 //! or the `dfd`'s), joined with the requested path in userspace. A repeat is judged on the
 //! kernel's identity of the file before any string is read or any path walked.
+//! Descriptors (the new one, a `dfd`) are looked up in the table after the call; when
+//! another task shared the table, it could have replaced one meanwhile, and a path taken
+//! from it is marked (`FILES_SHARED`).
 
 use aya_ebpf::{
     helpers::generated::{
@@ -25,8 +28,8 @@ use observer_common::{
 use crate::{
     dedup,
     kmem::{
-        fd_file, memory_shared, rd, rd_path, syscall_args, task, task_pwd, task_root, user_regs,
-        KPath,
+        fd_file, files_shared, memory_shared, rd, rd_path, syscall_args, task, task_pwd, task_root,
+        user_regs, KPath,
     },
     maps::{koff, OUT_BUF},
     record::{count, current_task, filtered, output, write_header, Task},
@@ -132,6 +135,9 @@ fn exit(ctx: &TracePointContext, syscall: Syscall) {
     } else {
         Target::none()
     };
+    // Part of the edge: a file a shared table could have swapped in is never merged with
+    // one it could not.
+    call.record_flags |= target.flag();
     let mut held = Repeats::default();
     if target.base == open_base::FILE {
         // The file is known: judge a repeat before reading or walking anything.
@@ -161,7 +167,10 @@ fn exit(ctx: &TracePointContext, syscall: Syscall) {
             0
         }
     };
-    if requested_len as usize >= PATH_CAPACITY - 1 {
+    // The capture holds up to PATH_CAPACITY - 1 bytes, the longest name the kernel accepts:
+    // one that fills it was cut only if the string goes on.
+    if requested_len as usize >= PATH_CAPACITY - 1 && !terminated_at(call.filename + requested_len)
+    {
         call.record_flags |= flags::PATH_TRUNCATED;
     }
     let target = if target.base == open_base::NONE {
@@ -172,6 +181,7 @@ fn exit(ctx: &TracePointContext, syscall: Syscall) {
         } else {
             target
         };
+        call.record_flags |= target.flag();
         let name =
             unsafe { dedup::hash_block::<{ DEDUP_NAME_MAX / 8 }>(dedup::seed(KIND), out.add(HDR)) };
         let key = dedup::hash_word(
@@ -266,6 +276,8 @@ fn empty_call(syscall: Syscall) -> Call {
 struct Target {
     base: u32,
     path: KPath,
+    /// The path is a descriptor's, read while another task shared the descriptor table.
+    files_shared: bool,
 }
 
 impl Target {
@@ -274,17 +286,38 @@ impl Target {
         Target {
             base: open_base::NONE,
             path: KPath { mnt: 0, dentry: 0 },
+            files_shared: false,
         }
     }
+
+    /// The record flag the target's origin adds.
+    #[inline(always)]
+    fn flag(&self) -> u32 {
+        if self.files_shared {
+            flags::FILES_SHARED
+        } else {
+            0
+        }
+    }
+}
+
+/// The path of descriptor `fd`'s file, and whether the descriptor table was shared when it
+/// was read (asked first: see `files_shared`).
+#[inline(always)]
+fn fd_path(t: u64, fd: i64) -> Result<(KPath, bool), ()> {
+    let shared = files_shared(t);
+    let path = fd_file(t, fd).and_then(|file| rd_path(file + koff!(file_f_path)))?;
+    Ok((path, shared))
 }
 
 /// The file a successful open returned.
 #[inline(always)]
 fn opened(t: u64, fd: i64) -> Target {
-    match fd_file(t, fd).and_then(|file| rd_path(file + koff!(file_f_path))) {
-        Ok(path) => Target {
+    match fd_path(t, fd) {
+        Ok((path, files_shared)) => Target {
             base: open_base::FILE,
             path,
+            files_shared,
         },
         Err(()) => {
             count(Counter::ReadFailed, KIND);
@@ -298,18 +331,29 @@ fn opened(t: u64, fd: i64) -> Target {
 #[inline(always)]
 fn lookup_base(t: u64, dfd: i64) -> Target {
     let (base, path) = if dfd == AT_FDCWD {
-        (open_base::CWD, task_pwd(t))
+        // Not a descriptor: the task's own `fs`.
+        (open_base::CWD, task_pwd(t).map(|path| (path, false)))
     } else {
-        (
-            open_base::DIRFD,
-            fd_file(t, dfd).and_then(|file| rd_path(file + koff!(file_f_path))),
-        )
+        (open_base::DIRFD, fd_path(t, dfd))
     };
     match path {
-        Ok(path) => Target { base, path },
+        Ok((path, files_shared)) => Target {
+            base,
+            path,
+            files_shared,
+        },
         // A bad dfd (the open failed with EBADF): nothing to resolve from.
         Err(()) => Target::none(),
     }
+}
+
+/// Whether the caller's string ends at `addr` (a NUL there): a capture that filled the
+/// buffer holds the whole string only then. An unreadable byte counts as more string.
+#[inline(always)]
+fn terminated_at(addr: u64) -> bool {
+    let mut byte = 1u8;
+    let rc = unsafe { bpf_probe_read_user((&raw mut byte).cast(), 1, addr as *const _) };
+    rc == 0 && byte == 0
 }
 
 /// The kernel's identity of a path: its mount and dentry, and the dentry's parent and
@@ -386,9 +430,15 @@ fn emit(
         requested_len
     };
     let path_len = copy_out(unsafe { out.add(HDR + requested_len as usize) }, &walked);
+    // Without a whole walk the record's path is the caller's string, not the descriptor's.
+    let record_flags = if bits::is_complete(walked.bits) {
+        call.record_flags
+    } else {
+        call.record_flags & !flags::FILES_SHARED
+    };
     let record = out.cast::<OpenRecord>();
     unsafe {
-        write_header(&raw mut (*record).header, KIND, call.record_flags, task_ids);
+        write_header(&raw mut (*record).header, KIND, record_flags, task_ids);
         (*record).result = result;
         (*record).dfd = call.dfd as i32;
         (*record).flags = call.flags;

@@ -225,6 +225,12 @@ pub const TABLE: &[(&str, &str, &[&str], Want)] = &[
     ),
     ("vfsmount_mnt_root", "vfsmount", &["mnt_root"], Want::Ptr),
     ("files_fdt", "files_struct", &["fdt"], Want::Ptr),
+    (
+        "files_count",
+        "files_struct",
+        &["count", "counter"],
+        Want::Int(4),
+    ),
     ("fdtable_max_fds", "fdtable", &["max_fds"], Want::Int(4)),
     ("fdtable_fd", "fdtable", &["fd"], Want::Ptr),
     ("file_f_path", "file", &["f_path"], Want::Embedded(16)),
@@ -363,6 +369,7 @@ pub fn offsets(members: &[(&'static str, String, u32)]) -> Result<KernelOffsets,
         mount_mnt_mountpoint: get("mount_mnt_mountpoint"),
         vfsmount_mnt_root: get("vfsmount_mnt_root"),
         files_fdt: get("files_fdt"),
+        files_count: get("files_count"),
         file_f_path: get("file_f_path"),
         file_f_inode: get("file_f_inode"),
         file_private_data: get("file_private_data"),
@@ -385,6 +392,7 @@ pub fn offsets(members: &[(&'static str, String, u32)]) -> Result<KernelOffsets,
         regs_si: get("regs_si"),
         regs_dx: get("regs_dx"),
         regs_r10: get("regs_r10"),
+        _pad: 0,
     })
 }
 

@@ -146,6 +146,11 @@ pub struct EdgeEvent {
     /// A successful open's requested path is then not reported; a path or address marked
     /// as the caller's is reported with this mark.
     pub memory_shared: bool,
+    /// The path or address came from a descriptor the probe looked up after the syscall
+    /// while another task shared the descriptor table: that task could have replaced the
+    /// descriptor in between, and the path or address is then the file the descriptor held
+    /// when it was read.
+    pub files_shared: bool,
 }
 
 /// Repeats of an edge the kernel held back, with the boot time of the first and last.

@@ -25,6 +25,15 @@ fn every_member_the_probes_read_resolves_with_its_shape() {
     // The dentry window holds the name's fields.
     assert!(offsets.win_name + 8 <= 32 && offsets.win_len + 4 <= 32);
     assert_ne!(offsets.task_fs, offsets.task_files);
+    // files_struct.count is an atomic_t: a struct whose int the probes read.
+    let count = types.member("files_struct", &["count"]).unwrap();
+    assert_eq!(count.shape, Shape::Aggregate(4));
+    let counter = types.member("files_struct", &["count", "counter"]).unwrap();
+    assert_eq!(
+        (counter.offset, counter.shape),
+        (count.offset, Shape::Int(4))
+    );
+    assert_eq!(offsets.files_count, counter.offset);
 }
 
 #[test]

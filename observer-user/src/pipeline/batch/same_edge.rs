@@ -9,7 +9,11 @@ use crate::record::{EdgeDetail, Item, Record, SocketTarget};
 /// What makes two edges "the same edge": workload, cgroup (on a node, different services
 /// share the host workload), edge type and target. For opens the
 /// target includes the flags and whether it succeeded (the fd number does not matter);
-/// for connects the result; for execs the argv.
+/// for connects the result; for execs the argv. Edges whose marks differ — the value read
+/// through a shared descriptor table (`files_shared`) or from the caller's memory
+/// (`from_caller`), the caller's memory shared (`memory_shared`), the path unresolved,
+/// cut short or of an unlinked file — are not merged, so no occurrence loses or gains a
+/// mark.
 pub(super) fn same_edge(a: &Item, b: &Item) -> bool {
     let (
         Record::Edge {
@@ -31,6 +35,8 @@ pub(super) fn same_edge(a: &Item, b: &Item) -> bool {
         || aa.container_id != ab.container_id
         || ea.repeats_only != eb.repeats_only
         || ea.cgroup_id != eb.cgroup_id
+        || ea.files_shared != eb.files_shared
+        || ea.memory_shared != eb.memory_shared
     {
         return false;
     }
@@ -40,21 +46,36 @@ pub(super) fn same_edge(a: &Item, b: &Item) -> bool {
                 path: pa,
                 syscall: sa,
                 result: ra,
+                path_resolved: resolved_a,
+                from_caller: caller_a,
                 ..
             },
             EdgeDetail::Exec {
                 path: pb,
                 syscall: sb,
                 result: rb,
+                path_resolved: resolved_b,
+                from_caller: caller_b,
                 ..
             },
-        ) => pa == pb && sa == sb && ra == rb && ea.process.image.args == eb.process.image.args,
+        ) => {
+            pa == pb
+                && sa == sb
+                && ra == rb
+                && resolved_a == resolved_b
+                && caller_a == caller_b
+                && ea.process.image.args == eb.process.image.args
+        }
         (
             EdgeDetail::Open {
                 path: pa,
                 flags: fa,
                 result: ra,
                 syscall: sa,
+                path_resolved: resolved_a,
+                path_truncated: truncated_a,
+                path_deleted: deleted_a,
+                from_caller: caller_a,
                 ..
             },
             EdgeDetail::Open {
@@ -62,21 +83,32 @@ pub(super) fn same_edge(a: &Item, b: &Item) -> bool {
                 flags: fb,
                 result: rb,
                 syscall: sb,
+                path_resolved: resolved_b,
+                path_truncated: truncated_b,
+                path_deleted: deleted_b,
+                from_caller: caller_b,
                 ..
             },
-        ) => pa == pb && fa == fb && sa == sb && outcome(*ra) == outcome(*rb),
+        ) => {
+            pa == pb
+                && fa == fb
+                && sa == sb
+                && outcome(*ra) == outcome(*rb)
+                && (resolved_a, truncated_a, deleted_a, caller_a)
+                    == (resolved_b, truncated_b, deleted_b, caller_b)
+        }
         (
             EdgeDetail::Connect {
                 address: ta,
                 result: ra,
-                ..
+                from_caller: caller_a,
             },
             EdgeDetail::Connect {
                 address: tb,
                 result: rb,
-                ..
+                from_caller: caller_b,
             },
-        ) => ta == tb && ra == rb,
+        ) => ta == tb && ra == rb && caller_a == caller_b,
         _ => false,
     }
 }

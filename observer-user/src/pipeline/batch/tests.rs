@@ -37,6 +37,7 @@ fn open(seq: u64, path: &str, result: i64) -> Record {
             repeats_only: false,
             dedup_key: None,
             memory_shared: false,
+            files_shared: false,
         },
         attribution: Attribution::host(),
     }
@@ -113,6 +114,92 @@ fn repeats_are_merged_with_count_first_and_last_seen() {
     assert_eq!(batch.items[0].last_ns, 10 * S + 4);
     assert_eq!(batch.edge_occurrences(), 6);
     assert_eq!(b.stats().merged, 4);
+}
+
+#[test]
+fn an_edge_read_through_a_shared_descriptor_table_keeps_its_mark_apart() {
+    let h = host();
+    let mut b = Batcher::new(config());
+    let marked = |seq| {
+        let mut record = open(seq, "/etc/app.conf", 3);
+        if let Record::Edge { event, .. } = &mut record {
+            event.files_shared = true;
+        }
+        record
+    };
+    b.push(Item::new(10 * S, &h, open(1, "/etc/app.conf", 3)));
+    b.push(Item::new(10 * S + 1, &h, marked(2)));
+    b.push(Item::new(10 * S + 2, &h, marked(3)));
+    b.push(Item::new(10 * S + 3, &h, open(4, "/etc/app.conf", 3)));
+    let t0 = Instant::now();
+    b.poll(20 * S, t0);
+    let batch = b.poll(20 * S, t0 + Duration::from_secs(1)).unwrap();
+    let seen: Vec<(bool, u64)> = batch
+        .items
+        .iter()
+        .map(|i| match &i.record {
+            Record::Edge { event, .. } => (event.files_shared, i.count),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(seen, [(false, 2), (true, 2)]);
+}
+
+#[test]
+fn edges_of_the_same_file_with_other_marks_are_not_merged() {
+    type Mark = fn(&mut EdgeEvent);
+    let marks: [(&str, Mark); 5] = [
+        ("memory_shared", |e| e.memory_shared = true),
+        ("from_caller", |e| {
+            if let EdgeDetail::Open { from_caller, .. } = &mut e.detail {
+                *from_caller = true;
+            }
+        }),
+        ("path_resolved", |e| {
+            if let EdgeDetail::Open { path_resolved, .. } = &mut e.detail {
+                *path_resolved = !*path_resolved;
+            }
+        }),
+        ("path_truncated", |e| {
+            if let EdgeDetail::Open { path_truncated, .. } = &mut e.detail {
+                *path_truncated = true;
+            }
+        }),
+        ("path_deleted", |e| {
+            if let EdgeDetail::Open { path_deleted, .. } = &mut e.detail {
+                *path_deleted = true;
+            }
+        }),
+    ];
+    for (name, mark) in marks {
+        let h = host();
+        let mut b = Batcher::new(config());
+        let marked = |seq| {
+            let mut record = open(seq, "/etc/app.conf", 3);
+            if let Record::Edge { event, .. } = &mut record {
+                mark(event);
+            }
+            record
+        };
+        b.push(Item::new(10 * S, &h, open(1, "/etc/app.conf", 3)));
+        b.push(Item::new(10 * S + 1, &h, marked(2)));
+        b.push(Item::new(10 * S + 2, &h, open(3, "/etc/app.conf", 3)));
+        b.push(Item::new(10 * S + 3, &h, marked(4)));
+        let t0 = Instant::now();
+        b.poll(20 * S, t0);
+        let batch = b.poll(20 * S, t0 + Duration::from_secs(1)).unwrap();
+        let counts: Vec<u64> = batch.items.iter().map(|i| i.count).collect();
+        assert_eq!(counts, [2, 2], "{name}");
+        let firsts: Vec<u64> = batch
+            .items
+            .iter()
+            .map(|i| match &i.record {
+                Record::Edge { event, .. } => event.seq,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(firsts, [1, 2], "{name}: each kept with its own first occurrence");
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@ use crate::{
     kernel::decode::{decode, tests as records, AF_UNIX},
     record::{Attribution, HostIdentity, Item, Record, RecordWriter, Timestamp},
 };
-use observer_common::open_base;
+use observer_common::{open_base, DedupState, Repeats};
 use serde_json::{json, Value};
 
 const BOOT_NS: u64 = 1_000_000_123;
@@ -372,4 +372,60 @@ fn repeats_of_an_edge_gone_quiet_are_its_last_report_without_what_was_asked_wher
     let (events, unnamed) = t.sweep_repeats(&[(other, 1, state)], BOOT_NS + 10_000, 0);
     assert!(events.is_empty());
     assert_eq!(unnamed, 3);
+}
+
+#[test]
+fn a_path_or_peer_read_from_a_shared_descriptor_table_says_so_and_so_do_its_repeats() {
+    let mut t = tracker();
+    let opened = records::task().open(BOOT_NS, b"/srv/file", 4, 0);
+    let v = json_of(&mut t, &records::with_flags(&opened, flags::FILES_SHARED)).unwrap();
+    assert_eq!(v["path"], "/srv/file");
+    assert_eq!(v["filesShared"], true);
+    assert!(v.get("sharedMemory").is_none(), "{v}");
+    // Without the mark, the field is absent (never `false`).
+    let v = json_of(&mut t, &opened).unwrap();
+    assert!(v.get("filesShared").is_none(), "{v}");
+
+    let connected =
+        records::task().connect(BOOT_NS + 1, &records::sockaddr_in([127, 0, 0, 1], 5432), 0);
+    let v = json_of(
+        &mut t,
+        &records::with_flags(&connected, flags::FILES_SHARED),
+    )
+    .unwrap();
+    assert_eq!(
+        (&v["address"], &v["port"]),
+        (&json!("127.0.0.1"), &json!(5432))
+    );
+    assert_eq!(v["filesShared"], true);
+
+    // Repeats of a marked edge, reported once it went quiet, carry the mark.
+    let mut edge = t
+        .handle(&decode(&records::with_flags(&opened, flags::FILES_SHARED)).unwrap())
+        .unwrap();
+    let repeats = Repeats {
+        hash: 7,
+        cumulative: 0,
+        first_ns: 0,
+        last_ns: 0,
+        cpu: 0,
+        _pad: 0,
+    };
+    t.deduplicated(&mut edge, repeats);
+    let key = DedupKey {
+        cgroup_id: edge.cgroup_id,
+        hash: 7,
+    };
+    let state = DedupState {
+        last_report_ns: BOOT_NS,
+        first_ns: BOOT_NS + 200,
+        last_ns: BOOT_NS + 300,
+        suppressed: 2,
+    };
+    let (events, _) = t.sweep_repeats(&[(key, 0, state)], BOOT_NS + 10_000, 0);
+    assert_eq!(events.len(), 1);
+    assert!(
+        events[0].repeats_only && events[0].files_shared,
+        "{events:?}"
+    );
 }

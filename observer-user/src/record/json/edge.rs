@@ -255,6 +255,9 @@ fn detail(out: &mut Vec<u8>, e: &EdgeEvent) {
     if e.memory_shared {
         true_entry(out, "sharedMemory");
     }
+    if e.files_shared {
+        true_entry(out, "filesShared");
+    }
     if e.repeats_only {
         true_entry(out, "repeatsOnly");
     }

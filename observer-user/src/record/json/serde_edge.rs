@@ -146,6 +146,9 @@ fn serialize_detail<M: serde::ser::SerializeMap>(
     if e.memory_shared {
         map.serialize_entry("sharedMemory", &true)?;
     }
+    if e.files_shared {
+        map.serialize_entry("filesShared", &true)?;
+    }
     if e.repeats_only {
         map.serialize_entry("repeatsOnly", &true)?;
     }

@@ -65,6 +65,7 @@ fn edge(seq: u64, attribution: Attribution) -> Record {
             repeats_only: false,
             dedup_key: None,
             memory_shared: false,
+            files_shared: false,
         },
         attribution,
     }
@@ -238,4 +239,29 @@ fn records_carry_the_deployment_only_when_asked_to() {
     // Nothing set: nothing written, even when asked.
     let empty = HostIdentity::for_tests().with_deployment(Default::default(), true);
     assert!(record(&empty).get("deployment").is_none());
+}
+
+#[test]
+fn the_shared_marks_are_written_beside_each_other_by_both_writers() {
+    let host = HostIdentity::for_tests();
+    let mut record = edge(1, Attribution::host());
+    let Record::Edge { event, .. } = &mut record else {
+        unreachable!()
+    };
+    event.memory_shared = true;
+    event.files_shared = true;
+    let item = Item::new(1_000, &host, record);
+    let (mut direct, mut serde) = (Vec::new(), Vec::new());
+    RecordWriter::new(&host, "r")
+        .write(&mut direct, &item)
+        .unwrap();
+    RecordWriter::new(&host, "r")
+        .write_with_serde(&mut serde, &item)
+        .unwrap();
+    let text = String::from_utf8_lossy(&direct);
+    assert_eq!(text, String::from_utf8_lossy(&serde));
+    assert!(
+        text.contains(r#""sharedMemory":true,"filesShared":true"#),
+        "{text}"
+    );
 }

@@ -36,6 +36,7 @@ fn event(seq: u64, cgroup_id: u64) -> EdgeEvent {
         repeats_only: false,
         dedup_key: None,
         memory_shared: false,
+        files_shared: false,
     }
 }
 
