@@ -403,3 +403,100 @@ pub async fn tls_connect(
     assert_eq!(stream.get_ref().1.alpn_protocol(), alpn);
     stream
 }
+
+/// A stand-in Authority on loopback for the webhook's OpToks: plain HTTP (so the webhook
+/// runs with `authority.require_mutual_tls = false` and `require_dpop = false`), OIDC
+/// discovery, and a token endpoint that issues opaque Bearer tokens `optok-1`, `optok-2`,
+/// ..., each valid for five minutes.
+pub struct StandInAuthority {
+    /// The issuer URL (`http://127.0.0.1:<port>`).
+    pub issuer: String,
+    issued: Arc<std::sync::atomic::AtomicUsize>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl StandInAuthority {
+    pub fn start() -> StandInAuthority {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let issued = Arc::new(AtomicUsize::new(0));
+        let (base, count) = (issuer.clone(), Arc::clone(&issued));
+        runtime.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (base, count) = (base.clone(), Arc::clone(&count));
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let body = match request.uri().path() {
+                                "/.well-known/openid-configuration" => json!({
+                                    "issuer": base,
+                                    "token_endpoint": format!("{base}/token"),
+                                }),
+                                "/token" => {
+                                    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                                    json!({
+                                        "access_token": format!("optok-{n}"),
+                                        "token_type": "Bearer",
+                                        "expires_in": 300,
+                                    })
+                                }
+                                _ => Value::Null,
+                            };
+                            let status = if body.is_null() { 404 } else { 200 };
+                            async move {
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(
+                                        body.to_string(),
+                                    )))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        StandInAuthority {
+            issuer,
+            issued,
+            _runtime: runtime,
+        }
+    }
+
+    /// Tokens issued so far.
+    pub fn issued(&self) -> usize {
+        self.issued.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The webhook's flags for OpToks from this Authority, its client secret in `dir`.
+    pub fn webhook_args(&self, dir: &std::path::Path) -> Vec<String> {
+        let secret = dir.join("client-secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        [
+            "--authority".to_owned(),
+            self.issuer.clone(),
+            "--set".to_owned(),
+            format!("authority.client_secret_file=\"{}\"", secret.display()),
+            "--set".to_owned(),
+            "authority.require_mutual_tls=false".to_owned(),
+            "--set".to_owned(),
+            "authority.require_dpop=false".to_owned(),
+        ]
+        .into()
+    }
+}

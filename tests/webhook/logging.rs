@@ -92,6 +92,8 @@ fn every_decision_is_one_json_log_line() {
         assert_eq!(invalid.len(), 1, "{invalid:?}");
         assert_eq!(invalid[0]["status"], 400);
         assert_eq!(invalid[0]["level"], "WARN");
+        // A v1beta1 review still names its request.
+        assert_eq!(invalid[0]["uid"], "8c0e2a4c-6d8f-4c2e-b4a6-c8e0a2c4e6a7");
         assert!(
             invalid[0]["error"]
                 .as_str()
@@ -116,7 +118,7 @@ fn every_decision_is_one_json_log_line() {
         );
         assert_eq!(
             String::from_utf8(out.stdout).unwrap(),
-            "allow u-log-allow\ndeny u-log-deny\nallow u-log-delete\ninvalid null\n"
+            "allow u-log-allow\ndeny u-log-deny\nallow u-log-delete\ninvalid 8c0e2a4c-6d8f-4c2e-b4a6-c8e0a2c4e6a7\n"
         );
     });
 }

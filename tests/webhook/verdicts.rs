@@ -372,3 +372,49 @@ fn every_image_gets_one_short_line_and_the_log_has_them_all() {
         }
     });
 }
+
+#[test]
+fn the_log_keeps_a_long_reason_whole_and_bounds_a_huge_one() {
+    let s = setup(&[]);
+    block_on(async {
+        // Some 1 500 characters, over two lines: cut in the reply, whole in the log.
+        let long = format!(
+            "{}\nsee https://scanner.example/findings/4242",
+            "CVE-2026-4242 reachable from the entrypoint; ".repeat(32)
+        );
+        // Past what the log keeps of one reason.
+        let huge = format!("CVE-2026-9999 {}", "x".repeat(9_000));
+        let (d1, d2) = (fresh_digest(), fresh_digest());
+        s.backend
+            .set_verdict(&d1, "deny", &[&long, "unsigned"], Some(300));
+        s.backend.set_verdict(&d2, "warn", &[&huge], Some(300));
+        let (app, base) = (
+            format!("registry.example/team/app@{d1}"),
+            format!("registry.example/team/base@{d2}"),
+        );
+        let (_, reply) = send(
+            &s,
+            &pod_review(
+                "u-long-reason",
+                "shop",
+                &[("containers", "app", &app), ("containers", "base", &base)],
+            ),
+        )
+        .await;
+        assert_eq!(response(&reply)["allowed"], false, "{reply}");
+        let whole = format!(
+            "container \"app\": image {app} is denied: {} see https://scanner.example/findings/4242, unsigned",
+            "CVE-2026-4242 reachable from the entrypoint; ".repeat(32)
+        );
+        let shown: String = whole.chars().take(255).chain(['…']).collect();
+        assert_eq!(message(&reply), shown);
+        let warned = format!(
+            "container \"base\": image {base} is allowed with a warning: {}…",
+            huge.chars().take(4095).collect::<String>()
+        );
+        let shown: String = warned.chars().take(255).chain(['…']).collect();
+        assert_eq!(warnings(&reply), [shown]);
+        let logged = s.webhook.decision_line("u-long-reason");
+        assert_eq!(logged["details"], format!("{whole} | {warned}"));
+    });
+}

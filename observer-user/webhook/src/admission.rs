@@ -125,6 +125,14 @@ impl Review {
         Ok(Review::of_request(uid, request))
     }
 
+    /// The `request.uid` of a body that is not a review this webhook answers (a v1beta1
+    /// review, say), when it has one: for the log line of its 400.
+    pub fn readable_uid(body: &[u8]) -> Option<String> {
+        let review = Json::parse(body).ok()?;
+        let uid = str_at(review.get("request")?, "uid")?;
+        (!uid.is_empty()).then(|| uid.to_owned())
+    }
+
     /// The request of a review that has a uid: from here on, every problem is answered.
     fn of_request(uid: String, request: &Json<'_>) -> Review {
         let object_kind = request

@@ -1,11 +1,13 @@
 //! Verdicts by image digest, each kept for the TTL its answer gave. Lookups of digests not
 //! cached share one fetch per digest: while a digest is being fetched, every other request
-//! for it waits for that fetch rather than starting its own. A fetch announces all its
-//! answers on one channel: a channel per digest cost some 300 bytes each, 10 MB for the
-//! fullest review the body limit allows.
+//! for it waits for that fetch rather than starting its own. A fetch announces its answers
+//! on one channel, a part (one backend request's answers) at a time as they come: a channel
+//! per digest cost some 300 bytes each, 10 MB for the fullest review the body limit allows.
 //!
-//! A fetch runs as a task of its own, so a request that gives up (its budget ran out, its
-//! client went away) does not cancel it: the answer still lands in the cache.
+//! A lookup ends by its deadline with the answers it has: the cached ones and those that
+//! have come; only the digests still without an answer are left out. A fetch runs as a
+//! task of its own, so a request that gives up (its deadline passed, its client went away)
+//! does not cancel it: the answer still lands in the cache.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -14,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use zastava_platform::metrics::{ADMISSION_CACHE_HITS, ADMISSION_CACHE_MISSES};
 
@@ -92,8 +94,35 @@ impl Source {
     }
 }
 
-/// Where a fetch announces its answers, by digest, once it has them all.
-type Fetching = watch::Receiver<Option<Arc<HashMap<String, Answer>>>>;
+/// The answers of a fetch so far, by digest.
+#[derive(Default)]
+struct Landed {
+    answers: HashMap<String, Answer>,
+    /// Every digest of the fetch has its answer.
+    done: bool,
+}
+
+impl Landed {
+    fn answer(&self, digest: &str) -> Option<Answer> {
+        self.answers.get(digest).cloned()
+    }
+}
+
+/// Where a fetch announces its answers as they come.
+type Fetching = watch::Receiver<Landed>;
+
+/// Where a fetch hands over its answers, by digest, a part at a time as they come. The
+/// fetch is over when it and every clone of this are dropped; a digest it gave no answer
+/// for by then gets an error.
+#[derive(Clone)]
+pub struct Deliveries(mpsc::UnboundedSender<HashMap<String, Answer>>);
+
+impl Deliveries {
+    pub fn deliver(&self, answers: HashMap<String, Answer>) {
+        // The lookup's task ends only when every sender is dropped: it is listening.
+        let _ = self.0.send(answers);
+    }
+}
 
 struct Entry {
     judgement: Judgement,
@@ -212,23 +241,25 @@ impl VerdictCache {
         self.len() == 0
     }
 
-    /// Answers for `digests`: cached ones at once; the others from `fetch`, called (in a
-    /// task of its own) with the digests nobody is fetching yet, and shared with every
-    /// lookup that asks for them meanwhile. Waits as long as it takes; the caller bounds it.
+    /// Answers for `digests` that are had by `deadline`: cached ones at once; the others
+    /// from `fetch`, called (in a task of its own) with the digests nobody is fetching yet
+    /// and shared with every lookup that asks for them meanwhile. A digest without an
+    /// answer by `deadline` is not in the result; its fetch goes on and fills the cache.
     pub async fn lookup<F, Fut>(
         self: &Arc<Self>,
         digests: &[String],
+        deadline: Instant,
         fetch: F,
     ) -> HashMap<String, (Answer, Source)>
     where
-        F: FnOnce(Vec<String>) -> Fut,
-        Fut: Future<Output = HashMap<String, Answer>> + Send + 'static,
+        F: FnOnce(Vec<String>, Deliveries) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
     {
         let now = Instant::now();
         let mut answers = HashMap::new();
         let mut waiting = Vec::new();
         let mut mine = Vec::new();
-        let (sender, fetching) = watch::channel(None);
+        let (sender, fetching) = watch::channel(Landed::default());
         // A set, not a scan of `mine`: a pod may list thousands of images.
         let mut seen = HashSet::new();
         {
@@ -261,36 +292,71 @@ impl VerdictCache {
         }
         if !mine.is_empty() {
             self.count(|s| s.fetches += 1);
-            let fetched = fetch(mine.clone());
-            let cache = Arc::clone(self);
-            tokio::spawn(async move {
-                let mut results = fetched.await;
-                // Only the digests asked about are announced.
-                let mut answers = HashMap::with_capacity(mine.len());
-                for digest in mine {
-                    let answer = results.remove(&digest).unwrap_or_else(|| {
-                        Err(Failure::new(
-                            "the Scanner backend's reply has no verdict for it",
-                            format!("the Scanner backend's reply has no verdict for {digest}"),
-                        ))
-                    });
-                    cache.settle(&digest, &answer);
-                    answers.insert(digest, answer);
-                }
-                let _ = sender.send(Some(Arc::new(answers)));
-            });
+            let (deliveries, parts) = mpsc::unbounded_channel();
+            let fetched = fetch(mine.clone(), Deliveries(deliveries));
+            tokio::spawn(Arc::clone(self).announce(mine, fetched, parts, sender));
         }
-        for (digest, mut rx) in waiting {
-            let answer = match rx.wait_for(Option::is_some).await {
-                Ok(answers) => answers
-                    .as_ref()
-                    .and_then(|a| a.get(&digest).cloned())
-                    .unwrap_or_else(|| Err(Failure::plain("no answer"))),
-                Err(_) => Err(Failure::plain("the lookup was abandoned")),
-            };
-            answers.insert(digest, (answer, Source::Backend));
+        // Waits for each digest in turn until the deadline; then takes whatever else has
+        // come meanwhile, without waiting.
+        let mut waited = 0;
+        let all_came = tokio::time::timeout_at(deadline.into(), async {
+            for (digest, rx) in &mut waiting {
+                let answer = answer_of(digest, rx).await;
+                answers.insert(digest.clone(), (answer, Source::Backend));
+                waited += 1;
+            }
+        })
+        .await
+        .is_ok();
+        if !all_came {
+            for (digest, rx) in &waiting[waited..] {
+                if let Some(answer) = rx.borrow().answer(digest) {
+                    answers.insert(digest.clone(), (answer, Source::Backend));
+                }
+            }
         }
         answers
+    }
+
+    /// Runs `fetched` (for the digests `mine`) and announces its answers as they come: each
+    /// part stored and sent on `sender`, then an error for every digest that got none.
+    async fn announce(
+        self: Arc<Self>,
+        mine: Vec<String>,
+        fetched: impl Future<Output = ()> + Send + 'static,
+        mut parts: mpsc::UnboundedReceiver<HashMap<String, Answer>>,
+        sender: watch::Sender<Landed>,
+    ) {
+        // A task of its own: a fetch that panics still ends, and its digests get an error.
+        let fetching = tokio::spawn(fetched);
+        let mut asked: HashSet<String> = mine.into_iter().collect();
+        while let Some(mut part) = parts.recv().await {
+            // Only the digests asked about are announced, each once.
+            part.retain(|digest, _| asked.remove(digest));
+            if part.is_empty() {
+                continue;
+            }
+            for (digest, answer) in &part {
+                self.settle(digest, answer);
+            }
+            sender.send_modify(|landed| landed.answers.extend(part));
+        }
+        let _ = fetching.await;
+        let rest: HashMap<String, Answer> = asked
+            .into_iter()
+            .map(|digest| {
+                let answer = Err(Failure::new(
+                    "the Scanner backend's reply has no verdict for it",
+                    format!("the Scanner backend's reply has no verdict for {digest}"),
+                ));
+                self.settle(&digest, &answer);
+                (digest, answer)
+            })
+            .collect();
+        sender.send_modify(|landed| {
+            landed.answers.extend(rest);
+            landed.done = true;
+        });
     }
 
     /// Stores a fetched answer (judgements only, for their TTL) and ends its fetch.
@@ -318,6 +384,27 @@ impl VerdictCache {
     }
 }
 
+/// The answer for `digest` from the fetch `rx` announces, when it comes.
+async fn answer_of(digest: &str, rx: &mut Fetching) -> Answer {
+    loop {
+        {
+            let landed = rx.borrow_and_update();
+            if let Some(answer) = landed.answer(digest) {
+                return answer;
+            }
+            if landed.done {
+                return Err(Failure::plain("the Scanner backend gave no verdict"));
+            }
+        }
+        if rx.changed().await.is_err() {
+            return rx
+                .borrow()
+                .answer(digest)
+                .unwrap_or_else(|| Err(Failure::plain("the lookup was abandoned")));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +426,24 @@ mod tests {
         })
     }
 
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(30)
+    }
+
+    fn digest_list(names: &[&str]) -> Vec<String> {
+        names.iter().map(|d| (*d).to_owned()).collect()
+    }
+
+    /// A fetch that delivers `answers` at once.
+    fn answering(
+        answers: HashMap<String, Answer>,
+    ) -> impl FnOnce(Vec<String>, Deliveries) -> std::future::Ready<()> {
+        move |_, deliveries| {
+            deliveries.deliver(answers);
+            std::future::ready(())
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_lookups_of_one_digest_share_one_fetch() {
         let cache = cache(100);
@@ -348,16 +453,22 @@ mod tests {
             let (cache, calls) = (Arc::clone(&cache), Arc::clone(&calls));
             tasks.push(tokio::spawn(async move {
                 cache
-                    .lookup(&["sha256:a".to_owned()], move |digests| {
-                        calls.fetch_add(1, Ordering::SeqCst);
-                        async move {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            digests
-                                .into_iter()
-                                .map(|d| (d, Ok(allow(60_000))))
-                                .collect()
-                        }
-                    })
+                    .lookup(
+                        &digest_list(&["sha256:a"]),
+                        later(),
+                        move |digests, deliveries| {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            async move {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                deliveries.deliver(
+                                    digests
+                                        .into_iter()
+                                        .map(|d| (d, Ok(allow(60_000))))
+                                        .collect(),
+                                );
+                            }
+                        },
+                    )
                     .await
             }));
         }
@@ -373,21 +484,23 @@ mod tests {
     #[tokio::test]
     async fn answers_are_kept_for_their_ttl_and_errors_not_at_all() {
         let cache = cache(100);
-        let fetch = |verdicts: HashMap<String, Answer>| {
-            move |_digests: Vec<String>| async move { verdicts }
-        };
         let one = |d: &str, a: Answer| HashMap::from([(d.to_owned(), a)]);
-        let d = ["sha256:b".to_owned()];
+        let d = digest_list(&["sha256:b"]);
         let (answer, source) = cache
-            .lookup(&d, fetch(one("sha256:b", Ok(allow(150)))))
+            .lookup(&d, later(), answering(one("sha256:b", Ok(allow(150)))))
             .await["sha256:b"]
             .clone();
         assert_eq!((answer, source), (Ok(allow(150)), Source::Backend));
-        let (_, source) = cache.lookup(&d, fetch(HashMap::new())).await["sha256:b"].clone();
+        let (_, source) =
+            cache.lookup(&d, later(), answering(HashMap::new())).await["sha256:b"].clone();
         assert_eq!(source, Source::Cache);
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (answer, source) = cache
-            .lookup(&d, fetch(one("sha256:b", Err(Failure::plain("down")))))
+            .lookup(
+                &d,
+                later(),
+                answering(one("sha256:b", Err(Failure::plain("down")))),
+            )
             .await["sha256:b"]
             .clone();
         assert_eq!(
@@ -395,7 +508,8 @@ mod tests {
             (Err(Failure::plain("down")), Source::Backend)
         );
         // The error was not cached: the next lookup asks again.
-        let (answer, _) = cache.lookup(&d, fetch(HashMap::new())).await["sha256:b"].clone();
+        let (answer, _) =
+            cache.lookup(&d, later(), answering(HashMap::new())).await["sha256:b"].clone();
         assert_eq!(
             answer,
             Err(Failure::new(
@@ -407,6 +521,135 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn at_the_deadline_what_came_is_kept_and_only_the_rest_is_missing() {
+        let cache = cache(100);
+        let deny = Judgement {
+            verdict: Verdict::Deny,
+            reasons: vec!["CVE-2026-0001".into()],
+            ttl: None,
+        };
+        cache
+            .lookup(
+                &digest_list(&["sha256:cached"]),
+                later(),
+                answering(HashMap::from([(
+                    "sha256:cached".to_owned(),
+                    Ok(deny.clone()),
+                )])),
+            )
+            .await;
+        // Another lookup's fetch, which answers in 50 ms.
+        let other = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .lookup(
+                        &digest_list(&["sha256:shared"]),
+                        later(),
+                        |digests, deliveries| async move {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            deliveries.deliver(
+                                digests
+                                    .into_iter()
+                                    .map(|d| (d, Ok(allow(60_000))))
+                                    .collect(),
+                            );
+                        },
+                    )
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // This lookup's own fetch: one part answers at once, the other never before the
+        // deadline.
+        let started = Instant::now();
+        let answers = cache
+            .lookup(
+                &digest_list(&[
+                    "sha256:slow",
+                    "sha256:shared",
+                    "sha256:quick",
+                    "sha256:cached",
+                ]),
+                started + Duration::from_millis(300),
+                |digests, deliveries| async move {
+                    assert_eq!(digests, ["sha256:slow", "sha256:quick"]);
+                    deliveries.deliver(HashMap::from([(
+                        "sha256:quick".to_owned(),
+                        Err(Failure::plain("the Scanner backend answered 503")),
+                    )]));
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    deliveries.deliver(HashMap::from([(
+                        "sha256:slow".to_owned(),
+                        Ok(allow(60_000)),
+                    )]));
+                },
+            )
+            .await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(550),
+            "{took:?}"
+        );
+        let mut got: Vec<(&str, &Answer, Source)> = answers
+            .iter()
+            .map(|(d, (a, s))| (d.as_str(), a, *s))
+            .collect();
+        got.sort_by_key(|(d, _, _)| *d);
+        assert_eq!(
+            got,
+            [
+                ("sha256:cached", &Ok(deny), Source::Cache),
+                (
+                    "sha256:quick",
+                    &Err(Failure::plain("the Scanner backend answered 503")),
+                    Source::Backend
+                ),
+                ("sha256:shared", &Ok(allow(60_000)), Source::Backend),
+            ]
+        );
+        assert_eq!(other.await.unwrap()["sha256:shared"].0, Ok(allow(60_000)));
+        // The answer that came after the deadline still fills the cache.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (answer, source) = cache
+            .lookup(
+                &digest_list(&["sha256:slow"]),
+                later(),
+                answering(HashMap::new()),
+            )
+            .await["sha256:slow"]
+            .clone();
+        assert_eq!((answer, source), (Ok(allow(60_000)), Source::Cache));
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_panics_leaves_its_digests_to_the_next_lookup() {
+        let cache = cache(100);
+        let d = digest_list(&["sha256:p"]);
+        let (answer, _) = cache
+            .lookup(&d, later(), |_, _| async { panic!("a fetch that fails") })
+            .await["sha256:p"]
+            .clone();
+        assert_eq!(
+            answer,
+            Err(Failure::new(
+                "the Scanner backend's reply has no verdict for it",
+                "the Scanner backend's reply has no verdict for sha256:p"
+            ))
+        );
+        let (answer, source) = cache
+            .lookup(
+                &d,
+                later(),
+                answering(HashMap::from([("sha256:p".to_owned(), Ok(allow(60_000)))])),
+            )
+            .await["sha256:p"]
+            .clone();
+        assert_eq!((answer, source), (Ok(allow(60_000)), Source::Backend));
+        assert_eq!(cache.stats().fetches, 2);
+    }
+
+    #[tokio::test]
     async fn a_full_cache_drops_what_expires_first() {
         let cache = cache(2);
         for (d, ttl) in [
@@ -414,21 +657,30 @@ mod tests {
             ("sha256:2", 20_000),
             ("sha256:3", 30_000),
         ] {
-            let answer = Ok(allow(ttl));
             cache
-                .lookup(&[d.to_owned()], move |ds| async move {
-                    ds.into_iter().map(|d| (d, answer.clone())).collect()
-                })
+                .lookup(
+                    &digest_list(&[d]),
+                    later(),
+                    answering(HashMap::from([(d.to_owned(), Ok(allow(ttl)))])),
+                )
                 .await;
         }
         assert_eq!(cache.len(), 2);
         let (_, source) = cache
-            .lookup(&["sha256:3".to_owned()], |_| async { HashMap::new() })
+            .lookup(
+                &digest_list(&["sha256:3"]),
+                later(),
+                answering(HashMap::new()),
+            )
             .await["sha256:3"]
             .clone();
         assert_eq!(source, Source::Cache);
         let (answer, _) = cache
-            .lookup(&["sha256:1".to_owned()], |_| async { HashMap::new() })
+            .lookup(
+                &digest_list(&["sha256:1"]),
+                later(),
+                answering(HashMap::new()),
+            )
             .await["sha256:1"]
             .clone();
         assert!(answer.is_err(), "sha256:1 should have been evicted");

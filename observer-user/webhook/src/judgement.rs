@@ -14,7 +14,7 @@ use crate::{
     admission::Decision,
     cache::{Answer, Failure, Source, Verdict},
     config::TagOnly,
-    message::{annotation, at_most_lines, image_line, line},
+    message::{annotation, at_most_lines, image_line, line, logged_image_line, logged_reason},
     workload::{ContainerImage, WorkloadUnderReview},
 };
 
@@ -46,14 +46,33 @@ enum Outcome {
 /// verdict is applied.
 #[derive(Default)]
 struct Tally<'a> {
-    denied: Vec<String>,
-    warnings: Vec<String>,
+    denied: Lines,
+    warnings: Lines,
     unverified: Vec<(&'a ContainerImage, Failure)>,
     /// `<digest>=<verdict>`, in the order of the images, each digest once.
     digests: Vec<String>,
     /// The entries of `digests` (a pod may list thousands of images).
     listed: HashSet<String>,
     sources: BTreeSet<&'static str>,
+}
+
+/// Lines about images: as the reply shows them (short) and as the log keeps them (with
+/// every reason whole, each bounded).
+#[derive(Default)]
+struct Lines {
+    shown: Vec<String>,
+    logged: Vec<String>,
+}
+
+impl Lines {
+    fn push(&mut self, image: &ContainerImage, text: &str) {
+        self.shown.push(image_line(image, text));
+        self.logged.push(logged_image_line(image, text));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.shown.is_empty()
+    }
 }
 
 const UNPINNED: &str = "is not pinned by digest (use <image>@sha256:<digest>)";
@@ -117,7 +136,9 @@ fn judge(
         }
     };
     tally.digest(digest, judgement.verdict.as_str());
-    let reasons = judgement.reasons.join(", ");
+    // Whole in the log, each bounded; the reply's line is cut to its length.
+    let reasons: Vec<String> = judgement.reasons.iter().map(|r| logged_reason(r)).collect();
+    let reasons = reasons.join(", ");
     match (judgement.verdict, reasons.is_empty()) {
         (Verdict::Allow, _) => Outcome::Allowed,
         (Verdict::Warn, true) => Outcome::Warned("is allowed with a warning".into()),
@@ -138,8 +159,8 @@ impl<'a> Tally<'a> {
     fn add(&mut self, image: &'a ContainerImage, outcome: Outcome) {
         match outcome {
             Outcome::Allowed => {}
-            Outcome::Warned(text) => self.warnings.push(image_line(image, &text)),
-            Outcome::Denied(text) => self.denied.push(image_line(image, &text)),
+            Outcome::Warned(text) => self.warnings.push(image, &text),
+            Outcome::Denied(text) => self.denied.push(image, &text),
             Outcome::Unverified(failure) => self.unverified.push((image, failure)),
         }
     }
@@ -169,13 +190,13 @@ impl<'a> Tally<'a> {
     fn fail_closed(&mut self, namespace: &str) {
         self.sources.insert("fail-closed");
         for (image, failure) in &self.unverified {
-            self.denied.push(image_line(
+            self.denied.push(
                 image,
                 &format!(
                     "could not be verified; namespace {namespace} fails closed ({})",
                     failure.summary
                 ),
-            ));
+            );
         }
     }
 
@@ -186,13 +207,13 @@ impl<'a> Tally<'a> {
         metrics::counter!(ADMISSION_FAIL_OPEN.name).increment(1);
         let mut failed_open = String::new();
         for (image, failure) in &self.unverified {
-            self.warnings.push(image_line(
+            self.warnings.push(
                 image,
                 &format!(
                     "admitted without a verdict; namespace {namespace} fails open ({})",
                     failure.summary
                 ),
-            ));
+            );
             if !failed_open.is_empty() {
                 failed_open.push_str("; ");
             }
@@ -210,21 +231,22 @@ impl<'a> Tally<'a> {
             .insert("failed-open".into(), annotation(&failed_open));
     }
 
-    /// The message, the warnings (each at most `MAX_LINES`), every line for the log, and
-    /// the `digests` and `verdict-source` annotations.
+    /// The message, the warnings (each at most `MAX_LINES`), every line for the log (with
+    /// the reasons whole), and the `digests` and `verdict-source` annotations.
     fn fill(mut self, decision: &mut Decision) {
         decision.details = self
             .denied
+            .logged
             .iter()
             .chain(&decision.warnings)
-            .chain(&self.warnings)
+            .chain(&self.warnings.logged)
             .cloned()
             .collect();
         if !self.denied.is_empty() {
             decision.allowed = false;
-            decision.message = Some(at_most_lines(self.denied, "images").join("\n"));
+            decision.message = Some(at_most_lines(self.denied.shown, "images").join("\n"));
         }
-        decision.warnings.append(&mut self.warnings);
+        decision.warnings.append(&mut self.warnings.shown);
         decision.warnings = at_most_lines(std::mem::take(&mut decision.warnings), "warnings");
         if !self.digests.is_empty() {
             // Not cut: the audit log is where every digest's verdict is looked up.

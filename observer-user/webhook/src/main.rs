@@ -33,18 +33,14 @@ enum Command {
     /// Make the running webhook drop its backend credentials (the OpTok, from memory and
     /// its cache, so the next call re-issues; or the token file's token) and its verdicts.
     InvalidateOpToken {
-        /// Whose credentials: the Scanner backend's.
-        #[arg(long, value_enum)]
-        audience: Audience,
+        /// Whose credentials: the audience they were issued for (authority.audience;
+        /// `scanner` for the Scanner backend).
+        #[arg(long, value_name = "AUDIENCE")]
+        audience: String,
         /// The webhook's admin endpoint (loopback).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9466")]
         admin_addr: SocketAddr,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Audience {
-    Scanner,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -163,9 +159,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::InvalidateOpToken {
-            audience: Audience::Scanner,
+            audience,
             admin_addr,
-        } => match runtime.block_on(admin::request_invalidate("zastava-webhook", admin_addr)) {
+        } => match runtime.block_on(admin::request_invalidate_for(
+            "zastava-webhook",
+            admin_addr,
+            &audience,
+        )) {
             Ok(body) => {
                 println!("{}", body.trim());
                 ExitCode::SUCCESS

@@ -1,7 +1,8 @@
 //! What people read: the API server shows the status message and the warnings to whoever
 //! ran `kubectl`, and truncates long warnings. So each image gets one line of at most
 //! [`MAX_LINE_CHARS`] characters, a reply at most [`MAX_LINES`] of them, and the details
-//! (transport errors, every reason) go to the log and the audit annotations.
+//! (transport errors, every reason) go to the log and the audit annotations. The log's
+//! lines keep the backend's reasons whole, each up to [`MAX_LOGGED_REASON_CHARS`].
 
 use crate::workload::ContainerImage;
 
@@ -11,6 +12,10 @@ pub const MAX_LINE_CHARS: usize = 256;
 pub const MAX_LINES: usize = 12;
 /// Longest audit annotation value.
 pub const MAX_ANNOTATION_CHARS: usize = 1024;
+/// Longest backend reason the log keeps whole.
+pub const MAX_LOGGED_REASON_CHARS: usize = 4096;
+/// Longest line about one image in the log (a few reasons of the longest kind).
+pub const MAX_LOGGED_LINE_CHARS: usize = 4 * MAX_LOGGED_REASON_CHARS;
 /// Longest image reference shown whole in a line; longer ones lose their middle.
 const MAX_IMAGE_CHARS: usize = 160;
 /// Marks where text was cut.
@@ -54,6 +59,26 @@ pub fn image_line(image: &ContainerImage, text: &str) -> String {
         shown_image(&one_line(&image.image)),
         text
     ))
+}
+
+/// The line about one image as the log keeps it: as [`image_line`], but with the image
+/// whole and the text cut only past [`MAX_LOGGED_LINE_CHARS`].
+pub fn logged_image_line(image: &ContainerImage, text: &str) -> String {
+    truncated(
+        &one_line(&format!(
+            "{} {:?}: image {} {}",
+            image.kind.as_str(),
+            image.container,
+            image.image,
+            text
+        )),
+        MAX_LOGGED_LINE_CHARS,
+    )
+}
+
+/// A backend reason as the log keeps it: at most [`MAX_LOGGED_REASON_CHARS`].
+pub fn logged_reason(reason: &str) -> String {
+    truncated(reason, MAX_LOGGED_REASON_CHARS)
 }
 
 /// Any text as one line of at most [`MAX_LINE_CHARS`].
@@ -129,6 +154,24 @@ mod tests {
             line.ends_with(&format!("{} is denied: unsigned", "e".repeat(64))),
             "{line}"
         );
+    }
+
+    #[test]
+    fn the_logged_line_keeps_long_reasons_and_is_bounded() {
+        let reason = format!("CVE-2026-0001 {}", "x".repeat(600));
+        let line = logged_image_line(
+            &image("registry.example/app@sha256:abc"),
+            &format!("is denied: {reason}\nsee the report"),
+        );
+        assert_eq!(
+            line,
+            format!("init container \"app\": image registry.example/app@sha256:abc is denied: {reason} see the report")
+        );
+        let huge = logged_reason(&"y".repeat(10_000));
+        assert_eq!(huge.chars().count(), MAX_LOGGED_REASON_CHARS);
+        assert!(huge.ends_with('…'));
+        let line = logged_image_line(&image("r.example/app"), &"z".repeat(40_000));
+        assert_eq!(line.chars().count(), MAX_LOGGED_LINE_CHARS);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The decision: images not pinned by digest are judged by the local policy; pinned ones by
 //! the Scanner backend (`POST <backend>/api/v1/policy/runtime`), through the verdict cache.
-//! The whole decision ends by its deadline, whatever the backend does: an answer that does
-//! not come in time is a failure, which denies, except in namespaces that fail open.
+//! The whole decision ends by its deadline, whatever the backend does: the verdicts had by
+//! then (cached, or answered in time) count, and a digest whose answer does not come in time
+//! is a failure, which denies, except in namespaces that fail open.
 //!
 //! Some reviews need no verdict at all: nothing that runs, a deletion, an object being
 //! deleted, an update that adds no image ([`NotJudged`]).
@@ -16,7 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use observer_common::identity::WorkloadIdentity;
 
-use zastava_platform::backend::BackendClient;
+use zastava_platform::{
+    authority::AuthorityError,
+    backend::{BackendClient, SendError},
+};
 
 use zastava_platform::metrics::{
     ADMISSION_BACKEND_ERRORS, ADMISSION_NOT_JUDGED, ADMISSION_UNREADABLE_OBJECTS,
@@ -25,7 +29,7 @@ use zastava_platform::metrics::{
 
 use crate::{
     admission::{Decision, NotJudged, Review, Subject},
-    cache::{Answer, Failure, Judgement, Verdict, VerdictCache},
+    cache::{Answer, Deliveries, Failure, Judgement, Verdict, VerdictCache},
     config::PolicyConfig,
     judgement::{self, Rules, Verdicts},
     message::{annotation, line},
@@ -126,80 +130,206 @@ async fn ask_backend(
             }
             answers
         }
-        Err((reason, message)) => {
-            metrics::counter!(ADMISSION_BACKEND_ERRORS.name, "reason" => reason).increment(1);
-            let failure = failure(reason, message);
-            if reason == "unauthorized" {
-                // A rotated token: read the file again next time.
+        Err(error) => {
+            metrics::counter!(ADMISSION_BACKEND_ERRORS.name, "reason" => error.reason).increment(1);
+            if error.token_refused {
+                // A revoked or rotated token: read the file again, or have a new OpTok
+                // issued, for the next call.
                 client.invalidate_token();
             }
             digests
                 .into_iter()
-                .map(|d| (d, Err(failure.clone())))
+                .map(|d| (d, Err(error.failure.clone())))
                 .collect()
         }
     }
 }
 
-async fn call_backend(
-    client: &BackendClient,
-    body: Vec<u8>,
-) -> Result<Vec<ResultJson>, (&'static str, String)> {
+/// Why a backend call gave no verdicts.
+struct CallError {
+    /// The `reason` label of `zastava_admission_backend_errors_total`.
+    reason: &'static str,
+    /// As people are told of it (no URL, no socket error) and as it happened.
+    failure: Failure,
+    /// The backend refused the token itself (not only what it may do): it is dropped.
+    token_refused: bool,
+}
+
+impl CallError {
+    fn new(reason: &'static str, failure: Failure) -> Self {
+        CallError {
+            reason,
+            failure,
+            token_refused: false,
+        }
+    }
+}
+
+async fn call_backend(client: &BackendClient, body: Vec<u8>) -> Result<Vec<ResultJson>, CallError> {
     let response = client
         .post(POLICY_PATH)
         .header("content-type", "application/json")
         .body(body)
         .send()
         .await
-        .map_err(|e| {
-            if e.is_credentials() {
-                ("credentials", e.to_string())
-            } else if e.is_timeout() {
-                (
-                    "timeout",
-                    "the Scanner backend did not answer in time".to_owned(),
-                )
-            } else {
-                (
-                    "unreachable",
+        .map_err(|e| match &e {
+            SendError::Credentials(error) => CallError::new(
+                "credentials",
+                Failure::new(
+                    format!(
+                        "no credentials for the Scanner backend: {}",
+                        no_credentials(error)
+                    ),
+                    e.to_string(),
+                ),
+            ),
+            SendError::Http(_) if e.is_timeout() => CallError::new(
+                "timeout",
+                Failure::plain("the Scanner backend did not answer in time"),
+            ),
+            SendError::Http(_) => CallError::new(
+                "unreachable",
+                Failure::new(
+                    "the Scanner backend is unreachable",
                     format!("the Scanner backend is unreachable: {}", error_chain(&e)),
-                )
-            }
+                ),
+            ),
         })?;
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        return Err((
-            "unauthorized",
-            format!("the Scanner backend refused the webhook's credentials ({status})"),
-        ));
+        return Err(refused(response).await);
     }
     if !status.is_success() {
-        return Err(("status", format!("the Scanner backend answered {status}")));
+        return Err(CallError::new(
+            "status",
+            Failure::plain(format!("the Scanner backend answered {status}")),
+        ));
     }
     let bytes = response.bytes().await.map_err(|e| {
-        (
+        CallError::new(
             "unreachable",
-            format!("reading the Scanner backend's reply: {}", error_chain(&e)),
+            Failure::new(
+                "the Scanner backend is unreachable",
+                format!("reading the Scanner backend's reply: {}", error_chain(&e)),
+            ),
         )
     })?;
     let reply: PolicyReply = serde_json::from_slice(&bytes).map_err(|e| {
-        (
+        CallError::new(
             "bad_reply",
-            format!("the Scanner backend's reply is not a policy result: {e}"),
+            Failure::new(
+                "the Scanner backend's reply could not be read",
+                format!("the Scanner backend's reply is not a policy result: {e}"),
+            ),
         )
     })?;
     Ok(reply.results)
 }
 
-/// A failed call as people are told of it (no URL, no socket error) and as it happened.
-fn failure(reason: &str, message: String) -> Failure {
-    let summary = match reason {
-        "unreachable" => "the Scanner backend is unreachable",
-        "bad_reply" => "the Scanner backend's reply could not be read",
-        // Timeouts, statuses and refused credentials are told in a few words already.
-        _ => return Failure::plain(message),
+/// Why the Authority gave no OpTok, in a few words.
+fn no_credentials(error: &AuthorityError) -> &'static str {
+    let issue = match error {
+        AuthorityError::Issue(issue) | AuthorityError::Fallback { issue, .. } => issue,
+        AuthorityError::Setup(_) => return "the Authority's TLS setup failed",
     };
-    Failure::new(summary, message)
+    match issue.reason() {
+        "unreachable" => "the Authority is unreachable",
+        "tls" => "the TLS handshake with the Authority failed",
+        "discovery" => "the Authority's OIDC discovery failed",
+        "rejected" => "the Authority refused to issue a token",
+        "dpop_key" => "authority.dpop_key_file cannot be used",
+        "client_secret" => "authority.client_secret_file cannot be read",
+        _ => "the Authority's token cannot be used",
+    }
+}
+
+/// Most of a refusal's body read for its `error`.
+const MAX_REFUSAL_BYTES: usize = 4096;
+
+/// A 401 or 403. A 401 says the token is not (or no longer) good: it is dropped, so the
+/// next call reads the token file again or has a new OpTok issued. A 403 says what the
+/// token may do, and a new one would be refused as well (its scopes are the client's
+/// registration), unless it names the token itself as `invalid_token`, in its
+/// `WWW-Authenticate` challenge or its body's `error`.
+async fn refused(mut response: reqwest::Response) -> CallError {
+    let status = response.status();
+    let challenge = response
+        .headers()
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(challenge_error)
+        .map(str::to_owned);
+    let mut body = Vec::new();
+    while body.len() < MAX_REFUSAL_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let error = challenge.or_else(|| body_error(&body));
+    let token_refused = token_refused(status, error.as_deref());
+    let said = error.map(|e| format!(": {e}")).unwrap_or_default();
+    let failure = if status == reqwest::StatusCode::UNAUTHORIZED {
+        Failure::new(
+            format!("the Scanner backend refused the webhook's credentials ({status})"),
+            format!("the Scanner backend refused the webhook's credentials ({status}{said})"),
+        )
+    } else {
+        Failure::new(
+            format!("the Scanner backend refused the webhook's request ({status})"),
+            format!("the Scanner backend refused the webhook's request ({status}{said}); check the scopes of the webhook's token"),
+        )
+    };
+    CallError {
+        reason: "unauthorized",
+        failure,
+        token_refused,
+    }
+}
+
+/// Whether a refusal with `status` and `error` (from the challenge or the body) is of the
+/// token itself.
+fn token_refused(status: reqwest::StatusCode, error: Option<&str>) -> bool {
+    status == reqwest::StatusCode::UNAUTHORIZED || error == Some("invalid_token")
+}
+
+/// The `error` of a `WWW-Authenticate` challenge (`DPoP error="invalid_token", ...`).
+fn challenge_error(challenge: &str) -> Option<&str> {
+    let mut from = 0;
+    while let Some(found) = challenge[from..].find("error=") {
+        let at = from + found;
+        from = at + "error=".len();
+        // The parameter itself, not the end of another's name.
+        let starts = challenge[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c == ' ' || c == ',');
+        if !starts {
+            continue;
+        }
+        let rest = challenge[from..].trim_start_matches('"');
+        let end = rest
+            .find(|c: char| c == '"' || c == ',' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        return Some(&rest[..end]).filter(|e| !e.is_empty());
+    }
+    None
+}
+
+/// The `error` of a JSON body (`{"error": "invalid_token", ...}`), as OAuth 2.0 writes it.
+fn body_error(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    let parsed: ErrorBody = serde_json::from_slice(body).ok()?;
+    Some(parsed.error).filter(|e| {
+        !e.is_empty()
+            && e.len() <= 64
+            && e.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -229,11 +359,11 @@ struct Ask {
 impl Ask {
     /// Asks about `digests`, at most `per_request` of them in a request and
     /// `REQUESTS_AT_ONCE` requests at a time, so that a pod of thousands of images makes
-    /// requests of a size the backend can take, and answers as soon as it can.
-    async fn all(self, digests: Vec<String>) -> HashMap<String, Answer> {
+    /// requests of a size the backend can take; each request's answers are delivered as
+    /// soon as they come.
+    async fn all(self, digests: Vec<String>, deliveries: Deliveries) {
         let mut parts = digests.chunks(self.per_request);
         let mut calls = tokio::task::JoinSet::new();
-        let mut answers = HashMap::with_capacity(digests.len());
         loop {
             while calls.len() < REQUESTS_AT_ONCE {
                 let Some(part) = parts.next() else { break };
@@ -241,14 +371,13 @@ impl Ask {
                 calls.spawn(ask_backend(self.client.clone(), body, part.to_vec()));
             }
             match calls.join_next().await {
-                Some(Ok(part)) => answers.extend(part),
+                Some(Ok(part)) => deliveries.deliver(part),
                 // A call that panicked leaves its digests without an answer, which the
                 // cache reports as such.
                 Some(Err(_)) => {}
                 None => break,
             }
         }
-        answers
     }
 }
 
@@ -331,24 +460,23 @@ impl Policy {
             images,
             per_request: self.config.digests_per_request.max(1),
         };
-        // Only the digests nobody is fetching yet are asked about.
-        let lookup = self.cache.lookup(&digests, move |digests| ask.all(digests));
-        match tokio::time::timeout_at(deadline.into(), lookup).await {
-            Ok(answers) => Verdicts {
-                answers,
-                missing: None,
-            },
-            Err(_) => {
-                metrics::counter!(ADMISSION_BACKEND_ERRORS.name, "reason" => "budget").increment(1);
-                Verdicts {
-                    answers: HashMap::new(),
-                    missing: Some(Failure::plain(format!(
-                        "the Scanner backend did not answer within the {:?} budget",
-                        self.config.budget
-                    ))),
-                }
-            }
-        }
+        // Only the digests nobody is fetching yet are asked about. What has come by the
+        // deadline counts: the cached verdicts and the answers that arrived; the digests
+        // still without one are unverified.
+        let answers = self
+            .cache
+            .lookup(&digests, deadline, move |digests, deliveries| {
+                ask.all(digests, deliveries)
+            })
+            .await;
+        let missing = (answers.len() < digests.len()).then(|| {
+            metrics::counter!(ADMISSION_BACKEND_ERRORS.name, "reason" => "budget").increment(1);
+            Failure::plain(format!(
+                "the Scanner backend did not answer within the {:?} budget",
+                self.config.budget
+            ))
+        });
+        Verdicts { answers, missing }
     }
 }
 
@@ -405,4 +533,51 @@ fn request_body(
     };
     // Strings and options of strings: serializing cannot fail.
     serde_json::to_vec(&request).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn only_a_refusal_of_the_token_itself_drops_it() {
+        assert!(token_refused(StatusCode::UNAUTHORIZED, None));
+        assert!(token_refused(
+            StatusCode::UNAUTHORIZED,
+            Some("use_dpop_nonce")
+        ));
+        assert!(token_refused(StatusCode::FORBIDDEN, Some("invalid_token")));
+        assert!(!token_refused(StatusCode::FORBIDDEN, None));
+        assert!(!token_refused(
+            StatusCode::FORBIDDEN,
+            Some("insufficient_scope")
+        ));
+    }
+
+    #[test]
+    fn the_error_of_a_challenge_or_a_body_is_read() {
+        assert_eq!(
+            challenge_error(r#"DPoP error="invalid_token", error_description="revoked""#),
+            Some("invalid_token")
+        );
+        assert_eq!(
+            challenge_error(r#"Bearer realm="scanner", error=insufficient_scope"#),
+            Some("insufficient_scope")
+        );
+        // Another parameter's name that ends in `error` is not it.
+        assert_eq!(
+            challenge_error(r#"Bearer x_error="invalid_token", error="insufficient_scope""#),
+            Some("insufficient_scope")
+        );
+        assert_eq!(challenge_error(r#"Bearer realm="scanner""#), None);
+        assert_eq!(challenge_error(r#"Bearer error="""#), None);
+        assert_eq!(
+            body_error(br#"{"error": "invalid_token", "error_description": "expired"}"#).as_deref(),
+            Some("invalid_token")
+        );
+        assert_eq!(body_error(b"forbidden"), None);
+        assert_eq!(body_error(br#"{"error": "not\nan error code"}"#), None);
+        assert_eq!(body_error(br#"{"error": 403}"#), None);
+    }
 }

@@ -126,9 +126,12 @@ async fn validate(State(app): State<Arc<App>>, request: Request) -> Response {
         Ok(review) => review,
         Err(err) => {
             metrics::counter!(ADMISSION_INVALID_REQUESTS.name).increment(1);
+            // A v1beta1 review, say, still names its request.
+            let uid = Review::readable_uid(body);
             warn!(
                 decision = "invalid",
                 status = 400,
+                uid = uid.as_deref(),
                 error = %err,
                 bytes = body.len(),
                 "refused a request that is not an AdmissionReview"
@@ -259,7 +262,8 @@ pub fn metrics_router(handle: PrometheusHandle) -> Router {
 }
 
 /// `POST /invalidate-op-token?audience=scanner`: drops the backend credentials (the OpTok
-/// from memory and its cache, or the token file's token) and every cached verdict.
+/// from memory and its cache, or the token file's token) and every cached verdict. The
+/// answer's `tokenDropped` says whether there was a token to drop.
 async fn invalidate(State(app): State<Arc<App>>, uri: Uri) -> Response {
     let audience = match admin::audience_of(uri.query()) {
         Ok(audience) => audience,
@@ -270,17 +274,26 @@ async fn invalidate(State(app): State<Arc<App>>, uri: Uri) -> Response {
             )
         }
     };
-    app.policy.client().invalidate_token();
+    let client = app.policy.client();
+    let token_dropped = match client.authority() {
+        Some(authority) => authority.invalidate(),
+        None => {
+            // The token file's token, read now: what the next call would have sent.
+            let held = client.token().is_some();
+            client.invalidate_token();
+            held
+        }
+    };
     let verdicts = app.policy.cache().clear();
     info!(
-        verdicts,
-        "backend credentials and cached verdicts dropped (invalidate-op-token)"
+        token_dropped,
+        verdicts, "backend credentials and cached verdicts dropped (invalidate-op-token)"
     );
     json(
         StatusCode::OK,
         &serde_json::json!({
             "audience": audience,
-            "tokenDropped": true,
+            "tokenDropped": token_dropped,
             "verdictsDropped": verdicts,
         }),
     )

@@ -299,6 +299,30 @@ fn bodies_that_are_not_v1_reviews_are_named_errors() {
 }
 
 #[test]
+fn the_uid_of_a_body_that_is_refused_is_read_when_it_can_be() {
+    assert_eq!(
+        Review::readable_uid(fixture!("pod-create-v1beta1.json").as_bytes()).as_deref(),
+        Some("8c0e2a4c-6d8f-4c2e-b4a6-c8e0a2c4e6a7")
+    );
+    let pod = fixture!("pod-create-by-replicaset.json");
+    for body in [
+        edited(pod, |r| r["request"]["uid"] = "".into()),
+        edited(pod, |r| r["request"]["uid"] = 7.into()),
+        edited(pod, |r| r["request"] = Value::Null),
+        b"{not json".to_vec(),
+        b"null".to_vec(),
+        b"[1]".to_vec(),
+    ] {
+        assert_eq!(
+            Review::readable_uid(&body),
+            None,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}
+
+#[test]
 fn the_reply_echoes_the_uid_and_explains_a_denial() {
     let d = Decision {
         allowed: false,
