@@ -173,7 +173,7 @@ pub const SINK_BATCHES: Metric = counter(
 pub const SINK_ERRORS: Metric = counter(
     "zastava_runtime_sink_errors_total",
     &["sink", "reason"],
-    "Failed connections and deliveries, by sink and reason (connect, timeout, auth, tls, protocol, stream_config, no_stream, wrong_type, server, spool, ...).",
+    "Failed connections and deliveries, by sink and reason (connect, timeout, auth, tls, stream_config, no_stream, wrong_type, server, spool, ...).",
 );
 pub const SINK_LATENCY: Metric = labelled_histogram(
     "zastava_runtime_sink_latency_ms",
