@@ -198,7 +198,11 @@ fn edges_of_the_same_file_with_other_marks_are_not_merged() {
                 _ => unreachable!(),
             })
             .collect();
-        assert_eq!(firsts, [1, 2], "{name}: each kept with its own first occurrence");
+        assert_eq!(
+            firsts,
+            [1, 2],
+            "{name}: each kept with its own first occurrence"
+        );
     }
 }
 
