@@ -8,8 +8,13 @@ use crate::{
     cmd::{cargo, nightly_cargo, output, root, run_cmd, step},
     ebpf::{build_ebpf, ebpf_dir},
     fuzz::{run_built, BackgroundBuild, Build, Limit, TARGETS},
+    image::BackgroundRelease,
     setup::setup,
 };
+
+/// The tests of tests/containerized.rs that run the images as containers (a test-name
+/// filter: their module).
+const CONTAINERIZED: &str = "in_containers::";
 
 pub fn test(cargo_test_args: &[String]) -> Result<()> {
     setup()?;
@@ -60,20 +65,46 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
             .args(["test", "--locked", "--workspace", "--no-run"])
             .args(cargo_test_args),
     )?;
-    // The whole run: the fuzz targets build (quick: no sanitizer) while the tests, which
-    // mostly wait on servers and containers, run; stopped if they fail.
-    let fuzz_build = if cargo_test_args.is_empty() {
+    // The whole run: the fuzz targets (quick: no sanitizer) and the images' release
+    // binaries build while the tests, which mostly wait on servers and containers, run;
+    // stopped if they fail. The tests that run the images as containers come last, once
+    // their binaries are built.
+    let whole = cargo_test_args.is_empty();
+    let fuzz_build = if whole {
         Some(BackgroundBuild::start(Build::Quick)?)
     } else {
         None
     };
+    let image_build = if whole {
+        Some(BackgroundRelease::start()?)
+    } else {
+        None
+    };
     step("running tests");
-    run_cmd(
-        cargo()
-            .current_dir(&root)
-            .args(["test", "--locked", "--workspace"])
-            .args(cargo_test_args),
-    )?;
+    let mut tests = cargo();
+    tests
+        .current_dir(&root)
+        .args(["test", "--locked", "--workspace"])
+        .args(cargo_test_args);
+    if whole {
+        tests.args(["--", "--skip", CONTAINERIZED]);
+    }
+    run_cmd(&mut tests)?;
+    if let Some(image_build) = image_build {
+        step("waiting for the images' release binaries");
+        image_build.finish()?;
+        step("running the tests of the images as containers");
+        run_cmd(cargo().current_dir(&root).args([
+            "test",
+            "--locked",
+            "-p",
+            "observer-user",
+            "--test",
+            "containerized",
+            "--",
+            CONTAINERIZED,
+        ]))?;
+    }
     if let Some(fuzz_build) = fuzz_build {
         // Benchmarks are not tests; this only checks that the bench still runs.
         bench(true, &[])?;
