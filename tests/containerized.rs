@@ -228,352 +228,342 @@ fn import_images(containerd: &Containerd) {
     }
 }
 
-/// The pods as containers. `cargo xtask test` runs them last, on their own: the images'
-/// release binaries build in the background while the other tests run.
-mod in_containers {
-    use super::*;
+#[test]
+fn the_observer_daemonset_runs_with_four_capabilities_and_attributes_a_pods_exec_and_open() {
+    require_root();
+    let _ports = NODE_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut containerd = Containerd::start();
+    import_images(&containerd);
+    let host_dirs = TempDir::new("zastava-node");
+    let secrets = Secrets::new(vec!["scanner.stellaops.svc".into()]);
 
-    #[test]
-    fn the_observer_daemonset_runs_with_four_capabilities_and_attributes_a_pods_exec_and_open() {
-        require_root();
-        let _ports = NODE_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-        let mut containerd = Containerd::start();
-        import_images(&containerd);
-        let host_dirs = TempDir::new("zastava-node");
-        let secrets = Secrets::new(vec!["scanner.stellaops.svc".into()]);
+    // The pod as deployed: least privilege, nothing privileged.
+    let docs = render("overlays/capture");
+    let template = &object(&docs, "DaemonSet", "zastava-observer")["spec"]["template"];
+    let security = &container(template, "observer")["securityContext"];
+    assert_eq!(security["privileged"], false, "{security}");
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let granted: Vec<&str> = security["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(granted, ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"]);
+    assert_eq!(
+        template["spec"]["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
 
-        // The pod as deployed: least privilege, nothing privileged.
-        let docs = render("overlays/capture");
-        let template = &object(&docs, "DaemonSet", "zastava-observer")["spec"]["template"];
-        let security = &container(template, "observer")["securityContext"];
-        assert_eq!(security["privileged"], false, "{security}");
-        assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
-        let granted: Vec<&str> = security["capabilities"]["add"]
-            .as_array()
+    // The installation's identity, from the ConfigMap every container reads through
+    // `envFrom`; records carry it when asked to.
+    let include_deployment = |template: &mut Value| {
+        let observer = template["spec"]["containers"]
+            .as_array_mut()
             .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap())
-            .collect();
-        assert_eq!(granted, ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"]);
-        assert_eq!(
-            template["spec"]["securityContext"]["seccompProfile"]["type"],
-            "RuntimeDefault"
-        );
+            .iter_mut()
+            .find(|c| c["name"] == "observer")
+            .unwrap();
+        observer["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "name": "ZASTAVA__NDJSON__INCLUDE_DEPLOYMENT",
+                "value": "true",
+            }));
+    };
+    let started = start_observer(
+        &mut containerd,
+        "overlays/capture",
+        &include_deployment,
+        &[
+            ("TENANT", "acme"),
+            ("ENVIRONMENT", "prod"),
+            ("DEPLOYMENT", "eu-west-7"),
+        ],
+        &host_dirs,
+        &secrets,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", containerd.log()));
+    let pid = wait_running(&containerd, &started, "observer", "observer ready");
 
-        // The installation's identity, from the ConfigMap every container reads through
-        // `envFrom`; records carry it when asked to.
-        let include_deployment = |template: &mut Value| {
-            let observer = template["spec"]["containers"]
-                .as_array_mut()
-                .unwrap()
-                .iter_mut()
-                .find(|c| c["name"] == "observer")
-                .unwrap();
-            observer["env"]
-                .as_array_mut()
-                .unwrap()
-                .push(serde_json::json!({
-                    "name": "ZASTAVA__NDJSON__INCLUDE_DEPLOYMENT",
-                    "value": "true",
-                }));
-        };
-        let started = start_observer(
-            &mut containerd,
-            "overlays/capture",
-            &include_deployment,
-            &[
-                ("TENANT", "acme"),
-                ("ENVIRONMENT", "prod"),
-                ("DEPLOYMENT", "eu-west-7"),
-            ],
-            &host_dirs,
-            &secrets,
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", containerd.log()));
-        let pid = wait_running(&containerd, &started, "observer", "observer ready");
-
-        // From outside, the process is what the pod asked for.
-        let id = &started.containers["observer"];
+    // From outside, the process is what the pod asked for.
+    let id = &started.containers["observer"];
+    assert_eq!(
+        status_field(pid, "Uid").split_whitespace().next(),
+        Some("0")
+    );
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
         assert_eq!(
-            status_field(pid, "Uid").split_whitespace().next(),
-            Some("0")
+            u64::from_str_radix(&status_field(pid, set), 16).unwrap(),
+            capability_bits(&granted),
+            "{set} of the observer"
         );
-        for set in ["CapEff", "CapPrm", "CapBnd"] {
-            assert_eq!(
-                u64::from_str_radix(&status_field(pid, set), 16).unwrap(),
-                capability_bits(&granted),
-                "{set} of the observer"
-            );
-        }
-        assert_eq!(status_field(pid, "NoNewPrivs"), "1");
-        // 2: a seccomp filter is installed (the runtime's default profile).
-        assert_eq!(status_field(pid, "Seccomp"), "2");
-        let spec = runtime_spec(&containerd, id);
-        assert_eq!(spec["root"]["readonly"], true, "{}", spec["root"]);
-        // The host's PID namespace: the observer sees this test's process.
-        assert_eq!(
-            std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap(),
-            std::fs::read_link("/proc/self/ns/pid").unwrap()
-        );
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    // 2: a seccomp filter is installed (the runtime's default profile).
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    let spec = runtime_spec(&containerd, id);
+    assert_eq!(spec["root"]["readonly"], true, "{}", spec["root"]);
+    // The host's PID namespace: the observer sees this test's process.
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap(),
+        std::fs::read_link("/proc/self/ns/pid").unwrap()
+    );
 
-        // A labelled workload pod, started after the observer.
-        let marker = format!("/marker-{}", unique("open"));
-        let script = format!("echo seen > {marker}; cat {marker}; exec sleep 60");
-        let workload = containerd.run_pod(&PodSpec {
-            name: "payments-api-5c7d9-x8k2q",
-            namespace: "payments",
-            labels: &[
-                ("stellaops.workload/id", "payments-api"),
-                ("stellaops.workload/tenant", "acme"),
-                ("pod-template-hash", "5c7d9"),
-            ],
-        });
-        let workload_id =
-            containerd.run_container(&workload, "api", BUSYBOX, &["/bin/sh", "-c", &script]);
-        let events = started.volumes["events"].join("zastava.runtime.ndjson");
-        let deadline = Instant::now() + TIMEOUT;
-        let (exec, open) = loop {
-            let records: Vec<Value> = std::fs::read_to_string(&events)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-            let mine = |e: &&Value| e["containerId"] == workload_id.as_str();
-            let exec = records
-                .iter()
-                .filter(mine)
-                .find(|e| {
-                    e["edgeType"] == "syscall" && e["args"] == serde_json::json!(["cat", marker])
-                })
-                .cloned();
-            let open = records
-                .iter()
-                .filter(mine)
-                .find(|e| {
-                    e["edgeType"] == "fs"
-                        && e["path"] == marker.as_str()
-                        && e["process"]["comm"] == "cat"
-                })
-                .cloned();
-            if let (Some(exec), Some(open)) = (exec, open) {
-                break (exec, open);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the workload's exec and open never reached {}:\n{}",
-                events.display(),
-                started.log("observer")
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        for e in [&exec, &open] {
-            assert_eq!(e["pod"], "payments-api-5c7d9-x8k2q", "{e}");
-            assert_eq!(e["namespace"], "payments", "{e}");
-            assert_eq!(e["workloadId"], "payments-api", "{e}");
-            assert_eq!(e["workloadIdSource"], "label", "{e}");
-            assert_eq!(e["tenant"], "acme", "{e}");
-            assert_eq!(
-                e["deployment"],
-                serde_json::json!({"tenant": "acme", "environment": "prod", "cluster": "eu-west-7"}),
-                "{e}"
-            );
-            assert_eq!(
-                e["imageDigest"],
-                containerd.images.busybox_manifest.as_str(),
-                "{e}"
-            );
-            assert_eq!(e["node"], NODE, "{e}");
-            assert_eq!(
-                e["hostId"],
-                std::fs::read_to_string("/etc/machine-id").unwrap().trim(),
-                "{e}"
-            );
-        }
-        // busybox's shell runs its applets through /proc/self/exe: the kernel's view names the
-        // file, and what the shell asked for is kept.
-        assert_eq!(exec["path"], "/bin/busybox", "{exec}");
-        assert_eq!(exec["requestedPath"], "/proc/self/exe", "{exec}");
-        // Read through /proc of another process (CAP_SYS_PTRACE).
-        assert_eq!(exec["process"]["exe"], "/bin/busybox", "{exec}");
-        assert_eq!(exec["process"]["cwd"], "/", "{exec}");
-        // The node's OS, through the host's /etc and /usr/lib/os-release.
-        let os_release = std::fs::read_to_string("/etc/os-release").unwrap();
-        let pretty = os_release
+    // A labelled workload pod, started after the observer.
+    let marker = format!("/marker-{}", unique("open"));
+    let script = format!("echo seen > {marker}; cat {marker}; exec sleep 60");
+    let workload = containerd.run_pod(&PodSpec {
+        name: "payments-api-5c7d9-x8k2q",
+        namespace: "payments",
+        labels: &[
+            ("stellaops.workload/id", "payments-api"),
+            ("stellaops.workload/tenant", "acme"),
+            ("pod-template-hash", "5c7d9"),
+        ],
+    });
+    let workload_id =
+        containerd.run_container(&workload, "api", BUSYBOX, &["/bin/sh", "-c", &script]);
+    let events = started.volumes["events"].join("zastava.runtime.ndjson");
+    let deadline = Instant::now() + TIMEOUT;
+    let (exec, open) = loop {
+        let records: Vec<Value> = std::fs::read_to_string(&events)
+            .unwrap_or_default()
             .lines()
-            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-            .unwrap()
-            .trim_matches('"');
-        assert_eq!(exec["osRelease"], pretty, "{exec}");
-        assert_eq!(
-            open["result"].as_i64().map(|fd| fd >= 0),
-            Some(true),
-            "{open}"
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let mine = |e: &&Value| e["containerId"] == workload_id.as_str();
+        let exec = records
+            .iter()
+            .filter(mine)
+            .find(|e| e["edgeType"] == "syscall" && e["args"] == serde_json::json!(["cat", marker]))
+            .cloned();
+        let open = records
+            .iter()
+            .filter(mine)
+            .find(|e| {
+                e["edgeType"] == "fs"
+                    && e["path"] == marker.as_str()
+                    && e["process"]["comm"] == "cat"
+            })
+            .cloned();
+        if let (Some(exec), Some(open)) = (exec, open) {
+            break (exec, open);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workload's exec and open never reached {}:\n{}",
+            events.display(),
+            started.log("observer")
         );
-        containerd.stop_pod(&workload);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for e in [&exec, &open] {
+        assert_eq!(e["pod"], "payments-api-5c7d9-x8k2q", "{e}");
+        assert_eq!(e["namespace"], "payments", "{e}");
+        assert_eq!(e["workloadId"], "payments-api", "{e}");
+        assert_eq!(e["workloadIdSource"], "label", "{e}");
+        assert_eq!(e["tenant"], "acme", "{e}");
+        assert_eq!(
+            e["deployment"],
+            serde_json::json!({"tenant": "acme", "environment": "prod", "cluster": "eu-west-7"}),
+            "{e}"
+        );
+        assert_eq!(
+            e["imageDigest"],
+            containerd.images.busybox_manifest.as_str(),
+            "{e}"
+        );
+        assert_eq!(e["node"], NODE, "{e}");
+        assert_eq!(
+            e["hostId"],
+            std::fs::read_to_string("/etc/machine-id").unwrap().trim(),
+            "{e}"
+        );
     }
+    // busybox's shell runs its applets through /proc/self/exe: the kernel's view names the
+    // file, and what the shell asked for is kept.
+    assert_eq!(exec["path"], "/bin/busybox", "{exec}");
+    assert_eq!(exec["requestedPath"], "/proc/self/exe", "{exec}");
+    // Read through /proc of another process (CAP_SYS_PTRACE).
+    assert_eq!(exec["process"]["exe"], "/bin/busybox", "{exec}");
+    assert_eq!(exec["process"]["cwd"], "/", "{exec}");
+    // The node's OS, through the host's /etc and /usr/lib/os-release.
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap();
+    let pretty = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .unwrap()
+        .trim_matches('"');
+    assert_eq!(exec["osRelease"], pretty, "{exec}");
+    assert_eq!(
+        open["result"].as_i64().map(|fd| fd >= 0),
+        Some(true),
+        "{open}"
+    );
+    containerd.stop_pod(&workload);
+}
 
-    #[test]
-    fn the_observer_without_cap_bpf_stops_and_names_what_it_lacks() {
-        require_root();
-        let _ports = NODE_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-        let mut containerd = Containerd::start();
-        import_images(&containerd);
-        let host_dirs = TempDir::new("zastava-node");
-        let secrets = Secrets::new(vec!["scanner.stellaops.svc".into()]);
-        let without_bpf = |template: &mut Value| {
-            let add = template["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
-                .as_array_mut()
-                .unwrap();
-            add.retain(|c| c != "BPF");
-        };
-        let started = start_observer(
-            &mut containerd,
-            "overlays/capture",
-            &without_bpf,
-            &[],
-            &host_dirs,
-            &secrets,
+#[test]
+fn the_observer_without_cap_bpf_stops_and_names_what_it_lacks() {
+    require_root();
+    let _ports = NODE_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut containerd = Containerd::start();
+    import_images(&containerd);
+    let host_dirs = TempDir::new("zastava-node");
+    let secrets = Secrets::new(vec!["scanner.stellaops.svc".into()]);
+    let without_bpf = |template: &mut Value| {
+        let add = template["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+            .as_array_mut()
+            .unwrap();
+        add.retain(|c| c != "BPF");
+    };
+    let started = start_observer(
+        &mut containerd,
+        "overlays/capture",
+        &without_bpf,
+        &[],
+        &host_dirs,
+        &secrets,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", containerd.log()));
+    let id = &started.containers["observer"];
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        let status = containerd.container_status(id).unwrap().status.unwrap();
+        if status.state == proto::ContainerState::ContainerExited as i32 {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the observer kept running without CAP_BPF:\n{}",
+            started.log("observer")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = started.log("observer");
+    // 2: restarting cannot help (the container restarts into the same message).
+    assert_eq!(status.exit_code, 2, "{log}");
+    assert!(
+        log.contains("cannot load the probes: this process lacks CAP_BPF")
+            && log.contains("securityContext.capabilities.add"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("CAP_PERFMON and"),
+        "only CAP_BPF is missing:\n{log}"
+    );
+}
+
+#[test]
+fn the_webhook_deployment_runs_as_65532_read_only_without_capabilities_and_answers_over_tls() {
+    require_root();
+    let _ports = NODE_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut containerd = Containerd::start();
+    import_images(&containerd);
+    let docs = render("overlays/cert-manager");
+    let certificate = docs
+        .iter()
+        .find(|d| d["kind"] == "Certificate" && d["spec"]["secretName"] == "zastava-webhook-tls")
+        .unwrap();
+    let names: Vec<String> = certificate["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    let secrets = Secrets::new(names);
+    let template = &object(&docs, "Deployment", "zastava-webhook")["spec"]["template"];
+    let secret = |name: &str| secrets.files(name);
+    let started = containerd
+        .start_deployed(
+            &DeployedPod {
+                docs: &docs,
+                name: "zastava-webhook-6d5f8b7c9-q2w3e".into(),
+                namespace: "zastava-system".into(),
+                template,
+                node_name: NODE,
+            },
+            &Volumes {
+                host_path: &|_| None,
+                secret: &secret,
+            },
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", containerd.log()));
-        let id = &started.containers["observer"];
-        let deadline = Instant::now() + TIMEOUT;
-        let status = loop {
-            let status = containerd.container_status(id).unwrap().status.unwrap();
-            if status.state == proto::ContainerState::ContainerExited as i32 {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the observer kept running without CAP_BPF:\n{}",
-                started.log("observer")
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let log = started.log("observer");
-        // 2: restarting cannot help (the container restarts into the same message).
-        assert_eq!(status.exit_code, 2, "{log}");
-        assert!(
-            log.contains("cannot load the probes: this process lacks CAP_BPF")
-                && log.contains("securityContext.capabilities.add"),
-            "{log}"
-        );
-        assert!(
-            !log.contains("CAP_PERFMON and"),
-            "only CAP_BPF is missing:\n{log}"
-        );
+    let pid = wait_running(&containerd, &started, "webhook", "webhook ready");
+    let uid = status_field(pid, "Uid");
+    assert_eq!(
+        uid.split_whitespace().collect::<Vec<_>>(),
+        ["65532"; 4],
+        "{uid}"
+    );
+    let gid = status_field(pid, "Gid");
+    assert_eq!(
+        gid.split_whitespace().collect::<Vec<_>>(),
+        ["65532"; 4],
+        "{gid}"
+    );
+    for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, set), "0000000000000000", "{set}");
     }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    let spec = runtime_spec(&containerd, &started.containers["webhook"]);
+    assert_eq!(spec["root"]["readonly"], true, "{}", spec["root"]);
+    assert_eq!(spec["process"]["user"]["uid"], 65532);
 
-    #[test]
-    fn the_webhook_deployment_runs_as_65532_read_only_without_capabilities_and_answers_over_tls() {
-        require_root();
-        let _ports = NODE_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-        let mut containerd = Containerd::start();
-        import_images(&containerd);
-        let docs = render("overlays/cert-manager");
-        let certificate = docs
-            .iter()
-            .find(|d| {
-                d["kind"] == "Certificate" && d["spec"]["secretName"] == "zastava-webhook-tls"
-            })
-            .unwrap();
-        let names: Vec<String> = certificate["spec"]["dnsNames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_str().unwrap().to_owned())
-            .collect();
-        let secrets = Secrets::new(names);
-        let template = &object(&docs, "Deployment", "zastava-webhook")["spec"]["template"];
-        let secret = |name: &str| secrets.files(name);
-        let started = containerd
-            .start_deployed(
-                &DeployedPod {
-                    docs: &docs,
-                    name: "zastava-webhook-6d5f8b7c9-q2w3e".into(),
-                    namespace: "zastava-system".into(),
-                    template,
-                    node_name: NODE,
-                },
-                &Volumes {
-                    host_path: &|_| None,
-                    secret: &secret,
-                },
+    // The API server calls the Service by name; the pod serves on the node's port here.
+    let service = object(&docs, "Service", "zastava-webhook");
+    let registration = docs
+        .iter()
+        .find(|d| d["kind"] == "ValidatingWebhookConfiguration")
+        .unwrap();
+    let target = &registration["webhooks"][0]["clientConfig"]["service"];
+    let host = format!(
+        "{}.{}.svc",
+        target["name"].as_str().unwrap(),
+        target["namespace"].as_str().unwrap()
+    );
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "https");
+    let https = container(template, "webhook")["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "https")
+        .unwrap()["containerPort"]
+        .as_u64()
+        .unwrap() as u16;
+    let path = target["path"].as_str().unwrap().to_owned();
+    let ca = secrets.pki.ca.clone();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let api_server = client_for(&ca, &host, ([127, 0, 0, 1], https).into());
+            let ready = api_server
+                .get(format!("https://{host}:{https}/readyz"))
+                .send()
+                .await
+                .expect("TLS to the webhook by its Service name");
+            assert_eq!(ready.status(), 200);
+            // The backend does not exist here: no verdict, and the namespace fails closed.
+            let image = format!("registry.example/shop/cart@{}", fresh_digest());
+            let review = pod_review("deploy-7", "shop", &[("containers", "cart", &image)]);
+            let reply = post_review(
+                &api_server,
+                &format!("https://{host}:{https}{path}"),
+                &review,
             )
-            .unwrap_or_else(|e| panic!("{e}\n{}", containerd.log()));
-        let pid = wait_running(&containerd, &started, "webhook", "webhook ready");
-        let uid = status_field(pid, "Uid");
-        assert_eq!(
-            uid.split_whitespace().collect::<Vec<_>>(),
-            ["65532"; 4],
-            "{uid}"
-        );
-        let gid = status_field(pid, "Gid");
-        assert_eq!(
-            gid.split_whitespace().collect::<Vec<_>>(),
-            ["65532"; 4],
-            "{gid}"
-        );
-        for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
-            assert_eq!(status_field(pid, set), "0000000000000000", "{set}");
-        }
-        assert_eq!(status_field(pid, "NoNewPrivs"), "1");
-        assert_eq!(status_field(pid, "Seccomp"), "2");
-        let spec = runtime_spec(&containerd, &started.containers["webhook"]);
-        assert_eq!(spec["root"]["readonly"], true, "{}", spec["root"]);
-        assert_eq!(spec["process"]["user"]["uid"], 65532);
-
-        // The API server calls the Service by name; the pod serves on the node's port here.
-        let service = object(&docs, "Service", "zastava-webhook");
-        let registration = docs
-            .iter()
-            .find(|d| d["kind"] == "ValidatingWebhookConfiguration")
-            .unwrap();
-        let target = &registration["webhooks"][0]["clientConfig"]["service"];
-        let host = format!(
-            "{}.{}.svc",
-            target["name"].as_str().unwrap(),
-            target["namespace"].as_str().unwrap()
-        );
-        assert_eq!(service["spec"]["ports"][0]["targetPort"], "https");
-        let https = container(template, "webhook")["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "https")
-            .unwrap()["containerPort"]
-            .as_u64()
-            .unwrap() as u16;
-        let path = target["path"].as_str().unwrap().to_owned();
-        let ca = secrets.pki.ca.clone();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let api_server = client_for(&ca, &host, ([127, 0, 0, 1], https).into());
-                let ready = api_server
-                    .get(format!("https://{host}:{https}/readyz"))
-                    .send()
-                    .await
-                    .expect("TLS to the webhook by its Service name");
-                assert_eq!(ready.status(), 200);
-                // The backend does not exist here: no verdict, and the namespace fails closed.
-                let image = format!("registry.example/shop/cart@{}", fresh_digest());
-                let review = pod_review("deploy-7", "shop", &[("containers", "cart", &image)]);
-                let reply = post_review(
-                    &api_server,
-                    &format!("https://{host}:{https}{path}"),
-                    &review,
-                )
-                .await;
-                let response = &reply["response"];
-                assert_eq!(response["uid"], "deploy-7", "{reply}");
-                assert_eq!(response["allowed"], false, "{reply}");
-                let message = response["status"]["message"].as_str().unwrap();
-                assert!(
-                    message.contains(&image) && message.contains("fails closed"),
-                    "{message}"
-                );
-            });
-    }
+            .await;
+            let response = &reply["response"];
+            assert_eq!(response["uid"], "deploy-7", "{reply}");
+            assert_eq!(response["allowed"], false, "{reply}");
+            let message = response["status"]["message"].as_str().unwrap();
+            assert!(
+                message.contains(&image) && message.contains("fails closed"),
+                "{message}"
+            );
+        });
 }

@@ -10,16 +10,7 @@
 mod oci;
 mod rootfs;
 
-use std::{
-    env, fs,
-    os::unix::process::CommandExt as _,
-    path::PathBuf,
-    process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
-};
+use std::{env, path::PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -158,25 +149,6 @@ pub fn image(options: &Options) -> Result<Images> {
 /// Builds the release binaries of `images` where nothing of the build's location can
 /// reach them, and returns the directory they are in.
 fn build_release(images: &[Image]) -> Result<PathBuf> {
-    let (builds, dir) = release_builds(images)?;
-    step(&format!(
-        "building {} (release, paths remapped)",
-        images
-            .iter()
-            .map(|i| i.binary())
-            .collect::<Vec<_>>()
-            .join(" and ")
-    ));
-    for (image, mut build) in images.iter().zip(builds) {
-        run_cmd(&mut build)
-            .with_context(|| format!("building {} for its image", image.binary()))?;
-    }
-    Ok(dir)
-}
-
-/// The cargo commands that build the release binaries of `images` (one per binary) where
-/// nothing of the build's location can reach them, and the directory they put them in.
-fn release_builds(images: &[Image]) -> Result<(Vec<Command>, PathBuf)> {
     let root = root();
     let target = target_dir().join("image-build");
     if images.contains(&Image::Observer) && env::var_os("ZASTAVA_EBPF_OBJECT").is_none() {
@@ -204,10 +176,17 @@ fn release_builds(images: &[Image]) -> Result<(Vec<Command>, PathBuf)> {
         .iter()
         .map(|(from, to)| format!("-ffile-prefix-map={}={to}", from.display()))
         .collect();
+    step(&format!(
+        "building {} (release, paths remapped)",
+        images
+            .iter()
+            .map(|i| i.binary())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    ));
     // One build per binary: built together, cargo would unify the features of their
     // dependencies, and the webhook built with the observer would differ from the webhook
     // built alone (`--only webhook`).
-    let mut builds = Vec::new();
     for image in images {
         let mut build = cargo();
         // What cargo sets for a crate it runs (xtask itself, or a test that runs xtask)
@@ -229,122 +208,21 @@ fn release_builds(images: &[Image]) -> Result<(Vec<Command>, PathBuf)> {
                 build.env_remove(name.as_ref());
             }
         }
-        build
-            .current_dir(&root)
-            .args(["build", "--locked", "--release"])
-            .args(["-p", image.package(), "--bin", image.binary()])
-            .env("CARGO_TARGET_DIR", &target)
-            // One separator that no flag contains, so no flag is split.
-            .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\u{1f}"))
-            .env_remove("RUSTFLAGS")
-            .env("CFLAGS", cflags.join(" "))
-            // The image's time, not the binaries': ring's build script reruns when it
-            // changes, and the binaries would be rebuilt for every other epoch.
-            .env_remove("SOURCE_DATE_EPOCH");
-        builds.push(build);
+        run_cmd(
+            build
+                .current_dir(&root)
+                .args(["build", "--locked", "--release"])
+                .args(["-p", image.package(), "--bin", image.binary()])
+                .env("CARGO_TARGET_DIR", &target)
+                // One separator that no flag contains, so no flag is split.
+                .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\u{1f}"))
+                .env_remove("RUSTFLAGS")
+                .env("CFLAGS", cflags.join(" "))
+                // The image's time, not the binaries': ring's build script reruns when it
+                // changes, and the binaries would be rebuilt for every other epoch.
+                .env_remove("SOURCE_DATE_EPOCH"),
+        )
+        .with_context(|| format!("building {} for its image", image.binary()))?;
     }
-    Ok((builds, target.join("release")))
-}
-
-/// The images' release binaries being built at the lowest priority while something else
-/// runs (`cargo xtask test` runs the tests meanwhile): `cargo xtask image` then finds
-/// them built, or waits for cargo's lock on the build directory until they are.
-pub struct BackgroundRelease {
-    thread: Option<std::thread::JoinHandle<Result<()>>>,
-    /// The process group of the build running now.
-    running: Arc<Mutex<Option<i32>>>,
-    stopped: Arc<AtomicBool>,
-    log: PathBuf,
-}
-
-impl BackgroundRelease {
-    pub fn start() -> Result<BackgroundRelease> {
-        let (builds, _) = release_builds(&Image::ALL)?;
-        let log = target_dir().join("logs").join("image-build.log");
-        fs::create_dir_all(log.parent().unwrap_or(&target_dir()))?;
-        let out =
-            fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        step(&format!(
-            "building the images' release binaries in the background (log: {})",
-            log.display()
-        ));
-        let running = Arc::new(Mutex::new(None));
-        let stopped = Arc::new(AtomicBool::new(false));
-        let (group, stop) = (Arc::clone(&running), Arc::clone(&stopped));
-        let thread = std::thread::spawn(move || -> Result<()> {
-            for build in builds {
-                let mut cmd = Command::new("nice");
-                cmd.args(["-n", "19"])
-                    .arg(build.get_program())
-                    .args(build.get_args())
-                    .process_group(0)
-                    .stdin(Stdio::null())
-                    .stdout(out.try_clone()?)
-                    .stderr(out.try_clone()?);
-                if let Some(dir) = build.get_current_dir() {
-                    cmd.current_dir(dir);
-                }
-                for (name, value) in build.get_envs() {
-                    match value {
-                        Some(value) => cmd.env(name, value),
-                        None => cmd.env_remove(name),
-                    };
-                }
-                let mut child = {
-                    let mut slot = group.lock().unwrap_or_else(|e| e.into_inner());
-                    if stop.load(Ordering::SeqCst) {
-                        return Ok(());
-                    }
-                    let child = cmd
-                        .spawn()
-                        .with_context(|| format!("cannot start {cmd:?}"))?;
-                    *slot = i32::try_from(child.id()).ok();
-                    child
-                };
-                let status = child.wait()?;
-                *group.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                if !status.success() {
-                    bail!("{cmd:?} failed with {status}");
-                }
-            }
-            Ok(())
-        });
-        Ok(BackgroundRelease {
-            thread: Some(thread),
-            running,
-            stopped,
-            log,
-        })
-    }
-
-    /// Waits for the builds; the log is named when one failed.
-    pub fn finish(mut self) -> Result<()> {
-        let Some(thread) = self.thread.take() else {
-            return Ok(());
-        };
-        match thread.join() {
-            Ok(result) => result.with_context(|| {
-                format!(
-                    "building the images' binaries failed (log: {})",
-                    self.log.display()
-                )
-            }),
-            Err(_) => bail!("the background build of the images' binaries panicked"),
-        }
-    }
-}
-
-impl Drop for BackgroundRelease {
-    fn drop(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        self.stopped.store(true, Ordering::SeqCst);
-        if let Some(group) = *self.running.lock().unwrap_or_else(|e| e.into_inner()) {
-            // SAFETY: kill has no preconditions; the group is the build's own
-            // (process_group(0) made the child its leader).
-            unsafe { libc::kill(-group, libc::SIGTERM) };
-        }
-        let _ = thread.join();
-    }
+    Ok(target.join("release"))
 }

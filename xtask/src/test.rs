@@ -8,13 +8,8 @@ use crate::{
     cmd::{cargo, nightly_cargo, output, root, run_cmd, step},
     ebpf::{build_ebpf, ebpf_dir},
     fuzz::{run_built, BackgroundBuild, Build, Limit, TARGETS},
-    image::BackgroundRelease,
     setup::setup,
 };
-
-/// The tests of tests/containerized.rs that run the images as containers (a test-name
-/// filter: their module).
-const CONTAINERIZED: &str = "in_containers::";
 
 pub fn test(cargo_test_args: &[String]) -> Result<()> {
     setup()?;
@@ -65,46 +60,20 @@ pub fn test(cargo_test_args: &[String]) -> Result<()> {
             .args(["test", "--locked", "--workspace", "--no-run"])
             .args(cargo_test_args),
     )?;
-    // The whole run: the fuzz targets (quick: no sanitizer) and the images' release
-    // binaries build while the tests, which mostly wait on servers and containers, run;
-    // stopped if they fail. The tests that run the images as containers come last, once
-    // their binaries are built.
-    let whole = cargo_test_args.is_empty();
-    let fuzz_build = if whole {
+    // The whole run: the fuzz targets build (quick: no sanitizer) while the tests, which
+    // mostly wait on servers and containers, run; stopped if they fail.
+    let fuzz_build = if cargo_test_args.is_empty() {
         Some(BackgroundBuild::start(Build::Quick)?)
     } else {
         None
     };
-    let image_build = if whole {
-        Some(BackgroundRelease::start()?)
-    } else {
-        None
-    };
     step("running tests");
-    let mut tests = cargo();
-    tests
-        .current_dir(&root)
-        .args(["test", "--locked", "--workspace"])
-        .args(cargo_test_args);
-    if whole {
-        tests.args(["--", "--skip", CONTAINERIZED]);
-    }
-    run_cmd(&mut tests)?;
-    if let Some(image_build) = image_build {
-        step("waiting for the images' release binaries");
-        image_build.finish()?;
-        step("running the tests of the images as containers");
-        run_cmd(cargo().current_dir(&root).args([
-            "test",
-            "--locked",
-            "-p",
-            "observer-user",
-            "--test",
-            "containerized",
-            "--",
-            CONTAINERIZED,
-        ]))?;
-    }
+    run_cmd(
+        cargo()
+            .current_dir(&root)
+            .args(["test", "--locked", "--workspace"])
+            .args(cargo_test_args),
+    )?;
     if let Some(fuzz_build) = fuzz_build {
         // Benchmarks are not tests; this only checks that the bench still runs.
         bench(true, &[])?;
