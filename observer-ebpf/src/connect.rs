@@ -24,7 +24,7 @@ use observer_common::{
 
 use crate::{
     dedup,
-    kmem::{fd_file, files_shared, memory_shared, rd, rd_ptr, syscall_args, task, user_regs},
+    kmem::{fd_file, memory_shared, rd, rd_ptr, syscall_args, task, user_regs},
     maps::{koff, OUT_BUF},
     record::{count, current_task, filtered, output, write_header},
 };
@@ -78,9 +78,8 @@ fn run(ctx: &TracePointContext) {
     let mut len = 0;
     let mut source = addr_source::NONE;
     if connected && read_family && family != AF_UNSPEC {
-        // Asked before the descriptor is read (see `files_shared`).
-        let shared = files_shared(task());
-        len = from_socket(fd, sockaddr);
+        let shared;
+        (len, shared) = from_socket(fd, sockaddr);
         if len > 0 {
             source = addr_source::KERNEL;
             if shared {
@@ -149,11 +148,20 @@ fn run(ctx: &TracePointContext) {
 }
 
 /// Builds the socket's peer address into `sockaddr` (`SOCKADDR_CAPACITY` zeroed bytes);
-/// returns its length, 0 when the socket holds none.
+/// returns its length, 0 when the socket holds none, and whether the descriptor table was
+/// shared when the socket was looked up (see `fd_file`).
 #[inline(always)]
-fn from_socket(fd: i64, sockaddr: *mut u8) -> u64 {
-    let t = task();
-    let Ok(file) = fd_file(t, fd) else { return 0 };
+fn from_socket(fd: i64, sockaddr: *mut u8) -> (u64, bool) {
+    match fd_file(task(), fd) {
+        Ok((file, shared)) => (peer_address(file, sockaddr), shared),
+        Err(()) => (0, false),
+    }
+}
+
+/// The peer address of the socket behind `file`, built into `sockaddr`; its length, 0 when
+/// `file` is no socket or the socket holds none.
+#[inline(always)]
+fn peer_address(file: u64, sockaddr: *mut u8) -> u64 {
     // Only a socket's private data is a struct socket.
     let is_socket = rd_ptr(file + koff!(file_f_inode))
         .and_then(|inode| rd::<u16>(inode + koff!(inode_i_mode)))

@@ -61,23 +61,27 @@ pub fn task_pwd(task: u64) -> Result<KPath, ()> {
     rd_path(fs + koff!(fs_pwd))
 }
 
-/// `task->files->fdt->fd[fd]`: the `struct file` of a descriptor. No lock is held, so
-/// another task sharing the descriptor table could replace the slot (close, dup2) after
-/// the syscall returned; what is read is then another file's. Callers ask
-/// [`files_shared`] first and mark what they report from the file.
+/// `task->files->fdt->fd[fd]`: the `struct file` of a descriptor, and whether another task
+/// shares the descriptor table (`files->count > 1`: a thread, or a child cloned with
+/// `CLONE_FILES`). No lock is held, so such a task could have replaced the slot (close,
+/// dup2) after the syscall returned, and the file is then another one's: callers mark what
+/// they report from it. The count is read before the slot: only a task already sharing
+/// the table can add a sharer, so a table unshared then stays unshared through the read.
+/// A count that cannot be read counts as shared.
 #[inline(always)]
-pub fn fd_file(task: u64, fd: i64) -> Result<u64, ()> {
+pub fn fd_file(task: u64, fd: i64) -> Result<(u64, bool), ()> {
     if fd < 0 {
         return Err(());
     }
     let files = rd_ptr(task + koff!(task_files))?;
+    let shared = rd::<i32>(files + koff!(files_count)).map_or(true, |count| count > 1);
     let fdt = rd_ptr(files + koff!(files_fdt))?;
     // struct fdtable { unsigned int max_fds; struct file **fd; ... } (checked by the loader).
     let [max_fds, fds] = rd::<[u64; 2]>(fdt)?;
     if fd as u64 >= u64::from(max_fds as u32) || fds == 0 {
         return Err(());
     }
-    rd_ptr(fds + (fd as u64) * 8)
+    Ok((rd_ptr(fds + (fd as u64) * 8)?, shared))
 }
 
 /// The user registers saved at syscall entry.
@@ -112,17 +116,4 @@ pub fn memory_shared(task: u64) -> bool {
         return true;
     };
     rd::<i32>(mm + koff!(mm_users)).map_or(true, |users| users > 1)
-}
-
-/// Whether another task uses the current task's descriptor table (`files->count > 1`: a
-/// thread, or a child cloned with `CLONE_FILES`): it could then have replaced a descriptor
-/// between the syscall's return and a [`fd_file`] read. Read before the descriptor: only a
-/// task already sharing the table can add a sharer, so a table unshared here stays
-/// unshared through the read that follows. Read errors count as shared.
-#[inline(always)]
-pub fn files_shared(task: u64) -> bool {
-    let Ok(files) = rd_ptr(task + koff!(task_files)) else {
-        return true;
-    };
-    rd::<i32>(files + koff!(files_count)).map_or(true, |count| count > 1)
 }

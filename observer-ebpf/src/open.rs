@@ -28,8 +28,8 @@ use observer_common::{
 use crate::{
     dedup,
     kmem::{
-        fd_file, files_shared, memory_shared, rd, rd_path, syscall_args, task, task_pwd, task_root,
-        user_regs, KPath,
+        fd_file, memory_shared, rd, rd_path, syscall_args, task, task_pwd, task_root, user_regs,
+        KPath,
     },
     maps::{koff, OUT_BUF},
     record::{count, current_task, filtered, output, write_header, Task},
@@ -302,12 +302,11 @@ impl Target {
 }
 
 /// The path of descriptor `fd`'s file, and whether the descriptor table was shared when it
-/// was read (asked first: see `files_shared`).
+/// was read (see `fd_file`).
 #[inline(always)]
 fn fd_path(t: u64, fd: i64) -> Result<(KPath, bool), ()> {
-    let shared = files_shared(t);
-    let path = fd_file(t, fd).and_then(|file| rd_path(file + koff!(file_f_path)))?;
-    Ok((path, shared))
+    let (file, shared) = fd_file(t, fd)?;
+    Ok((rd_path(file + koff!(file_f_path))?, shared))
 }
 
 /// The file a successful open returned.
